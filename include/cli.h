@@ -1,0 +1,26 @@
+/* cli.h: the command line of CONTRACT.md, parsed from one option table (cli.c) that also
+ * produces --help. Cross-option checks that need no file are made here, before any I/O. */
+#ifndef SAEGAP_CLI_H
+#define SAEGAP_CLI_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *command;        /* run | dump | plan | info | verify */
+    const char *positional;     /* JOB_FILE (run, plan) or PATH (info, verify) */
+    const char *model, *tokens, *out, *sites, *interventions, *scope, *bos, *basis;
+    const char **sae;           /* --sae, repeatable */
+    size_t n_sae;
+    long ctx, contexts, position, window, samples, threads_per_rank, ranks; /* -1 when not given */
+    long long seed;
+    int logits, resume, allow_model_mismatch, quiet, help;
+    char *command_line;         /* argv joined, recorded in result files */
+} Options;
+
+/* 0, or -1 with a pending error naming the option. argv[0] is the program, argv[1] the command. */
+int cli_parse(Options *o, int argc, char **argv);
+void cli_free(Options *o);
+void cli_print_help(FILE *f, const char *command);
+
+#endif

@@ -1,0 +1,46 @@
+/* error.h: the one way saegap reports problems.
+ *
+ * Two kinds of failure, two paths:
+ *  - Errors a user can cause (bad path, malformed file, wrong shape, bad option) are
+ *    recorded with sg_errorf() and returned as -1 up to the command. The command calls
+ *    sg_agree() so that every rank learns of the failure at the same point; one rank
+ *    prints "saegap: error: <where>: <problem>" and all ranks return exit status 1.
+ *  - Failures after the inputs were checked (an HDF5 write fails, out of memory) go
+ *    through sg_fatal(), which prints once and ends every rank with MPI_Abort(comm, 1).
+ */
+#ifndef SAEGAP_ERROR_H
+#define SAEGAP_ERROR_H
+
+#include <stddef.h>
+#include <mpi.h>
+
+#define SG_ERROR_MAX 1024
+
+/* Records "<where>: <message>" as this rank's pending error; returns -1 so callers can
+ * write `return sg_errorf(path, "...")`. The first error recorded is kept. */
+int sg_errorf(const char *where, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *sg_error_message(void); /* "" when none */
+void sg_error_clear(void);
+
+/* Collective over comm: combines each rank's status (0 ok, nonzero failed). When any rank
+ * failed, the lowest failing rank prints its pending error and every rank gets -1. */
+int sg_agree(MPI_Comm comm, int status);
+
+/* Warnings and progress, printed by rank 0 only (sg_set_comm decides who rank 0 is). */
+void sg_warnf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void sg_set_comm(MPI_Comm comm, int quiet);
+int sg_rank(void);
+int sg_quiet(void);
+
+/* Unrecoverable: prints "saegap: error: <where>: <message> [rank r] (file:line)", then
+ * MPI_Abort on the communicator set by sg_set_comm (exit(1) before MPI is up). */
+_Noreturn void sg_fatal_at(const char *file, int line, const char *where, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define sg_fatal(where, ...) sg_fatal_at(__FILE__, __LINE__, where, __VA_ARGS__)
+
+/* Allocation that never returns NULL (fatal on failure), 64-byte aligned, zeroed. */
+void *sg_xcalloc(size_t count, size_t size);
+void *sg_xrealloc(void *p, size_t size);
+char *sg_xstrdup(const char *s);
+
+#endif

@@ -1,0 +1,61 @@
+/* forward.h: the GPT-2 forward pass in the Hugging Face basis, llm.c style.
+ *
+ * Key to the shape letters: B contexts in a batch, T tokens per context, D = n_embd,
+ * NH heads, Dh = D/NH, L layers, V vocab.
+ * Every intermediate is a named buffer, planned once by acts_alloc for (B_max, T_max); the ops
+ * never allocate. The buffers hold plain HF values; sites.h converts them to and from the
+ * TransformerLens basis. Each layer is split into stages so an intervened pass can restart
+ * right after the site it overwrote (see gpt2_forward_from).
+ */
+#ifndef SAEGAP_FORWARD_H
+#define SAEGAP_FORWARD_H
+
+#include "model.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    size_t B_max, T_max, L, D, NH, V;
+    size_t B, T;          /* shape of the batch last run */
+    float *embed;         /* (B,T,D) wte[token]                         hook_embed (HF) */
+    float *pos_embed;     /* (B,T,D) wpe[position]                      hook_pos_embed (HF) */
+    float *resid;         /* (L+1,B,T,D) resid[l] = blocks.l.hook_resid_pre; resid[L] = last resid_post */
+    float *ln1;           /* (L,B,T,D) */
+    float *qkv;           /* (L,B,T,3D) */
+    float *att;           /* (L,B,NH,T,T) softmax probabilities */
+    float *z;             /* (L,B,T,D) per-head outputs, head-major   attn.hook_z (HF: includes b_V) */
+    float *attn_out;      /* (L,B,T,D) c_proj output                    hook_attn_out (HF) */
+    float *resid_mid;     /* (L,B,T,D)                                  hook_resid_mid (HF) */
+    float *ln2;           /* (L,B,T,D) */
+    float *fc;            /* (L,B,T,4D) c_fc output, pre-activation */
+    float *fc_act;        /* (L,B,T,4D) activation output             mlp.hook_post */
+    float *mlp_out;       /* (L,B,T,D)                                  hook_mlp_out (HF) */
+    float *lnf;           /* (B,T,D) ln_f output, input of the unembedding */
+    float *block;         /* one allocation holding all of the above */
+} Activations;
+
+/* Where a pass restarts inside layer l after a site's buffer was overwritten. */
+typedef enum {
+    SG_STAGE_ATTN,        /* from resid[l]: ln_1, attention, ...         */
+    SG_STAGE_ATTN_PROJ,   /* from z[l]: c_proj, residual, mlp, ...        */
+    SG_STAGE_ATTN_RESID,  /* from attn_out[l]: resid_mid = resid + attn_out */
+    SG_STAGE_MLP,         /* from resid_mid[l]: ln_2, mlp, ...            */
+    SG_STAGE_MLP_PROJ,    /* from fc_act[l]: c_proj, residual             */
+    SG_STAGE_MLP_RESID,   /* from mlp_out[l]: resid[l+1] = resid_mid + mlp_out */
+} ForwardStage;
+
+void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max);
+void acts_free(Activations *a);
+
+/* Full pass: tokens (B,T) -> every buffer up to lnf. T <= n_positions, ids < V (checked by the caller). */
+void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T);
+
+/* Continues a pass from `stage` of layer `layer` (buffers before that point are left as they are). */
+void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage);
+
+/* logits (n,V) = lnf rows [row0, row0+n) @ wte^T (raw HF logits; the processed basis only
+ * shifts each row by a constant, which log-softmax removes). */
+void gpt2_logits(float *logits, const Activations *a, const Gpt2Model *m, size_t row0, size_t n);
+
+#endif

@@ -1,0 +1,23 @@
+/* gemm.h: the only door to BLIS. Every matmul of the forward pass and the SAE goes
+ * through here, row-major float32, so the BLAS can be swapped or instrumented in one place. */
+#ifndef SAEGAP_GEMM_H
+#define SAEGAP_GEMM_H
+
+#include <stddef.h>
+
+/* Threads BLIS may use in this process (ranks x threads should not exceed the cores). */
+void gemm_set_threads(int n);
+int gemm_get_threads(void);
+
+/* out (M,N) = x (M,K) @ w (K,N) + bias (N); bias may be NULL. */
+void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N);
+
+/* out (M,N) = x (M,K) @ w^T with w stored (N,K): the tied unembedding x @ wte^T. */
+void gemm_xwt(float *out, const float *x, const float *w, size_t M, size_t K, size_t N);
+
+/* General strided form: C = alpha * A @ B + beta * C, with A (M,K), B (K,N), C (M,N), each
+ * given by a row stride and a column stride (used for per-head attention on views). */
+void gemm_strided(size_t M, size_t N, size_t K, float alpha, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                  const float *B, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc);
+
+#endif

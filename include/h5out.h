@@ -1,0 +1,42 @@
+/* h5out.h: the only module that talks to HDF5.
+ *
+ * Writing follows PLATFORM-NOTES (parallel HDF5 1.10): the file is opened by every rank of a
+ * communicator through the MPI-IO driver; every dataset is created up front, uncompressed and
+ * allocated early, and the file flushed, so that afterwards ranks write only raw data
+ * (independently, at their own pace) and a kill cannot damage the metadata. Creating datasets
+ * and attributes is collective: every rank calls with the same arguments.
+ * File types are explicit little-endian; strings are variable-length UTF-8 (h5py reads str).
+ */
+#ifndef SAEGAP_H5OUT_H
+#define SAEGAP_H5OUT_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { H5OUT_F32, H5OUT_F64, H5OUT_I32 } H5OutType;
+
+typedef struct H5Out H5Out;
+
+/* Reads an integer dataset [rows, cols] of a (serial) HDF5 file into int64. User errors
+ * (missing file or dataset, wrong rank, non-integer type) return -1 with a pending error. */
+int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, size_t *rows, size_t *cols);
+
+/* Collective. Creates `path`, refusing an existing file. NULL with a pending error on failure. */
+H5Out *h5out_create(const char *path, MPI_Comm comm);
+
+/* Collective. Creates a dataset (intermediate groups made as needed); returns its handle index. */
+int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims);
+
+/* Independent. Writes rows [row0, row0+nrows) along the first dimension; data is native. */
+void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data);
+
+/* Collective. Attributes on an object ("/" or a dataset/group path); replaced if present. */
+void h5out_attr_str(H5Out *h, const char *obj, const char *name, const char *value);
+void h5out_attr_i64(H5Out *h, const char *obj, const char *name, int64_t value);
+void h5out_attr_f64(H5Out *h, const char *obj, const char *name, double value);
+
+void h5out_flush(H5Out *h);       /* collective */
+void h5out_close(H5Out *h);       /* collective; NULL is fine */
+
+#endif

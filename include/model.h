@@ -1,0 +1,61 @@
+/* model.h: a GPT-2-family model from a Hugging Face folder (config.json + model.safetensors).
+ *
+ * Weights are const float views: straight into the mmap for aligned F32 files, or into one
+ * owned float32 block converted once at load for F16/BF16. Conv1D layout: W is [in, out],
+ * y = x @ W + b. Every expected tensor's name and shape is checked at load time.
+ * Shape letters: L layers, D = n_embd, NH heads, Dh = D/NH, V vocab, P n_positions.
+ */
+#ifndef SAEGAP_MODEL_H
+#define SAEGAP_MODEL_H
+
+#include "safetensors.h"
+
+#include <stddef.h>
+
+typedef enum { SG_ACT_GELU_TANH, SG_ACT_GELU_ERF, SG_ACT_RELU } Gpt2Activation;
+
+typedef struct {
+    size_t n_layer, n_head, n_embd, n_positions, vocab_size; /* size_t to prevent int overflow */
+    double layer_norm_epsilon;
+    Gpt2Activation activation;
+    const char *activation_name;
+    int scale_attn_weights;               /* divide scores by sqrt(Dh) (HF default true) */
+    int scale_attn_by_inverse_layer_idx;  /* additionally divide by (layer + 1) */
+} Gpt2Config;
+
+typedef struct {
+    const float *ln1_w, *ln1_b;   /* (D) */
+    const float *qkv_w;           /* (D, 3D) q, k, v concatenated along out */
+    const float *qkv_b;           /* (3D) */
+    const float *attn_proj_w;     /* (D, D) */
+    const float *attn_proj_b;     /* (D) */
+    const float *ln2_w, *ln2_b;   /* (D) */
+    const float *fc_w;            /* (D, 4D) */
+    const float *fc_b;            /* (4D) */
+    const float *mlp_proj_w;      /* (4D, D) */
+    const float *mlp_proj_b;      /* (D) */
+} Gpt2LayerWeights;
+
+typedef struct {
+    char *dir;
+    Gpt2Config cfg;
+    const float *wte;             /* (V, D) token embedding, tied unembedding */
+    const float *wpe;             /* (P, D) */
+    Gpt2LayerWeights *layers;     /* (L) */
+    const float *lnf_w, *lnf_b;   /* (D) */
+    /* TransformerLens's folded value bias per layer: b_V + ln_1.bias @ W_V, (L, D) head-major.
+     * attn.hook_z in the processed basis is the HF z minus this (FIELD-FACTS section 2). */
+    float *value_bias_folded;
+    Safetensors st;
+    float *owned;                 /* converted tensors (F16/BF16 or misaligned F32) */
+    size_t n_params;
+} Gpt2Model;
+
+/* Loads and validates; 0 or -1 with a pending error naming the file. */
+int model_load(Gpt2Model *m, const char *dir);
+void model_free(Gpt2Model *m); /* accepts a zeroed struct */
+
+/* Reads config.json only (for `saegap info` and planning). */
+int model_read_config(Gpt2Config *cfg, const char *dir);
+
+#endif

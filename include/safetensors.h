@@ -1,0 +1,59 @@
+/* safetensors.h: read-only, validated views of a .safetensors file (mmap, no copies).
+ *
+ * Format: 8-byte little-endian header length N, N bytes of JSON
+ * {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}},
+ * then the data block; offsets are relative to the start of the data block.
+ * Validated as the reference implementation (huggingface/safetensors) does: header length
+ * within bounds, valid JSON object, known dtype, dtype x shape == byte size, tensors covering
+ * the data block back to back with no gaps or overlaps, and the block ending at end of file.
+ * Knows nothing about GPT-2 or SAEs.
+ */
+#ifndef SAEGAP_SAFETENSORS_H
+#define SAEGAP_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16, ST_I32, ST_U32, ST_F32,
+    ST_I64, ST_U64, ST_F64, ST_F8_E4M3, ST_F8_E5M2, ST_DTYPE_COUNT
+} SafetensorsDtype;
+
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    SafetensorsDtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    size_t numel;
+    size_t nbytes;
+    const void *data; /* points into the mapping */
+} SafetensorsTensor;
+
+typedef struct {
+    char *path;
+    void *map;          /* whole file, PROT_READ */
+    size_t map_size;
+    size_t n_tensors;
+    SafetensorsTensor *tensors;
+} Safetensors;
+
+const char *safetensors_dtype_name(SafetensorsDtype dt);
+
+/* Returns 0, or -1 with a pending error naming the path (error.h). Zeroed struct on failure. */
+int safetensors_open(Safetensors *st, const char *path);
+void safetensors_close(Safetensors *st); /* accepts a zeroed struct */
+
+/* NULL when absent. */
+const SafetensorsTensor *safetensors_find(const Safetensors *st, const char *name);
+
+/* Converts F32/F16/BF16 to float32 (out holds t->numel floats). Refuses other dtypes and
+ * any NaN/Inf, naming the tensor. Returns 0 or -1 with a pending error. */
+int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTensor *t);
+
+/* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
+int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,
+                       const int64_t *shape);
+
+#endif

@@ -1,0 +1,157 @@
+/* cli.c: option table, parsing and help (see cli.h). */
+#include "cli.h"
+
+#include "error.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { OPT_STR, OPT_COUNT, OPT_INT, OPT_SEED, OPT_FLAG, OPT_LIST } OptKind;
+
+typedef struct {
+    const char *name;
+    OptKind kind;
+    size_t offset;     /* into Options */
+    long min;          /* for OPT_COUNT / OPT_INT */
+    const char *arg;   /* shown in help */
+    const char *help;
+    const char *commands; /* which commands use it (help only) */
+} OptionSpec;
+
+#define OFF(f) offsetof(Options, f)
+static const OptionSpec OPTIONS[] = {
+    {"model", OPT_STR, OFF(model), 0, "DIR", "Hugging Face GPT-2 folder (config.json + model.safetensors)", "run dump plan"},
+    {"sae", OPT_LIST, OFF(sae), 0, "DIR", "SAELens SAE folder, or a folder of them; repeatable", "run plan"},
+    {"tokens", OPT_STR, OFF(tokens), 0, "FILE", ".h5/.hdf5 (dataset tokens), .npy, or .bin (uint16 or llm.c)", "run dump plan"},
+    {"ctx", OPT_COUNT, OFF(ctx), 1, "N", "context length used to cut a flat .bin token file", "run dump plan"},
+    {"contexts", OPT_COUNT, OFF(contexts), 1, "N", "use only the first N contexts", "run dump plan"},
+    {"sites", OPT_STR, OFF(sites), 0, "A,B,...", "hook names to write (TransformerLens names), or all", "dump"},
+    {"logits", OPT_FLAG, OFF(logits), 0, NULL, "also write logits [n, T, vocab]", "dump"},
+    {"basis", OPT_STR, OFF(basis), 0, "processed|raw", "activation basis (default processed = TransformerLens)", "run dump"},
+    {"interventions", OPT_STR, OFF(interventions), 0, "LIST", "comma list or all (default all)", "run plan"},
+    {"scope", OPT_STR, OFF(scope), 0, "all|position", "intervene at every position (default) or at one", "run plan"},
+    {"position", OPT_COUNT, OFF(position), 0, "P", "with --scope position: the position intervened on", "run plan"},
+    {"window", OPT_COUNT, OFF(window), 1, "W", "with --scope position: positions measured (default 16)", "run plan"},
+    {"samples", OPT_COUNT, OFF(samples), 1, "S", "draws of each random intervention per token (default 1)", "run plan"},
+    {"bos", OPT_STR, OFF(bos), 0, "include|exclude", "measure BOS tokens or not (default exclude)", "run plan"},
+    {"seed", OPT_SEED, OFF(seed), 0, "N", "the one seed of every random draw (default 0)", "run plan"},
+    {"out", OPT_STR, OFF(out), 0, "FILE", "result file (an existing file is refused)", "run dump"},
+    {"resume", OPT_FLAG, OFF(resume), 0, NULL, "continue an interrupted run in --out", "run"},
+    {"threads-per-rank", OPT_COUNT, OFF(threads_per_rank), 1, "N", "BLIS threads in each rank", "run dump plan"},
+    {"ranks", OPT_COUNT, OFF(ranks), 1, "N", "ranks to plan for", "plan"},
+    {"allow-model-mismatch", OPT_FLAG, OFF(allow_model_mismatch), 0, NULL, "accept an SAE whose cfg names another model", "run plan"},
+    {"quiet", OPT_FLAG, OFF(quiet), 0, NULL, "no progress output", "run dump plan"},
+    {"help", OPT_FLAG, OFF(help), 0, NULL, "this help", "run dump plan info verify"},
+};
+#undef OFF
+#define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
+
+static const char *const COMMANDS[] = {"run", "dump", "plan", "info", "verify"};
+
+void cli_print_help(FILE *f, const char *command) {
+    fprintf(f,
+            "saegap %s: how faithful are sparse autoencoders to the model they explain\n\n"
+            "usage:\n"
+            "  saegap run    [JOB_FILE] [options]   the sweep: clean + intervened passes into one HDF5 file\n"
+            "  saegap dump   [options]              TransformerLens-basis activations of chosen sites (+ logits)\n"
+            "  saegap plan   JOB_FILE --ranks N     time, memory and output size of a job, before it runs\n"
+            "  saegap info   PATH                   what a model folder, SAE folder, token or result file holds\n"
+            "  saegap verify RESULT.h5              is a result complete and consistent\n\n"
+            "options%s%s:\n",
+            SAEGAP_VERSION, command ? " of " : "", command ? command : "");
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const OptionSpec *s = &OPTIONS[i];
+        if (command && !strstr(s->commands, command)) continue;
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", s->name, s->arg ? " " : "", s->arg ? s->arg : "");
+        fprintf(f, "  %-30s %s\n", left, s->help);
+    }
+    fprintf(f, "\nrun under MPI: mpirun -np N saegap run ...  (identical results for any N)\n"
+               "docs: README.md, docs/ (result-file layout: docs/result-file.md)\n");
+}
+
+static int parse_long(const char *opt, const char *arg, long min, long *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || !end || *end != '\0' || end == arg || v < min || v > INT_MAX)
+        return sg_errorf(min > 0 ? "command line" : "command line", "--%s '%s' is not an integer >= %ld", opt, arg, min);
+    *out = v;
+    return 0;
+}
+
+int cli_parse(Options *o, int argc, char **argv) {
+    memset(o, 0, sizeof *o);
+    o->ctx = o->contexts = o->position = o->window = o->samples = o->threads_per_rank = o->ranks = -1;
+    size_t len = 1;
+    for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
+    o->command_line = sg_xcalloc(len, 1);
+    for (int i = 0; i < argc; i++) {
+        if (i) strcat(o->command_line, " ");
+        strcat(o->command_line, argv[i]);
+    }
+    if (argc < 2) return sg_errorf("command line", "no command given (run, dump, plan, info, verify; --help for usage)");
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        o->help = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof COMMANDS[0]; i++)
+        if (!strcmp(argv[1], COMMANDS[i])) o->command = COMMANDS[i];
+    if (!o->command)
+        return sg_errorf("command line", "unknown command '%s' (run, dump, plan, info, verify)", argv[1]);
+
+    struct option longopts[N_OPTIONS + 1];
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        longopts[i] = (struct option){OPTIONS[i].name,
+                                      OPTIONS[i].kind == OPT_FLAG ? no_argument : required_argument, NULL, (int)i + 256};
+    longopts[N_OPTIONS] = (struct option){0, 0, 0, 0};
+
+    optind = 1; /* parse argv[1..]: argv[1] (the command) is treated as argv[0] */
+    opterr = 0;
+    int sub_argc = argc - 1;
+    char **sub_argv = argv + 1;
+    int c;
+    while ((c = getopt_long(sub_argc, sub_argv, ":h", longopts, NULL)) != -1) {
+        if (c == 'h') { o->help = 1; continue; }
+        if (c == '?') {
+            const char *bad = sub_argv[optind - 1];
+            return sg_errorf("command line", "unknown option '%s' (saegap %s --help lists them)", bad, o->command);
+        }
+        if (c == ':') return sg_errorf("command line", "option '%s' needs a value", sub_argv[optind - 1]);
+        const OptionSpec *s = &OPTIONS[c - 256];
+        char *field = (char *)o + s->offset;
+        switch (s->kind) {
+        case OPT_STR: *(const char **)field = optarg; break;
+        case OPT_FLAG: *(int *)field = 1; break;
+        case OPT_COUNT:
+        case OPT_INT:
+            if (parse_long(s->name, optarg, s->min, (long *)field)) return -1;
+            break;
+        case OPT_SEED: {
+            char *end = NULL;
+            errno = 0;
+            long long v = strtoll(optarg, &end, 10);
+            if (errno || !end || *end || end == optarg || v < 0)
+                return sg_errorf("command line", "--seed '%s' is not a non-negative integer", optarg);
+            o->seed = v;
+        } break;
+        case OPT_LIST:
+            o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);
+            o->sae[o->n_sae++] = optarg;
+            break;
+        }
+    }
+    if (optind < sub_argc) o->positional = sub_argv[optind++];
+    if (optind < sub_argc) return sg_errorf("command line", "unexpected argument '%s'", sub_argv[optind]);
+    return 0;
+}
+
+void cli_free(Options *o) {
+    free(o->sae);
+    free(o->command_line);
+    memset(o, 0, sizeof *o);
+}

@@ -1,0 +1,169 @@
+/* dump.c: `saegap dump` (CONTRACT.md): every rank loads the model, contexts are split into
+ * contiguous blocks across ranks, each rank runs the forward pass on its block and writes the
+ * requested sites, in the basis asked for, into one parallel-HDF5 file. */
+#include "dump.h"
+
+#include "error.h"
+#include "forward.h"
+#include "h5out.h"
+#include "model.h"
+#include "sites.h"
+#include "tokens.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    Site *sites;
+    size_t n;
+} SiteList;
+
+/* "A,B,C" or "all" -> sites, deduplicated, in the order given. */
+static int parse_site_list(SiteList *out, const char *list, size_t n_layer) {
+    memset(out, 0, sizeof *out);
+    if (!strcmp(list, "all")) {
+        out->n = site_count(n_layer);
+        out->sites = sg_xcalloc(out->n, sizeof *out->sites);
+        for (size_t i = 0; i < out->n; i++) out->sites[i] = site_at(i);
+        return 0;
+    }
+    char *copy = sg_xstrdup(list), *save = NULL;
+    int rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') tok++;
+        Site s;
+        rc = site_parse(&s, tok, n_layer, "--sites");
+        if (rc) break;
+        int dup = 0;
+        for (size_t i = 0; i < out->n; i++) dup |= out->sites[i].kind == s.kind && out->sites[i].layer == s.layer;
+        if (dup) continue;
+        out->sites = sg_xrealloc(out->sites, (out->n + 1) * sizeof *out->sites);
+        out->sites[out->n++] = s;
+    }
+    free(copy);
+    if (rc == 0 && out->n == 0) rc = sg_errorf("--sites", "no site given");
+    return rc;
+}
+
+static int check_options(const Options *o, Basis *basis) {
+    if (!o->model) return sg_errorf("command line", "dump needs --model DIR");
+    if (!o->tokens) return sg_errorf("command line", "dump needs --tokens FILE");
+    if (!o->sites) return sg_errorf("command line", "dump needs --sites A,B,... (or --sites all)");
+    if (!o->out) return sg_errorf("command line", "dump needs --out FILE.h5");
+    if (o->positional) return sg_errorf("command line", "dump takes no positional argument (got '%s')", o->positional);
+    *basis = SG_BASIS_PROCESSED;
+    if (o->basis && basis_parse(o->basis, basis) != 0)
+        return sg_errorf("--basis", "'%s' is not processed or raw", o->basis);
+    if (access(o->out, F_OK) == 0) return sg_errorf(o->out, "output file already exists; refusing to overwrite it");
+    return 0;
+}
+
+int dump_command(const Options *o, MPI_Comm comm) {
+    int rank, size;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    Basis basis;
+    if (sg_agree(comm, check_options(o, &basis))) return 1;
+
+    Gpt2Model model;
+    if (sg_agree(comm, model_load(&model, o->model))) return 1;
+    const Gpt2Config *c = &model.cfg;
+
+    TokenSet ts;
+    int rc = tokens_load(&ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);
+    if (rc == 0) rc = tokens_check(&ts, o->tokens, c->vocab_size, c->n_positions);
+    if (sg_agree(comm, rc)) { model_free(&model); return 1; }
+
+    SiteList sl;
+    if (sg_agree(comm, parse_site_list(&sl, o->sites, c->n_layer))) {
+        tokens_free(&ts);
+        model_free(&model);
+        return 1;
+    }
+
+    H5Out *h = h5out_create(o->out, comm);
+    if (sg_agree(comm, h ? 0 : -1)) {
+        free(sl.sites);
+        tokens_free(&ts);
+        model_free(&model);
+        return 1;
+    }
+
+    /* ---- schema, created up front by every rank ---- */
+    const size_t n = ts.n, T = ts.ctx, V = c->vocab_size;
+    char created[32];
+    time_t now = time(NULL);
+    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    h5out_attr_str(h, "/", "saegap_version", SAEGAP_VERSION);
+    h5out_attr_str(h, "/", "command_line", o->command_line);
+    h5out_attr_str(h, "/", "created", created);
+    h5out_attr_str(h, "/", "model", o->model);
+    h5out_attr_str(h, "/", "tokens_file", o->tokens);
+    h5out_attr_str(h, "/", "basis", basis_name(basis));
+    h5out_attr_i64(h, "/", "n_contexts", (int64_t)n);
+    h5out_attr_i64(h, "/", "ctx", (int64_t)T);
+    h5out_attr_i64(h, "/", "ranks", size);
+    h5out_attr_i64(h, "/", "complete", 0);
+    uint64_t tdims[2] = {n, T};
+    int ds_tokens = h5out_dataset(h, "tokens", H5OUT_I32, 2, tdims);
+    int *ds_site = sg_xcalloc(sl.n, sizeof *ds_site);
+    char name[128];
+    for (size_t i = 0; i < sl.n; i++) {
+        site_name(name, sizeof name, sl.sites[i]);
+        uint64_t dims[3] = {n, T, site_width(sl.sites[i], c)};
+        ds_site[i] = h5out_dataset(h, name, H5OUT_F32, 3, dims);
+        h5out_attr_str(h, name, "basis", basis_name(basis));
+    }
+    int ds_logits = -1;
+    if (o->logits) {
+        uint64_t dims[3] = {n, T, V};
+        ds_logits = h5out_dataset(h, "logits", H5OUT_F32, 3, dims);
+        h5out_attr_str(h, "logits", "basis", "raw (Hugging Face; log-softmax equals TransformerLens's)");
+    }
+    h5out_flush(h);
+
+    /* ---- this rank's contiguous block of contexts, in batches of B ---- */
+    size_t lo = n * (size_t)rank / (size_t)size, hi = n * (size_t)(rank + 1) / (size_t)size;
+    size_t B = T >= 512 ? 1 : 512 / T;
+    if (B > 8) B = 8;
+    Activations acts;
+    acts_alloc(&acts, c, B, T);
+    size_t max_w = 4 * c->n_embd;
+    float *buf = sg_xcalloc(B * T * (max_w > V ? max_w : V), sizeof(float));
+    if (rank == 0) h5out_write_rows(h, ds_tokens, 0, n, ts.ids);
+    double t0 = MPI_Wtime(), last = t0;
+    for (size_t c0 = lo; c0 < hi; c0 += B) {
+        size_t nb = hi - c0 < B ? hi - c0 : B;
+        gpt2_forward(&acts, &model, ts.ids + c0 * T, nb, T);
+        for (size_t i = 0; i < sl.n; i++) {
+            site_read(buf, &acts, &model, sl.sites[i], basis, 0, nb * T);
+            h5out_write_rows(h, ds_site[i], c0, nb, buf);
+        }
+        if (ds_logits >= 0) {
+            gpt2_logits(buf, &acts, &model, 0, nb * T);
+            h5out_write_rows(h, ds_logits, c0, nb, buf);
+        }
+        double now_s = MPI_Wtime();
+        if (rank == 0 && !sg_quiet() && (now_s - last > 10 || c0 + nb == hi)) {
+            fprintf(stderr, "saegap dump: rank 0 %zu/%zu contexts, %.1f s\n", c0 + nb - lo, hi - lo, now_s - t0);
+            last = now_s;
+        }
+    }
+    free(buf);
+    acts_free(&acts);
+
+    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before completing %s failed", o->out);
+    h5out_attr_i64(h, "/", "complete", 1);
+    h5out_close(h);
+    if (rank == 0 && !sg_quiet())
+        fprintf(stderr, "saegap dump: wrote %zu sites%s for %zu contexts x %zu tokens to %s (%s basis)\n", sl.n,
+                o->logits ? " + logits" : "", n, T, o->out, basis_name(basis));
+    free(ds_site);
+    free(sl.sites);
+    tokens_free(&ts);
+    model_free(&model);
+    return 0;
+}

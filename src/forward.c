@@ -1,0 +1,167 @@
+/* forward.c: GPT-2 ops and the layer loop (see forward.h). One function per op, outputs
+ * first, sizes last; every matmul is a BLIS sgemm through gemm.h. */
+#include "forward.h"
+
+#include "error.h"
+#include "gemm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- ops ------------------------------------------------------------------------------- */
+
+/* embed, pos_embed, resid (N=B*T rows, D): token and position rows, and their sum. */
+static void encoder_forward(float *embed, float *pos_embed, float *resid, const int32_t *tokens, const float *wte,
+                            const float *wpe, size_t B, size_t T, size_t D) {
+    for (size_t b = 0; b < B; b++)
+        for (size_t t = 0; t < T; t++) {
+            size_t row = (b * T + t) * D;
+            const float *we = wte + (size_t)tokens[b * T + t] * D, *pe = wpe + t * D;
+            for (size_t i = 0; i < D; i++) {
+                embed[row + i] = we[i];
+                pos_embed[row + i] = pe[i];
+                resid[row + i] = we[i] + pe[i];
+            }
+        }
+}
+
+/* out (N,D) = (inp - mean) / sqrt(var + eps) * w + b, biased variance, statistics in double. */
+static void layernorm_forward(float *out, const float *inp, const float *w, const float *b, size_t N, size_t D,
+                              double eps) {
+    for (size_t n = 0; n < N; n++) {
+        const float *x = inp + n * D;
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < D; i++) mean += x[i];
+        mean /= (double)D;
+        for (size_t i = 0; i < D; i++) { double d = x[i] - mean; var += d * d; }
+        var /= (double)D;
+        double rstd = 1.0 / sqrt(var + eps);
+        float *o = out + n * D;
+        for (size_t i = 0; i < D; i++) o[i] = (float)((x[i] - mean) * rstd) * w[i] + b[i];
+    }
+}
+
+/* z (B,T,D) head-major from qkv (B,T,3D); att (B,NH,T,T) causal softmax probabilities. */
+static void attention_forward(float *z, float *att, const float *qkv, size_t B, size_t T, size_t D, size_t NH,
+                              float scale) {
+    size_t Dh = D / NH, C3 = 3 * D;
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < NH; h++) {
+            const float *q = qkv + b * T * C3 + h * Dh;
+            const float *k = q + D, *v = q + 2 * D;
+            float *A = att + (b * NH + h) * T * T;
+            /* scores (T,T) = scale * q (T,Dh) @ k^T (Dh,T) */
+            gemm_strided(T, T, Dh, scale, q, (ptrdiff_t)C3, 1, k, 1, (ptrdiff_t)C3, 0.0f, A, (ptrdiff_t)T, 1);
+            for (size_t t = 0; t < T; t++) {
+                float *row = A + t * T;
+                float mx = -INFINITY;
+                for (size_t s = 0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
+                double sum = 0;
+                for (size_t s = 0; s <= t; s++) { float e = expf(row[s] - mx); row[s] = e; sum += e; }
+                float inv = (float)(1.0 / sum);
+                for (size_t s = 0; s <= t; s++) row[s] *= inv;
+                for (size_t s = t + 1; s < T; s++) row[s] = 0.0f;
+            }
+            /* z head h (T,Dh) = att (T,T) @ v (T,Dh) */
+            gemm_strided(T, Dh, T, 1.0f, A, (ptrdiff_t)T, 1, v, (ptrdiff_t)C3, 1, 0.0f, z + b * T * D + h * Dh,
+                         (ptrdiff_t)D, 1);
+        }
+}
+
+/* out (N) = a + b */
+static void residual_forward(float *out, const float *a, const float *b, size_t N) {
+    for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
+}
+
+/* out (N) = act(inp); gelu_new is the tanh approximation GPT-2 was trained with. */
+static void activation_forward(float *out, const float *inp, size_t N, Gpt2Activation act) {
+    const float s = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        switch (act) {
+        case SG_ACT_GELU_TANH: out[i] = 0.5f * x * (1.0f + tanhf(s * (x + 0.044715f * x * x * x))); break;
+        case SG_ACT_GELU_ERF: out[i] = 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); break;
+        case SG_ACT_RELU: out[i] = x > 0 ? x : 0.0f; break;
+        }
+    }
+}
+
+/* ---- buffers ---------------------------------------------------------------------------- */
+
+void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max) {
+    memset(a, 0, sizeof *a);
+    a->B_max = B_max, a->T_max = T_max, a->L = c->n_layer, a->D = c->n_embd, a->NH = c->n_head, a->V = c->vocab_size;
+    size_t N = B_max * T_max, L = a->L, D = a->D, NH = a->NH;
+    size_t sizes[] = {
+        N * D, N * D, (L + 1) * N * D, L * N * D, L * N * 3 * D, L * B_max * NH * T_max * T_max, L * N * D,
+        L * N * D, L * N * D, L * N * D, L * N * 4 * D, L * N * 4 * D, L * N * D, N * D,
+    };
+    float **ptrs[] = {&a->embed, &a->pos_embed, &a->resid, &a->ln1, &a->qkv, &a->att, &a->z,
+                      &a->attn_out, &a->resid_mid, &a->ln2, &a->fc, &a->fc_act, &a->mlp_out, &a->lnf};
+    _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "size table out of sync");
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) / 16 * 16;
+    a->block = sg_xcalloc(total, sizeof(float));
+    float *p = a->block;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { *ptrs[i] = p; p += (sizes[i] + 15) / 16 * 16; }
+}
+
+void acts_free(Activations *a) {
+    free(a->block);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---- the pass ----------------------------------------------------------------------------- */
+
+void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage) {
+    const Gpt2Config *c = &m->cfg;
+    size_t B = a->B, T = a->T, N = B * T, D = a->D, NH = a->NH, L = a->L;
+    for (size_t l = layer; l < L; l++) {
+        const Gpt2LayerWeights *w = &m->layers[l];
+        float *resid = a->resid + l * N * D, *resid_next = a->resid + (l + 1) * N * D;
+        float *ln1 = a->ln1 + l * N * D, *qkv = a->qkv + l * N * 3 * D, *att = a->att + l * B * NH * T * T;
+        float *z = a->z + l * N * D, *attn_out = a->attn_out + l * N * D, *resid_mid = a->resid_mid + l * N * D;
+        float *ln2 = a->ln2 + l * N * D, *fc = a->fc + l * N * 4 * D, *fc_act = a->fc_act + l * N * 4 * D;
+        float *mlp_out = a->mlp_out + l * N * D;
+        float scale = c->scale_attn_weights ? 1.0f / sqrtf((float)(D / NH)) : 1.0f;
+        if (c->scale_attn_by_inverse_layer_idx) scale /= (float)(l + 1);
+        ForwardStage s = l == layer ? stage : SG_STAGE_ATTN;
+        switch (s) {
+        case SG_STAGE_ATTN:
+            layernorm_forward(ln1, resid, w->ln1_w, w->ln1_b, N, D, c->layer_norm_epsilon);
+            gemm_xw_bias(qkv, ln1, w->qkv_w, w->qkv_b, N, D, 3 * D);
+            attention_forward(z, att, qkv, B, T, D, NH, scale);
+            /* fall through */
+        case SG_STAGE_ATTN_PROJ:
+            gemm_xw_bias(attn_out, z, w->attn_proj_w, w->attn_proj_b, N, D, D);
+            /* fall through */
+        case SG_STAGE_ATTN_RESID:
+            residual_forward(resid_mid, resid, attn_out, N * D);
+            /* fall through */
+        case SG_STAGE_MLP:
+            layernorm_forward(ln2, resid_mid, w->ln2_w, w->ln2_b, N, D, c->layer_norm_epsilon);
+            gemm_xw_bias(fc, ln2, w->fc_w, w->fc_b, N, D, 4 * D);
+            activation_forward(fc_act, fc, N * 4 * D, c->activation);
+            /* fall through */
+        case SG_STAGE_MLP_PROJ:
+            gemm_xw_bias(mlp_out, fc_act, w->mlp_proj_w, w->mlp_proj_b, N, 4 * D, D);
+            /* fall through */
+        case SG_STAGE_MLP_RESID:
+            residual_forward(resid_next, resid_mid, mlp_out, N * D);
+        }
+    }
+    layernorm_forward(a->lnf, a->resid + L * N * D, m->lnf_w, m->lnf_b, N, D, c->layer_norm_epsilon);
+}
+
+void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T) {
+    if (B > a->B_max || T > a->T_max)
+        sg_fatal("forward", "batch (B=%zu, T=%zu) exceeds the planned buffers (B=%zu, T=%zu)", B, T, a->B_max, a->T_max);
+    a->B = B, a->T = T;
+    encoder_forward(a->embed, a->pos_embed, a->resid, tokens, m->wte, m->wpe, B, T, a->D);
+    gpt2_forward_from(a, m, 0, SG_STAGE_ATTN);
+}
+
+void gpt2_logits(float *logits, const Activations *a, const Gpt2Model *m, size_t row0, size_t n) {
+    gemm_xwt(logits, a->lnf + row0 * a->D, m->wte, n, a->D, a->V);
+}

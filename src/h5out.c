@@ -1,0 +1,205 @@
+/* h5out.c: HDF5 reading of token matrices and the parallel result-file writer (see h5out.h). */
+#include "h5out.h"
+
+#include "error.h"
+
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Every HDF5 call that should not fail once inputs are checked goes through this. */
+#define SG_H5(call, ...)                                                               \
+    do {                                                                               \
+        if ((call) < 0) {                                                              \
+            H5Eprint2(H5E_DEFAULT, stderr);                                            \
+            sg_fatal_at(__FILE__, __LINE__, "HDF5", __VA_ARGS__);                      \
+        }                                                                              \
+    } while (0)
+
+struct H5Out {
+    char *path;
+    hid_t file;
+    hid_t *dsets;
+    H5OutType *types;
+    int n_dsets, cap_dsets;
+};
+
+static void quiet_hdf5(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, size_t *rows, size_t *cols) {
+    quiet_hdf5();
+    *vals = NULL;
+    if (H5Fis_hdf5(path) <= 0) return sg_errorf(path, "not an HDF5 file");
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return sg_errorf(path, "cannot open as HDF5");
+    int rc = -1;
+    hid_t d = H5I_INVALID_HID, s = H5I_INVALID_HID, t = H5I_INVALID_HID;
+    if (H5Lexists(f, dataset, H5P_DEFAULT) <= 0) { sg_errorf(path, "has no dataset '%s'", dataset); goto done; }
+    d = H5Dopen2(f, dataset, H5P_DEFAULT);
+    if (d < 0) { sg_errorf(path, "'%s' is not a dataset", dataset); goto done; }
+    t = H5Dget_type(d);
+    if (H5Tget_class(t) != H5T_INTEGER) { sg_errorf(path, "dataset '%s' is not of an integer type", dataset); goto done; }
+    s = H5Dget_space(d);
+    int nd = H5Sget_simple_extent_ndims(s);
+    if (nd != 2) { sg_errorf(path, "dataset '%s' has %d dimension(s); expected [n_contexts, ctx]", dataset, nd); goto done; }
+    hsize_t dims[2];
+    H5Sget_simple_extent_dims(s, dims, NULL);
+    *rows = dims[0], *cols = dims[1];
+    *vals = sg_xcalloc((size_t)(dims[0] * dims[1]) + 1, sizeof(int64_t));
+    if (dims[0] != 0 && dims[1] != 0 && H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *vals) < 0) {
+        sg_errorf(path, "cannot read dataset '%s'", dataset);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (t >= 0) H5Tclose(t);
+    if (s >= 0) H5Sclose(s);
+    if (d >= 0) H5Dclose(d);
+    H5Fclose(f);
+    if (rc != 0) { free(*vals); *vals = NULL; }
+    return rc;
+}
+
+H5Out *h5out_create(const char *path, MPI_Comm comm) {
+    quiet_hdf5();
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    SG_H5(fapl, "creating a file-access property list");
+    /* REQUIRED: every rank opens the one file through MPI-IO */
+    SG_H5(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL), "selecting the MPI-IO driver for %s", path);
+    /* OPTIONAL: metadata reads and writes as collective operations (fewer small I/Os) */
+    SG_H5(H5Pset_all_coll_metadata_ops(fapl, 1), "setting collective metadata reads");
+    SG_H5(H5Pset_coll_metadata_write(fapl, 1), "setting collective metadata writes");
+    hid_t f = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (f < 0) {
+        sg_errorf(path, access(path, F_OK) == 0 ? "output file already exists; refusing to overwrite it"
+                                                : "cannot create the output file (does its folder exist and is it writable?)");
+        return NULL;
+    }
+    H5Out *h = sg_xcalloc(1, sizeof *h);
+    h->path = sg_xstrdup(path);
+    h->file = f;
+    return h;
+}
+
+static hid_t file_type(H5OutType t) {
+    switch (t) {
+    case H5OUT_F32: return H5T_IEEE_F32LE;
+    case H5OUT_F64: return H5T_IEEE_F64LE;
+    case H5OUT_I32: return H5T_STD_I32LE;
+    }
+    return H5T_IEEE_F32LE;
+}
+
+static hid_t mem_type(H5OutType t) {
+    switch (t) {
+    case H5OUT_F32: return H5T_NATIVE_FLOAT;
+    case H5OUT_F64: return H5T_NATIVE_DOUBLE;
+    case H5OUT_I32: return H5T_NATIVE_INT32;
+    }
+    return H5T_NATIVE_FLOAT;
+}
+
+int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+    hsize_t hd[8];
+    for (int i = 0; i < ndims && i < 8; i++) hd[i] = dims[i];
+    hid_t space = H5Screate_simple(ndims, hd, NULL);
+    SG_H5(space, "creating the dataspace of %s", name);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    SG_H5(H5Pset_create_intermediate_group(lcpl, 1), "setting intermediate group creation");
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    /* REQUIRED for crash safety: space allocated now, so later writes touch raw data only */
+    SG_H5(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY), "setting early allocation");
+    /* Unwritten elements read back as NaN (floats): "not measured", never a plausible 0 */
+    if (type == H5OUT_F32) {
+        float nan = __builtin_nanf("");
+        SG_H5(H5Pset_fill_value(dcpl, H5T_NATIVE_FLOAT, &nan), "setting the fill value");
+    } else if (type == H5OUT_F64) {
+        double nan = __builtin_nan("");
+        SG_H5(H5Pset_fill_value(dcpl, H5T_NATIVE_DOUBLE, &nan), "setting the fill value");
+    }
+    SG_H5(H5Pset_fill_time(dcpl, H5D_FILL_TIME_ALLOC), "setting the fill time");
+    hid_t d = H5Dcreate2(h->file, name, file_type(type), space, lcpl, dcpl, H5P_DEFAULT);
+    SG_H5(d, "creating dataset %s in %s", name, h->path);
+    H5Pclose(dcpl);
+    H5Pclose(lcpl);
+    H5Sclose(space);
+    if (h->n_dsets == h->cap_dsets) {
+        h->cap_dsets = h->cap_dsets ? 2 * h->cap_dsets : 16;
+        h->dsets = sg_xrealloc(h->dsets, (size_t)h->cap_dsets * sizeof *h->dsets);
+        h->types = sg_xrealloc(h->types, (size_t)h->cap_dsets * sizeof *h->types);
+    }
+    h->dsets[h->n_dsets] = d;
+    h->types[h->n_dsets] = type;
+    return h->n_dsets++;
+}
+
+void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data) {
+    hid_t d = h->dsets[ds];
+    hid_t fspace = H5Dget_space(d);
+    SG_H5(fspace, "getting a dataspace");
+    int nd = H5Sget_simple_extent_ndims(fspace);
+    hsize_t dims[8], start[8] = {0}, count[8];
+    H5Sget_simple_extent_dims(fspace, dims, NULL);
+    for (int i = 0; i < nd; i++) count[i] = dims[i];
+    start[0] = row0, count[0] = nrows;
+    SG_H5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), "selecting rows of %s", h->path);
+    hid_t mspace = H5Screate_simple(nd, count, NULL);
+    hid_t mt = mem_type(h->types[ds]);
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    /* independent: ranks finish their work at different times (no collective rounds) */
+    SG_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT), "setting independent transfers");
+    SG_H5(H5Dwrite(d, mt, mspace, fspace, dxpl, data), "writing rows %llu..%llu of %s",
+          (unsigned long long)row0, (unsigned long long)(row0 + nrows), h->path);
+    H5Pclose(dxpl);
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+}
+
+static hid_t open_obj(H5Out *h, const char *obj) {
+    hid_t o = H5Oopen(h->file, obj, H5P_DEFAULT);
+    SG_H5(o, "opening %s in %s", obj, h->path);
+    return o;
+}
+
+static void write_attr(H5Out *h, const char *obj, const char *name, hid_t ftype, hid_t mtype, const void *value) {
+    hid_t o = open_obj(h, obj);
+    if (H5Aexists(o, name) > 0) SG_H5(H5Adelete(o, name), "replacing attribute %s", name);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(o, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT);
+    SG_H5(a, "creating attribute %s on %s", name, obj);
+    SG_H5(H5Awrite(a, mtype, value), "writing attribute %s on %s", name, obj);
+    H5Aclose(a);
+    H5Sclose(space);
+    H5Oclose(o);
+}
+
+void h5out_attr_str(H5Out *h, const char *obj, const char *name, const char *value) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    write_attr(h, obj, name, t, t, &value);
+    H5Tclose(t);
+}
+
+void h5out_attr_i64(H5Out *h, const char *obj, const char *name, int64_t value) {
+    write_attr(h, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+void h5out_attr_f64(H5Out *h, const char *obj, const char *name, double value) {
+    write_attr(h, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+}
+
+void h5out_flush(H5Out *h) { SG_H5(H5Fflush(h->file, H5F_SCOPE_GLOBAL), "flushing %s", h->path); }
+
+void h5out_close(H5Out *h) {
+    if (!h) return;
+    for (int i = 0; i < h->n_dsets; i++) H5Dclose(h->dsets[i]);
+    SG_H5(H5Fclose(h->file), "closing %s", h->path);
+    free(h->dsets);
+    free(h->types);
+    free(h->path);
+    free(h);
+}

@@ -1,0 +1,249 @@
+/* model.c: config.json -> Gpt2Config, tensor names -> Gpt2Model with checked shapes. */
+#include "model.h"
+
+#include "error.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static char *read_text_file(const char *path, size_t max_bytes) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { sg_errorf(path, "cannot open: %s", strerror(errno)); return NULL; }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) { cap = cap ? 2 * cap : 8192; buf = sg_xrealloc(buf, cap); }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+        if (n > max_bytes) { fclose(f); free(buf); sg_errorf(path, "file larger than %zu bytes", max_bytes); return NULL; }
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) { free(buf); sg_errorf(path, "read error"); return NULL; }
+    buf[n] = '\0';
+    return buf;
+}
+
+static int cfg_size(const cJSON *root, const char *path, const char *key, size_t *out, int required) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j) return required ? sg_errorf(path, "missing key \"%s\"", key) : 1;
+    if (!cJSON_IsNumber(j) || j->valuedouble < 1 || j->valuedouble != floor(j->valuedouble) || j->valuedouble > 1e9)
+        return sg_errorf(path, "key \"%s\" must be a positive integer", key);
+    *out = (size_t)j->valuedouble;
+    return 0;
+}
+
+static int cfg_bool(const cJSON *root, const char *path, const char *key, int *out, int dflt) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) { *out = dflt; return 0; }
+    if (!cJSON_IsBool(j)) return sg_errorf(path, "key \"%s\" must be true or false", key);
+    *out = cJSON_IsTrue(j);
+    return 0;
+}
+
+int model_read_config(Gpt2Config *cfg, const char *dir) {
+    memset(cfg, 0, sizeof *cfg);
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return sg_errorf(dir, "model folder does not exist");
+    if (!S_ISDIR(sb.st_mode)) return sg_errorf(dir, "--model must be a folder holding config.json and model.safetensors");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *text = read_text_file(path, 16u << 20);
+    if (!text) return -1;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root) return sg_errorf(path, "not valid JSON");
+    int rc = -1;
+    if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2") != 0)) {
+        sg_errorf(path, "model_type is %s; saegap runs GPT-2-family models (\"gpt2\")",
+                  cJSON_IsString(mt) ? mt->valuestring : "not a string");
+        goto done;
+    }
+    if (cfg_size(root, path, "n_layer", &cfg->n_layer, 1) || cfg_size(root, path, "n_head", &cfg->n_head, 1) ||
+        cfg_size(root, path, "n_embd", &cfg->n_embd, 1) || cfg_size(root, path, "vocab_size", &cfg->vocab_size, 1))
+        goto done;
+    int r = cfg_size(root, path, "n_positions", &cfg->n_positions, 0);
+    if (r < 0) goto done;
+    if (r == 1 && cfg_size(root, path, "n_ctx", &cfg->n_positions, 0) != 0) {
+        sg_errorf(path, "missing key \"n_positions\" (or \"n_ctx\")");
+        goto done;
+    }
+    if (cfg->n_embd % cfg->n_head != 0) {
+        sg_errorf(path, "n_embd %zu is not a multiple of n_head %zu", cfg->n_embd, cfg->n_head);
+        goto done;
+    }
+    /* Defaults below are Hugging Face GPT2Config's own. */
+    cfg->layer_norm_epsilon = 1e-5;
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
+    if (eps) {
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0)) {
+            sg_errorf(path, "key \"layer_norm_epsilon\" must be a positive number");
+            goto done;
+        }
+        cfg->layer_norm_epsilon = eps->valuedouble;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
+    const char *a = "gelu_new";
+    if (act) {
+        if (!cJSON_IsString(act)) { sg_errorf(path, "key \"activation_function\" must be a string"); goto done; }
+        a = act->valuestring;
+    }
+    if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast")) {
+        cfg->activation = SG_ACT_GELU_TANH;
+        cfg->activation_name = "gelu_new";
+    } else if (!strcmp(a, "gelu")) {
+        cfg->activation = SG_ACT_GELU_ERF;
+        cfg->activation_name = "gelu";
+    } else if (!strcmp(a, "relu")) {
+        cfg->activation = SG_ACT_RELU;
+        cfg->activation_name = "relu";
+    } else {
+        sg_errorf(path, "activation_function \"%s\" is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu)", a);
+        goto done;
+    }
+    if (cfg_bool(root, path, "scale_attn_weights", &cfg->scale_attn_weights, 1) ||
+        cfg_bool(root, path, "scale_attn_by_inverse_layer_idx", &cfg->scale_attn_by_inverse_layer_idx, 0))
+        goto done;
+    int upcast = 0;
+    if (cfg_bool(root, path, "reorder_and_upcast_attn", &upcast, 0)) goto done;
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Finds `name` with or without the "transformer." prefix; checks shape and dtype. */
+static int find_tensor(const Gpt2Model *m, const char *name, int ndim, const int64_t *shape,
+                       const SafetensorsTensor **out) {
+    char full[256];
+    snprintf(full, sizeof full, "transformer.%s", name);
+    const char *use = safetensors_find(&m->st, full) ? full : name;
+    if (!safetensors_find(&m->st, use)) return sg_errorf(m->st.path, "missing tensor '%s'", name);
+    return safetensors_expect(&m->st, use, out, ndim, shape);
+}
+
+typedef struct {
+    const char *name;
+    const float **dst;
+    int ndim;
+    int64_t shape[2];
+} TensorSpec;
+
+int model_load(Gpt2Model *m, const char *dir) {
+    memset(m, 0, sizeof *m);
+    if (model_read_config(&m->cfg, dir) != 0) return -1;
+    m->dir = sg_xstrdup(dir);
+    const Gpt2Config *c = &m->cfg;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
+        if (stat(path, &sb) == 0)
+            sg_errorf(dir, "has only pytorch_model.bin; convert it to model.safetensors "
+                           "(e.g. with transformers: model.save_pretrained(dir, safe_serialization=True))");
+        else
+            sg_errorf(dir, "missing model.safetensors");
+        model_free(m);
+        return -1;
+    }
+    if (safetensors_open(&m->st, path) != 0) { model_free(m); return -1; }
+
+    const int64_t L = (int64_t)c->n_layer, D = (int64_t)c->n_embd, V = (int64_t)c->vocab_size,
+                  P = (int64_t)c->n_positions;
+    m->layers = sg_xcalloc(c->n_layer, sizeof *m->layers);
+    size_t n_specs = 4 + 12 * c->n_layer, k = 0;
+    TensorSpec *specs = sg_xcalloc(n_specs, sizeof *specs);
+    char (*names)[96] = sg_xcalloc(n_specs, sizeof *names);
+#define SPEC(dst_, nd_, s0_, s1_, ...)                                         \
+    do {                                                                       \
+        snprintf(names[k], sizeof names[k], __VA_ARGS__);                      \
+        specs[k] = (TensorSpec){names[k], (dst_), (nd_), {(s0_), (s1_)}};      \
+        k++;                                                                   \
+    } while (0)
+    SPEC(&m->wte, 2, V, D, "wte.weight");
+    SPEC(&m->wpe, 2, P, D, "wpe.weight");
+    for (int64_t l = 0; l < L; l++) {
+        Gpt2LayerWeights *w = &m->layers[l];
+        SPEC(&w->ln1_w, 1, D, 0, "h.%lld.ln_1.weight", (long long)l);
+        SPEC(&w->ln1_b, 1, D, 0, "h.%lld.ln_1.bias", (long long)l);
+        SPEC(&w->qkv_w, 2, D, 3 * D, "h.%lld.attn.c_attn.weight", (long long)l);
+        SPEC(&w->qkv_b, 1, 3 * D, 0, "h.%lld.attn.c_attn.bias", (long long)l);
+        SPEC(&w->attn_proj_w, 2, D, D, "h.%lld.attn.c_proj.weight", (long long)l);
+        SPEC(&w->attn_proj_b, 1, D, 0, "h.%lld.attn.c_proj.bias", (long long)l);
+        SPEC(&w->ln2_w, 1, D, 0, "h.%lld.ln_2.weight", (long long)l);
+        SPEC(&w->ln2_b, 1, D, 0, "h.%lld.ln_2.bias", (long long)l);
+        SPEC(&w->fc_w, 2, D, 4 * D, "h.%lld.mlp.c_fc.weight", (long long)l);
+        SPEC(&w->fc_b, 1, 4 * D, 0, "h.%lld.mlp.c_fc.bias", (long long)l);
+        SPEC(&w->mlp_proj_w, 2, 4 * D, D, "h.%lld.mlp.c_proj.weight", (long long)l);
+        SPEC(&w->mlp_proj_b, 1, D, 0, "h.%lld.mlp.c_proj.bias", (long long)l);
+    }
+    SPEC(&m->lnf_w, 1, D, 0, "ln_f.weight");
+    SPEC(&m->lnf_b, 1, D, 0, "ln_f.bias");
+#undef SPEC
+
+    /* Pass 1: names, shapes, dtypes; count floats that need an owned copy. */
+    const SafetensorsTensor **found = sg_xcalloc(n_specs, sizeof *found);
+    size_t owned_floats = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n_specs && rc == 0; i++) {
+        rc = find_tensor(m, specs[i].name, specs[i].ndim, specs[i].shape, &found[i]);
+        if (rc == 0 && (found[i]->dtype != ST_F32 || ((uintptr_t)found[i]->data % 4) != 0))
+            owned_floats += found[i]->numel;
+        if (rc == 0) m->n_params += found[i]->numel;
+    }
+    /* Pass 2: point into the mapping (F32) or convert once (F16/BF16); refuse NaN/Inf. */
+    if (rc == 0 && owned_floats) m->owned = sg_xcalloc(owned_floats, sizeof(float));
+    size_t used = 0;
+    for (size_t i = 0; i < n_specs && rc == 0; i++) {
+        const SafetensorsTensor *t = found[i];
+        if (t->dtype == ST_F32 && ((uintptr_t)t->data % 4) == 0) {
+            const float *p = t->data;
+            for (size_t j = 0; j < t->numel; j++)
+                if (!isfinite(p[j])) {
+                    rc = sg_errorf(m->st.path, "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
+                                   isnan(p[j]) ? "NaN" : "Inf", j);
+                    break;
+                }
+            *specs[i].dst = p;
+        } else {
+            rc = safetensors_to_f32(m->owned + used, &m->st, t);
+            *specs[i].dst = m->owned + used;
+            used += t->numel;
+        }
+    }
+    free(found);
+    free(specs);
+    free(names);
+    if (rc != 0) { model_free(m); return -1; }
+
+    /* b_V' = b_V + ln_1.bias @ W_V, accumulated in double (FIELD-FACTS section 2). */
+    m->value_bias_folded = sg_xcalloc((size_t)(L * D), sizeof(float));
+    for (int64_t l = 0; l < L; l++) {
+        const Gpt2LayerWeights *w = &m->layers[l];
+        for (int64_t j = 0; j < D; j++) {
+            double acc = w->qkv_b[2 * D + j];
+            for (int64_t i = 0; i < D; i++) acc += (double)w->ln1_b[i] * w->qkv_w[i * 3 * D + 2 * D + j];
+            m->value_bias_folded[l * D + j] = (float)acc;
+        }
+    }
+    return 0;
+}
+
+void model_free(Gpt2Model *m) {
+    safetensors_close(&m->st);
+    free(m->layers);
+    free(m->owned);
+    free(m->value_bias_folded);
+    free(m->dir);
+    memset(m, 0, sizeof *m);
+}

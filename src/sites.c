@@ -1,0 +1,122 @@
+/* sites.c: hook names, site buffers and basis conversion (see sites.h). */
+#include "sites.h"
+
+#include "error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The name table is part of the result-file contract: lock it to the enum. */
+static const char *const SITE_SUFFIX[SG_SITE_KIND_COUNT] = {
+    [SG_SITE_EMBED] = "hook_embed",
+    [SG_SITE_POS_EMBED] = "hook_pos_embed",
+    [SG_SITE_RESID_PRE] = "hook_resid_pre",
+    [SG_SITE_RESID_MID] = "hook_resid_mid",
+    [SG_SITE_RESID_POST] = "hook_resid_post",
+    [SG_SITE_ATTN_OUT] = "hook_attn_out",
+    [SG_SITE_MLP_OUT] = "hook_mlp_out",
+    [SG_SITE_ATTN_Z] = "attn.hook_z",
+    [SG_SITE_MLP_POST] = "mlp.hook_post",
+};
+_Static_assert(SG_SITE_KIND_COUNT == 9, "update SITE_SUFFIX and the canonical order with the enum");
+
+static const char *const BASIS_NAME[SG_BASIS_COUNT] = {[SG_BASIS_PROCESSED] = "processed", [SG_BASIS_RAW] = "raw"};
+
+const char *basis_name(Basis b) { return BASIS_NAME[b]; }
+
+int basis_parse(const char *s, Basis *out) {
+    for (int i = 0; i < SG_BASIS_COUNT; i++)
+        if (strcmp(s, BASIS_NAME[i]) == 0) { *out = (Basis)i; return 0; }
+    return -1;
+}
+
+static int is_global(SiteKind k) { return k == SG_SITE_EMBED || k == SG_SITE_POS_EMBED; }
+
+int site_is_residual(SiteKind k) { return k != SG_SITE_ATTN_Z && k != SG_SITE_MLP_POST; }
+
+int site_parse(Site *out, const char *name, size_t n_layer, const char *where) {
+    for (int k = 0; k < SG_SITE_KIND_COUNT; k++)
+        if (is_global((SiteKind)k) && strcmp(name, SITE_SUFFIX[k]) == 0) {
+            *out = (Site){(SiteKind)k, 0};
+            return 0;
+        }
+    if (strncmp(name, "blocks.", 7) == 0) {
+        const char *p = name + 7;
+        char *end = NULL;
+        if (*p >= '0' && *p <= '9') {
+            unsigned long layer = strtoul(p, &end, 10);
+            if (end && *end == '.') {
+                for (int k = 0; k < SG_SITE_KIND_COUNT; k++)
+                    if (!is_global((SiteKind)k) && strcmp(end + 1, SITE_SUFFIX[k]) == 0) {
+                        if (layer >= n_layer)
+                            return sg_errorf(where, "site '%s': layer %lu does not exist (the model has %zu layers, 0..%zu)",
+                                             name, layer, n_layer, n_layer - 1);
+                        *out = (Site){(SiteKind)k, (size_t)layer};
+                        return 0;
+                    }
+            }
+        }
+    }
+    return sg_errorf(where,
+                     "unknown site '%s' (TransformerLens hook names: hook_embed, hook_pos_embed, "
+                     "blocks.L.{hook_resid_pre,hook_resid_mid,hook_resid_post,hook_attn_out,hook_mlp_out,"
+                     "attn.hook_z,mlp.hook_post})",
+                     name);
+}
+
+void site_name(char *buf, size_t cap, Site s) {
+    if (is_global(s.kind)) snprintf(buf, cap, "%s", SITE_SUFFIX[s.kind]);
+    else snprintf(buf, cap, "blocks.%zu.%s", s.layer, SITE_SUFFIX[s.kind]);
+}
+
+size_t site_width(Site s, const Gpt2Config *c) { return s.kind == SG_SITE_MLP_POST ? 4 * c->n_embd : c->n_embd; }
+
+float *site_buffer(const Activations *a, Site s) {
+    size_t ND = a->B * a->T * a->D, l = s.layer;
+    switch (s.kind) {
+    case SG_SITE_EMBED: return a->embed;
+    case SG_SITE_POS_EMBED: return a->pos_embed;
+    case SG_SITE_RESID_PRE: return a->resid + l * ND;
+    case SG_SITE_RESID_MID: return a->resid_mid + l * ND;
+    case SG_SITE_RESID_POST: return a->resid + (l + 1) * ND;
+    case SG_SITE_ATTN_OUT: return a->attn_out + l * ND;
+    case SG_SITE_MLP_OUT: return a->mlp_out + l * ND;
+    case SG_SITE_ATTN_Z: return a->z + l * ND;
+    case SG_SITE_MLP_POST: return a->fc_act + l * 4 * ND;
+    case SG_SITE_KIND_COUNT: break;
+    }
+    sg_fatal("sites", "invalid site kind %d", (int)s.kind);
+}
+
+void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Basis basis, size_t row0, size_t N) {
+    size_t W = site_width(s, &m->cfg);
+    const float *src = site_buffer(a, s) + row0 * W;
+    memcpy(out, src, N * W * sizeof(float));
+    if (basis == SG_BASIS_RAW) return;
+    if (site_is_residual(s.kind)) {
+        /* center_writing_weights: subtract the mean over d_model (double accumulation) */
+        for (size_t n = 0; n < N; n++) {
+            float *x = out + n * W;
+            double mean = 0;
+            for (size_t i = 0; i < W; i++) mean += x[i];
+            mean /= (double)W;
+            for (size_t i = 0; i < W; i++) x[i] = (float)((double)x[i] - mean);
+        }
+    } else if (s.kind == SG_SITE_ATTN_Z) {
+        /* fold_ln + fold_value_biases: z minus (b_V + ln_1.bias @ W_V) */
+        const float *bv = m->value_bias_folded + s.layer * W;
+        for (size_t n = 0; n < N; n++)
+            for (size_t i = 0; i < W; i++) out[n * W + i] -= bv[i];
+    }
+}
+
+size_t site_count(size_t n_layer) { return 2 + 7 * n_layer; }
+
+Site site_at(size_t i) {
+    static const SiteKind per_layer[7] = {SG_SITE_RESID_PRE, SG_SITE_ATTN_Z,   SG_SITE_ATTN_OUT, SG_SITE_RESID_MID,
+                                          SG_SITE_MLP_POST,  SG_SITE_MLP_OUT, SG_SITE_RESID_POST};
+    if (i == 0) return (Site){SG_SITE_EMBED, 0};
+    if (i == 1) return (Site){SG_SITE_POS_EMBED, 0};
+    return (Site){per_layer[(i - 2) % 7], (i - 2) / 7};
+}
