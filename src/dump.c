@@ -125,10 +125,15 @@ int dump_command(const Options *o, MPI_Comm comm) {
     }
     h5out_flush(h);
 
-    /* ---- this rank's contiguous block of contexts, in batches of B ---- */
-    size_t lo = n * (size_t)rank / (size_t)size, hi = n * (size_t)(rank + 1) / (size_t)size;
+    /* ---- batches of B contexts, fixed by T alone; rank r takes a contiguous run of them.
+     * The batch a context belongs to never depends on the rank count: BLIS may pick other
+     * kernels for other matrix heights, so this is what keeps -np 1..N bit-identical. */
     size_t B = T >= 512 ? 1 : 512 / T;
     if (B > 8) B = 8;
+    size_t n_batches = (n + B - 1) / B;
+    size_t lo = n_batches * (size_t)rank / (size_t)size * B, hi = n_batches * (size_t)(rank + 1) / (size_t)size * B;
+    if (hi > n) hi = n;
+    if (lo > n) lo = n;
     Activations acts;
     acts_alloc(&acts, c, B, T);
     size_t max_w = 4 * c->n_embd;

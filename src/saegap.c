@@ -4,9 +4,33 @@
 #include "cli.h"
 #include "dump.h"
 #include "error.h"
+#include "gemm.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* BLIS threads per rank: --threads-per-rank, else BLIS_NUM_THREADS/OMP_NUM_THREADS as the
+ * user set them, else the node's cores shared evenly among the ranks on that node (so
+ * ranks x threads never oversubscribes a node by default). Returns the count used. */
+static int configure_threads(const Options *o, MPI_Comm comm) {
+    int threads;
+    if (o->threads_per_rank > 0) threads = (int)o->threads_per_rank;
+    else if (getenv("BLIS_NUM_THREADS") || getenv("OMP_NUM_THREADS")) return gemm_get_threads();
+    else {
+        MPI_Comm node;
+        int on_node = 1;
+        if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+            MPI_Comm_size(node, &on_node);
+            MPI_Comm_free(&node);
+        }
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores > on_node ? (int)(cores / on_node) : 1;
+    }
+    gemm_set_threads(threads);
+    return threads;
+}
 
 int saegap_run(int argc, char **argv, MPI_Comm comm) {
     int rank;
@@ -25,6 +49,7 @@ int saegap_run(int argc, char **argv, MPI_Comm comm) {
     if (o.help) {
         if (rank == 0) cli_print_help(stdout, o.command);
     } else if (!strcmp(o.command, "dump")) {
+        configure_threads(&o, comm);
         status = dump_command(&o, comm);
     } else {
         sg_errorf(o.command, "this command is not implemented in saegap %s yet (only dump is)", SAEGAP_VERSION);

@@ -70,6 +70,15 @@ def compare_to_reference(data, dtypes, ref, sites, logits=True, what=""):
     return errs
 
 
+def check_tokens_dataset(data, tok):
+    """An extra `tokens` dataset is allowed (the contract may be added to); if
+    present it must hold exactly the contexts dumped."""
+    if "tokens" in data:
+        t = data["tokens"]
+        assert np.issubdtype(t.dtype, np.integer), "tokens dtype %s" % t.dtype
+        assert t.shape == tok.shape and np.array_equal(t, tok), "dataset `tokens` != the input contexts"
+
+
 # ----------------------------------------------------------- model fixtures
 
 @pytest.fixture(scope="session")
@@ -266,7 +275,8 @@ def test_dump_all_sites_matches_reference(tmp_path, run_saegap, case):
     missing = [s for s in want if s not in data]
     assert not missing, "--sites all did not write: %s" % missing
     # anything else written (e.g. hook_embed) must also be right
-    sites = [s for s in data if s != "logits"]
+    check_tokens_dataset(data, tok)
+    sites = [s for s in data if s not in ("logits", "tokens")]
     unknown = [s for s in sites if s not in ref]
     assert not unknown, "unexpected datasets: %s" % unknown
     compare_to_reference(data, dtypes, ref, sites, logits=True, what=name)
@@ -281,7 +291,9 @@ def test_dump_explicit_sites_only(tmp_path, run_saegap, small_model):
                 "--out", out])
     data, dtypes, attrs = read_dump(out)
     assert_complete(attrs, out)
-    assert sorted(data) == sorted(sites), "requested %s, got %s" % (sorted(sites), sorted(data))
+    check_tokens_dataset(data, tok)
+    written = sorted(k for k in data if k != "tokens")
+    assert written == sorted(sites), "requested %s, got %s" % (sorted(sites), written)
     ref = forward(m["config"], m["params"], tok)
     compare_to_reference(data, dtypes, ref, sites, logits=False, what="explicit sites")
 
@@ -413,3 +425,20 @@ def test_dump_invariants(tmp_path, run_saegap):
         post = d[b + "mlp.hook_post"]
         assert post.shape[-1] == 4 * cfg["n_embd"]
         assert post.min() >= -0.2, "mlp.hook_post below gelu_new's minimum (~-0.17): %g" % post.min()
+
+
+def test_dump_threads_bitwise(tmp_path, run_saegap, small_model):
+    """Rank-count invariance needs thread-count invariance (ranks change the
+    default threads per rank): --threads-per-rank 1, 2, 3 give identical bits."""
+    m = small_model["m"]
+    args = ["dump", "--model", m["dir"], "--tokens", small_model["h5"], "--sites", "all", "--logits"]
+    outs = {}
+    for th in (1, 2, 3):
+        out = str(tmp_path / ("out_t%d.h5" % th))
+        run_saegap(args + ["--threads-per-rank", th, "--out", out])
+        outs[th] = read_dump(out)[0]
+    for th in (2, 3):
+        for s in outs[1]:
+            assert np.array_equal(outs[th][s], outs[1][s]), \
+                "--threads-per-rank %d: dataset %s not bit-identical to 1 thread (max abs %.3g)" % (
+                    th, s, np.abs(outs[th][s].astype(np.float64) - outs[1][s]).max())

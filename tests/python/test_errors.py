@@ -17,7 +17,7 @@ The binary is taken from $SAEGAP_BIN (default /work/main/build/saegap).
 
 import json
 import os
-import shutil
+import shlex
 import struct
 import subprocess
 import sys
@@ -31,6 +31,8 @@ import pytest  # noqa: E402
 import saegap_fixtures as fx  # noqa: E402
 
 SAEGAP_BIN = os.environ.get("SAEGAP_BIN", "/work/main/build/saegap")
+SAEGAP_MPIRUN = shlex.split(os.environ.get("SAEGAP_MPIRUN",
+                                           "mpirun --oversubscribe --allow-run-as-root"))
 TIMEOUT = 60
 
 # Small model used everywhere: 2 layers, n_positions 40, vocab 211.
@@ -63,12 +65,13 @@ FORBIDDEN_STDERR = [
 # helpers
 # ----------------------------------------------------------------------------------------
 
-pytestmark = pytest.mark.skipif(
-    not os.access(SAEGAP_BIN, os.X_OK), reason=f"saegap binary not found at {SAEGAP_BIN}")
-
-
-def run_saegap(args, cwd=None):
+def run_saegap(args, cwd=None, np=None):
+    if not (os.path.isfile(SAEGAP_BIN) and os.access(SAEGAP_BIN, os.X_OK)):
+        pytest.fail(f"saegap binary not found or not executable at {SAEGAP_BIN!r} "
+                    "(build it, or set SAEGAP_BIN)", pytrace=False)
     cmd = [SAEGAP_BIN] + [str(a) for a in args]
+    if np is not None:
+        cmd = SAEGAP_MPIRUN + ["-np", str(np)] + cmd
     try:
         res = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT, cwd=cwd,
                              stdin=subprocess.DEVNULL)
@@ -99,15 +102,18 @@ def output_claims_complete(out):
         return False
 
 
-def assert_user_error(res, out, *required):
+def assert_user_error(res, out, *required, mpi=False):
     """`required`: each item is a string, or a tuple of alternative strings; every
-    item must appear (case-insensitively) in some `saegap: error:` line."""
+    item must appear (case-insensitively) in some `saegap: error:` line.
+    mpi=True: run under mpirun, where MPI_Abort's own banner is tolerated."""
     info = describe(res)
     rc = res.returncode
     assert rc >= 0, f"killed by signal {-rc}" + info
     assert rc != 0, "exit status 0 on a user error" + info
     assert 1 <= rc <= 127, f"exit status {rc} is outside 1..127" + info
     for bad in FORBIDDEN_STDERR:
+        if mpi and bad in ("MPI_ABORT",):
+            continue
         assert bad not in res.err, f"stderr contains crash text {bad!r}" + info
     err_lines = [ln for ln in res.err.splitlines() if ln.startswith("saegap: error:")]
     assert err_lines, "no line starting with 'saegap: error:' on stderr" + info
@@ -423,6 +429,11 @@ def test_safetensors_entry_missing_field(model, tokens_npy, out):
 
 def _rewrite_model(model, fn):
     arrays, dtypes = st_load_arrays(model / ST)
+    for k, dt in dtypes.items():      # work on float values, write back in the stored dtype
+        if dt == "BF16":
+            arrays[k] = fx.bf16_bits_to_f32(arrays[k])
+        elif dt == "F16":
+            arrays[k] = arrays[k].astype(np.float32)
     fn(arrays)
     dtypes = {k: v for k, v in dtypes.items() if k in arrays}
     os.remove(model / ST)
@@ -463,6 +474,61 @@ def test_non_finite_weight(model, tokens_npy, out, short, value):
     _rewrite_model(model, fn)
     res = run_saegap(dump_args(model, tokens_npy, out))
     assert_user_error(res, out, short)
+
+
+@pytest.mark.parametrize("dtype,value", [("F16", np.nan), ("F16", np.inf),
+                                         ("BF16", np.nan), ("BF16", -np.inf)])
+def test_non_finite_weight_half_precision(tmp_path, tokens_npy, out, dtype, value):
+    model = tmp_path / f"model_{dtype}"
+    fx.make_gpt2_model(str(model), n_layer=N_LAYER, n_head=5, n_embd=60,
+                       n_positions=N_POSITIONS, vocab_size=VOCAB, seed=0, dtype=dtype)
+
+    def fn(a):
+        k = full_name(a, "h.1.attn.c_attn.bias")
+        x = a[k].copy()
+        x.flat[3] = value
+        a[k] = x
+    _rewrite_model(model, fn)
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, "h.1.attn.c_attn.bias")
+
+
+def test_safetensors_negative_shape(model, tokens_npy, out):
+    header, data = st_read(model / ST)
+    name = full_name(dict(st_tensors(header)), "ln_f.bias")
+    header[name]["shape"] = [-60]
+    st_write_raw(model / ST, header, data)
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, "ln_f.bias")
+
+
+def test_safetensors_header_length_zero(model, tokens_npy, out):
+    (model / ST).write_bytes(struct.pack("<Q", 0) + b"\x00" * 64)
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, ST)
+
+
+@pytest.mark.parametrize("fname", ["config.json", "model.safetensors"])
+def test_model_file_is_a_directory(model, tokens_npy, out, fname):
+    os.remove(model / fname)
+    (model / fname).mkdir()
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, fname)
+
+
+def test_config_is_json_array(model, tokens_npy, out):
+    (model / "config.json").write_text("[2, 5, 60]")
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, "config.json")
+
+
+@pytest.mark.parametrize("key,value", [("activation_function", "swoosh"),
+                                       ("layer_norm_epsilon", "tiny"),
+                                       ("layer_norm_epsilon", -1.0)])
+def test_config_bad_activation_or_epsilon(model, tokens_npy, out, key, value):
+    _edit_config(model, lambda c: c.__setitem__(key, value))
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, (key, str(value)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -640,6 +706,98 @@ def test_unknown_token_extension(model, tmp_path, out):
     assert_user_error(res, out, ("toks.parquet", "parquet"))
 
 
+@pytest.mark.parametrize("fmt", ["npy", "h5"])
+def test_token_id_beyond_int32(model, tmp_path, out, fmt):
+    """An int64 id that wraps to a valid id when cast to int32 must not slip through."""
+    bad = 2 ** 32 + 5
+    toks = good_tokens_array()
+    toks[0, 4] = bad
+    if fmt == "npy":
+        p = tmp_path / "wide.npy"
+        fx.write_tokens_npy(str(p), toks, dtype="<i8")
+    else:
+        p = tmp_path / "wide.h5"
+        fx.write_tokens_h5(str(p), toks, dtype="int64")
+    res = run_saegap(dump_args(model, p, out))
+    assert_user_error(res, out, str(bad))
+
+
+@pytest.mark.parametrize("ndim", [1, 3])
+def test_h5_tokens_wrong_rank(model, tmp_path, out, ndim):
+    p = tmp_path / f"rank{ndim}.h5"
+    arr = good_tokens_array().astype(np.int32)
+    arr = arr.ravel() if ndim == 1 else arr.reshape(N_CTX, 2, CTX // 2)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("tokens", data=arr)
+    res = run_saegap(dump_args(model, p, out))
+    assert_user_error(res, out, f"rank{ndim}.h5")
+
+
+def test_h5_tokens_is_a_group(model, tmp_path, out):
+    p = tmp_path / "group.h5"
+    with h5py.File(p, "w") as f:
+        f.create_group("tokens").create_dataset("ids", data=good_tokens_array())
+    res = run_saegap(dump_args(model, p, out))
+    assert_user_error(res, out, "group.h5")
+
+
+def test_tokens_path_is_a_directory(model, tmp_path, out):
+    p = tmp_path / "tokdir.npy"
+    p.mkdir()
+    res = run_saegap(dump_args(model, p, out))
+    assert_user_error(res, out, "tokdir.npy")
+
+
+def test_llmc_bad_version(model, tmp_path, out):
+    p = tmp_path / "llmc_v9.bin"
+    fx.write_tokens_llmc(str(p), good_tokens_array().ravel())
+    raw = bytearray(p.read_bytes())
+    struct.pack_into("<i", raw, 4, 9)
+    p.write_bytes(bytes(raw))
+    res = run_saegap(dump_args(model, p, out, extra=["--ctx", CTX]))
+    assert_user_error(res, out, "llmc_v9.bin")
+
+
+def _dump_ok(res, out):
+    info = describe(res)
+    assert res.returncode == 0, info
+    assert output_claims_complete(out), info
+    with h5py.File(out, "r") as f:
+        return f["blocks.0.hook_resid_pre"][()]
+
+
+def test_npy_fortran_order_read_right_or_refused(model, tmp_path):
+    """A Fortran-ordered .npy is valid; it must be read as the same [n, ctx] array or
+    refused with a clear message, never silently read transposed."""
+    toks = good_tokens_array(n=4, ctx=6)
+    pc, pf = tmp_path / "c_order.npy", tmp_path / "f_order.npy"
+    np.save(str(pc), np.ascontiguousarray(toks))
+    np.save(str(pf), np.asfortranarray(toks))
+    assert np.load(str(pf)).flags.f_contiguous
+    oc, of = tmp_path / "c.h5", tmp_path / "f.h5"
+    ref = _dump_ok(run_saegap(dump_args(model, pc, oc)), oc)
+    res = run_saegap(dump_args(model, pf, of))
+    if res.returncode == 0:
+        got = _dump_ok(res, of)
+        assert np.array_equal(got, ref), "Fortran-order .npy read differently" + describe(res)
+    else:
+        assert_user_error(res, of, "f_order.npy")
+
+
+def test_npy_big_endian_read_right_or_refused(model, tmp_path):
+    toks = good_tokens_array()
+    pl, pb = tmp_path / "le.npy", tmp_path / "be.npy"
+    np.save(str(pl), toks.astype("<i4"))
+    np.save(str(pb), toks.astype(">i4"))
+    ol, ob = tmp_path / "le.h5", tmp_path / "be.h5"
+    ref = _dump_ok(run_saegap(dump_args(model, pl, ol)), ol)
+    res = run_saegap(dump_args(model, pb, ob))
+    if res.returncode == 0:
+        assert np.array_equal(_dump_ok(res, ob), ref), "big-endian .npy read wrongly" + describe(res)
+    else:
+        assert_user_error(res, ob, "be.npy")
+
+
 # ----------------------------------------------------------------------------------------
 # 6. sites
 # ----------------------------------------------------------------------------------------
@@ -661,6 +819,17 @@ def test_bad_site(model, tokens_npy, out, site, needle):
 def test_empty_sites(model, tokens_npy, out):
     res = run_saegap(dump_args(model, tokens_npy, out, sites=""))
     assert_user_error(res, out, "sites")
+
+
+def test_duplicate_site_dedup_or_refused(model, tokens_npy, out):
+    res = run_saegap(dump_args(model, tokens_npy, out,
+                               sites="blocks.0.hook_resid_pre,blocks.0.hook_resid_pre"))
+    if res.returncode == 0:
+        _dump_ok(res, out)
+        for bad in FORBIDDEN_STDERR:
+            assert bad not in res.err, f"stderr contains {bad!r}" + describe(res)
+    else:
+        assert_user_error(res, out, "blocks.0.hook_resid_pre")
 
 
 # ----------------------------------------------------------------------------------------
@@ -685,6 +854,23 @@ def test_existing_out_refused_and_untouched(model, tokens_npy, tmp_path, kind):
     assert os.stat(out).st_mtime_ns == st.st_mtime_ns, "existing --out mtime changed" + info
     # the file is a pre-existing one, so do not apply the 'no complete output' rule to it
     assert_user_error(res, None, "previous_result.h5")
+
+
+def test_out_is_a_directory(model, tokens_npy, tmp_path):
+    out = tmp_path / "outdir.h5"
+    out.mkdir()
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, None, "outdir.h5")
+    assert out.is_dir() and not any(out.iterdir())
+
+
+def test_out_same_as_token_file(model, tmp_path):
+    p = tmp_path / "tokens.h5"
+    fx.write_tokens_h5(str(p), good_tokens_array())
+    before = p.read_bytes()
+    res = run_saegap(dump_args(model, p, p))
+    assert p.read_bytes() == before, "token file modified" + describe(res)
+    assert_user_error(res, None, "tokens.h5")
 
 
 def test_out_directory_missing(model, tokens_npy, tmp_path):
@@ -732,3 +918,38 @@ def test_missing_required_option(model, tokens_npy, out, drop):
 def test_unknown_command(tmp_path):
     res = run_saegap(["frobnicate"])
     assert_user_error(res, None, "frobnicate")
+
+
+# ----------------------------------------------------------------------------------------
+# 9. the same rules under mpirun (an error seen by one rank must not hang the others)
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nranks", [2, 3])
+@pytest.mark.parametrize("case", ["bad_token_last_context", "missing_tensor", "unknown_site",
+                                  "existing_out"])
+def test_user_error_under_mpirun(model, tmp_path, nranks, case):
+    toks = good_tokens_array(n=6, ctx=CTX)
+    out = tmp_path / "mpi_out.h5"
+    sites = GOOD_SITES
+    needle = None
+    if case == "bad_token_last_context":
+        toks[-1, -1] = 777           # only the last rank's share holds it
+        needle = "777"
+    tp = tmp_path / "mpi_tokens.npy"
+    fx.write_tokens_npy(str(tp), toks)
+    if case == "missing_tensor":
+        _rewrite_model(model, lambda a: a.pop(full_name(a, "h.0.ln_2.weight")))
+        needle = "h.0.ln_2.weight"
+    elif case == "unknown_site":
+        sites = "blocks.1.hook_bogus"
+        needle = "blocks.1.hook_bogus"
+    elif case == "existing_out":
+        out.write_bytes(b"keep me" * 11)
+        needle = "mpi_out.h5"
+    before = out.read_bytes() if out.exists() else None
+    res = run_saegap(dump_args(model, tp, out, sites=sites), np=nranks)
+    if case == "existing_out":
+        assert out.read_bytes() == before, "existing --out modified under mpirun" + describe(res)
+        assert_user_error(res, None, needle, mpi=True)
+    else:
+        assert_user_error(res, out, needle, mpi=True)
