@@ -54,7 +54,7 @@ void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, siz
 /* Continues a pass from `stage` of layer `layer` (buffers before that point are left as they are). */
 void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage);
 
-/* logits (n,V) = lnf rows [row0, row0+n) @ wte^T (raw HF logits; the processed basis only
+/* logits (n,V) = lnf rows (the buffer must hold n x vocab_padded floats) [row0, row0+n) @ wte^T (raw HF logits; the processed basis only
  * shifts each row by a constant, which log-softmax removes). */
 void gpt2_logits(float *logits, const Activations *a, const Gpt2Model *m, size_t row0, size_t n);
 

@@ -40,6 +40,11 @@ typedef struct {
     char *dir;
     Gpt2Config cfg;
     const float *wte;             /* (V, D) token embedding, tied unembedding */
+    /* (Vp, D) wte padded with zero rows to Vp = V rounded up to 64, as llm.c does: BLIS then
+     * never treats the last real vocab column as an edge case, whose summation order would
+     * otherwise depend on the thread count (measured: logits differed by 1 ulp). */
+    float *wte_padded;
+    size_t vocab_padded;
     const float *wpe;             /* (P, D) */
     Gpt2LayerWeights *layers;     /* (L) */
     const float *lnf_w, *lnf_b;   /* (D) */

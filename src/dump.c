@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -57,7 +58,10 @@ static int check_options(const Options *o, Basis *basis) {
     *basis = SG_BASIS_PROCESSED;
     if (o->basis && basis_parse(o->basis, basis) != 0)
         return sg_errorf("--basis", "'%s' is not processed or raw", o->basis);
-    if (access(o->out, F_OK) == 0) return sg_errorf(o->out, "output file already exists; refusing to overwrite it");
+    struct stat sb;
+    if (stat(o->out, &sb) == 0)
+        return sg_errorf(o->out, S_ISDIR(sb.st_mode) ? "--out is a directory; give a file name"
+                                                     : "output file already exists; refusing to overwrite it");
     return 0;
 }
 
@@ -137,7 +141,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     Activations acts;
     acts_alloc(&acts, c, B, T);
     size_t max_w = 4 * c->n_embd;
-    float *buf = sg_xcalloc(B * T * (max_w > V ? max_w : V), sizeof(float));
+    float *buf = sg_xcalloc(B * T * (max_w > model.vocab_padded ? max_w : model.vocab_padded), sizeof(float));
     if (rank == 0) h5out_write_rows(h, ds_tokens, 0, n, ts.ids);
     double t0 = MPI_Wtime(), last = t0;
     for (size_t c0 = lo; c0 < hi; c0 += B) {

@@ -163,5 +163,9 @@ void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, siz
 }
 
 void gpt2_logits(float *logits, const Activations *a, const Gpt2Model *m, size_t row0, size_t n) {
-    gemm_xwt(logits, a->lnf + row0 * a->D, m->wte, n, a->D, a->V);
+    /* rows of Vp into the caller's buffer, then compacted to V in place (row i moves to an
+     * address <= its own, so a forward pass is safe) */
+    size_t V = a->V, Vp = m->vocab_padded;
+    gemm_xwt(logits, a->lnf + row0 * a->D, m->wte_padded, n, a->D, Vp);
+    for (size_t i = 1; i < n; i++) memmove(logits + i * V, logits + i * Vp, V * sizeof(float));
 }

@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 
 static char *read_text_file(const char *path, size_t max_bytes) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) { sg_errorf(path, "is not a regular file"); return NULL; }
     FILE *f = fopen(path, "rb");
     if (!f) { sg_errorf(path, "cannot open: %s", strerror(errno)); return NULL; }
     char *buf = NULL;
@@ -226,6 +228,10 @@ int model_load(Gpt2Model *m, const char *dir) {
     free(names);
     if (rc != 0) { model_free(m); return -1; }
 
+    m->vocab_padded = (c->vocab_size + 63) / 64 * 64;
+    m->wte_padded = sg_xcalloc(m->vocab_padded * c->n_embd, sizeof(float));
+    memcpy(m->wte_padded, m->wte, c->vocab_size * c->n_embd * sizeof(float));
+
     /* b_V' = b_V + ln_1.bias @ W_V, accumulated in double (FIELD-FACTS section 2). */
     m->value_bias_folded = sg_xcalloc((size_t)(L * D), sizeof(float));
     for (int64_t l = 0; l < L; l++) {
@@ -244,6 +250,7 @@ void model_free(Gpt2Model *m) {
     free(m->layers);
     free(m->owned);
     free(m->value_bias_folded);
+    free(m->wte_padded);
     free(m->dir);
     memset(m, 0, sizeof *m);
 }

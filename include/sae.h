@@ -1,0 +1,86 @@
+/* sae.h: SAELens SAE folders (cfg.json + sae_weights.safetensors) in all three cfg
+ * generations, and their encode/decode for the standard, jumprelu, topk and gated
+ * architectures (FIELD-FACTS section 3). Each SAE knows its site and its activation basis. */
+#ifndef SAEGAP_SAE_H
+#define SAEGAP_SAE_H
+
+#include "model.h"
+#include "safetensors.h"
+#include "sites.h"
+
+#include <stddef.h>
+
+typedef enum { SAE_STANDARD, SAE_JUMPRELU, SAE_TOPK, SAE_GATED, SAE_ARCH_COUNT } SaeArch;
+typedef enum { SAE_NORM_NONE, SAE_NORM_CONSTANT_NORM_RESCALE, SAE_NORM_LAYER_NORM, SAE_NORM_EXPECTED_AVERAGE,
+               SAE_NORM_COUNT } SaeNorm;
+typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_COUNT } SaeCfgGeneration;
+
+typedef struct {
+    char *dir;
+    char *hook_name;
+    char *model_name;
+    Site site;
+    size_t d_in, d_sae, k;          /* k: topk only */
+    SaeArch arch;
+    SaeNorm norm;
+    SaeCfgGeneration generation;
+    int apply_b_dec_to_input;
+    int rescale_acts_by_decoder_norm;
+    Basis basis;
+    const char *basis_source;      /* where the basis came from, recorded in the result file */
+    double norm_scaling_factor;    /* expected_average_only_in: 0 until given or estimated */
+    const char *norm_scaling_factor_source;
+    const float *W_enc;            /* (d_in, d_sae) */
+    const float *b_enc;            /* (d_sae); NULL for gated */
+    const float *W_dec;            /* (d_sae, d_in) */
+    const float *b_dec;            /* (d_in) */
+    const float *threshold;        /* (d_sae) jumprelu */
+    const float *b_gate, *b_mag;   /* (d_sae) gated */
+    float *exp_r_mag;              /* (d_sae) gated: exp(r_mag) */
+    const float *scaling_factor;   /* (d_sae) or NULL when absent or all ones */
+    float *dec_norm;               /* (d_sae) ||W_dec_i||, topk with rescale */
+    Safetensors st;
+    float *owned;
+} Sae;
+
+typedef struct {
+    Basis basis;                   /* when has_override */
+    int has_override;
+    int allow_model_mismatch;
+    double norm_scaling_factor;    /* from --norm-scaling-factor, 0 = not given */
+} SaeLoadOptions;
+
+const char *sae_arch_name(SaeArch a);
+const char *sae_norm_name(SaeNorm n);
+const char *sae_generation_name(SaeCfgGeneration g);
+
+/* Loads one SAE folder and checks it against the model (hook exists, d_in = site width,
+ * model name). 0 or -1 with a pending error naming the folder. */
+int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt);
+void sae_free(Sae *s);
+
+/* Expands --sae arguments: a folder with cfg.json is one SAE; otherwise every subfolder with a
+ * cfg.json, in name order. *out is a malloc'd array of malloc'd paths. */
+int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t n_args);
+
+/* Workspace for N rows, planned once. */
+typedef struct {
+    size_t N_max;
+    float *xin;    /* (N, d_in)  normalised input */
+    float *z;      /* (N, d_sae) pre-activations */
+    float *fdec;   /* (N, d_sae) code as decoded (scaling_factor, decoder-norm rescale) */
+    double *row_a, *row_b; /* (N) decode undoes normalisation as x_hat * row_a + row_b */
+} SaeScratch;
+
+void sae_scratch_alloc(SaeScratch *w, const Sae *s, size_t N_max);
+void sae_scratch_free(SaeScratch *w);
+
+/* f (N, d_sae) latent code and x_hat (N, d_in) = SAE(x), all in the SAE's basis. Keeps the
+ * normalisation state of these rows in w for sae_decode. */
+void sae_forward(float *f, float *x_hat, const Sae *s, SaeScratch *w, const float *x, size_t N);
+
+/* x_hat (N, d_in) from a code f (N, d_sae), using the normalisation state of the last
+ * sae_forward on the same rows (for latent perturbations). */
+void sae_decode(float *x_hat, const Sae *s, SaeScratch *w, const float *f, size_t N);
+
+#endif

@@ -1,0 +1,511 @@
+/* sae.c: SAELens cfg generations, weights, and encode/decode (see sae.h). */
+#include "sae.h"
+
+#include "error.h"
+#include "gemm.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated"};
+static const char *const NORM_NAME[SAE_NORM_COUNT] = {"none", "constant_norm_rescale", "layer_norm",
+                                                      "expected_average_only_in"};
+static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6"};
+
+const char *sae_arch_name(SaeArch a) { return ARCH_NAME[a]; }
+const char *sae_norm_name(SaeNorm n) { return NORM_NAME[n]; }
+const char *sae_generation_name(SaeCfgGeneration g) { return GEN_NAME[g]; }
+
+/* ---- cfg.json ----------------------------------------------------------------------------- */
+
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { sg_errorf(path, "cannot open: %s", strerror(errno)); return NULL; }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n < 0 || n > (16 << 20)) { fclose(f); sg_errorf(path, "unreadable or larger than 16 MB"); return NULL; }
+    char *buf = sg_xcalloc((size_t)n + 1, 1);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    buf[got] = '\0';
+    return buf;
+}
+
+static const cJSON *get(const cJSON *o, const char *key) {
+    return o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+}
+
+/* Looks in v6's metadata first, then at the top level. */
+static const cJSON *get_meta(const cJSON *root, const cJSON *meta, const char *key) {
+    const cJSON *j = get(meta, key);
+    return j && !cJSON_IsNull(j) ? j : get(root, key);
+}
+
+static int size_key(const cJSON *root, const char *path, const char *key, size_t *out) {
+    const cJSON *j = get(root, key);
+    if (!j) return sg_errorf(path, "missing key \"%s\"", key);
+    if (!cJSON_IsNumber(j) || j->valuedouble < 1 || j->valuedouble != floor(j->valuedouble))
+        return sg_errorf(path, "key \"%s\" must be a positive integer", key);
+    *out = (size_t)j->valuedouble;
+    return 0;
+}
+
+static int bool_key(const cJSON *root, const char *path, const char *key, int dflt, int *out) {
+    const cJSON *j = get(root, key);
+    if (!j || cJSON_IsNull(j)) { *out = dflt; return 0; }
+    if (!cJSON_IsBool(j)) return sg_errorf(path, "key \"%s\" must be true or false", key);
+    *out = cJSON_IsTrue(j);
+    return 0;
+}
+
+static double version_major(const cJSON *j) {
+    if (cJSON_IsString(j)) return atof(j->valuestring);
+    if (cJSON_IsNumber(j)) return j->valuedouble;
+    return -1;
+}
+
+/* "gpt2-small" (TransformerLens) and "gpt2" / "openai-community/gpt2" (Hugging Face) name the same model. */
+static void canonical_model_name(char *out, size_t cap, const char *name) {
+    const char *slash = strrchr(name, '/');
+    snprintf(out, cap, "%s", slash ? slash + 1 : name);
+    for (char *p = out; *p; p++) *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    if (!strcmp(out, "gpt2-small")) snprintf(out, cap, "gpt2");
+}
+
+/* The basis a site needs given TransformerLens from_pretrained kwargs (defaults true). */
+static int basis_from_kwargs(const cJSON *kw, SiteKind kind, const char *path, Basis *out) {
+    int fold_ln = 1, center = 1, fold_vb = 1;
+    if (bool_key(kw, path, "fold_ln", 1, &fold_ln) || bool_key(kw, path, "center_writing_weights", 1, &center) ||
+        bool_key(kw, path, "fold_value_biases", 1, &fold_vb))
+        return -1;
+    if (site_is_residual(kind)) *out = center ? SG_BASIS_PROCESSED : SG_BASIS_RAW;
+    else if (kind == SG_SITE_ATTN_Z) {
+        if (fold_vb && !fold_ln)
+            return sg_errorf(path, "model_from_pretrained_kwargs folds value biases without fold_ln; "
+                                   "this hook_z basis is not supported (use --basis to override)");
+        *out = fold_vb ? SG_BASIS_PROCESSED : SG_BASIS_RAW;
+    } else *out = SG_BASIS_PROCESSED; /* mlp.hook_post is the same in both */
+    return 0;
+}
+
+static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/cfg.json", dir);
+    char *text = slurp(path);
+    if (!text) return -1;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root) return sg_errorf(path, "not valid JSON");
+    int rc = -1;
+    if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
+    const cJSON *meta = get(root, "metadata");
+    if (meta && !cJSON_IsObject(meta)) meta = NULL;
+
+    /* Generation: SAELens decides by sae_lens_version (< 6 is pre-v6); otherwise by keys. */
+    double ver = version_major(get_meta(root, meta, "sae_lens_version"));
+    if (ver >= 6 || (ver < 0 && meta)) s->generation = SAE_CFG_V6;
+    else if (get(root, "hook_point")) s->generation = SAE_CFG_LEGACY;
+    else if (get(root, "hook_name")) s->generation = SAE_CFG_FLAT;
+    else if (meta) s->generation = SAE_CFG_V6;
+    else { sg_errorf(path, "cannot tell the cfg generation: no hook_point, hook_name or metadata.hook_name"); goto done; }
+
+    const cJSON *hook = s->generation == SAE_CFG_LEGACY ? get(root, "hook_point")
+                        : s->generation == SAE_CFG_FLAT ? get(root, "hook_name")
+                                                        : get_meta(root, meta, "hook_name");
+    if (!cJSON_IsString(hook)) {
+        sg_errorf(path, "missing key \"%s\"", s->generation == SAE_CFG_LEGACY ? "hook_point"
+                                              : s->generation == SAE_CFG_FLAT  ? "hook_name"
+                                                                               : "metadata.hook_name");
+        goto done;
+    }
+    s->hook_name = sg_xstrdup(hook->valuestring);
+    const cJSON *head = s->generation == SAE_CFG_LEGACY ? get(root, "hook_point_head_index")
+                                                        : get_meta(root, meta, "hook_head_index");
+    if (head && !cJSON_IsNull(head)) {
+        sg_errorf(path, "hook_head_index is set (a single-head SAE); saegap runs SAEs on whole hooks");
+        goto done;
+    }
+    if (size_key(root, path, "d_in", &s->d_in) || size_key(root, path, "d_sae", &s->d_sae)) goto done;
+
+    const cJSON *mn = get_meta(root, meta, "model_name");
+    s->model_name = sg_xstrdup(cJSON_IsString(mn) ? mn->valuestring : "");
+
+    /* Architecture and activation. Pre-v6 flat files may spell topk as an activation fn. */
+    const char *arch = "standard";
+    const cJSON *ja = get(root, "architecture");
+    if (cJSON_IsString(ja)) arch = ja->valuestring;
+    const cJSON *afn = get(root, "activation_fn_str");
+    if (!afn) afn = get(root, "activation_fn");
+    int found = 0;
+    for (int i = 0; i < SAE_ARCH_COUNT; i++)
+        if (!strcmp(arch, ARCH_NAME[i])) { s->arch = (SaeArch)i; found = 1; }
+    if (!found) {
+        sg_errorf(path, "architecture \"%s\" is not supported (standard, jumprelu, topk, gated)", arch);
+        goto done;
+    }
+    if (cJSON_IsString(afn) && strcmp(afn->valuestring, "relu") != 0) {
+        if (!strcmp(afn->valuestring, "topk") && s->arch == SAE_STANDARD) s->arch = SAE_TOPK;
+        else if (strcmp(afn->valuestring, "topk") != 0) {
+            sg_errorf(path, "activation function \"%s\" is not supported (relu, topk)", afn->valuestring);
+            goto done;
+        }
+    }
+    if (s->arch == SAE_TOPK) {
+        const cJSON *k = get(root, "k");
+        const cJSON *kw = get(root, "activation_fn_kwargs");
+        if (!k && kw) k = get(kw, "k");
+        if (!cJSON_IsNumber(k) || k->valuedouble < 1 || k->valuedouble != floor(k->valuedouble)) {
+            sg_errorf(path, "topk SAE needs a positive integer \"k\" (or activation_fn_kwargs.k)");
+            goto done;
+        }
+        s->k = (size_t)k->valuedouble;
+        if (s->k > s->d_sae) { sg_errorf(path, "k %zu exceeds d_sae %zu", s->k, s->d_sae); goto done; }
+        if (bool_key(root, path, "rescale_acts_by_decoder_norm", 0, &s->rescale_acts_by_decoder_norm)) goto done;
+    }
+    if (bool_key(root, path, "apply_b_dec_to_input", 1, &s->apply_b_dec_to_input)) goto done;
+
+    const cJSON *na = get(root, "normalize_activations");
+    s->norm = SAE_NORM_NONE;
+    if (cJSON_IsBool(na)) s->norm = cJSON_IsTrue(na) ? SAE_NORM_EXPECTED_AVERAGE : SAE_NORM_NONE;
+    else if (cJSON_IsString(na)) {
+        int ok = 0;
+        for (int i = 0; i < SAE_NORM_COUNT; i++)
+            if (!strcmp(na->valuestring, NORM_NAME[i])) { s->norm = (SaeNorm)i; ok = 1; }
+        if (!ok) { sg_errorf(path, "normalize_activations \"%s\" is not supported", na->valuestring); goto done; }
+    } else if (na && !cJSON_IsNull(na)) {
+        sg_errorf(path, "normalize_activations must be a string, a boolean or null");
+        goto done;
+    }
+    const cJSON *reshape = get(root, "reshape_activations");
+    if (cJSON_IsString(reshape) && strcmp(reshape->valuestring, "none") && strcmp(reshape->valuestring, "hook_z")) {
+        sg_errorf(path, "reshape_activations \"%s\" is not supported (none, hook_z)", reshape->valuestring);
+        goto done;
+    }
+
+    /* The site: must exist in this model and match d_in. */
+    char where[4200];
+    snprintf(where, sizeof where, "%s (hook %s)", dir, s->hook_name);
+    if (site_parse(&s->site, s->hook_name, m->cfg.n_layer, dir) != 0) goto done;
+    if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED) {
+        sg_errorf(dir, "SAEs on %s are not supported (intervened passes start inside a block)", s->hook_name);
+        goto done;
+    }
+    size_t width = site_width(s->site, &m->cfg);
+    if (s->d_in != width) {
+        sg_errorf(dir, "d_in %zu does not match the width %zu of %s in this model", s->d_in, width, s->hook_name);
+        goto done;
+    }
+    if (cJSON_IsString(reshape) && !strcmp(reshape->valuestring, "hook_z") && s->site.kind != SG_SITE_ATTN_Z) {
+        sg_errorf(path, "reshape_activations is hook_z but the hook is %s", s->hook_name);
+        goto done;
+    }
+
+    /* Model name: refuse an SAE trained on another model unless the user says otherwise. */
+    if (s->model_name[0] && model_name && model_name[0] && !opt->allow_model_mismatch) {
+        char a[256], b[256];
+        canonical_model_name(a, sizeof a, s->model_name);
+        canonical_model_name(b, sizeof b, model_name);
+        if (strcmp(a, b) != 0) {
+            sg_errorf(dir, "cfg model_name \"%s\" does not match the model \"%s\" (--allow-model-mismatch to run anyway)",
+                      s->model_name, model_name);
+            goto done;
+        }
+    }
+
+    /* Basis (FIELD-FACTS section 2): --basis, else the cfg's from_pretrained kwargs, else TL default. */
+    const cJSON *kw = get_meta(root, meta, "model_from_pretrained_kwargs");
+    if (opt->has_override) {
+        s->basis = opt->basis;
+        s->basis_source = "--basis";
+    } else if (cJSON_IsObject(kw)) {
+        if (basis_from_kwargs(kw, s->site.kind, path, &s->basis)) goto done;
+        s->basis_source = "cfg model_from_pretrained_kwargs";
+    } else {
+        s->basis = SG_BASIS_PROCESSED;
+        s->basis_source = "default: cfg has no model_from_pretrained_kwargs";
+        sg_warnf("%s: cfg has no model_from_pretrained_kwargs; assuming TransformerLens's default weight "
+                 "processing (basis processed; --basis raw to override)", dir);
+    }
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- weights ------------------------------------------------------------------------------- */
+
+typedef struct { const char *name; const float **dst; int ndim; int64_t s0, s1; int optional; } SaeTensor;
+
+int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
+    memset(s, 0, sizeof *s);
+    s->dir = sg_xstrdup(dir);
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) { sg_errorf(dir, "SAE folder does not exist"); goto fail; }
+    if (parse_cfg(s, dir, m, model_name, opt)) goto fail;
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    if (safetensors_open(&s->st, path)) goto fail;
+    const int64_t I = (int64_t)s->d_in, F = (int64_t)s->d_sae;
+    const float *r_mag = NULL;
+    SaeTensor spec[] = {
+        {"W_enc", &s->W_enc, 2, I, F, 0},
+        {"b_enc", &s->b_enc, 1, F, 0, s->arch == SAE_GATED},
+        {"W_dec", &s->W_dec, 2, F, I, 0},
+        {"b_dec", &s->b_dec, 1, I, 0, 0},
+        {"threshold", &s->threshold, 1, F, 0, s->arch != SAE_JUMPRELU},
+        {"b_gate", &s->b_gate, 1, F, 0, s->arch != SAE_GATED},
+        {"b_mag", &s->b_mag, 1, F, 0, s->arch != SAE_GATED},
+        {"r_mag", &r_mag, 1, F, 0, s->arch != SAE_GATED},
+        {"scaling_factor", &s->scaling_factor, 1, F, 0, 1},
+    };
+    size_t n_spec = sizeof spec / sizeof spec[0], total = 0;
+    const SafetensorsTensor *found[sizeof spec / sizeof spec[0]] = {0};
+    for (size_t i = 0; i < n_spec; i++) {
+        int needed = !spec[i].optional;
+        if (!needed && !safetensors_find(&s->st, spec[i].name)) continue;
+        /* tensors of other architectures are ignored */
+        if (!needed && strcmp(spec[i].name, "scaling_factor") != 0) continue;
+        int64_t shape[2] = {spec[i].s0, spec[i].s1};
+        if (safetensors_expect(&s->st, spec[i].name, &found[i], spec[i].ndim, shape)) goto fail;
+        total += found[i]->numel;
+    }
+    /* One owned float32 copy: weights are small next to the model, and conversion and the
+     * NaN check happen once. */
+    s->owned = sg_xcalloc(total, sizeof(float));
+    size_t used = 0;
+    for (size_t i = 0; i < n_spec; i++) {
+        if (!found[i]) continue;
+        if (safetensors_to_f32(s->owned + used, &s->st, found[i])) goto fail;
+        *spec[i].dst = s->owned + used;
+        used += found[i]->numel;
+    }
+    if (s->scaling_factor) {
+        int all_ones = 1;
+        for (size_t i = 0; i < s->d_sae; i++) all_ones &= s->scaling_factor[i] == 1.0f;
+        if (all_ones) s->scaling_factor = NULL;
+    }
+    if (s->arch == SAE_GATED) {
+        s->exp_r_mag = sg_xcalloc(s->d_sae, sizeof(float));
+        for (size_t i = 0; i < s->d_sae; i++) s->exp_r_mag[i] = expf(r_mag[i]);
+    }
+    if (s->arch == SAE_TOPK && s->rescale_acts_by_decoder_norm) {
+        s->dec_norm = sg_xcalloc(s->d_sae, sizeof(float));
+        for (size_t i = 0; i < s->d_sae; i++) {
+            double acc = 0;
+            for (size_t j = 0; j < s->d_in; j++) acc += (double)s->W_dec[i * s->d_in + j] * s->W_dec[i * s->d_in + j];
+            s->dec_norm[i] = (float)sqrt(acc);
+        }
+    }
+    if (s->norm == SAE_NORM_EXPECTED_AVERAGE && opt->norm_scaling_factor > 0) {
+        s->norm_scaling_factor = opt->norm_scaling_factor;
+        s->norm_scaling_factor_source = "--norm-scaling-factor";
+    }
+    return 0;
+fail:
+    sae_free(s);
+    return -1;
+}
+
+void sae_free(Sae *s) {
+    safetensors_close(&s->st);
+    free(s->owned);
+    free(s->exp_r_mag);
+    free(s->dec_norm);
+    free(s->dir);
+    free(s->hook_name);
+    free(s->model_name);
+    memset(s, 0, sizeof *s);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int has_cfg(const char *dir) {
+    char p[4096];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/cfg.json", dir);
+    return stat(p, &sb) == 0;
+}
+
+int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t n_args) {
+    char **list = NULL;
+    size_t n = 0;
+    for (size_t a = 0; a < n_args; a++) {
+        struct stat sb;
+        if (stat(args[a], &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            sg_errorf(args[a], "SAE folder does not exist");
+            goto fail;
+        }
+        if (has_cfg(args[a])) {
+            list = sg_xrealloc(list, (n + 1) * sizeof *list);
+            list[n++] = sg_xstrdup(args[a]);
+            continue;
+        }
+        DIR *d = opendir(args[a]);
+        if (!d) { sg_errorf(args[a], "cannot list: %s", strerror(errno)); goto fail; }
+        size_t before = n;
+        for (struct dirent *e; (e = readdir(d));) {
+            if (e->d_name[0] == '.') continue;
+            char p[4096];
+            snprintf(p, sizeof p, "%s/%s", args[a], e->d_name);
+            if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode) && has_cfg(p)) {
+                list = sg_xrealloc(list, (n + 1) * sizeof *list);
+                list[n++] = sg_xstrdup(p);
+            }
+        }
+        closedir(d);
+        if (n == before) { sg_errorf(args[a], "has no cfg.json and no subfolder with one: not an SAE folder"); goto fail; }
+        qsort(list + before, n - before, sizeof *list, cmp_str);
+    }
+    *out = list;
+    *n_out = n;
+    return 0;
+fail:
+    for (size_t i = 0; i < n; i++) free(list[i]);
+    free(list);
+    return -1;
+}
+
+/* ---- encode / decode ----------------------------------------------------------------------- */
+
+void sae_scratch_alloc(SaeScratch *w, const Sae *s, size_t N_max) {
+    w->N_max = N_max;
+    w->xin = sg_xcalloc(N_max * s->d_in, sizeof(float));
+    w->z = sg_xcalloc(N_max * s->d_sae, sizeof(float));
+    w->fdec = sg_xcalloc(N_max * s->d_sae, sizeof(float));
+    w->row_a = sg_xcalloc(N_max, sizeof(double));
+    w->row_b = sg_xcalloc(N_max, sizeof(double));
+}
+
+void sae_scratch_free(SaeScratch *w) {
+    free(w->xin);
+    free(w->z);
+    free(w->fdec);
+    free(w->row_a);
+    free(w->row_b);
+    memset(w, 0, sizeof *w);
+}
+
+/* Keeps the k largest of v (ties to the lower index) in idx, using a small min-heap. */
+static void topk_indices(size_t *idx, const float *v, size_t n, size_t k) {
+    size_t h = 0;
+#define LESS(a, b) (v[a] < v[b] || (v[a] == v[b] && (a) > (b)))
+    for (size_t i = 0; i < n; i++) {
+        if (h < k) {
+            size_t c = h++;
+            idx[c] = i;
+            while (c > 0 && LESS(idx[c], idx[(c - 1) / 2])) {
+                size_t p = (c - 1) / 2, t = idx[p];
+                idx[p] = idx[c], idx[c] = t, c = p;
+            }
+        } else if (LESS(idx[0], i)) {
+            idx[0] = i;
+            size_t c = 0;
+            for (;;) {
+                size_t l = 2 * c + 1, r = l + 1, m = c;
+                if (l < k && LESS(idx[l], idx[m])) m = l;
+                if (r < k && LESS(idx[r], idx[m])) m = r;
+                if (m == c) break;
+                size_t t = idx[m];
+                idx[m] = idx[c], idx[c] = t, c = m;
+            }
+        }
+    }
+#undef LESS
+}
+
+void sae_forward(float *f, float *x_hat, const Sae *s, SaeScratch *w, const float *x, size_t N) {
+    if (N > w->N_max) sg_fatal(s->dir, "SAE batch of %zu rows exceeds the planned %zu", N, w->N_max);
+    const size_t I = s->d_in, F = s->d_sae;
+    /* normalisation in; row_a/row_b keep what decode must undo */
+    for (size_t n = 0; n < N; n++) {
+        const float *xr = x + n * I;
+        float *o = w->xin + n * I;
+        double a = 1.0, b = 0.0, c = 1.0; /* xin = (x - b) * a; decode: x_hat * c + b */
+        if (s->norm == SAE_NORM_CONSTANT_NORM_RESCALE) {
+            double ss = 0;
+            for (size_t i = 0; i < I; i++) ss += (double)xr[i] * xr[i];
+            a = ss > 0 ? sqrt((double)I) / sqrt(ss) : 1.0;
+            c = 1.0 / a;
+        } else if (s->norm == SAE_NORM_LAYER_NORM) {
+            double mean = 0, var = 0;
+            for (size_t i = 0; i < I; i++) mean += xr[i];
+            mean /= (double)I;
+            for (size_t i = 0; i < I; i++) var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+            double std = sqrt(var / (double)(I > 1 ? I - 1 : 1)); /* unbiased, as torch.std */
+            /* SAELens: in (x - mean) / (std + 1e-5), out x * std + mean (no eps on the way out) */
+            b = mean, a = 1.0 / (std + 1e-5), c = std;
+        } else if (s->norm == SAE_NORM_EXPECTED_AVERAGE) {
+            a = s->norm_scaling_factor;
+            c = 1.0 / a;
+        }
+        w->row_a[n] = c, w->row_b[n] = b;
+        for (size_t i = 0; i < I; i++) {
+            double v = ((double)xr[i] - b) * a;
+            if (s->apply_b_dec_to_input) v -= s->b_dec[i];
+            o[i] = (float)v;
+        }
+    }
+    /* pre-activations */
+    gemm_xw_bias(w->z, w->xin, s->W_enc, s->arch == SAE_GATED ? NULL : s->b_enc, N, I, F);
+    for (size_t n = 0; n < N; n++) {
+        float *z = w->z + n * F, *fr = f + n * F;
+        switch (s->arch) {
+        case SAE_STANDARD:
+            for (size_t j = 0; j < F; j++) fr[j] = z[j] > 0 ? z[j] : 0.0f;
+            break;
+        case SAE_JUMPRELU:
+            for (size_t j = 0; j < F; j++) fr[j] = z[j] > s->threshold[j] && z[j] > 0 ? z[j] : 0.0f;
+            break;
+        case SAE_GATED:
+            for (size_t j = 0; j < F; j++) {
+                float mag = z[j] * s->exp_r_mag[j] + s->b_mag[j];
+                fr[j] = z[j] + s->b_gate[j] > 0 && mag > 0 ? mag : 0.0f;
+            }
+            break;
+        case SAE_TOPK: {
+            if (s->dec_norm)
+                for (size_t j = 0; j < F; j++) z[j] *= s->dec_norm[j];
+            size_t kk = s->k;
+            size_t tmp_stack[256];
+            size_t *id = kk <= 256 ? tmp_stack : sg_xcalloc(kk, sizeof *id);
+            topk_indices(id, z, F, kk);
+            memset(fr, 0, F * sizeof(float));
+            for (size_t j = 0; j < kk; j++) fr[id[j]] = z[id[j]] > 0 ? z[id[j]] : 0.0f;
+            if (id != tmp_stack) free(id);
+        } break;
+        case SAE_ARCH_COUNT: break;
+        }
+    }
+    sae_decode(x_hat, s, w, f, N);
+}
+
+void sae_decode(float *x_hat, const Sae *s, SaeScratch *w, const float *f, size_t N) {
+    const size_t I = s->d_in, F = s->d_sae;
+    const float *code = f;
+    if (s->scaling_factor || s->dec_norm) {
+        for (size_t n = 0; n < N; n++)
+            for (size_t j = 0; j < F; j++) {
+                float v = f[n * F + j];
+                if (s->dec_norm) v /= s->dec_norm[j];
+                if (s->scaling_factor) v *= s->scaling_factor[j];
+                w->fdec[n * F + j] = v;
+            }
+        code = w->fdec;
+    }
+    gemm_xw_bias(x_hat, code, s->W_dec, s->b_dec, N, F, I);
+    if (s->norm == SAE_NORM_NONE) return;
+    for (size_t n = 0; n < N; n++) {
+        double c = w->row_a[n], b = w->row_b[n];
+        for (size_t i = 0; i < I; i++) x_hat[n * I + i] = (float)((double)x_hat[n * I + i] * c + b);
+    }
+}
