@@ -14,6 +14,8 @@ typedef struct {
     size_t n_sae;
     long ctx, contexts, position, window, samples, threads_per_rank, ranks; /* -1 when not given */
     long long seed;
+    double latent_noise;        /* --latent-noise (default 0.1) */
+    double norm_scaling_factor; /* --norm-scaling-factor (0 = not given) */
     int logits, resume, allow_model_mismatch, quiet, help;
     char *command_line;         /* argv joined, recorded in result files */
 } Options;

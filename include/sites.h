@@ -64,4 +64,17 @@ void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Bas
 size_t site_count(size_t n_layer);
 Site site_at(size_t i);
 
+/* Writes x (N rows of the site's width, in `basis`) into the site's HF buffer, for the rows
+ * with mask[r] != 0 only. Residual-stream values are written as they are (the LayerNorms
+ * downstream remove the mean, so a centered value gives TransformerLens's result exactly);
+ * processed attn.hook_z adds the folded value bias back. */
+void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
+                size_t N);
+
+/* Where a pass restarts after the site's buffer changed: layer (n_layer = only ln_f) and stage. */
+ForwardStage site_restart(Site s, size_t *layer);
+
+/* Canonical index of a site in the model (stable: used to key random draws). */
+size_t site_index(Site s);
+
 #endif

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_STR, OPT_COUNT, OPT_INT, OPT_SEED, OPT_FLAG, OPT_LIST } OptKind;
+typedef enum { OPT_STR, OPT_COUNT, OPT_INT, OPT_SEED, OPT_FLAG, OPT_LIST, OPT_POSITIVE_REAL } OptKind;
 
 typedef struct {
     const char *name;
@@ -39,6 +39,8 @@ static const OptionSpec OPTIONS[] = {
     {"samples", OPT_COUNT, OFF(samples), 1, "S", "draws of each random intervention per token (default 1)", "run plan"},
     {"bos", OPT_STR, OFF(bos), 0, "include|exclude", "measure BOS tokens or not (default exclude)", "run plan"},
     {"seed", OPT_SEED, OFF(seed), 0, "N", "the one seed of every random draw (default 0)", "run plan"},
+    {"latent-noise", OPT_POSITIVE_REAL, OFF(latent_noise), 0, "SIGMA", "latent_noise: f_i * exp(SIGMA g_i) on active latents (default 0.1)", "run plan"},
+    {"norm-scaling-factor", OPT_POSITIVE_REAL, OFF(norm_scaling_factor), 0, "S", "expected_average_only_in SAEs: the factor (else estimated from the data)", "run"},
     {"out", OPT_STR, OFF(out), 0, "FILE", "result file (an existing file is refused)", "run dump"},
     {"resume", OPT_FLAG, OFF(resume), 0, NULL, "continue an interrupted run in --out", "run"},
     {"threads-per-rank", OPT_COUNT, OFF(threads_per_rank), 1, "N", "BLIS threads in each rank", "run dump plan"},
@@ -87,6 +89,7 @@ static int parse_long(const char *opt, const char *arg, long min, long *out) {
 int cli_parse(Options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->ctx = o->contexts = o->position = o->window = o->samples = o->threads_per_rank = o->ranks = -1;
+    o->latent_noise = 0.1;
     size_t len = 1;
     for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;
     o->command_line = sg_xcalloc(len, 1);
@@ -138,6 +141,14 @@ int cli_parse(Options *o, int argc, char **argv) {
             if (errno || !end || *end || end == optarg || v < 0)
                 return sg_errorf("command line", "--seed '%s' is not a non-negative integer", optarg);
             o->seed = v;
+        } break;
+        case OPT_POSITIVE_REAL: {
+            char *end = NULL;
+            errno = 0;
+            double v = strtod(optarg, &end);
+            if (errno || !end || *end || end == optarg || !(v > 0) || v > 1e30)
+                return sg_errorf("command line", "--%s '%s' is not a positive number", s->name, optarg);
+            *(double *)field = v;
         } break;
         case OPT_LIST:
             o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);

@@ -28,3 +28,14 @@ void gemm_xwt(float *out, const float *x, const float *w, size_t M, size_t K, si
     /* w (N,K) read as its transpose (K,N): row stride 1, column stride K */
     gemm_strided(M, N, K, 1.0f, x, (ptrdiff_t)K, 1, w, 1, (ptrdiff_t)K, 0.0f, out, (ptrdiff_t)N, 1);
 }
+
+void gemm_d_xtx(double *out, const double *X, size_t m, size_t d) {
+    double one = 1.0, zero = 0.0;
+    if (m == 0) {
+        memset(out, 0, d * d * sizeof(double));
+        return;
+    }
+    /* A = X^T (d,m): row stride 1, column stride d */
+    bli_dgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)d, (dim_t)d, (dim_t)m, &one, (double *)X, 1, (inc_t)d,
+              (double *)X, (inc_t)d, 1, &zero, out, (inc_t)d, 1);
+}

@@ -115,8 +115,21 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     if (cfg_bool(root, path, "scale_attn_weights", &cfg->scale_attn_weights, 1) ||
         cfg_bool(root, path, "scale_attn_by_inverse_layer_idx", &cfg->scale_attn_by_inverse_layer_idx, 0))
         goto done;
-    int upcast = 0;
+    int upcast = 0; /* only changes float precision inside attention: accepted */
     if (cfg_bool(root, path, "reorder_and_upcast_attn", &upcast, 0)) goto done;
+    cfg->bos_token_id = 50256;
+    const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
+    if (cJSON_IsNumber(bos)) cfg->bos_token_id = (long)bos->valuedouble;
+    if (cfg->bos_token_id < 0 || (size_t)cfg->bos_token_id >= cfg->vocab_size) cfg->bos_token_id = -1;
+    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(root, "_name_or_path");
+    if (cJSON_IsString(nm) && nm->valuestring[0]) snprintf(cfg->name, sizeof cfg->name, "%s", nm->valuestring);
+    else {
+        size_t len = strlen(dir);
+        while (len > 1 && dir[len - 1] == '/') len--;
+        size_t start = len;
+        while (start > 0 && dir[start - 1] != '/') start--;
+        snprintf(cfg->name, sizeof cfg->name, "%.*s", (int)(len - start), dir + start);
+    }
     rc = 0;
 done:
     cJSON_Delete(root);

@@ -330,9 +330,9 @@ void sae_free(Sae *s) {
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static int has_cfg(const char *dir) {
-    char p[4096];
+    char p[8192];
     struct stat sb;
-    snprintf(p, sizeof p, "%s/cfg.json", dir);
+    if ((size_t)snprintf(p, sizeof p, "%s/cfg.json", dir) >= sizeof p) return 0;
     return stat(p, &sb) == 0;
 }
 
@@ -356,7 +356,7 @@ int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t
         for (struct dirent *e; (e = readdir(d));) {
             if (e->d_name[0] == '.') continue;
             char p[4096];
-            snprintf(p, sizeof p, "%s/%s", args[a], e->d_name);
+            if ((size_t)snprintf(p, sizeof p, "%s/%s", args[a], e->d_name) >= sizeof p) continue;
             if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode) && has_cfg(p)) {
                 list = sg_xrealloc(list, (n + 1) * sizeof *list);
                 list[n++] = sg_xstrdup(p);

@@ -5,6 +5,7 @@
 #include "dump.h"
 #include "error.h"
 #include "gemm.h"
+#include "run.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,8 +52,11 @@ int saegap_run(int argc, char **argv, MPI_Comm comm) {
     } else if (!strcmp(o.command, "dump")) {
         configure_threads(&o, comm);
         status = dump_command(&o, comm);
+    } else if (!strcmp(o.command, "run")) {
+        configure_threads(&o, comm);
+        status = run_command(&o, comm);
     } else {
-        sg_errorf(o.command, "this command is not implemented in saegap %s yet (only dump is)", SAEGAP_VERSION);
+        sg_errorf(o.command, "this command is not implemented in saegap %s yet (dump and run are)", SAEGAP_VERSION);
         sg_agree(comm, -1);
         status = 2;
     }

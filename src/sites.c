@@ -120,3 +120,39 @@ Site site_at(size_t i) {
     if (i == 1) return (Site){SG_SITE_POS_EMBED, 0};
     return (Site){per_layer[(i - 2) % 7], (i - 2) / 7};
 }
+
+void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
+                size_t N) {
+    size_t W = site_width(s, &m->cfg);
+    float *dst = site_buffer(a, s);
+    const float *bv = s.kind == SG_SITE_ATTN_Z && basis == SG_BASIS_PROCESSED ? m->value_bias_folded + s.layer * W : NULL;
+    for (size_t n = 0; n < N; n++) {
+        if (!mask[n]) continue;
+        for (size_t i = 0; i < W; i++) dst[n * W + i] = bv ? x[n * W + i] + bv[i] : x[n * W + i];
+    }
+    if (s.kind == SG_SITE_EMBED || s.kind == SG_SITE_POS_EMBED)
+        sg_fatal("sites", "writing %s is not supported", s.kind == SG_SITE_EMBED ? "hook_embed" : "hook_pos_embed");
+}
+
+ForwardStage site_restart(Site s, size_t *layer) {
+    *layer = s.layer;
+    switch (s.kind) {
+    case SG_SITE_RESID_PRE: return SG_STAGE_ATTN;
+    case SG_SITE_ATTN_Z: return SG_STAGE_ATTN_PROJ;
+    case SG_SITE_ATTN_OUT: return SG_STAGE_ATTN_RESID;
+    case SG_SITE_RESID_MID: return SG_STAGE_MLP;
+    case SG_SITE_MLP_POST: return SG_STAGE_MLP_PROJ;
+    case SG_SITE_MLP_OUT: return SG_STAGE_MLP_RESID;
+    case SG_SITE_RESID_POST: *layer = s.layer + 1; return SG_STAGE_ATTN;
+    default: break;
+    }
+    sg_fatal("sites", "no restart point for site kind %d", (int)s.kind);
+}
+
+size_t site_index(Site s) {
+    for (size_t i = 0;; i++) {
+        Site t = site_at(i);
+        if (t.kind == s.kind && t.layer == s.layer) return i;
+        if (i > 7 * (s.layer + 2)) sg_fatal("sites", "site not in canonical order");
+    }
+}

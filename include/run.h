@@ -1,0 +1,12 @@
+/* run.h: `saegap run`: clean + intervened passes, per-token metrics, one HDF5 file. */
+#ifndef SAEGAP_RUN_H
+#define SAEGAP_RUN_H
+
+#include "cli.h"
+
+#include <mpi.h>
+
+/* Collective over comm. Returns the process exit status. */
+int run_command(const Options *o, MPI_Comm comm);
+
+#endif
