@@ -32,6 +32,7 @@ from sae_fixtures import _build_cfg, make_sae, write_cfg
 
 TOL = 1e-4
 MARGIN = 3e-5
+KL_FLOOR = 0.05   # KL errors are relative to max(max|ref KL|, KL_FLOOR): abs 5e-6 at worst
 N_LAYER, N_HEAD, D_MODEL, VOCAB, N_POS = 3, 4, 64, 211, 32
 N_CTX, CTX = 5, 24
 BOS = VOCAB - 1
@@ -47,9 +48,12 @@ def rel_err(got, ref):
     return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
-def cmp_arr(errs, what, got, ref, tol=TOL):
+def cmp_arr(errs, what, got, ref, tol=TOL, floor=0.0):
     """Append a description to errs unless got matches ref (NaN pattern
-    identical, rel err over the finite entries <= tol)."""
+    identical, rel err over the finite entries <= tol).  floor: smallest
+    denominator (KL: an intervention that is a no-op, e.g. sae_norm at the
+    last residual site whose scale ln_f removes, has KL ~1e-9 in float64 and
+    float32 noise ~1e-7 in any float32 implementation)."""
     if got is None:
         errs.append("%s: missing from the result file" % what)
         return
@@ -72,7 +76,7 @@ def cmp_arr(errs, what, got, ref, tol=TOL):
     if not np.isfinite(got[m]).all():
         errs.append("%s: non-finite (inf) values" % what)
         return
-    e = rel_err(got[m], ref[m])
+    e = float(np.abs(got[m] - ref[m]).max() / max(np.abs(ref[m]).max(), floor, 1e-30))
     if not (e <= tol):
         diff = np.where(m, np.abs(got - ref), -1.0)
         i = np.unravel_index(np.argmax(diff), diff.shape)
@@ -80,12 +84,12 @@ def cmp_arr(errs, what, got, ref, tol=TOL):
             what, e, tol, np.abs(ref[m]).max(), tuple(int(j) for j in i), got[i], ref[i]))
 
 
-def cmp_scalar(errs, what, got, ref, tol=TOL):
+def cmp_scalar(errs, what, got, ref, tol=TOL, floor=1e-12):
     if got is None:
         errs.append("%s: attribute missing" % what)
         return
     got = float(np.asarray(got).reshape(-1)[0])
-    e = abs(got - ref) / max(abs(ref), 1e-12)
+    e = abs(got - ref) / max(abs(ref), floor)
     if not (e <= tol):
         errs.append("%s: C %.8g ref %.8g (rel err %.3g)" % (what, got, ref, e))
 
@@ -164,10 +168,10 @@ def check_against_reference(res, ref, interventions, tokens, bos="exclude", what
         c = res["sites"][site]
         p = "/sites/%s/" % site
         for iv in interventions:
-            cmp_arr(errs, p + "kl/" + iv, c["kl"].get(iv), r["kl"][iv])
+            cmp_arr(errs, p + "kl/" + iv, c["kl"].get(iv), r["kl"][iv], floor=KL_FLOOR)
             cmp_arr(errs, p + "ce/" + iv, c["ce"].get(iv), r["ce"][iv])
             cmp_scalar(errs, p + "@mean_kl_" + iv, c["attrs"].get("mean_kl_" + iv),
-                       r["attrs"]["mean_kl_" + iv])
+                       r["attrs"]["mean_kl_" + iv], floor=KL_FLOOR)
             if iv in c["kl_dtype"] and c["kl_dtype"][iv] != np.float32:
                 errs.append(p + "kl/%s dtype %s, want float32" % (iv, c["kl_dtype"][iv]))
         if check_recon:
@@ -200,6 +204,25 @@ def check_against_reference(res, ref, interventions, tokens, bos="exclude", what
 
 # ================================================================ fixtures
 
+def sample_tokens(config, params, n, T, seed, temperature=0.8, forced=None):
+    """Contexts sampled from the model (float64 reference forward), BOS at
+    position 0, BOS never sampled; forced {(row, col): token} overrides."""
+    rng = np.random.default_rng(seed)
+    bos = int(config["bos_token_id"])
+    tok = np.full((n, T), bos, dtype=np.int64)
+    for t in range(1, T):
+        lp = g2.forward(config, params, tok[:, :t], basis="raw")["logprobs"][:, -1] / temperature
+        lp[:, bos] = -np.inf
+        p = np.exp(lp - lp.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        for i in range(n):
+            tok[i, t] = rng.choice(len(p[i]), p=p[i])
+        for (i, j), v in (forced or {}).items():
+            if j == t:
+                tok[i, j] = v
+    return tok
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """Tiny GPT-2 (3 layers, d 64, 4 heads, vocab 211), 5 contexts of 24
@@ -215,13 +238,13 @@ def world(tmp_path_factory):
     c["_name_or_path"] = "tiny-gpt2"
     json.dump(c, open(cpath, "w"), indent=2)
     config, params = g2.load_model(mdir)
-    tok = random_tokens(N_CTX, CTX, VOCAB, seed=22, bos=BOS)
-    tok[2, 11] = BOS
+    # contexts sampled from the model itself (so clean CE is low and ablations
+    # raise it: ce_loss_score is well conditioned), BOS at position 0 and,
+    # forced, once mid-row; no other BOS
+    tok = sample_tokens(config, params, N_CTX, CTX, seed=22, forced={(2, 11): BOS})
     tok_h5 = write_tokens_h5(str(base / "tokens.h5"), tok)
     # contexts with BOS only at position 0 (for the position scope)
-    tokp = random_tokens(N_CTX, CTX, VOCAB, seed=23, bos=None)
-    tokp[tokp == BOS] = 7
-    tokp[:, 0] = BOS
+    tokp = sample_tokens(config, params, N_CTX, CTX, seed=23)
     tokp_h5 = write_tokens_h5(str(base / "tokens_pos.h5"), tokp)
     fwd = {b: g2.forward(config, params, tok, basis=b) for b in ("processed", "raw")}
     return {"base": base, "model_dir": mdir, "config": config, "params": params,
@@ -298,8 +321,8 @@ def test_reference_perfect_sae_has_zero_kl(world, tmp_path, normalize):
     for iv in ("sae", "norm_corrected_sae", "sae_norm"):
         assert np.nanmax(np.abs(r["kl"][iv])) < tol, iv
     assert np.nanmean(r["kl"]["zero_ablation"]) > 0.1
-    assert abs(r["attrs"]["explained_variance"] - 1) < 1e-12
-    assert abs(r["attrs"]["kl_div_score"] - 1) < 1e-9 and abs(r["attrs"]["ce_loss_score"] - 1) < 1e-9
+    assert abs(r["attrs"]["explained_variance"] - 1) < 1e-8
+    assert abs(r["attrs"]["kl_div_score"] - 1) < 1e-8 and abs(r["attrs"]["ce_loss_score"] - 1) < 1e-4
     # NaN exactly at BOS tokens; ce also NaN at the last position
     meas = world["tokens"] != BOS
     assert np.array_equal(np.isnan(r["kl"]["sae"]), ~meas)
@@ -679,7 +702,7 @@ def test_scope_position(world, tmp_path, run_saegap):
                            interventions=ivs, scope="position", position=P, window=W)
     errs = []
     for iv in ivs:
-        cmp_arr(errs, "kl/" + iv, c["kl"][iv], ref["sites"][site]["kl"][iv])
+        cmp_arr(errs, "kl/" + iv, c["kl"][iv], ref["sites"][site]["kl"][iv], floor=KL_FLOOR)
         cmp_arr(errs, "ce/" + iv, c["ce"][iv], ref["sites"][site]["ce"][iv])
     assert not errs, "\n".join(errs)
     # z-score of the SAE's KL within the eps_random samples, recomputed from the file
