@@ -81,7 +81,7 @@ static int parse_long(const char *opt, const char *arg, long min, long *out) {
     errno = 0;
     long v = strtol(arg, &end, 10);
     if (errno || !end || *end != '\0' || end == arg || v < min || v > INT_MAX)
-        return sg_errorf(min > 0 ? "command line" : "command line", "--%s '%s' is not an integer >= %ld", opt, arg, min);
+        return sg_errorf("command line", "--%s '%s' is not an integer >= %ld", opt, arg, min);
     *out = v;
     return 0;
 }
