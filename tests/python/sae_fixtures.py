@@ -197,13 +197,15 @@ def make_sae(dir, d_in, d_sae, hook_name, architecture="standard", generation="v
         z = pre + b_enc
         P["b_enc"] = b_enc
         # thresholds positive, above the median z: part of the z > 0 stay below
-        P["threshold"] = np.maximum(np.quantile(z, 0.78, axis=0), 0.2 * pstd)
+        # (jittered: a quantile can coincide with a sample value)
+        P["threshold"] = np.maximum(np.quantile(z, 0.78, axis=0), 0.2 * pstd) \
+            + 0.03 * pstd * np.abs(rng.standard_normal(d_sae))
     elif architecture == "topk":
         P["b_enc"] = -np.quantile(pre, 0.7, axis=0) + 0.05 * pstd * rng.standard_normal(d_sae)
     else:  # gated
         r_mag = 0.2 * rng.standard_normal(d_sae)
         P["r_mag"] = r_mag
-        P["b_gate"] = -np.quantile(pre, 0.72, axis=0)
+        P["b_gate"] = -np.quantile(pre, 0.72, axis=0) + 0.05 * pstd * rng.standard_normal(d_sae)
         mag = x_in @ (W_enc * np.exp(r_mag))
         P["b_mag"] = -np.quantile(mag, 0.8, axis=0) + 0.05 * pstd * rng.standard_normal(d_sae)
     if scaling_factor:

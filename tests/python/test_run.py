@@ -18,8 +18,6 @@ float64 give the same latent support.
 
 import json
 import os
-import shutil
-import subprocess
 
 import h5py
 import numpy as np
@@ -27,7 +25,7 @@ import pytest
 
 import gpt2_reference as g2
 import run_reference as rr
-from saegap_fixtures import make_gpt2_model, random_tokens, write_safetensors, write_tokens_h5
+from saegap_fixtures import make_gpt2_model, write_safetensors, write_tokens_h5
 from sae_fixtures import _build_cfg, make_sae, write_cfg
 
 TOL = 1e-4
@@ -204,7 +202,7 @@ def check_against_reference(res, ref, interventions, tokens, bos="exclude", what
 
 # ================================================================ fixtures
 
-def sample_tokens(config, params, n, T, seed, temperature=0.8, forced=None):
+def sample_tokens(config, params, n, T, seed, temperature=1.5, forced=None):
     """Contexts sampled from the model (float64 reference forward), BOS at
     position 0, BOS never sampled; forced {(row, col): token} overrides."""
     rng = np.random.default_rng(seed)
@@ -230,13 +228,15 @@ def world(tmp_path_factory):
     activations of every site in both bases."""
     base = tmp_path_factory.mktemp("run_world")
     mdir = str(base / "tiny-gpt2")
-    m = make_gpt2_model(mdir, n_layer=N_LAYER, n_head=N_HEAD, n_embd=D_MODEL,
+    make_gpt2_model(mdir, n_layer=N_LAYER, n_head=N_HEAD, n_embd=D_MODEL,
                         n_positions=N_POS, vocab_size=VOCAB, seed=21)
     # a real save_pretrained config names the model; the SAEs' model_name matches it
     cpath = os.path.join(mdir, "config.json")
-    c = json.load(open(cpath))
+    with open(cpath) as f:
+        c = json.load(f)
     c["_name_or_path"] = "tiny-gpt2"
-    json.dump(c, open(cpath, "w"), indent=2)
+    with open(cpath, "w") as f:
+        json.dump(c, f, indent=2)
     config, params = g2.load_model(mdir)
     # contexts sampled from the model itself (so clean CE is low and ablations
     # raise it: ce_loss_score is well conditioned), BOS at position 0 and,
@@ -271,12 +271,17 @@ def build_sae(world, dir, site, arch="standard", gen="v6", basis="processed", ns
     raise AssertionError("could not build an SAE at %s with margin %g" % (site, MARGIN))
 
 
-def run_args(world, saes, out, interventions=DET, extra=(), tokens=None):
+def run_args(world, saes, out, interventions=DET, extra=(), tokens=None, threads=1):
+    """`saegap run` arguments.  threads=1 by default: on these tiny shapes
+    multi-threaded BLIS costs ~10x in wall time (test_threads_bitwise_identical
+    runs the default)."""
     a = ["run", "--model", world["model_dir"]]
     for s in saes:
         a += ["--sae", s]
     a += ["--tokens", tokens or world["tokens_h5"], "--out", str(out),
           "--interventions", interventions]
+    if threads is not None:
+        a += ["--threads-per-rank", str(threads)]
     return a + [str(e) for e in extra]
 
 
@@ -643,6 +648,20 @@ def test_random_seed_reproducible(random_runs):
             assert a["raw"][k].tobytes() == c["raw"][k].tobytes(), "deterministic %s depends on the seed" % k
 
 
+def test_threads_bitwise_identical(world, random_runs, run_saegap):
+    """The default thread count and --threads-per-rank 2 give the same bits
+    as --threads-per-rank 1 (random_runs["a"])."""
+    a = random_runs["res"]["a"]
+    for name, threads in (("default", None), ("two", 2)):
+        out = random_runs["base"] / ("threads_%s.h5" % name)
+        run_saegap(run_args(world, random_runs["dirs"], out, ALL11, ["--seed", 5, "--quiet"],
+                            threads=threads))
+        b = read_result(str(out))
+        keys = [k for k in a["raw"] if k.startswith(("sites/", "correlation/", "clean/"))]
+        diff = [k for k in keys if k not in b["raw"] or a["raw"][k].tobytes() != b["raw"][k].tobytes()]
+        assert not diff, "threads %s vs 1: datasets differ: %s" % (name, diff)
+
+
 def test_random_statistics_plausible(world, random_runs):
     """Loose sanity of the random baselines on the residual site: eps_random
     (same error norm as the SAE, random direction) and theta_random_true_norm
@@ -747,15 +766,68 @@ def test_invariants_from_file(world, random_runs):
 
 
 def test_perfect_sae_kl_zero(world, tmp_path, run_saegap):
+    """An exact SAE (f = [relu(x), relu(-x)], x_hat = x): eps = 0 and
+    cos(x, x_hat) = 1, so sae, norm_corrected_sae, sae_norm and also the
+    random eps_random, theta_random, theta_random_true_norm and cov_random
+    all give x back: KL ~ 0 (float32 noise; a cosine rounded above 1 must not
+    turn into NaN)."""
     site = "blocks.1.hook_resid_pre"
     d = _perfect_sae(str(tmp_path / "perfect"), D_MODEL, site)
     out = tmp_path / "out.h5"
-    run_saegap(run_args(world, [d], out, "sae,norm_corrected_sae,sae_norm,zero_ablation", ["--quiet"]))
+    ivs = ("sae", "norm_corrected_sae", "sae_norm", "eps_random", "theta_random",
+           "theta_random_true_norm", "cov_random")
+    run_saegap(run_args(world, [d], out, ",".join(ivs + ("zero_ablation",)), ["--quiet", "--samples", 2]))
     c = read_result(str(out))["sites"][site]
-    for iv in ("sae", "norm_corrected_sae", "sae_norm"):
-        assert np.nanmax(np.abs(c["kl"][iv])) < 1e-4, (iv, np.nanmax(np.abs(c["kl"][iv])))
+    meas = world["meas"]
+    for iv in ivs:
+        kl = c["kl"][iv]
+        assert np.isfinite(kl[meas]).all(), iv
+        assert np.nanmax(np.abs(kl)) < 1e-4, (iv, np.nanmax(np.abs(kl)))
     assert np.nanmean(c["kl"]["zero_ablation"]) > 0.1
     assert abs(anum(c["attrs"]["explained_variance"]) - 1) < 1e-4
+    assert np.nanmax(c["recon"]["eps_norm"]) < 1e-4 * np.nanmax(c["recon"]["l2_norm_in"])
+
+
+def test_dead_sae_edge_case(world, tmp_path, run_saegap):
+    """An SAE where no latent ever fires and b_dec = 0: x_hat = 0 for every
+    token.  Then sae = norm_corrected_sae (x_hat if ||x_hat|| = 0) = sae_norm
+    (x * 0) = theta_random (scaled by ||x_hat|| = 0) = latent_noise (no active
+    latent) = sae_eps_random (||x_hat' - x_hat|| = 0) = zero_ablation; the
+    others must stay finite (no 0/0 turned into NaN)."""
+    site = "blocks.1.hook_resid_pre"
+    d = str(tmp_path / "dead")
+    os.makedirs(d)
+    rng = np.random.default_rng(3)
+    m = 96
+    write_safetensors(os.path.join(d, "sae_weights.safetensors"),
+                      {"W_enc": rng.standard_normal((D_MODEL, m)) * 0.1, "b_enc": np.full(m, -1e3),
+                       "W_dec": rng.standard_normal((m, D_MODEL)), "b_dec": np.zeros(D_MODEL)})
+    write_cfg(d, _build_cfg("v6", D_MODEL, m, site, "standard", True, "none", None,
+                            "tiny-gpt2", None, False, False, 128))
+    out = tmp_path / "out.h5"
+    run_saegap(run_args(world, [d], out, ALL11, ["--quiet"]))
+    res = read_result(str(out))
+    c = res["sites"][site]
+    meas = world["meas"]
+    errs = []
+    check_complete(res, errs)
+    kz = c["kl"]["zero_ablation"]
+    for iv in ("sae", "norm_corrected_sae", "sae_norm", "theta_random", "latent_noise", "sae_eps_random"):
+        cmp_arr(errs, "kl/%s vs kl/zero_ablation" % iv, c["kl"][iv], kz, floor=KL_FLOOR)
+    for iv in ("eps_random", "theta_random_true_norm", "cov_random", "mean_ablation"):
+        kl = c["kl"][iv]
+        if not (np.isfinite(kl[meas]).all() and (kl[meas] >= -1e-6).all()):
+            errs.append("kl/%s not finite / negative at measured tokens" % iv)
+    if not (np.all(c["recon"]["l0"][meas] == 0) and np.all(c["recon"]["l2_norm_out"][meas] == 0)):
+        errs.append("recon l0 / l2_norm_out not 0")
+    if not np.all(c["feature_density"] == 0):
+        errs.append("feature_density not all 0")
+    if int(anum(c["attrs"].get("dead_latents", -1))) != m:
+        errs.append("dead_latents %r, want %d" % (c["attrs"].get("dead_latents"), m))
+    x = world["fwd"]["processed"][site][meas]
+    ev = 1 - (x ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    cmp_scalar(errs, "@explained_variance", c["attrs"].get("explained_variance"), ev)
+    assert not errs, "\n".join(errs)
 
 
 # ================================================================ correlation (written when sae and eps_random run)
