@@ -176,6 +176,27 @@ int main(int argc, char **argv) {
         }
         CHECK(maxerr < 1e-5 * (norm(x + r * d, d) + eps), "cov_random differs from x + eps L g/||L g|| by %g", maxerr);
     }
+    /* the shape of cov_random's directions follows Sigma: 4000 draws, the strong axis 0
+     * dominates and dims 1, 2 (positively correlated in Sigma) co-vary positively */
+    {
+        double m00 = 0, m33 = 0, m12 = 0, m13 = 0;
+        size_t draws = 0;
+        for (uint32_t smp = 0; smp < 100; smp++) {
+            b.sample = smp;
+            iv_apply(IV_COV_RANDOM, out, &b);
+            for (size_t r = 0; r < N; r++) {
+                if (!active[r]) continue;
+                double eps = dist(x + r * d, xh + r * d, d), v[24];
+                for (size_t i = 0; i < d; i++) v[i] = ((double)out[r * d + i] - x[r * d + i]) / eps;
+                m00 += v[0] * v[0], m33 += v[3] * v[3], m12 += v[1] * v[2], m13 += v[1] * v[3];
+                draws++;
+            }
+        }
+        m00 /= (double)draws, m33 /= (double)draws, m12 /= (double)draws, m13 /= (double)draws;
+        CHECK(m00 > 20 * m33, "cov_random: E[v0^2] %g not >> E[v3^2] %g for Sigma_00 = 100 Sigma_33", m00, m33);
+        CHECK(m12 > 0.5 * m33 && fabs(m13) < 0.2 * m33, "cov_random: E[v1 v2] %g, E[v1 v3] %g vs E[v3^2] %g", m12, m13, m33);
+        b.sample = 0;
+    }
     /* rows do not depend on their batch: row 7 alone gives the same numbers */
     {
         iv_apply(IV_EPS_RANDOM, out, &b);
