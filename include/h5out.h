@@ -31,6 +31,14 @@ int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const u
 /* Independent. Writes rows [row0, row0+nrows) along the first dimension; data is native. */
 void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data);
 
+/* Independent. Reads rows [row0, row0+nrows) along the first dimension into native memory. */
+void h5out_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data);
+
+/* Collective. A dataset of n fixed-length UTF-8 strings (at most 127 bytes each). */
+int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n);
+/* Independent. Writes all n strings. */
+void h5out_write_strings(H5Out *h, int ds, const char *const *strings, uint64_t n);
+
 /* Collective. Attributes on an object ("/" or a dataset/group path); replaced if present. */
 void h5out_attr_str(H5Out *h, const char *obj, const char *name, const char *value);
 void h5out_attr_i64(H5Out *h, const char *obj, const char *name, int64_t value);

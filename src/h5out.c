@@ -158,6 +158,72 @@ void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const voi
     H5Sclose(fspace);
 }
 
+void h5out_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data) {
+    hid_t d = h->dsets[ds];
+    hid_t fspace = H5Dget_space(d);
+    SG_H5(fspace, "getting a dataspace");
+    int nd = H5Sget_simple_extent_ndims(fspace);
+    hsize_t dims[8], start[8] = {0}, count[8];
+    H5Sget_simple_extent_dims(fspace, dims, NULL);
+    for (int i = 0; i < nd; i++) count[i] = dims[i];
+    start[0] = row0, count[0] = nrows;
+    SG_H5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), "selecting rows of %s", h->path);
+    hid_t mspace = H5Screate_simple(nd, count, NULL);
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    SG_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT), "setting independent transfers");
+    SG_H5(H5Dread(d, mem_type(h->types[ds]), mspace, fspace, dxpl, data), "reading rows %llu..%llu of %s",
+          (unsigned long long)row0, (unsigned long long)(row0 + nrows), h->path);
+    H5Pclose(dxpl);
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+}
+
+#define H5OUT_STRLEN 128
+
+static hid_t string_type(void) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5OUT_STRLEN);
+    H5Tset_strpad(t, H5T_STR_NULLTERM);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    return t;
+}
+
+int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
+    hsize_t dims[1] = {n};
+    hid_t space = H5Screate_simple(1, dims, NULL);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    SG_H5(H5Pset_create_intermediate_group(lcpl, 1), "setting intermediate group creation");
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    SG_H5(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY), "setting early allocation");
+    hid_t t = string_type();
+    hid_t d = H5Dcreate2(h->file, name, t, space, lcpl, dcpl, H5P_DEFAULT);
+    SG_H5(d, "creating dataset %s in %s", name, h->path);
+    H5Tclose(t);
+    H5Pclose(dcpl);
+    H5Pclose(lcpl);
+    H5Sclose(space);
+    if (h->n_dsets == h->cap_dsets) {
+        h->cap_dsets = h->cap_dsets ? 2 * h->cap_dsets : 16;
+        h->dsets = sg_xrealloc(h->dsets, (size_t)h->cap_dsets * sizeof *h->dsets);
+        h->types = sg_xrealloc(h->types, (size_t)h->cap_dsets * sizeof *h->types);
+    }
+    h->dsets[h->n_dsets] = d;
+    h->types[h->n_dsets] = H5OUT_I32; /* unused for strings */
+    return h->n_dsets++;
+}
+
+void h5out_write_strings(H5Out *h, int ds, const char *const *strings, uint64_t n) {
+    char *buf = sg_xcalloc(n ? n : 1, H5OUT_STRLEN);
+    for (uint64_t i = 0; i < n; i++) snprintf(buf + i * H5OUT_STRLEN, H5OUT_STRLEN, "%s", strings[i]);
+    hid_t t = string_type();
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    SG_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT), "setting independent transfers");
+    SG_H5(H5Dwrite(h->dsets[ds], t, H5S_ALL, H5S_ALL, dxpl, buf), "writing strings in %s", h->path);
+    H5Pclose(dxpl);
+    H5Tclose(t);
+    free(buf);
+}
+
 static hid_t open_obj(H5Out *h, const char *obj) {
     hid_t o = H5Oopen(h->file, obj, H5P_DEFAULT);
     SG_H5(o, "opening %s in %s", obj, h->path);

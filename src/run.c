@@ -5,6 +5,7 @@
  * Layout and definitions: docs/output-schema.md. */
 #include "run.h"
 
+#include "correlate.h"
 #include "error.h"
 #include "forward.h"
 #include "gemm.h"
@@ -45,8 +46,15 @@ typedef struct {
     int ds_kl[IV_COUNT], ds_ce[IV_COUNT], ds_recon[RC_COUNT], ds_zscore, ds_density;
 } SiteRun;
 
+/* Interventions whose KL gap to eps_random is correlated between sites (CONTRACT.md). */
+static int is_correlated(Intervention iv) {
+    return iv == IV_SAE || iv == IV_NORM_CORRECTED_SAE || iv == IV_SAE_NORM || iv == IV_ZERO_ABLATION ||
+           iv == IV_MEAN_ABLATION;
+}
+
 typedef struct {
     const Options *o;
+    int ds_corr[IV_COUNT][3];     /* pearson, spearman, sites */
     Gpt2Model model;
     TokenSet ts;
     SiteRun *sites;
@@ -212,6 +220,45 @@ static uint64_t fnv1a_file(const Safetensors *st) {
     return h;
 }
 
+static void create_correlation_schema(Run *r, H5Out *h) {
+    for (int iv = 0; iv < IV_COUNT; iv++) {
+        r->ds_corr[iv][0] = -1;
+        if (!has_iv(r, (Intervention)iv) || !is_correlated((Intervention)iv) || !has_iv(r, IV_EPS_RANDOM)) continue;
+        char p[128];
+        uint64_t kk[2] = {r->n_sites, r->n_sites};
+        snprintf(p, sizeof p, "correlation/%s_minus_eps_random/pearson", iv_name((Intervention)iv));
+        r->ds_corr[iv][0] = h5out_dataset(h, p, H5OUT_F64, 2, kk);
+        snprintf(p, sizeof p, "correlation/%s_minus_eps_random/spearman", iv_name((Intervention)iv));
+        r->ds_corr[iv][1] = h5out_dataset(h, p, H5OUT_F64, 2, kk);
+        snprintf(p, sizeof p, "correlation/%s_minus_eps_random/sites", iv_name((Intervention)iv));
+        r->ds_corr[iv][2] = h5out_dataset_strings(h, p, r->n_sites);
+    }
+}
+
+static void write_correlations(Run *r, H5Out *h, MPI_Comm comm, int rank) {
+    size_t K = r->n_sites;
+    int *ds_iv = sg_xcalloc(K, sizeof(int)), *ds_eps = sg_xcalloc(K, sizeof(int));
+    double *pear = sg_xcalloc(K * K, sizeof(double)), *spear = sg_xcalloc(K * K, sizeof(double));
+    const char **names = sg_xcalloc(K, sizeof(char *));
+    for (size_t k = 0; k < K; k++) names[k] = r->sites[k].name;
+    for (int iv = 0; iv < IV_COUNT; iv++) {
+        if (r->ds_corr[iv][0] < 0) continue;
+        for (size_t k = 0; k < K; k++) ds_iv[k] = r->sites[k].ds_kl[iv], ds_eps[k] = r->sites[k].ds_kl[IV_EPS_RANDOM];
+        CorrInput in = {.n = r->ts.n, .Wk = r->Wk, .S_iv = samples_of(r, (Intervention)iv),
+                        .S_eps = samples_of(r, IV_EPS_RANDOM), .K = K, .ds_iv = ds_iv, .ds_eps = ds_eps};
+        long used = correlate_gap(pear, spear, h, &in, comm);
+        if (rank == 0) {
+            h5out_write_rows(h, r->ds_corr[iv][0], 0, K, pear);
+            h5out_write_rows(h, r->ds_corr[iv][1], 0, K, spear);
+            h5out_write_strings(h, r->ds_corr[iv][2], names, K);
+        }
+        char g[128];
+        snprintf(g, sizeof g, "correlation/%s_minus_eps_random", iv_name((Intervention)iv));
+        h5out_attr_i64(h, g, "tokens", used);
+    }
+    free(ds_iv), free(ds_eps), free(pear), free(spear), free(names);
+}
+
 static void create_schema(Run *r, H5Out *h, int size) {
     const Options *o = r->o;
     const size_t n = r->ts.n, T = r->ts.ctx;
@@ -291,6 +338,7 @@ static void create_schema(Run *r, H5Out *h, int size) {
             h5out_attr_str(h, g, "norm_scaling_factor_source", a->norm_scaling_factor_source);
         }
     }
+    create_correlation_schema(r, h);
 }
 
 /* ---- one batch ---------------------------------------------------------------------------------- */
@@ -636,6 +684,10 @@ int run_command(const Options *o, MPI_Comm comm) {
     }
     work_free(&w, &r);
     for (size_t i = 0; i < r.n_sites; i++) reduce_and_write_site(&r, h, &r.sites[i], comm, rank);
+    /* every rank's KL rows must be on disk before any rank reads them back */
+    h5out_flush(h);
+    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before the correlations failed");
+    write_correlations(&r, h, comm, rank);
     if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before completing %s failed", o->out);
     h5out_attr_i64(h, "/", "complete", 1);
     h5out_close(h);
