@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { H5OUT_F32, H5OUT_F64, H5OUT_I32 } H5OutType;
+typedef enum { H5OUT_F32, H5OUT_F64, H5OUT_I32, H5OUT_I64 } H5OutType;
 
 typedef struct H5Out H5Out;
 
@@ -24,6 +24,24 @@ int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, si
 
 /* Collective. Creates `path`, refusing an existing file. NULL with a pending error on failure. */
 H5Out *h5out_create(const char *path, MPI_Comm comm);
+
+/* Collective. Opens an existing result file for writing (--resume). NULL with a pending error
+ * when it is not an HDF5 file. In this mode h5out_dataset opens datasets by name and checks
+ * their shape instead of creating them. */
+H5Out *h5out_open(const char *path, MPI_Comm comm);
+int h5out_resuming(const H5Out *h);
+
+/* Attribute readers (collective-safe: every rank may call). 0, or -1 when absent. */
+int h5out_get_attr_str(H5Out *h, const char *obj, const char *name, char *buf, size_t cap);
+int h5out_get_attr_i64(H5Out *h, const char *obj, const char *name, int64_t *v);
+int h5out_get_attr_f64(H5Out *h, const char *obj, const char *name, double *v);
+
+/* An exclusive lock that marks `path` as being written (Linux open-file-description lock on
+ * its first byte; independent of HDF5's own flock, so readers can still open the file).
+ * Returns an fd >= 0 holding the lock, or -1 with a pending error when another process holds
+ * it. Released by out_lock_release or when the process ends (also on kill -9). */
+int out_lock_acquire(const char *path);
+void out_lock_release(int fd);
 
 /* Collective. Creates a dataset (intermediate groups made as needed); returns its handle index. */
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims);

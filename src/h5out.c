@@ -1,4 +1,5 @@
 /* h5out.c: HDF5 reading of token matrices and the parallel result-file writer (see h5out.h). */
+#define _GNU_SOURCE /* F_OFD_SETLK */
 #include "h5out.h"
 
 #include "error.h"
@@ -7,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 /* Every HDF5 call that should not fail once inputs are checked goes through this. */
@@ -20,6 +23,7 @@
 
 struct H5Out {
     char *path;
+    int resuming;
     hid_t file;
     hid_t *dsets;
     H5OutType *types;
@@ -84,11 +88,86 @@ H5Out *h5out_create(const char *path, MPI_Comm comm) {
     return h;
 }
 
+H5Out *h5out_open(const char *path, MPI_Comm comm) {
+    quiet_hdf5();
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    SG_H5(fapl, "creating a file-access property list");
+    SG_H5(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL), "selecting the MPI-IO driver for %s", path);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, fapl);
+    H5Pclose(fapl);
+    if (f < 0) {
+        sg_errorf(path, "--resume: cannot open as HDF5 (damaged, or not a saegap result; saegap verify tells)");
+        return NULL;
+    }
+    H5Out *h = sg_xcalloc(1, sizeof *h);
+    h->path = sg_xstrdup(path);
+    h->file = f;
+    h->resuming = 1;
+    return h;
+}
+
+static int get_attr(H5Out *h, const char *obj, const char *name, hid_t mtype, void *out) {
+    if (H5Oexists_by_name(h->file, obj, H5P_DEFAULT) <= 0) return -1;
+    hid_t o = H5Oopen(h->file, obj, H5P_DEFAULT);
+    if (o < 0) return -1;
+    int rc = -1;
+    if (H5Aexists(o, name) > 0) {
+        hid_t a = H5Aopen(o, name, H5P_DEFAULT);
+        if (a >= 0) {
+            rc = H5Aread(a, mtype, out) < 0 ? -1 : 0;
+            H5Aclose(a);
+        }
+    }
+    H5Oclose(o);
+    return rc;
+}
+
+int h5out_get_attr_i64(H5Out *h, const char *obj, const char *name, int64_t *v) {
+    return get_attr(h, obj, name, H5T_NATIVE_INT64, v);
+}
+
+int h5out_get_attr_f64(H5Out *h, const char *obj, const char *name, double *v) {
+    return get_attr(h, obj, name, H5T_NATIVE_DOUBLE, v);
+}
+
+int h5out_get_attr_str(H5Out *h, const char *obj, const char *name, char *buf, size_t cap) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    char *s = NULL;
+    int rc = get_attr(h, obj, name, t, &s);
+    if (rc == 0 && s) {
+        snprintf(buf, cap, "%s", s);
+        H5free_memory(s);
+    }
+    H5Tclose(t);
+    return rc;
+}
+
+int out_lock_acquire(const char *path) {
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return sg_errorf(path, "cannot open to lock: %s", strerror(errno));
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EAGAIN || e == EACCES)
+            return sg_errorf(path, "is being written by another saegap run (file locked); refusing a second writer");
+        return sg_errorf(path, "cannot lock: %s", strerror(e));
+    }
+    return fd;
+}
+
+void out_lock_release(int fd) {
+    if (fd >= 0) close(fd);
+}
+
 static hid_t file_type(H5OutType t) {
     switch (t) {
     case H5OUT_F32: return H5T_IEEE_F32LE;
     case H5OUT_F64: return H5T_IEEE_F64LE;
     case H5OUT_I32: return H5T_STD_I32LE;
+    case H5OUT_I64: return H5T_STD_I64LE;
     }
     return H5T_IEEE_F32LE;
 }
@@ -98,11 +177,42 @@ static hid_t mem_type(H5OutType t) {
     case H5OUT_F32: return H5T_NATIVE_FLOAT;
     case H5OUT_F64: return H5T_NATIVE_DOUBLE;
     case H5OUT_I32: return H5T_NATIVE_INT32;
+    case H5OUT_I64: return H5T_NATIVE_INT64;
     }
     return H5T_NATIVE_FLOAT;
 }
 
+static int add_handle(H5Out *h, hid_t d, H5OutType type) {
+    if (h->n_dsets == h->cap_dsets) {
+        h->cap_dsets = h->cap_dsets ? 2 * h->cap_dsets : 16;
+        h->dsets = sg_xrealloc(h->dsets, (size_t)h->cap_dsets * sizeof *h->dsets);
+        h->types = sg_xrealloc(h->types, (size_t)h->cap_dsets * sizeof *h->types);
+    }
+    h->dsets[h->n_dsets] = d;
+    h->types[h->n_dsets] = type;
+    return h->n_dsets++;
+}
+
+/* --resume: the dataset must exist with this shape (the job check makes a mismatch unlikely;
+ * a damaged file lands here). */
+static int open_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+    hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
+    if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing (damaged file? saegap verify tells)", name);
+    hid_t sp = H5Dget_space(d);
+    hsize_t got[8];
+    int nd = H5Sget_simple_extent_ndims(sp);
+    H5Sget_simple_extent_dims(sp, got, NULL);
+    H5Sclose(sp);
+    int ok = nd == ndims;
+    for (int i = 0; ok && i < nd; i++) ok = got[i] == dims[i];
+    if (!ok) sg_fatal(h->path, "--resume: dataset %s has another shape than this job needs", name);
+    return add_handle(h, d, type);
+}
+
+int h5out_resuming(const H5Out *h) { return h->resuming; }
+
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+    if (h->resuming) return open_dataset(h, name, type, ndims, dims);
     hsize_t hd[8];
     for (int i = 0; i < ndims && i < 8; i++) hd[i] = dims[i];
     hid_t space = H5Screate_simple(ndims, hd, NULL);
@@ -126,14 +236,7 @@ int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const u
     H5Pclose(dcpl);
     H5Pclose(lcpl);
     H5Sclose(space);
-    if (h->n_dsets == h->cap_dsets) {
-        h->cap_dsets = h->cap_dsets ? 2 * h->cap_dsets : 16;
-        h->dsets = sg_xrealloc(h->dsets, (size_t)h->cap_dsets * sizeof *h->dsets);
-        h->types = sg_xrealloc(h->types, (size_t)h->cap_dsets * sizeof *h->types);
-    }
-    h->dsets[h->n_dsets] = d;
-    h->types[h->n_dsets] = type;
-    return h->n_dsets++;
+    return add_handle(h, d, type);
 }
 
 void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data) {
@@ -189,6 +292,11 @@ static hid_t string_type(void) {
 }
 
 int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
+    if (h->resuming) {
+        hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
+        if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing", name);
+        return add_handle(h, d, H5OUT_I32);
+    }
     hsize_t dims[1] = {n};
     hid_t space = H5Screate_simple(1, dims, NULL);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
@@ -202,14 +310,7 @@ int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
     H5Pclose(dcpl);
     H5Pclose(lcpl);
     H5Sclose(space);
-    if (h->n_dsets == h->cap_dsets) {
-        h->cap_dsets = h->cap_dsets ? 2 * h->cap_dsets : 16;
-        h->dsets = sg_xrealloc(h->dsets, (size_t)h->cap_dsets * sizeof *h->dsets);
-        h->types = sg_xrealloc(h->types, (size_t)h->cap_dsets * sizeof *h->types);
-    }
-    h->dsets[h->n_dsets] = d;
-    h->types[h->n_dsets] = H5OUT_I32; /* unused for strings */
-    return h->n_dsets++;
+    return add_handle(h, d, H5OUT_I32); /* type unused for strings */
 }
 
 void h5out_write_strings(H5Out *h, int ds, const char *const *strings, uint64_t n) {

@@ -1,8 +1,11 @@
-/* run.c: `saegap run`, the experiment. For each batch of contexts: one clean forward pass
- * (cached), then for every SAE site: the SAE once per token, the reconstruction metrics, and
- * every intervention (x samples) as a pass restarted at the site from the cached clean state,
- * reduced block by block to KL and CE. Aggregates are reproducible sums (reprosum.h).
- * Layout and definitions: docs/output-schema.md. */
+/* run.c: `saegap run`, the experiment. Work is cut into units (schedule.h); for each batch
+ * of a unit's contexts: one clean forward pass (cached, reused by every site of the unit),
+ * then for every SAE site of the unit: the SAE once per token, the reconstruction metrics,
+ * and every intervention (x samples) as a pass restarted at the site from the cached clean
+ * state, reduced block by block to KL and CE. Each unit writes its rows, then its aggregate
+ * record, then its done flag: a killed run resumes at the first unit not done, and the
+ * aggregates are exact sums of the records (reprosum.h), so nothing depends on who computed
+ * what. Layout and definitions: docs/output-schema.md. */
 #include "run.h"
 
 #include "correlate.h"
@@ -15,11 +18,13 @@
 #include "model.h"
 #include "reprosum.h"
 #include "sae.h"
+#include "schedule.h"
 #include "sites.h"
 #include "sitestats.h"
 #include "tokens.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,19 +36,24 @@
 enum { RC_L2_IN, RC_L2_OUT, RC_EPS, RC_COS, RC_MSE, RC_L0, RC_L1, RC_COUNT };
 static const char *const RECON_NAME[RC_COUNT] = {"l2_norm_in", "l2_norm_out", "eps_norm", "cossim", "mse", "l0", "l1"};
 
+/* Aggregate record of one (block, site): sums then counts (docs/output-schema.md). */
+enum { AG_ERR_SQ, AG_X_SQ, AG_XHAT_SQ, AG_X_DOT_XHAT, AG_L0, AG_CE_CLEAN, AG_KL0, AG_CE0 = AG_KL0 + IV_COUNT,
+       AG_X_SUM = AG_CE0 + IV_COUNT }; /* + d sums of x */
+enum { CN_MEASURED, CN_CE_CLEAN, CN_KL0, CN_CE0 = CN_KL0 + IV_COUNT, CN_COUNT = CN_CE0 + IV_COUNT };
+
+static volatile sig_atomic_t g_stop_signal = 0;
+static void on_term(int sig) { (void)sig; g_stop_signal = 1; }
+
 typedef struct {
     Sae sae;
     char name[128];
-    size_t d, F, site_id;
+    size_t d, F, site_id, n_sums;
     double *mean, *chol;          /* statistics pass (when needed) */
-    /* aggregates over this rank's measured tokens */
-    ReproSum err_sq, x_sq, xhat_sq, x_dot_xhat, l0_sum;
-    ReproSum *x_sum;              /* (d) */
-    int64_t measured;
-    int64_t *fire;                /* (F) */
-    ReproSum kl_sum[IV_COUNT], ce_sum[IV_COUNT], ce_clean_sum;
-    int64_t kl_n[IV_COUNT], ce_n[IV_COUNT], ce_clean_n;
+    ReproSum *sums;               /* (n_sums) this unit's record */
+    int64_t counts[CN_COUNT];
+    int32_t *fire;                /* (F) */
     int ds_kl[IV_COUNT], ds_ce[IV_COUNT], ds_recon[RC_COUNT], ds_zscore, ds_density;
+    int ds_rec_sums, ds_rec_counts, ds_rec_fire;
 } SiteRun;
 
 /* Interventions whose KL gap to eps_random is correlated between sites (CONTRACT.md). */
@@ -55,6 +65,7 @@ static int is_correlated(Intervention iv) {
 typedef struct {
     const Options *o;
     int ds_corr[IV_COUNT][3];     /* pearson, spearman, sites */
+    int ds_tokens, ds_clean_ce, ds_done, ds_unit_checksum;
     Gpt2Model model;
     TokenSet ts;
     SiteRun *sites;
@@ -64,6 +75,9 @@ typedef struct {
     size_t P, W, S;               /* position, window, samples */
     int bos_include;
     size_t Wk;                    /* positions recorded per context: T or W */
+    size_t B;                     /* contexts per forward batch */
+    UnitLayout layout;
+    char tokens_checksum[64], model_checksum[64];
 } Run;
 
 static int has_iv(const Run *r, Intervention iv) { return (r->iv_mask >> iv) & 1u; }
@@ -79,7 +93,6 @@ static int check_options(Run *r) {
     if (!o->out) return sg_errorf("command line", "run needs --out FILE.h5");
     if (o->positional)
         return sg_errorf("command line", "job files are not supported yet (got '%s'); give the options", o->positional);
-    if (o->resume) return sg_errorf("--resume", "resuming is not implemented yet");
     if (o->sites) return sg_errorf("--sites", "run takes its sites from the SAEs' cfg (hook), not from --sites");
     if (iv_parse_list(&r->iv_mask, o->interventions ? o->interventions : "all")) return -1;
     r->scope_position = 0;
@@ -100,9 +113,10 @@ static int check_options(Run *r) {
         if (basis_parse(o->basis, &b)) return sg_errorf("--basis", "'%s' is not processed or raw", o->basis);
     }
     struct stat sb;
-    if (stat(o->out, &sb) == 0)
-        return sg_errorf(o->out, S_ISDIR(sb.st_mode) ? "--out is a directory; give a file name"
-                                                     : "output file already exists; refusing to overwrite it");
+    if (stat(o->out, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) return sg_errorf(o->out, "--out is a directory; give a file name");
+        if (!o->resume) return sg_errorf(o->out, "output file already exists; refusing to overwrite it (--resume continues it)");
+    }
     return 0;
 }
 
@@ -139,13 +153,16 @@ static int load_saes(Run *r) {
     return rc;
 }
 
-/* ---- batches: fixed by T alone, contiguous runs per rank (as dump.c) ------------------------- */
+/* ---- batches: fixed by T alone, so the numbers never depend on the split ------------------- */
 
 static size_t batch_contexts(size_t T) {
     size_t B = T >= 256 ? 1 : 256 / T;
     return B > 8 ? 8 : B;
 }
 
+static int is_measured(const Run *r, int32_t tok) { return r->bos_include || tok != r->model.cfg.bos_token_id; }
+
+/* static split of batches (statistics pass: its sums are exact, so any split gives the same) */
 static void my_range(size_t n, size_t B, int rank, int size, size_t *lo, size_t *hi) {
     size_t nb = (n + B - 1) / B;
     *lo = nb * (size_t)rank / (size_t)size * B;
@@ -153,8 +170,6 @@ static void my_range(size_t n, size_t B, int rank, int size, size_t *lo, size_t 
     if (*hi > n) *hi = n;
     if (*lo > n) *lo = n;
 }
-
-static int is_measured(const Run *r, int32_t tok) { return r->bos_include || tok != r->model.cfg.bos_token_id; }
 
 /* ---- statistics pass ---------------------------------------------------------------------------- */
 
@@ -213,12 +228,6 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
 
 /* ---- the result file's schema --------------------------------------------------------------- */
 
-static uint64_t fnv1a_file(const Safetensors *st) {
-    uint64_t h = 1469598103934665603ull;
-    const unsigned char *p = st->map;
-    for (size_t i = 0; i < st->map_size; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h;
-}
 
 static void create_correlation_schema(Run *r, H5Out *h) {
     for (int iv = 0; iv < IV_COUNT; iv++) {
@@ -259,40 +268,89 @@ static void write_correlations(Run *r, H5Out *h, MPI_Comm comm, int rank) {
     free(ds_iv), free(ds_eps), free(pear), free(spear), free(names);
 }
 
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+#define FNV_INIT 1469598103934665603ull
+
+/* The job's identity, compared item by item on --resume (CONTRACT: refuse another job). */
+typedef struct { const char *name; char value[512]; } JobItem;
+
+static size_t job_items(const Run *r, JobItem *it) {
+    const Options *o = r->o;
+    size_t n = 0;
+#define ITEM(nm, ...) (it[n].name = (nm), snprintf(it[n].value, sizeof it[n].value, __VA_ARGS__), n++)
+    ITEM("model_checksum", "%s", r->model_checksum);
+    ITEM("tokens_checksum", "%s", r->tokens_checksum);
+    ITEM("n_contexts", "%zu", r->ts.n);
+    ITEM("ctx", "%zu", r->ts.ctx);
+    ITEM("seed", "%lld", o->seed);
+    char ivs[256] = "";
+    for (int iv = 0; iv < IV_COUNT; iv++)
+        if (has_iv(r, (Intervention)iv))
+            snprintf(ivs + strlen(ivs), sizeof ivs - strlen(ivs), "%s%s", ivs[0] ? "," : "", iv_name((Intervention)iv));
+    ITEM("interventions", "%s", ivs);
+    ITEM("scope", "%s", r->scope_position ? "position" : "all");
+    ITEM("position", "%zd", r->scope_position ? (ssize_t)r->P : (ssize_t)-1);
+    ITEM("window", "%zd", r->scope_position ? (ssize_t)r->W : (ssize_t)-1);
+    ITEM("samples", "%zu", r->S);
+    ITEM("bos", "%s", r->bos_include ? "include" : "exclude");
+    ITEM("latent_noise_sigma", "%.17g", o->latent_noise);
+    char sites[400] = "";
+    uint64_t h = FNV_INIT;
+    for (size_t i = 0; i < r->n_sites; i++) {
+        const Sae *a = &r->sites[i].sae;
+        snprintf(sites + strlen(sites), sizeof sites - strlen(sites), "%s%s", i ? "," : "", r->sites[i].name);
+        h = fnv1a(h, a->st.map, a->st.map_size);
+        h = fnv1a(h, basis_name(a->basis), strlen(basis_name(a->basis)));
+        h = fnv1a(h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
+    }
+    ITEM("sites", "%s", sites);
+    ITEM("saes_checksum", "fnv1a64:%016llx (weights, basis, normalisation factor)", (unsigned long long)h);
+#undef ITEM
+    return n;
+}
+
 static void create_schema(Run *r, H5Out *h, int size) {
     const Options *o = r->o;
     const size_t n = r->ts.n, T = r->ts.ctx;
-    char buf[512], created[32];
-    time_t now = time(NULL);
-    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    h5out_attr_str(h, "/", "saegap_version", SAEGAP_VERSION);
-    h5out_attr_str(h, "/", "command_line", o->command_line);
-    h5out_attr_str(h, "/", "created", created);
-    h5out_attr_str(h, "/", "model", o->model);
-    snprintf(buf, sizeof buf, "fnv1a64:%016llx", (unsigned long long)fnv1a_file(&r->model.st));
-    h5out_attr_str(h, "/", "model_checksum", buf);
-    h5out_attr_str(h, "/", "tokens_file", o->tokens);
-    h5out_attr_i64(h, "/", "n_contexts", (int64_t)n);
-    h5out_attr_i64(h, "/", "ctx", (int64_t)T);
-    h5out_attr_i64(h, "/", "seed", o->seed);
-    h5out_attr_str(h, "/", "bos", r->bos_include ? "include" : "exclude");
-    h5out_attr_i64(h, "/", "bos_token_id", r->model.cfg.bos_token_id);
-    h5out_attr_str(h, "/", "scope", r->scope_position ? "position" : "all");
-    h5out_attr_i64(h, "/", "position", r->scope_position ? (int64_t)r->P : -1);
-    h5out_attr_i64(h, "/", "window", r->scope_position ? (int64_t)r->W : -1);
-    h5out_attr_i64(h, "/", "samples", (int64_t)r->S);
-    h5out_attr_f64(h, "/", "latent_noise_sigma", o->latent_noise);
-    buf[0] = '\0';
-    for (int iv = 0; iv < IV_COUNT; iv++)
-        if (has_iv(r, (Intervention)iv))
-            snprintf(buf + strlen(buf), sizeof buf - strlen(buf), "%s%s", buf[0] ? "," : "", iv_name((Intervention)iv));
-    h5out_attr_str(h, "/", "interventions", buf);
-    h5out_attr_i64(h, "/", "ranks", size);
-    h5out_attr_i64(h, "/", "complete", 0);
-
+    const int fresh = !h5out_resuming(h);
+    if (fresh) {
+        char created[32];
+        time_t now = time(NULL);
+        strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+        h5out_attr_str(h, "/", "saegap_version", SAEGAP_VERSION);
+        h5out_attr_str(h, "/", "command_line", o->command_line);
+        h5out_attr_str(h, "/", "created", created);
+        h5out_attr_str(h, "/", "model", o->model);
+        h5out_attr_str(h, "/", "tokens_file", o->tokens);
+        h5out_attr_i64(h, "/", "bos_token_id", r->model.cfg.bos_token_id);
+        h5out_attr_i64(h, "/", "ranks", size);
+        h5out_attr_i64(h, "/", "complete", 0);
+        h5out_attr_i64(h, "/", "unit_batch_contexts", (int64_t)r->layout.B);
+        h5out_attr_i64(h, "/", "unit_batches_per_block", (int64_t)r->layout.batches_per_block);
+        h5out_attr_i64(h, "/", "unit_site_groups", (int64_t)r->layout.n_groups);
+        JobItem it[32];
+        size_t ni = job_items(r, it);
+        for (size_t i = 0; i < ni; i++) {
+            /* numbers as numbers where CONTRACT lists them */
+            if (!strcmp(it[i].name, "n_contexts") || !strcmp(it[i].name, "ctx") || !strcmp(it[i].name, "seed") ||
+                !strcmp(it[i].name, "position") || !strcmp(it[i].name, "window") || !strcmp(it[i].name, "samples"))
+                h5out_attr_i64(h, "/", it[i].name, atoll(it[i].value));
+            else if (!strcmp(it[i].name, "latent_noise_sigma"))
+                h5out_attr_f64(h, "/", it[i].name, atof(it[i].value));
+            else
+                h5out_attr_str(h, "/", it[i].name, it[i].value);
+        }
+    }
     uint64_t nt[2] = {n, T};
-    h5out_dataset(h, "tokens", H5OUT_I32, 2, nt);
-    h5out_dataset(h, "clean/ce", H5OUT_F32, 2, nt);
+    r->ds_tokens = h5out_dataset(h, "tokens", H5OUT_I32, 2, nt);
+    r->ds_clean_ce = h5out_dataset(h, "clean/ce", H5OUT_F32, 2, nt);
+    uint64_t nu[1] = {r->layout.n_units}, nbk[2];
+    r->ds_done = h5out_dataset(h, "progress/unit_done", H5OUT_I32, 1, nu);
+    r->ds_unit_checksum = h5out_dataset(h, "progress/unit_checksum", H5OUT_I64, 1, nu);
     for (size_t i = 0; i < r->n_sites; i++) {
         SiteRun *s = &r->sites[i];
         char g[256], p[320];
@@ -320,6 +378,18 @@ static void create_schema(Run *r, H5Out *h, int size) {
         uint64_t fd[1] = {s->F};
         snprintf(p, sizeof p, "%s/feature_density", g);
         s->ds_density = h5out_dataset(h, p, H5OUT_F64, 1, fd);
+        /* per-block aggregate records (progress: what --resume and the final sums read) */
+        nbk[0] = r->layout.n_blocks;
+        nbk[1] = 2 * s->n_sums;
+        snprintf(p, sizeof p, "progress/%s/sums", s->name);
+        s->ds_rec_sums = h5out_dataset(h, p, H5OUT_I64, 2, nbk);
+        nbk[1] = CN_COUNT;
+        snprintf(p, sizeof p, "progress/%s/counts", s->name);
+        s->ds_rec_counts = h5out_dataset(h, p, H5OUT_I64, 2, nbk);
+        nbk[1] = s->F;
+        snprintf(p, sizeof p, "progress/%s/fire", s->name);
+        s->ds_rec_fire = h5out_dataset(h, p, H5OUT_I32, 2, nbk);
+        if (!fresh) continue;
         const Sae *a = &s->sae;
         h5out_attr_str(h, g, "sae_path", a->dir);
         h5out_attr_str(h, g, "hook_name", a->hook_name);
@@ -341,11 +411,32 @@ static void create_schema(Run *r, H5Out *h, int size) {
     create_correlation_schema(r, h);
 }
 
+/* --resume: the file must record this very job; name the first item that differs. */
+static int check_same_job(Run *r, H5Out *h) {
+    JobItem it[32];
+    size_t ni = job_items(r, it);
+    for (size_t i = 0; i < ni; i++) {
+        char have[512] = "";
+        int64_t iv;
+        double dv;
+        if (h5out_get_attr_str(h, "/", it[i].name, have, sizeof have) != 0) {
+            if (h5out_get_attr_i64(h, "/", it[i].name, &iv) == 0) snprintf(have, sizeof have, "%lld", (long long)iv);
+            else if (h5out_get_attr_f64(h, "/", it[i].name, &dv) == 0) snprintf(have, sizeof have, "%.17g", dv);
+            else return sg_errorf(r->o->out, "--resume: the file has no '%s' record: not a saegap run file", it[i].name);
+        }
+        if (strcmp(have, it[i].value) != 0)
+            return sg_errorf(r->o->out, "--resume: this file is from a different job: %s is '%s' in the file but '%s' now",
+                             it[i].name, have, it[i].value);
+    }
+    return 0;
+}
+
 /* ---- one batch ---------------------------------------------------------------------------------- */
 
 typedef struct {
     H5Out *h;
     Activations clean, work;
+    size_t cached_c0, cached_nb;  /* the batch the clean cache holds (nb 0: none) */
     float *logits_clean;  /* (N, V) */
     float *p_clean;       /* (N, V) */
     double *lse_clean, *p_sum; /* (N) */
@@ -360,11 +451,12 @@ typedef struct {
     float *recon;            /* (RC_COUNT, N) */
     float *ce_clean_out;     /* (N) */
     SaeScratch *sae_work;    /* per site */
+    uint64_t checksum;       /* FNV-1a of everything this unit wrote, in write order */
 } Work;
 
 static void work_alloc(Work *w, const Run *r, H5Out *h) {
     const Gpt2Config *c = &r->model.cfg;
-    const size_t T = r->ts.ctx, B = batch_contexts(T), N = B * T, V = c->vocab_size, Vp = r->model.vocab_padded;
+    const size_t T = r->ts.ctx, B = r->B, N = B * T, V = c->vocab_size, Vp = r->model.vocab_padded;
     size_t maxd = 0, maxF = 0;
     for (size_t i = 0; i < r->n_sites; i++) {
         maxd = r->sites[i].d > maxd ? r->sites[i].d : maxd;
@@ -415,6 +507,12 @@ static void work_free(Work *w, const Run *r) {
     free(w->sae_work);
 }
 
+/* Writes rows and folds their bytes into the unit's checksum (saegap verify recomputes it). */
+static void put_rows(Work *w, int ds, size_t c0, size_t nb, const float *data, size_t floats_per_context) {
+    h5out_write_rows(w->h, ds, c0, nb, data);
+    w->checksum = fnv1a(w->checksum, data, nb * floats_per_context * sizeof(float));
+}
+
 /* The intervened pass reads, besides what it recomputes, the site's own buffer and the
  * restart layer's residual inputs: reset exactly those from the clean pass. */
 static void restore_from_clean(Work *w, Site site, size_t layer, size_t L) {
@@ -429,13 +527,37 @@ static void restore_from_clean(Work *w, Site site, size_t layer, size_t L) {
     }
 }
 
-/* logits (n, V) of rows [row0, row0+n), n <= LOGIT_BLOCK, into dst through the padded block */
+/* logits (n, V) of rows [row0, row0+n), n <= LOGIT_BLOCK, through the padded block */
 static void logits_rows(float *dst, Work *w, const Activations *a, const Gpt2Model *m, size_t row0, size_t n) {
     gpt2_logits(w->logits_block, a, m, row0, n);
     if (dst != w->logits_block) memcpy(dst, w->logits_block, n * m->cfg.vocab_size * sizeof(float));
 }
 
-static void site_metrics(Run *r, Work *w, SiteRun *s, size_t N) {
+static void clean_batch(Run *r, Work *w, size_t c0, size_t nb) {
+    if (w->cached_nb == nb && w->cached_c0 == c0) return; /* reused by every site of the block */
+    const Gpt2Model *m = &r->model;
+    const size_t T = r->ts.ctx, N = nb * T, V = m->cfg.vocab_size;
+    const int32_t *ids = r->ts.ids + c0 * T;
+    gpt2_forward(&w->clean, m, ids, nb, T);
+    for (size_t j = 0; j < N; j++) {
+        size_t t = j % T;
+        w->next[j] = t + 1 < T ? ids[j + 1] : -1;
+        w->measured[j] = (unsigned char)is_measured(r, ids[j]);
+        w->active[j] = (unsigned char)(w->measured[j] && (!r->scope_position || t == r->P));
+        w->context[j] = (uint32_t)(c0 + j / T), w->position[j] = (uint32_t)t;
+    }
+    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
+        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
+        logits_rows(w->logits_clean + r0 * V, w, &w->clean, m, r0, nr);
+    }
+    metrics_clean(w->lse_clean, w->p_clean, w->p_sum, w->logits_clean, N, V);
+    for (size_t j = 0; j < N; j++)
+        w->ce_clean_out[j] =
+            w->next[j] >= 0 && w->measured[j] ? (float)(w->lse_clean[j] - w->logits_clean[j * V + w->next[j]]) : NAN;
+    w->cached_c0 = c0, w->cached_nb = nb;
+}
+
+static void site_metrics(Work *w, SiteRun *s, size_t N) {
     const size_t d = s->d, F = s->F;
     for (size_t j = 0; j < N; j++) {
         float *rc = w->recon;
@@ -449,7 +571,7 @@ static void site_metrics(Run *r, Work *w, SiteRun *s, size_t N) {
         for (size_t i = 0; i < d; i++) {
             xx += (double)x[i] * x[i], hh += (double)xh[i] * xh[i], xh_dot += (double)x[i] * xh[i];
             ee += ((double)xh[i] - x[i]) * ((double)xh[i] - x[i]);
-            repro_add(&s->x_sum[i], x[i]);
+            repro_add(&s->sums[AG_X_SUM + i], x[i]);
         }
         for (size_t i = 0; i < F; i++) {
             if (f[i] > 0) l0++, s->fire[i]++;
@@ -462,162 +584,199 @@ static void site_metrics(Run *r, Work *w, SiteRun *s, size_t N) {
         rc[RC_MSE * N + j] = (float)(ee / (double)d);
         rc[RC_L0 * N + j] = (float)l0;
         rc[RC_L1 * N + j] = (float)l1;
-        repro_add(&s->err_sq, ee), repro_add(&s->x_sq, xx), repro_add(&s->xhat_sq, hh);
-        repro_add(&s->x_dot_xhat, xh_dot), repro_add(&s->l0_sum, (double)l0);
-        s->measured++;
+        repro_add(&s->sums[AG_ERR_SQ], ee), repro_add(&s->sums[AG_X_SQ], xx), repro_add(&s->sums[AG_XHAT_SQ], hh);
+        repro_add(&s->sums[AG_X_DOT_XHAT], xh_dot), repro_add(&s->sums[AG_L0], (double)l0);
+        s->counts[CN_MEASURED]++;
     }
-    (void)r;
 }
 
-static void run_batch(Run *r, Work *w, size_t c0, size_t nb) {
+/* One site on the cached batch: returns 0, or -1 when a stop was requested mid-way. */
+static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
     const Gpt2Model *m = &r->model;
     const size_t T = r->ts.ctx, N = nb * T, V = m->cfg.vocab_size, L = m->cfg.n_layer;
-    const int32_t *ids = r->ts.ids + c0 * T;
-    gpt2_forward(&w->clean, m, ids, nb, T);
-    for (size_t j = 0; j < N; j++) {
-        size_t t = j % T;
-        w->next[j] = t + 1 < T ? ids[j + 1] : -1;
-        w->measured[j] = (unsigned char)is_measured(r, ids[j]);
-        w->active[j] = (unsigned char)(w->measured[j] && (!r->scope_position || t == r->P));
-        w->context[j] = (uint32_t)(c0 + j / T), w->position[j] = (uint32_t)t;
-    }
-    /* clean logits of every row, cached for all interventions of all sites */
-    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
-        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
-        logits_rows(w->logits_clean + r0 * V, w, &w->clean, m, r0, nr);
-    }
-    metrics_clean(w->lse_clean, w->p_clean, w->p_sum, w->logits_clean, N, V);
-    for (size_t j = 0; j < N; j++)
-        w->ce_clean_out[j] = w->next[j] >= 0 && w->measured[j] ? (float)(w->lse_clean[j] - w->logits_clean[j * V + w->next[j]]) : NAN;
-    h5out_write_rows(w->h, 1, c0, nb, w->ce_clean_out); /* dataset 1 = clean/ce */
-
+    SiteRun *s = &r->sites[si];
+    const Sae *sae = &s->sae;
+    site_read(w->x, &w->clean, m, sae->site, sae->basis, 0, N);
+    sae_forward(w->f, w->x_hat, sae, &w->sae_work[si], w->x, N);
+    site_metrics(w, s, N);
     const size_t t0 = r->scope_position ? r->P : 0, Wk = r->Wk; /* recorded rows: [t0, t0 + Wk) */
-    for (size_t si = 0; si < r->n_sites; si++) {
-        SiteRun *s = &r->sites[si];
-        const Sae *sae = &s->sae;
-        site_read(w->x, &w->clean, m, sae->site, sae->basis, 0, N);
-        sae_forward(w->f, w->x_hat, sae, &w->sae_work[si], w->x, N);
-        site_metrics(r, w, s, N);
-        for (size_t b = 0; b < nb; b++)
-            for (size_t t = t0; t < t0 + Wk; t++) {
-                size_t j = b * T + t;
-                if (w->measured[j] && w->next[j] >= 0) repro_add(&s->ce_clean_sum, w->ce_clean_out[j]), s->ce_clean_n++;
-            }
-
-        IvBatch ib = {.N = N, .d = s->d, .d_sae = s->F, .x = w->x, .x_hat = w->x_hat, .f = w->f, .mean = s->mean,
-                      .chol = s->chol, .latent_sigma = r->o->latent_noise, .sae = sae, .sae_work = &w->sae_work[si],
-                      .context = w->context, .position = w->position, .active = w->active,
-                      .seed = (uint64_t)r->o->seed, .site_id = (uint32_t)s->site_id, .f_scratch = w->f_scratch,
-                      .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
-        size_t layer;
-        ForwardStage stage = site_restart(sae->site, &layer);
-        for (int ivi = 0; ivi < IV_COUNT; ivi++) {
-            Intervention iv = (Intervention)ivi;
-            if (!has_iv(r, iv)) continue;
-            const size_t S = samples_of(r, iv);
-            float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
-            for (size_t smp = 0; smp < S; smp++) {
-                ib.sample = (uint32_t)smp;
-                iv_apply(iv, w->out, &ib);
-                restore_from_clean(w, sae->site, layer, L);
-                site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, N);
-                gpt2_forward_from(&w->work, m, layer, stage);
-                for (size_t b = 0; b < nb; b++)
-                    for (size_t r0 = b * T + t0; r0 < b * T + t0 + Wk; r0 += LOGIT_BLOCK) {
-                        size_t nr = b * T + t0 + Wk - r0;
-                        if (nr > LOGIT_BLOCK) nr = LOGIT_BLOCK;
-                        logits_rows(w->logits_block, w, &w->work, m, r0, nr);
-                        for (size_t q = 0; q < nr; q++) {
-                            size_t j = r0 + q, o = (b * Wk + (j - b * T - t0)) * S + smp;
-                            if (!w->measured[j]) {
-                                kl_out[o] = ce_out[o] = NAN;
-                                continue;
-                            }
-                            double kl, ce;
-                            metrics_kl_ce(&kl, &ce, w->logits_clean + j * V, w->p_clean + j * V, &w->lse_clean[j],
-                                          &w->p_sum[j], w->logits_block + q * V, &w->next[j], 1, V);
-                            kl_out[o] = (float)kl, ce_out[o] = (float)ce;
-                            repro_add(&s->kl_sum[iv], kl), s->kl_n[iv]++;
-                            if (w->next[j] >= 0) repro_add(&s->ce_sum[iv], ce), s->ce_n[iv]++;
+    for (size_t b = 0; b < nb; b++)
+        for (size_t t = t0; t < t0 + Wk; t++) {
+            size_t j = b * T + t;
+            if (w->measured[j] && w->next[j] >= 0)
+                repro_add(&s->sums[AG_CE_CLEAN], w->ce_clean_out[j]), s->counts[CN_CE_CLEAN]++;
+        }
+    IvBatch ib = {.N = N, .d = s->d, .d_sae = s->F, .x = w->x, .x_hat = w->x_hat, .f = w->f, .mean = s->mean,
+                  .chol = s->chol, .latent_sigma = r->o->latent_noise, .sae = sae, .sae_work = &w->sae_work[si],
+                  .context = w->context, .position = w->position, .active = w->active,
+                  .seed = (uint64_t)r->o->seed, .site_id = (uint32_t)s->site_id, .f_scratch = w->f_scratch,
+                  .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
+    size_t layer;
+    ForwardStage stage = site_restart(sae->site, &layer);
+    for (int ivi = 0; ivi < IV_COUNT; ivi++) {
+        Intervention iv = (Intervention)ivi;
+        if (!has_iv(r, iv)) continue;
+        if (g_stop_signal) return -1;
+        const size_t S = samples_of(r, iv);
+        float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
+        for (size_t smp = 0; smp < S; smp++) {
+            ib.sample = (uint32_t)smp;
+            iv_apply(iv, w->out, &ib);
+            restore_from_clean(w, sae->site, layer, L);
+            site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, N);
+            gpt2_forward_from(&w->work, m, layer, stage);
+            for (size_t b = 0; b < nb; b++)
+                for (size_t r0 = b * T + t0; r0 < b * T + t0 + Wk; r0 += LOGIT_BLOCK) {
+                    size_t nr = b * T + t0 + Wk - r0;
+                    if (nr > LOGIT_BLOCK) nr = LOGIT_BLOCK;
+                    logits_rows(w->logits_block, w, &w->work, m, r0, nr);
+                    for (size_t q = 0; q < nr; q++) {
+                        size_t j = r0 + q, o = (b * Wk + (j - b * T - t0)) * S + smp;
+                        if (!w->measured[j]) {
+                            kl_out[o] = ce_out[o] = NAN;
+                            continue;
                         }
+                        double kl, ce;
+                        metrics_kl_ce(&kl, &ce, w->logits_clean + j * V, w->p_clean + j * V, &w->lse_clean[j],
+                                      &w->p_sum[j], w->logits_block + q * V, &w->next[j], 1, V);
+                        kl_out[o] = (float)kl, ce_out[o] = (float)ce;
+                        repro_add(&s->sums[AG_KL0 + iv], kl), s->counts[CN_KL0 + iv]++;
+                        if (w->next[j] >= 0) repro_add(&s->sums[AG_CE0 + iv], ce), s->counts[CN_CE0 + iv]++;
                     }
-            }
-            h5out_write_rows(w->h, s->ds_kl[iv], c0, nb, kl_out);
-            h5out_write_rows(w->h, s->ds_ce[iv], c0, nb, ce_out);
+                }
         }
-        if (s->ds_zscore >= 0) {
-            /* (KL_sae - mean_s KL_eps_random) / std_s KL_eps_random, ddof 1 */
-            const size_t S = r->S;
-            for (size_t q = 0; q < nb * r->W; q++) {
-                const float *e = w->kl_out[IV_EPS_RANDOM] + q * S;
-                double mean = 0, var = 0;
-                for (size_t k = 0; k < S; k++) mean += e[k];
-                mean /= (double)S;
-                for (size_t k = 0; k < S; k++) var += (e[k] - mean) * (e[k] - mean);
-                double sd = sqrt(var / (double)(S - 1));
-                w->zscore[q] = sd > 0 ? (float)((w->kl_out[IV_SAE][q] - mean) / sd) : NAN;
-            }
-            h5out_write_rows(w->h, s->ds_zscore, c0, nb, w->zscore);
-        }
-        for (int k = 0; k < RC_COUNT; k++) h5out_write_rows(w->h, s->ds_recon[k], c0, nb, w->recon + (size_t)k * N);
+        put_rows(w, s->ds_kl[iv], c0, nb, kl_out, Wk * S);
+        put_rows(w, s->ds_ce[iv], c0, nb, ce_out, Wk * S);
     }
+    if (s->ds_zscore >= 0) {
+        /* (KL_sae - mean_s KL_eps_random) / std_s KL_eps_random, ddof 1 */
+        const size_t S = r->S;
+        for (size_t q = 0; q < nb * r->W; q++) {
+            const float *e = w->kl_out[IV_EPS_RANDOM] + q * S;
+            double mean = 0, var = 0;
+            for (size_t k = 0; k < S; k++) mean += e[k];
+            mean /= (double)S;
+            for (size_t k = 0; k < S; k++) var += (e[k] - mean) * (e[k] - mean);
+            double sd = sqrt(var / (double)(S - 1));
+            w->zscore[q] = sd > 0 ? (float)((w->kl_out[IV_SAE][q] - mean) / sd) : NAN;
+        }
+        put_rows(w, s->ds_zscore, c0, nb, w->zscore, r->W);
+    }
+    for (int k = 0; k < RC_COUNT; k++) put_rows(w, s->ds_recon[k], c0, nb, w->recon + (size_t)k * N, T);
+    return 0;
 }
 
-/* ---- aggregates ------------------------------------------------------------------------------- */
+/* One unit: its rows, then its aggregate records, then its done flag. -1: abandoned (stop). */
+static int run_unit(Run *r, Work *w, size_t unit) {
+    size_t block, group, c0, c1, s0, s1;
+    unit_parts(&r->layout, unit, &block, &group);
+    block_contexts(&r->layout, block, &c0, &c1);
+    group_sites(&r->layout, group, &s0, &s1);
+    for (size_t si = s0; si < s1; si++) {
+        SiteRun *s = &r->sites[si];
+        memset(s->sums, 0, s->n_sums * sizeof(ReproSum));
+        memset(s->counts, 0, sizeof s->counts);
+        memset(s->fire, 0, s->F * sizeof(int32_t));
+    }
+    w->checksum = FNV_INIT;
+    for (size_t c = c0; c < c1; c += r->B) {
+        size_t nb = c1 - c < r->B ? c1 - c : r->B;
+        clean_batch(r, w, c, nb);
+        if (group == 0) put_rows(w, r->ds_clean_ce, c, nb, w->ce_clean_out, r->ts.ctx);
+        for (size_t si = s0; si < s1; si++)
+            if (site_batch(r, w, si, c, nb) != 0) return -1;
+    }
+    for (size_t si = s0; si < s1; si++) {
+        SiteRun *s = &r->sites[si];
+        int64_t *pairs = sg_xcalloc(2 * s->n_sums, sizeof(int64_t));
+        for (size_t i = 0; i < s->n_sums; i++) {
+            unsigned __int128 u = (unsigned __int128)s->sums[i];
+            pairs[2 * i] = (int64_t)(uint64_t)u, pairs[2 * i + 1] = (int64_t)(uint64_t)(u >> 64);
+        }
+        h5out_write_rows(w->h, s->ds_rec_sums, block, 1, pairs);
+        h5out_write_rows(w->h, s->ds_rec_counts, block, 1, s->counts);
+        h5out_write_rows(w->h, s->ds_rec_fire, block, 1, s->fire);
+        free(pairs);
+    }
+    int64_t ck = (int64_t)w->checksum;
+    int32_t one = 1;
+    h5out_write_rows(w->h, r->ds_unit_checksum, unit, 1, &ck);
+    h5out_write_rows(w->h, r->ds_done, unit, 1, &one);
+    return 0;
+}
 
-static void reduce_and_write_site(Run *r, H5Out *h, SiteRun *s, MPI_Comm comm, int rank) {
-    ReproSum sc[6] = {s->err_sq, s->x_sq, s->xhat_sq, s->x_dot_xhat, s->l0_sum, s->ce_clean_sum};
-    repro_allreduce(sc, 6, comm);
-    repro_allreduce(s->x_sum, s->d, comm);
-    repro_allreduce(s->kl_sum, IV_COUNT, comm);
-    repro_allreduce(s->ce_sum, IV_COUNT, comm);
-    int64_t counts[2 + 2 * IV_COUNT];
-    counts[0] = s->measured, counts[1] = s->ce_clean_n;
-    for (int i = 0; i < IV_COUNT; i++) counts[2 + i] = s->kl_n[i], counts[2 + IV_COUNT + i] = s->ce_n[i];
-    if (MPI_Allreduce(MPI_IN_PLACE, counts, 2 + 2 * IV_COUNT, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS ||
-        MPI_Allreduce(MPI_IN_PLACE, s->fire, (int)s->F, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        sg_fatal("MPI", "reducing the aggregates of %s failed", s->name);
-    double Nm = (double)counts[0];
+/* ---- aggregates: exact sums of every block's record ------------------------------------------ */
+
+static void finish_site(Run *r, H5Out *h, SiteRun *s, MPI_Comm comm, int rank) {
+    /* rank 0 reads the records and derives the attributes; every rank writes the same values */
+    enum { A_EV, A_RRB, A_L0, A_CE_CLEAN, A_KLS, A_CES, A_DEAD, A_MEAS, A_KL0, A_CE0 = A_KL0 + IV_COUNT,
+           A_COUNT = A_CE0 + IV_COUNT };
+    double v[A_COUNT];
+    memset(v, 0, sizeof v);
+    double *density = rank == 0 ? sg_xcalloc(s->F, sizeof(double)) : NULL;
+    if (rank == 0) {
+        size_t nbk = r->layout.n_blocks;
+        ReproSum *tot = sg_xcalloc(s->n_sums, sizeof(ReproSum));
+        int64_t cnt[CN_COUNT] = {0}, *fire = sg_xcalloc(s->F, sizeof(int64_t));
+        int64_t *pairs = sg_xcalloc(2 * s->n_sums, sizeof(int64_t)), c[CN_COUNT];
+        int32_t *f = sg_xcalloc(s->F, sizeof(int32_t));
+        for (size_t b = 0; b < nbk; b++) {
+            h5out_read_rows(h, s->ds_rec_sums, b, 1, pairs);
+            h5out_read_rows(h, s->ds_rec_counts, b, 1, c);
+            h5out_read_rows(h, s->ds_rec_fire, b, 1, f);
+            for (size_t i = 0; i < s->n_sums; i++)
+                tot[i] += (ReproSum)(((unsigned __int128)(uint64_t)pairs[2 * i + 1] << 64) | (uint64_t)pairs[2 * i]);
+            for (int i = 0; i < CN_COUNT; i++) cnt[i] += c[i];
+            for (size_t i = 0; i < s->F; i++) fire[i] += f[i];
+        }
+        double Nm = (double)cnt[CN_MEASURED], mean_sq = 0;
+        for (size_t i = 0; i < s->d; i++) {
+            double mu = repro_value(tot[AG_X_SUM + i]) / Nm;
+            mean_sq += mu * mu;
+        }
+        /* explained variance, mean-centred: 1 - sum||x - x_hat||^2 / sum_d sum_t (x_d - mean_d)^2 */
+        v[A_EV] = 1.0 - repro_value(tot[AG_ERR_SQ]) / (repro_value(tot[AG_X_SQ]) - Nm * mean_sq);
+        v[A_RRB] = repro_value(tot[AG_XHAT_SQ]) / repro_value(tot[AG_X_DOT_XHAT]);
+        v[A_L0] = repro_value(tot[AG_L0]) / Nm;
+        v[A_CE_CLEAN] = repro_value(tot[AG_CE_CLEAN]) / (double)cnt[CN_CE_CLEAN];
+        v[A_MEAS] = Nm;
+        for (int i = 0; i < IV_COUNT; i++) {
+            v[A_KL0 + i] = repro_value(tot[AG_KL0 + i]) / (double)cnt[CN_KL0 + i];
+            v[A_CE0 + i] = repro_value(tot[AG_CE0 + i]) / (double)cnt[CN_CE0 + i];
+        }
+        v[A_KLS] = (v[A_KL0 + IV_ZERO_ABLATION] - v[A_KL0 + IV_SAE]) / v[A_KL0 + IV_ZERO_ABLATION];
+        v[A_CES] = (v[A_CE0 + IV_ZERO_ABLATION] - v[A_CE0 + IV_SAE]) / (v[A_CE0 + IV_ZERO_ABLATION] - v[A_CE_CLEAN]);
+        for (size_t i = 0; i < s->F; i++) {
+            density[i] = (double)fire[i] / Nm;
+            v[A_DEAD] += fire[i] == 0;
+        }
+        free(tot), free(fire), free(pairs), free(f);
+    }
+    if (MPI_Bcast(v, A_COUNT, MPI_DOUBLE, 0, comm) != MPI_SUCCESS) sg_fatal("MPI", "broadcasting aggregates failed");
     char g[256], key[64];
     snprintf(g, sizeof g, "sites/%s", s->name);
-    /* explained variance, mean-centred: 1 - sum||x - x_hat||^2 / sum_d sum_t (x_d - mean_d)^2 */
-    double mean_sq = 0;
-    for (size_t i = 0; i < s->d; i++) {
-        double mu = repro_value(s->x_sum[i]) / Nm;
-        mean_sq += mu * mu;
-    }
-    double total_var = repro_value(sc[1]) - Nm * mean_sq;
-    h5out_attr_f64(h, g, "explained_variance", 1.0 - repro_value(sc[0]) / total_var);
-    h5out_attr_f64(h, g, "relative_reconstruction_bias", repro_value(sc[2]) / repro_value(sc[3]));
-    h5out_attr_f64(h, g, "mean_l0", repro_value(sc[4]) / Nm);
-    h5out_attr_i64(h, g, "measured_tokens", counts[0]);
-    double mean_kl[IV_COUNT], mean_ce[IV_COUNT];
+    h5out_attr_f64(h, g, "explained_variance", v[A_EV]);
+    h5out_attr_f64(h, g, "relative_reconstruction_bias", v[A_RRB]);
+    h5out_attr_f64(h, g, "mean_l0", v[A_L0]);
+    h5out_attr_i64(h, g, "measured_tokens", (int64_t)v[A_MEAS]);
+    h5out_attr_i64(h, g, "dead_latents", (int64_t)v[A_DEAD]);
+    h5out_attr_f64(h, g, "mean_ce_clean", v[A_CE_CLEAN]);
     for (int i = 0; i < IV_COUNT; i++) {
         if (!has_iv(r, (Intervention)i)) continue;
-        mean_kl[i] = repro_value(s->kl_sum[i]) / (double)counts[2 + i];
-        mean_ce[i] = repro_value(s->ce_sum[i]) / (double)counts[2 + IV_COUNT + i];
         snprintf(key, sizeof key, "mean_kl_%s", iv_name((Intervention)i));
-        h5out_attr_f64(h, g, key, mean_kl[i]);
+        h5out_attr_f64(h, g, key, v[A_KL0 + i]);
         snprintf(key, sizeof key, "mean_ce_%s", iv_name((Intervention)i));
-        h5out_attr_f64(h, g, key, mean_ce[i]);
+        h5out_attr_f64(h, g, key, v[A_CE0 + i]);
     }
-    double ce_clean = repro_value(sc[5]) / (double)counts[1];
-    h5out_attr_f64(h, g, "mean_ce_clean", ce_clean);
     if (has_iv(r, IV_SAE) && has_iv(r, IV_ZERO_ABLATION)) {
-        h5out_attr_f64(h, g, "kl_div_score", (mean_kl[IV_ZERO_ABLATION] - mean_kl[IV_SAE]) / mean_kl[IV_ZERO_ABLATION]);
-        h5out_attr_f64(h, g, "ce_loss_score",
-                       (mean_ce[IV_ZERO_ABLATION] - mean_ce[IV_SAE]) / (mean_ce[IV_ZERO_ABLATION] - ce_clean));
+        h5out_attr_f64(h, g, "kl_div_score", v[A_KLS]);
+        h5out_attr_f64(h, g, "ce_loss_score", v[A_CES]);
     }
-    double *density = sg_xcalloc(s->F, sizeof(double));
-    int64_t dead = 0;
-    for (size_t i = 0; i < s->F; i++) {
-        density[i] = (double)s->fire[i] / Nm;
-        dead += s->fire[i] == 0;
-    }
-    h5out_attr_i64(h, g, "dead_latents", dead);
-    /* feature_density: every rank has the same values; rank 0 writes them */
     if (rank == 0) h5out_write_rows(h, s->ds_density, 0, s->F, density);
     free(density);
+    if (rank == 0 && !sg_quiet() && has_iv(r, IV_SAE) && has_iv(r, IV_EPS_RANDOM))
+        fprintf(stderr, "  %-28s explained variance %.3f, L0 %.1f, KL sae %.4g / eps_random %.4g = %.3g\n", s->name,
+                v[A_EV], v[A_L0], v[A_KL0 + IV_SAE], v[A_KL0 + IV_EPS_RANDOM], v[A_KL0 + IV_SAE] / v[A_KL0 + IV_EPS_RANDOM]);
 }
 
 /* ---- the command -------------------------------------------------------------------------------- */
@@ -626,11 +785,55 @@ static void run_free(Run *r) {
     for (size_t i = 0; i < r->n_sites; i++) {
         SiteRun *s = &r->sites[i];
         sae_free(&s->sae);
-        free(s->mean), free(s->chol), free(s->x_sum), free(s->fire);
+        free(s->mean), free(s->chol), free(s->sums), free(s->fire);
     }
     free(r->sites);
     tokens_free(&r->ts);
     model_free(&r->model);
+}
+
+/* Opens the result file: a new one, or (--resume) the existing one of the same job. Rank 0
+ * holds the writer lock for the whole run. Sets *lock_fd on rank 0. NULL after an error. */
+static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_fd) {
+    const Options *o = r->o;
+    struct stat sb;
+    int exists = stat(o->out, &sb) == 0, rc = 0;
+    if (MPI_Bcast(&exists, 1, MPI_INT, 0, comm) != MPI_SUCCESS) sg_fatal("MPI", "broadcast failed");
+    H5Out *h = NULL;
+    if (exists && o->resume) {
+        if (rank == 0) {
+            *lock_fd = out_lock_acquire(o->out);
+            rc = *lock_fd < 0 ? -1 : 0;
+        }
+        if (sg_agree(comm, rc)) return NULL;
+        h = h5out_open(o->out, comm);
+        if (sg_agree(comm, h ? 0 : -1)) return NULL;
+        rc = check_same_job(r, h);
+        int64_t bc = 0, bpb = 0, groups = 0;
+        if (rc == 0 && (h5out_get_attr_i64(h, "/", "unit_batch_contexts", &bc) ||
+                        h5out_get_attr_i64(h, "/", "unit_batches_per_block", &bpb) ||
+                        h5out_get_attr_i64(h, "/", "unit_site_groups", &groups) || (size_t)bc != r->B))
+            rc = sg_errorf(o->out, "--resume: the file's unit layout is missing or differs (not this job's file)");
+        if (sg_agree(comm, rc)) { h5out_close(h); return NULL; }
+        schedule_layout_from(&r->layout, r->ts.n, r->B, r->n_sites, (size_t)bpb, (size_t)groups);
+        return h;
+    }
+    schedule_layout(&r->layout, r->ts.n, r->B, r->n_sites, size);
+    h = h5out_create(o->out, comm);
+    if (sg_agree(comm, h ? 0 : -1)) return NULL;
+    if (rank == 0) {
+        *lock_fd = out_lock_acquire(o->out);
+        rc = *lock_fd < 0 ? -1 : 0;
+    }
+    if (sg_agree(comm, rc)) { h5out_close(h); return NULL; }
+    return h;
+}
+
+static void checksum_inputs(Run *r) {
+    snprintf(r->model_checksum, sizeof r->model_checksum, "fnv1a64:%016llx",
+             (unsigned long long)fnv1a(FNV_INIT, r->model.st.map, r->model.st.map_size));
+    snprintf(r->tokens_checksum, sizeof r->tokens_checksum, "fnv1a64:%016llx",
+             (unsigned long long)fnv1a(FNV_INIT, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t)));
 }
 
 int run_command(const Options *o, MPI_Comm comm) {
@@ -650,56 +853,101 @@ int run_command(const Options *o, MPI_Comm comm) {
     if (rc == 0) rc = load_saes(&r);
     if (sg_agree(comm, rc)) { run_free(&r); return 1; }
     r.Wk = r.scope_position ? r.W : r.ts.ctx;
+    r.B = batch_contexts(r.ts.ctx);
     for (size_t i = 0; i < r.n_sites; i++) {
-        r.sites[i].x_sum = sg_xcalloc(r.sites[i].d, sizeof(ReproSum));
-        r.sites[i].fire = sg_xcalloc(r.sites[i].F, sizeof(int64_t));
+        SiteRun *s = &r.sites[i];
+        s->n_sums = AG_X_SUM + s->d;
+        s->sums = sg_xcalloc(s->n_sums, sizeof(ReproSum));
+        s->fire = sg_xcalloc(s->F, sizeof(int32_t));
     }
+    checksum_inputs(&r);
+
+    /* SIGTERM (Slurm's warning before the time limit): finish or abandon the current unit,
+     * flush, exit with SAEGAP_EXIT_INTERRUPTED so the job script can requeue with --resume. */
+    struct sigaction sa, old_term, old_int;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
+    g_stop_signal = 0;
+
     if (sg_agree(comm, statistics_pass(&r, comm, rank, size))) { run_free(&r); return 1; }
-
-    H5Out *h = h5out_create(o->out, comm);
-    if (sg_agree(comm, h ? 0 : -1)) { run_free(&r); return 1; }
+    int lock_fd = -1;
+    H5Out *h = open_output(&r, comm, rank, size, &lock_fd);
+    if (!h) { run_free(&r); return 1; }
     create_schema(&r, h, size);
-    h5out_flush(h);
+    const int resuming = h5out_resuming(h);
+    if (!resuming && rank == 0) h5out_write_rows(h, r.ds_tokens, 0, r.ts.n, r.ts.ids);
+    h5out_flush(h); /* schema on disk before any unit runs: a kill cannot damage metadata */
 
-    const size_t n = r.ts.n, T = r.ts.ctx, B = batch_contexts(T);
-    if (rank == 0) h5out_write_rows(h, 0, 0, n, r.ts.ids); /* dataset 0 = tokens */
+    /* pending units: those without a done flag, block-major */
+    size_t n_units = r.layout.n_units, n_pending = 0;
+    int32_t *done = sg_xcalloc(n_units, sizeof(int32_t));
+    if (resuming) {
+        if (rank == 0) h5out_read_rows(h, r.ds_done, 0, n_units, done);
+        if (MPI_Bcast(done, (int)n_units, MPI_INT32_T, 0, comm) != MPI_SUCCESS) sg_fatal("MPI", "broadcast failed");
+    }
+    size_t *pending = sg_xcalloc(n_units, sizeof(size_t));
+    for (size_t u = 0; u < n_units; u++)
+        if (done[u] != 1) pending[n_pending++] = u;
+    free(done);
+    if (rank == 0 && !sg_quiet())
+        fprintf(stderr, "saegap run: %zu contexts x %zu tokens, %zu site(s), %zu units (%zu pending%s), %d rank(s) x %d "
+                        "BLIS thread(s)\n",
+                r.ts.n, r.ts.ctx, r.n_sites, n_units, n_pending, resuming ? ", resumed" : "", size, gemm_get_threads());
+
     Work w;
     work_alloc(&w, &r, h);
-    size_t lo, hi;
-    my_range(n, B, rank, size, &lo, &hi);
+    UnitQueue q;
+    queue_open(&q, n_pending, comm);
     double t_start = MPI_Wtime(), last = t_start;
-    if (rank == 0 && !sg_quiet())
-        fprintf(stderr, "saegap run: %zu contexts x %zu tokens, %zu site(s), %d rank(s), %d BLIS thread(s) each\n", n, T,
-                r.n_sites, size, gemm_get_threads());
-    for (size_t c0 = lo; c0 < hi; c0 += B) {
-        size_t nb = hi - c0 < B ? hi - c0 : B;
-        run_batch(&r, &w, c0, nb);
+    size_t my_units = 0;
+    int stopped = 0;
+    for (long k; !stopped && (k = queue_next(&q)) >= 0;) {
+        if (run_unit(&r, &w, pending[k]) != 0) stopped = 1;
+        else my_units++;
+        if (g_stop_signal) stopped = 1;
+        if (stopped) queue_request_stop(&q);
         double now = MPI_Wtime();
-        if (rank == 0 && !sg_quiet() && (now - last > 10 || c0 + nb == hi)) {
-            double done = (double)(c0 + nb - lo), total = (double)(hi - lo), el = now - t_start;
-            fprintf(stderr, "saegap run: rank 0 %zu/%zu contexts, %.0f s elapsed, ETA %.0f s\n", c0 + nb - lo, hi - lo,
-                    el, el / done * (total - done));
+        if (rank == 0 && !sg_quiet() && (now - last > 10 || (size_t)k + 1 == n_pending)) {
+            double el = now - t_start, frac = (double)(k + 1) / (double)n_pending;
+            fprintf(stderr, "saegap run: ~%ld/%zu pending units handed out, %.0f s elapsed, ETA %.0f s\n", k + 1,
+                    n_pending, el, el / frac * (1 - frac));
             last = now;
         }
     }
     work_free(&w, &r);
-    for (size_t i = 0; i < r.n_sites; i++) reduce_and_write_site(&r, h, &r.sites[i], comm, rank);
-    /* every rank's KL rows must be on disk before any rank reads them back */
-    h5out_flush(h);
-    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before the correlations failed");
-    write_correlations(&r, h, comm, rank);
-    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before completing %s failed", o->out);
-    h5out_attr_i64(h, "/", "complete", 1);
-    h5out_close(h);
-    if (rank == 0 && !sg_quiet()) {
-        fprintf(stderr, "saegap run: wrote %s in %.1f s\n", o->out, MPI_Wtime() - t_start);
-        for (size_t i = 0; i < r.n_sites; i++) {
-            SiteRun *s = &r.sites[i];
-            if (has_iv(&r, IV_SAE) && has_iv(&r, IV_EPS_RANDOM) && s->kl_n[IV_SAE] > 0)
-                fprintf(stderr, "  %-28s KL sae / eps_random = %.3g\n", s->name,
-                        repro_value(s->kl_sum[IV_SAE]) / repro_value(s->kl_sum[IV_EPS_RANDOM]));
-        }
+    /* every rank leaves the loop; then all learn whether anyone stopped */
+    int any_stop = stopped || g_stop_signal;
+    if (MPI_Allreduce(MPI_IN_PLACE, &any_stop, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+        sg_fatal("MPI", "agreeing on a stop failed");
+    queue_close(&q);
+    free(pending);
+    int status = 0;
+    if (any_stop) {
+        h5out_flush(h);
+        if (rank == 0)
+            fprintf(stderr, "saegap run: interrupted by a signal; %s is resumable (same command with --resume), "
+                            "exit status %d\n", o->out, SAEGAP_EXIT_INTERRUPTED);
+        status = SAEGAP_EXIT_INTERRUPTED;
+    } else {
+        h5out_flush(h);
+        if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier after the units failed");
+        if (rank == 0 && !sg_quiet())
+            fprintf(stderr, "saegap run: units done in %.1f s; aggregates and correlations\n", MPI_Wtime() - t_start);
+        for (size_t i = 0; i < r.n_sites; i++) finish_site(&r, h, &r.sites[i], comm, rank);
+        write_correlations(&r, h, comm, rank);
+        h5out_flush(h);
+        if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before completing %s failed", o->out);
+        h5out_attr_i64(h, "/", "complete", 1);
     }
+    h5out_close(h);
+    if (rank == 0) out_lock_release(lock_fd);
+    if (rank == 0 && !sg_quiet() && !any_stop)
+        fprintf(stderr, "saegap run: wrote %s in %.1f s\n", o->out, MPI_Wtime() - t_start);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGINT, &old_int, NULL);
     run_free(&r);
-    return 0;
+    return status;
 }
