@@ -335,6 +335,9 @@ static void create_schema(Run *r, H5Out *h, int size) {
         JobItem it[32];
         size_t ni = job_items(r, it);
         for (size_t i = 0; i < ni; i++) {
+            char key[96];
+            snprintf(key, sizeof key, "job_%s", it[i].name); /* exact text, compared by --resume */
+            h5out_attr_str(h, "/", key, it[i].value);
             /* numbers as numbers where CONTRACT lists them */
             if (!strcmp(it[i].name, "n_contexts") || !strcmp(it[i].name, "ctx") || !strcmp(it[i].name, "seed") ||
                 !strcmp(it[i].name, "position") || !strcmp(it[i].name, "window") || !strcmp(it[i].name, "samples"))
@@ -416,14 +419,10 @@ static int check_same_job(Run *r, H5Out *h) {
     JobItem it[32];
     size_t ni = job_items(r, it);
     for (size_t i = 0; i < ni; i++) {
-        char have[512] = "";
-        int64_t iv;
-        double dv;
-        if (h5out_get_attr_str(h, "/", it[i].name, have, sizeof have) != 0) {
-            if (h5out_get_attr_i64(h, "/", it[i].name, &iv) == 0) snprintf(have, sizeof have, "%lld", (long long)iv);
-            else if (h5out_get_attr_f64(h, "/", it[i].name, &dv) == 0) snprintf(have, sizeof have, "%.17g", dv);
-            else return sg_errorf(r->o->out, "--resume: the file has no '%s' record: not a saegap run file", it[i].name);
-        }
+        char have[512] = "", key[96];
+        snprintf(key, sizeof key, "job_%s", it[i].name);
+        if (h5out_get_attr_str(h, "/", key, have, sizeof have) != 0)
+            return sg_errorf(r->o->out, "--resume: the file has no '%s' record: not a saegap run file", key);
         if (strcmp(have, it[i].value) != 0)
             return sg_errorf(r->o->out, "--resume: this file is from a different job: %s is '%s' in the file but '%s' now",
                              it[i].name, have, it[i].value);
