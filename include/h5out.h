@@ -31,6 +31,20 @@ H5Out *h5out_create(const char *path, MPI_Comm comm);
 H5Out *h5out_open(const char *path, MPI_Comm comm);
 int h5out_resuming(const H5Out *h);
 
+/* Opens a result file read-only on one process (saegap verify / info). NULL with a pending
+ * error when it is not readable as HDF5. */
+H5Out *h5out_open_readonly(const char *path);
+
+/* Opens an existing dataset by name without knowing its shape; -1 when missing or unreadable. */
+int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims);
+
+/* FNV-1a of the datasets written once at the end (tokens, every group under progress/ and the
+ * feature densities and correlation matrices), in name order; 0 when one is unreadable. */
+uint64_t h5out_checksum_final(H5Out *h, const char *path);
+
+/* Like h5out_read_rows, but returns -1 instead of failing (damaged files). */
+int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data);
+
 /* Attribute readers (collective-safe: every rank may call). 0, or -1 when absent. */
 int h5out_get_attr_str(H5Out *h, const char *obj, const char *name, char *buf, size_t cap);
 int h5out_get_attr_i64(H5Out *h, const char *obj, const char *name, int64_t *v);

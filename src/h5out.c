@@ -2,6 +2,7 @@
 #define _GNU_SOURCE /* F_OFD_SETLK */
 #include "h5out.h"
 
+#include "checksum.h"
 #include "error.h"
 
 #include <hdf5.h>
@@ -23,7 +24,7 @@
 
 struct H5Out {
     char *path;
-    int resuming;
+    int resuming, readonly;
     hid_t file;
     hid_t *dsets;
     H5OutType *types;
@@ -31,6 +32,7 @@ struct H5Out {
 };
 
 static void quiet_hdf5(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+static hid_t mem_type(H5OutType t);
 
 int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, size_t *rows, size_t *cols) {
     quiet_hdf5();
@@ -211,6 +213,62 @@ static int open_dataset(H5Out *h, const char *name, H5OutType type, int ndims, c
 
 int h5out_resuming(const H5Out *h) { return h->resuming; }
 
+H5Out *h5out_open_readonly(const char *path) {
+    quiet_hdf5();
+    if (H5Fis_hdf5(path) <= 0) {
+        sg_errorf(path, "cannot be read as an HDF5 file");
+        return NULL;
+    }
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        sg_errorf(path, "cannot be opened as HDF5 (truncated or damaged)");
+        return NULL;
+    }
+    H5Out *h = sg_xcalloc(1, sizeof *h);
+    h->path = sg_xstrdup(path);
+    h->file = f;
+    h->resuming = 1;
+    h->readonly = 1;
+    return h;
+}
+
+int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims) {
+    if (H5Lexists(h->file, name, H5P_DEFAULT) <= 0) return -1;
+    hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    hid_t sp = H5Dget_space(d);
+    hsize_t got[8];
+    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+    if (nd < 0 || nd > 8) {
+        if (sp >= 0) H5Sclose(sp);
+        H5Dclose(d);
+        return -1;
+    }
+    H5Sget_simple_extent_dims(sp, got, NULL);
+    H5Sclose(sp);
+    *ndims = nd;
+    for (int i = 0; i < nd; i++) dims[i] = got[i];
+    return add_handle(h, d, type);
+}
+
+int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data) {
+    hid_t d = h->dsets[ds];
+    hid_t fspace = H5Dget_space(d);
+    if (fspace < 0) return -1;
+    int nd = H5Sget_simple_extent_ndims(fspace), rc = -1;
+    hsize_t dims[8], start[8] = {0}, count[8];
+    H5Sget_simple_extent_dims(fspace, dims, NULL);
+    for (int i = 0; i < nd; i++) count[i] = dims[i];
+    start[0] = row0, count[0] = nrows;
+    if (row0 + nrows <= dims[0] && H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0) {
+        hid_t mspace = H5Screate_simple(nd, count, NULL);
+        rc = H5Dread(d, mem_type(h->types[ds]), mspace, fspace, H5P_DEFAULT, data) < 0 ? -1 : 0;
+        H5Sclose(mspace);
+    }
+    H5Sclose(fspace);
+    return rc;
+}
+
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
     if (h->resuming) return open_dataset(h, name, type, ndims, dims);
     hsize_t hd[8];
@@ -364,9 +422,50 @@ void h5out_flush(H5Out *h) { SG_H5(H5Fflush(h->file, H5F_SCOPE_GLOBAL), "flushin
 void h5out_close(H5Out *h) {
     if (!h) return;
     for (int i = 0; i < h->n_dsets; i++) H5Dclose(h->dsets[i]);
-    SG_H5(H5Fclose(h->file), "closing %s", h->path);
+    if (h->readonly) H5Fclose(h->file); /* a damaged file may fail to close: nothing was written */
+    else SG_H5(H5Fclose(h->file), "closing %s", h->path);
     free(h->dsets);
     free(h->types);
     free(h->path);
     free(h);
+}
+
+/* ---- final checksum: every dataset written after the units, visited in name order ---- */
+
+typedef struct { uint64_t h; int bad; } FinalSum;
+
+static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, void *op) {
+    FinalSum *fs = op;
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    int wanted = !strcmp(name, "tokens") || !strncmp(name, "progress/", 9) || !strncmp(name, "correlation/", 12) ||
+                 (strstr(name, "/feature_density") != NULL);
+    if (!wanted || !strcmp(name, "progress/unit_done") || !strcmp(name, "progress/unit_checksum")) return 0;
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (d < 0) { fs->bad = 1; return 0; }
+    hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+    hssize_t npts = H5Sget_simple_extent_npoints(sp);
+    size_t tsize = H5Tget_size(t);
+    if (npts < 0 || tsize == 0) fs->bad = 1;
+    else {
+        void *buf = sg_xcalloc((size_t)npts + 1, tsize);
+        hid_t mt = H5Tget_native_type(t, H5T_DIR_ASCEND);
+        if (H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) fs->bad = 1;
+        else {
+            fs->h = fnv1a(fs->h, name, strlen(name));
+            fs->h = fnv1a(fs->h, buf, (size_t)npts * tsize);
+        }
+        H5Tclose(mt);
+        free(buf);
+    }
+    H5Sclose(sp);
+    H5Tclose(t);
+    H5Dclose(d);
+    return 0;
+}
+
+uint64_t h5out_checksum_final(H5Out *h, const char *path) {
+    FinalSum fs = {FNV1A_INIT, 0};
+    if (H5Ovisit2(h->file, H5_INDEX_NAME, H5_ITER_INC, fold_dataset, &fs, H5O_INFO_BASIC) < 0) fs.bad = 1;
+    (void)path;
+    return fs.bad ? 0 : fs.h;
 }

@@ -8,6 +8,7 @@
  * what. Layout and definitions: docs/output-schema.md. */
 #include "run.h"
 
+#include "checksum.h"
 #include "correlate.h"
 #include "error.h"
 #include "forward.h"
@@ -268,15 +269,10 @@ static void write_correlations(Run *r, H5Out *h, MPI_Comm comm, int rank) {
     free(ds_iv), free(ds_eps), free(pear), free(spear), free(names);
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h;
-}
-#define FNV_INIT 1469598103934665603ull
+#define FNV_INIT FNV1A_INIT
 
 /* The job's identity, compared item by item on --resume (CONTRACT: refuse another job). */
-typedef struct { const char *name; char value[512]; } JobItem;
+typedef struct { const char *name; char value[4096]; } JobItem;
 
 static size_t job_items(const Run *r, JobItem *it) {
     const Options *o = r->o;
@@ -298,7 +294,7 @@ static size_t job_items(const Run *r, JobItem *it) {
     ITEM("samples", "%zu", r->S);
     ITEM("bos", "%s", r->bos_include ? "include" : "exclude");
     ITEM("latent_noise_sigma", "%.17g", o->latent_noise);
-    char sites[400] = "";
+    char sites[4000] = "";
     uint64_t h = FNV_INIT;
     for (size_t i = 0; i < r->n_sites; i++) {
         const Sae *a = &r->sites[i].sae;
@@ -419,7 +415,7 @@ static int check_same_job(Run *r, H5Out *h) {
     JobItem it[32];
     size_t ni = job_items(r, it);
     for (size_t i = 0; i < ni; i++) {
-        char have[512] = "", key[96];
+        char have[4096] = "", key[96];
         snprintf(key, sizeof key, "job_%s", it[i].name);
         if (h5out_get_attr_str(h, "/", key, have, sizeof have) != 0)
             return sg_errorf(r->o->out, "--resume: the file has no '%s' record: not a saegap run file", key);
@@ -939,6 +935,10 @@ int run_command(const Options *o, MPI_Comm comm) {
         write_correlations(&r, h, comm, rank);
         h5out_flush(h);
         if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before completing %s failed", o->out);
+        char ck[64] = "";
+        if (rank == 0) snprintf(ck, sizeof ck, "fnv1a64:%016llx", (unsigned long long)h5out_checksum_final(h, r.o->out));
+        if (MPI_Bcast(ck, sizeof ck, MPI_CHAR, 0, comm) != MPI_SUCCESS) sg_fatal("MPI", "broadcast failed");
+        h5out_attr_str(h, "/", "final_checksum", ck);
         h5out_attr_i64(h, "/", "complete", 1);
     }
     h5out_close(h);

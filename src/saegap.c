@@ -6,6 +6,7 @@
 #include "error.h"
 #include "gemm.h"
 #include "run.h"
+#include "verify.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,8 +56,10 @@ int saegap_run(int argc, char **argv, MPI_Comm comm) {
     } else if (!strcmp(o.command, "run")) {
         configure_threads(&o, comm);
         status = run_command(&o, comm);
+    } else if (!strcmp(o.command, "verify")) {
+        status = verify_command(&o, comm);
     } else {
-        sg_errorf(o.command, "this command is not implemented in saegap %s yet (dump and run are)", SAEGAP_VERSION);
+        sg_errorf(o.command, "this command is not implemented in saegap %s yet (dump, run and verify are)", SAEGAP_VERSION);
         sg_agree(comm, -1);
         status = 2;
     }
