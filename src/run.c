@@ -279,9 +279,9 @@ static size_t job_items(const Run *r, JobItem *it) {
     size_t n = 0;
 #define ITEM(nm, ...) (it[n].name = (nm), snprintf(it[n].value, sizeof it[n].value, __VA_ARGS__), n++)
     ITEM("model_checksum", "%s", r->model_checksum);
-    ITEM("tokens_checksum", "%s", r->tokens_checksum);
     ITEM("n_contexts", "%zu", r->ts.n);
     ITEM("ctx", "%zu", r->ts.ctx);
+    ITEM("tokens_checksum", "%s", r->tokens_checksum); /* after the counts: name the plainer difference */
     ITEM("seed", "%lld", o->seed);
     char ivs[256] = "";
     for (int iv = 0; iv < IV_COUNT; iv++)
