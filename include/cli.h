@@ -12,7 +12,7 @@ typedef struct {
     const char *model, *tokens, *out, *sites, *interventions, *scope, *bos, *basis;
     const char **sae;           /* --sae, repeatable */
     size_t n_sae;
-    long ctx, contexts, position, window, samples, threads_per_rank, ranks; /* -1 when not given */
+    long ctx, contexts, position, window, samples, threads_per_rank, ranks, examples; /* -1 when not given */
     long long seed;
     double latent_noise;        /* --latent-noise (default 0.1) */
     double norm_scaling_factor; /* --norm-scaling-factor (0 = not given) */

@@ -36,6 +36,7 @@ static const OptionSpec OPTIONS[] = {
     {"scope", OPT_STR, OFF(scope), 0, "all|position", "intervene at every position (default) or at one", "run plan"},
     {"position", OPT_COUNT, OFF(position), 0, "P", "with --scope position: the position intervened on", "run plan"},
     {"window", OPT_COUNT, OFF(window), 1, "W", "with --scope position: positions measured (default 16)", "run plan"},
+    {"examples", OPT_COUNT, OFF(examples), 0, "K", "write the top-25 next-token log-probs of the first K contexts (clean, sae, eps_random) under /examples", "run plan"},
     {"samples", OPT_COUNT, OFF(samples), 1, "S", "draws of each random intervention per token (default 1)", "run plan"},
     {"bos", OPT_STR, OFF(bos), 0, "include|exclude", "measure BOS tokens or not (default exclude)", "run plan"},
     {"seed", OPT_SEED, OFF(seed), 0, "N", "the one seed of every random draw (default 0)", "run plan"},
@@ -88,7 +89,7 @@ static int parse_long(const char *opt, const char *arg, long min, long *out) {
 
 int cli_parse(Options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
-    o->ctx = o->contexts = o->position = o->window = o->samples = o->threads_per_rank = o->ranks = -1;
+    o->ctx = o->contexts = o->position = o->window = o->samples = o->threads_per_rank = o->ranks = o->examples = -1;
     o->latent_noise = 0.1;
     size_t len = 1;
     for (int i = 0; i < argc; i++) len += strlen(argv[i]) + 1;

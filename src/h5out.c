@@ -438,6 +438,7 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     FinalSum *fs = op;
     if (info->type != H5O_TYPE_DATASET) return 0;
     int wanted = !strcmp(name, "tokens") || !strncmp(name, "progress/", 9) || !strncmp(name, "correlation/", 12) ||
+                 !strncmp(name, "examples/", 9) ||
                  (strstr(name, "/feature_density") != NULL);
     if (!wanted || !strcmp(name, "progress/unit_done") || !strcmp(name, "progress/unit_checksum")) return 0;
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);

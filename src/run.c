@@ -55,7 +55,10 @@ typedef struct {
     int32_t *fire;                /* (F) */
     int ds_kl[IV_COUNT], ds_ce[IV_COUNT], ds_recon[RC_COUNT], ds_zscore, ds_density;
     int ds_rec_sums, ds_rec_counts, ds_rec_fire;
+    int ds_ex_lp[IV_COUNT], ds_ex_kl[IV_COUNT]; /* /examples/<site>/<iv>, sae and eps_random */
 } SiteRun;
+
+#define EXAMPLE_TOPK 25
 
 /* Interventions whose KL gap to eps_random is correlated between sites (CONTRACT.md). */
 static int is_correlated(Intervention iv) {
@@ -66,6 +69,8 @@ static int is_correlated(Intervention iv) {
 typedef struct {
     const Options *o;
     int ds_corr[IV_COUNT][3];     /* pearson, spearman, sites */
+    size_t n_examples, example_pos; /* --examples: first K contexts, at this position */
+    int ds_ex_clean_ids, ds_ex_clean_lp;
     int ds_tokens, ds_clean_ce, ds_done, ds_unit_checksum;
     Gpt2Model model;
     TokenSet ts;
@@ -294,6 +299,7 @@ static size_t job_items(const Run *r, JobItem *it) {
     ITEM("samples", "%zu", r->S);
     ITEM("bos", "%s", r->bos_include ? "include" : "exclude");
     ITEM("latent_noise_sigma", "%.17g", o->latent_noise);
+    ITEM("examples", "%zu", r->n_examples);
     char sites[4000] = "";
     uint64_t h = FNV_INIT;
     for (size_t i = 0; i < r->n_sites; i++) {
@@ -408,6 +414,35 @@ static void create_schema(Run *r, H5Out *h, int size) {
         }
     }
     create_correlation_schema(r, h);
+    r->ds_ex_clean_ids = r->ds_ex_clean_lp = -1;
+    for (size_t i = 0; i < r->n_sites; i++)
+        for (int iv = 0; iv < IV_COUNT; iv++) r->sites[i].ds_ex_lp[iv] = r->sites[i].ds_ex_kl[iv] = -1;
+    if (r->n_examples) {
+        uint64_t k1[1] = {r->n_examples}, k2[2] = {r->n_examples, EXAMPLE_TOPK};
+        int ds_c = h5out_dataset(h, "examples/contexts", H5OUT_I32, 1, k1);
+        int ds_p = h5out_dataset(h, "examples/position", H5OUT_I32, 1, k1);
+        r->ds_ex_clean_ids = h5out_dataset(h, "examples/clean/token_ids", H5OUT_I32, 2, k2);
+        r->ds_ex_clean_lp = h5out_dataset(h, "examples/clean/logprobs", H5OUT_F32, 2, k2);
+        for (size_t i = 0; i < r->n_sites; i++) {
+            SiteRun *s = &r->sites[i];
+            for (int iv = 0; iv < IV_COUNT; iv++) {
+                if ((iv != IV_SAE && iv != IV_EPS_RANDOM) || !has_iv(r, (Intervention)iv)) continue;
+                char p[320];
+                snprintf(p, sizeof p, "examples/%s/%s/logprobs", s->name, iv_name((Intervention)iv));
+                s->ds_ex_lp[iv] = h5out_dataset(h, p, H5OUT_F32, 2, k2);
+                snprintf(p, sizeof p, "examples/%s/%s/kl", s->name, iv_name((Intervention)iv));
+                s->ds_ex_kl[iv] = h5out_dataset(h, p, H5OUT_F32, 1, k1);
+            }
+        }
+        if (fresh && sg_rank() == 0) {
+            int32_t *v = sg_xcalloc(r->n_examples, sizeof(int32_t));
+            for (size_t k = 0; k < r->n_examples; k++) v[k] = (int32_t)k;
+            h5out_write_rows(h, ds_c, 0, r->n_examples, v);
+            for (size_t k = 0; k < r->n_examples; k++) v[k] = (int32_t)r->example_pos;
+            h5out_write_rows(h, ds_p, 0, r->n_examples, v);
+            free(v);
+        }
+    }
 }
 
 /* --resume: the file must record this very job; name the first item that differs. */
@@ -446,6 +481,8 @@ typedef struct {
     float *recon;            /* (RC_COUNT, N) */
     float *ce_clean_out;     /* (N) */
     SaeScratch *sae_work;    /* per site */
+    int32_t *ex_ids;         /* (B, 25) clean top ids of example contexts in the cached batch */
+    float *ex_lp;            /* (B, 25) */
     uint64_t checksum;       /* FNV-1a of everything this unit wrote, in write order */
 } Work;
 
@@ -488,6 +525,8 @@ static void work_alloc(Work *w, const Run *r, H5Out *h) {
     w->ce_clean_out = sg_xcalloc(N, sizeof(float));
     w->sae_work = sg_xcalloc(r->n_sites, sizeof *w->sae_work);
     for (size_t i = 0; i < r->n_sites; i++) sae_scratch_alloc(&w->sae_work[i], &r->sites[i].sae, N);
+    w->ex_ids = sg_xcalloc(B * EXAMPLE_TOPK, sizeof(int32_t));
+    w->ex_lp = sg_xcalloc(B * EXAMPLE_TOPK, sizeof(float));
 }
 
 static void work_free(Work *w, const Run *r) {
@@ -495,7 +534,7 @@ static void work_free(Work *w, const Run *r) {
     acts_free(&w->work);
     void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_block, w->next, w->measured,
                     w->active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f, w->f_scratch,
-                    w->g, w->g2, w->zscore, w->recon, w->ce_clean_out};
+                    w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
     for (int iv = 0; iv < IV_COUNT; iv++) free(w->kl_out[iv]), free(w->ce_out[iv]);
     for (size_t i = 0; i < r->n_sites; i++) sae_scratch_free(&w->sae_work[i]);
@@ -528,6 +567,18 @@ static void logits_rows(float *dst, Work *w, const Activations *a, const Gpt2Mod
     if (dst != w->logits_block) memcpy(dst, w->logits_block, n * m->cfg.vocab_size * sizeof(float));
 }
 
+/* ids (k) of the k largest logits, descending (ties: lower id first) */
+static void top_ids(int32_t *ids, const float *logits, size_t V, size_t k) {
+    for (size_t i = 0; i < k; i++) ids[i] = -1;
+    for (size_t v = 0; v < V; v++) {
+        size_t pos = k;
+        while (pos > 0 && (ids[pos - 1] < 0 || logits[v] > logits[ids[pos - 1]])) pos--;
+        if (pos >= k) continue;
+        memmove(ids + pos + 1, ids + pos, (k - pos - 1) * sizeof *ids);
+        ids[pos] = (int32_t)v;
+    }
+}
+
 static void clean_batch(Run *r, Work *w, size_t c0, size_t nb) {
     if (w->cached_nb == nb && w->cached_c0 == c0) return; /* reused by every site of the block */
     const Gpt2Model *m = &r->model;
@@ -550,6 +601,15 @@ static void clean_batch(Run *r, Work *w, size_t c0, size_t nb) {
         w->ce_clean_out[j] =
             w->next[j] >= 0 && w->measured[j] ? (float)(w->lse_clean[j] - w->logits_clean[j * V + w->next[j]]) : NAN;
     w->cached_c0 = c0, w->cached_nb = nb;
+    /* --examples: the clean top-25 at the example position of each example context here */
+    for (size_t b = 0; b < nb; b++) {
+        size_t c = c0 + b, j = b * T + r->example_pos;
+        if (c >= r->n_examples) continue;
+        int32_t *ids = w->ex_ids + b * EXAMPLE_TOPK;
+        top_ids(ids, w->logits_clean + j * V, V, EXAMPLE_TOPK);
+        for (int k = 0; k < EXAMPLE_TOPK; k++)
+            w->ex_lp[b * EXAMPLE_TOPK + k] = (float)(w->logits_clean[j * V + ids[k]] - w->lse_clean[j]);
+    }
 }
 
 static void site_metrics(Work *w, SiteRun *s, size_t N) {
@@ -635,6 +695,16 @@ static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
                         metrics_kl_ce(&kl, &ce, w->logits_clean + j * V, w->p_clean + j * V, &w->lse_clean[j],
                                       &w->p_sum[j], w->logits_block + q * V, &w->next[j], 1, V);
                         kl_out[o] = (float)kl, ce_out[o] = (float)ce;
+                        size_t c = c0 + b;
+                        if (smp == 0 && c < r->n_examples && j - b * T == r->example_pos && s->ds_ex_lp[iv] >= 0) {
+                            const float *li = w->logits_block + q * V;
+                            double lse_i = metrics_lse(li, V);
+                            float lp[EXAMPLE_TOPK], klf = (float)kl;
+                            for (int k = 0; k < EXAMPLE_TOPK; k++)
+                                lp[k] = (float)(li[w->ex_ids[b * EXAMPLE_TOPK + k]] - lse_i);
+                            h5out_write_rows(w->h, s->ds_ex_lp[iv], c, 1, lp);
+                            h5out_write_rows(w->h, s->ds_ex_kl[iv], c, 1, &klf);
+                        }
                         repro_add(&s->sums[AG_KL0 + iv], kl), s->counts[CN_KL0 + iv]++;
                         if (w->next[j] >= 0) repro_add(&s->sums[AG_CE0 + iv], ce), s->counts[CN_CE0 + iv]++;
                     }
@@ -678,6 +748,11 @@ static int run_unit(Run *r, Work *w, size_t unit) {
         size_t nb = c1 - c < r->B ? c1 - c : r->B;
         clean_batch(r, w, c, nb);
         if (group == 0) put_rows(w, r->ds_clean_ce, c, nb, w->ce_clean_out, r->ts.ctx);
+        if (group == 0 && c < r->n_examples) {
+            size_t ne = r->n_examples - c < nb ? r->n_examples - c : nb;
+            h5out_write_rows(w->h, r->ds_ex_clean_ids, c, ne, w->ex_ids);
+            h5out_write_rows(w->h, r->ds_ex_clean_lp, c, ne, w->ex_lp);
+        }
         for (size_t si = s0; si < s1; si++)
             if (site_batch(r, w, si, c, nb) != 0) return -1;
     }
@@ -849,6 +924,9 @@ int run_command(const Options *o, MPI_Comm comm) {
     if (sg_agree(comm, rc)) { run_free(&r); return 1; }
     r.Wk = r.scope_position ? r.W : r.ts.ctx;
     r.B = batch_contexts(r.ts.ctx);
+    r.n_examples = o->examples > 0 ? (size_t)o->examples : 0;
+    if (r.n_examples > r.ts.n) r.n_examples = r.ts.n;
+    r.example_pos = r.scope_position ? r.P : r.ts.ctx / 2;
     for (size_t i = 0; i < r.n_sites; i++) {
         SiteRun *s = &r.sites[i];
         s->n_sums = AG_X_SUM + s->d;
