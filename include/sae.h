@@ -59,6 +59,9 @@ const char *sae_generation_name(SaeCfgGeneration g);
 int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt);
 void sae_free(Sae *s);
 
+/* cfg.json only, with no model to check against (`saegap info`). */
+int sae_read_cfg(Sae *s, const char *dir);
+
 /* Expands --sae arguments: a folder with cfg.json is one SAE; otherwise every subfolder with a
  * cfg.json, in name order. *out is a malloc'd array of malloc'd paths. */
 int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t n_args);

@@ -191,15 +191,13 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         goto done;
     }
 
-    /* The site: must exist in this model and match d_in. */
-    char where[4200];
-    snprintf(where, sizeof where, "%s (hook %s)", dir, s->hook_name);
-    if (site_parse(&s->site, s->hook_name, m->cfg.n_layer, dir) != 0) goto done;
+    /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
+    if (site_parse(&s->site, s->hook_name, m ? m->cfg.n_layer : (size_t)1 << 20, dir) != 0) goto done;
     if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED) {
         sg_errorf(dir, "SAEs on %s are not supported (intervened passes start inside a block)", s->hook_name);
         goto done;
     }
-    size_t width = site_width(s->site, &m->cfg);
+    size_t width = m ? site_width(s->site, &m->cfg) : s->d_in;
     if (s->d_in != width) {
         sg_errorf(dir, "d_in %zu does not match the width %zu of %s in this model", s->d_in, width, s->hook_name);
         goto done;
@@ -232,13 +230,26 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     } else {
         s->basis = SG_BASIS_PROCESSED;
         s->basis_source = "default: cfg has no model_from_pretrained_kwargs";
-        sg_warnf("%s: cfg has no model_from_pretrained_kwargs; assuming TransformerLens's default weight "
+        if (m)
+            sg_warnf("%s: cfg has no model_from_pretrained_kwargs; assuming TransformerLens's default weight "
                  "processing (basis processed; --basis raw to override)", dir);
     }
     rc = 0;
 done:
     cJSON_Delete(root);
     return rc;
+}
+
+int sae_read_cfg(Sae *s, const char *dir) {
+    memset(s, 0, sizeof *s);
+    SaeLoadOptions opt = {0};
+    opt.allow_model_mismatch = 1;
+    s->dir = sg_xstrdup(dir);
+    if (parse_cfg(s, dir, NULL, NULL, &opt) != 0) {
+        sae_free(s);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- weights ------------------------------------------------------------------------------- */

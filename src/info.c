@@ -1,0 +1,160 @@
+/* info.c: `saegap info`: describes a path by what it holds, on rank 0, without running anything. */
+#include "info.h"
+
+#include "error.h"
+#include "h5out.h"
+#include "model.h"
+#include "sae.h"
+#include "tokens.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+static int exists_in(const char *dir, const char *name) {
+    char p[8192];
+    struct stat sb;
+    if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, name) >= sizeof p) return 0;
+    return stat(p, &sb) == 0;
+}
+
+static int info_model(const char *dir) {
+    Gpt2Model m;
+    if (model_load(&m, dir)) return -1;
+    const Gpt2Config *c = &m.cfg;
+    const SafetensorsTensor *t = safetensors_find(&m.st, "wte.weight");
+    if (!t) t = safetensors_find(&m.st, "transformer.wte.weight");
+    printf("%s: Hugging Face GPT-2 model \"%s\"\n", dir, c->name);
+    printf("  layers %zu, heads %zu, d_model %zu (d_head %zu), n_positions %zu, vocab %zu\n", c->n_layer, c->n_head,
+           c->n_embd, c->n_embd / c->n_head, c->n_positions, c->vocab_size);
+    printf("  activation %s, layer_norm_epsilon %g, bos_token_id %ld\n", c->activation_name, c->layer_norm_epsilon,
+           c->bos_token_id);
+    printf("  %.2fM parameters, weights %s (%zu tensors in model.safetensors, %.1f MB)\n", (double)m.n_params / 1e6,
+           t ? safetensors_dtype_name(t->dtype) : "?", m.st.n_tensors, (double)m.st.map_size / 1e6);
+    printf("  hook sites: hook_embed, hook_pos_embed, blocks.0..%zu.{hook_resid_pre, attn.hook_z, hook_attn_out, "
+           "hook_resid_mid, mlp.hook_post, hook_mlp_out, hook_resid_post}\n", c->n_layer - 1);
+    model_free(&m);
+    return 0;
+}
+
+static int info_sae(const char *dir) {
+    Sae s;
+    if (sae_read_cfg(&s, dir)) return -1;
+    printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
+    printf("  hook %s, architecture %s", s.hook_name, sae_arch_name(s.arch));
+    if (s.arch == SAE_TOPK) printf(" (k %zu)", s.k);
+    printf(", d_in %zu, d_sae %zu\n", s.d_in, s.d_sae);
+    printf("  trained on model \"%s\", normalize_activations %s, apply_b_dec_to_input %s\n",
+           s.model_name[0] ? s.model_name : "?", sae_norm_name(s.norm), s.apply_b_dec_to_input ? "true" : "false");
+    printf("  activation basis: %s (%s)\n", basis_name(s.basis), s.basis_source);
+    sae_free(&s);
+    return 0;
+}
+
+static int info_result(const char *path) {
+    H5Out *h = h5out_open_readonly(path);
+    if (!h) return -1;
+    char buf[4096] = "";
+    int64_t v = 0;
+    if (h5out_get_attr_str(h, "/", "job_sites", buf, sizeof buf) != 0) {
+        /* a dump file or a token file */
+        if (h5out_get_attr_str(h, "/", "basis", buf, sizeof buf) == 0) {
+            printf("%s: saegap dump file (basis %s)", path, buf);
+            if (h5out_get_attr_i64(h, "/", "n_contexts", &v) == 0) printf(", %lld contexts", (long long)v);
+            if (h5out_get_attr_i64(h, "/", "complete", &v) == 0) printf(", %s", v == 1 ? "complete" : "INCOMPLETE");
+            printf("\n");
+            h5out_close(h);
+            return 0;
+        }
+        h5out_close(h);
+        return 1; /* not ours: try as a token file */
+    }
+    printf("%s: saegap run result\n", path);
+    static const char *const keys[] = {"saegap_version", "created", "model", "model_checksum", "tokens_file", "scope",
+                                       "bos", "interventions"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char val[1024] = "?";
+        h5out_get_attr_str(h, "/", keys[i], val, sizeof val);
+        printf("  %-15s %s\n", keys[i], val);
+    }
+    static const char *const nums[] = {"n_contexts", "ctx", "seed", "samples", "ranks"};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (h5out_get_attr_i64(h, "/", nums[i], &v) == 0) printf("  %-15s %lld\n", nums[i], (long long)v);
+    printf("  %-15s %s\n", "sites", buf);
+    int nd;
+    uint64_t dims[8];
+    int ds = h5out_find_dataset(h, "progress/unit_done", H5OUT_I32, &nd, dims);
+    int64_t complete = 0;
+    h5out_get_attr_i64(h, "/", "complete", &complete);
+    if (ds >= 0) {
+        int32_t *done = sg_xcalloc(dims[0], sizeof(int32_t));
+        size_t n_done = 0;
+        if (h5out_try_read_rows(h, ds, 0, dims[0], done) == 0)
+            for (uint64_t u = 0; u < dims[0]; u++) n_done += done[u] == 1;
+        printf("  %-15s %s (%zu of %llu units done; saegap verify checks the data)\n", "state",
+               complete == 1 ? "complete" : "incomplete", n_done, (unsigned long long)dims[0]);
+        free(done);
+    }
+    h5out_close(h);
+    return 0;
+}
+
+static int info_tokens(const char *path) {
+    TokenSet ts;
+    /* a flat .bin has no context length: describe it with one context per file */
+    int rc = tokens_load(&ts, path, 0, 0);
+    if (rc != 0 && strstr(sg_error_message(), "--ctx")) {
+        sg_error_clear();
+        struct stat sb;
+        stat(path, &sb);
+        size_t n = (size_t)sb.st_size / 2;
+        rc = tokens_load(&ts, path, n > 0 ? n : 1, 0);
+        if (rc == 0) printf("%s: flat token file (%s), %zu tokens (cut into contexts with --ctx N)\n", path, ts.format, n);
+    } else if (rc == 0) {
+        printf("%s: token file (%s), %zu contexts x %zu tokens\n", path, ts.format, ts.n, ts.ctx);
+    }
+    if (rc != 0) return -1;
+    int32_t lo = ts.ids[0], hi = ts.ids[0];
+    size_t bos = 0;
+    for (size_t i = 0; i < ts.n * ts.ctx; i++) {
+        lo = ts.ids[i] < lo ? ts.ids[i] : lo, hi = ts.ids[i] > hi ? ts.ids[i] : hi;
+        bos += ts.ids[i] == 50256;
+    }
+    printf("  token ids %d..%d, %zu GPT-2 BOS tokens (50256)\n", lo, hi, bos);
+    tokens_free(&ts);
+    return 0;
+}
+
+int info_command(const Options *o, MPI_Comm comm) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    int rc = 0;
+    if (!o->positional) rc = sg_errorf("command line", "info needs a path: saegap info PATH");
+    else if (rank == 0) {
+        const char *p = o->positional;
+        struct stat sb;
+        if (stat(p, &sb) != 0) rc = sg_errorf(p, "does not exist");
+        else if (S_ISDIR(sb.st_mode)) {
+            if (exists_in(p, "config.json")) rc = info_model(p);
+            else if (exists_in(p, "cfg.json")) rc = info_sae(p);
+            else {
+                char **list = NULL;
+                size_t n = 0;
+                const char *args[1] = {p};
+                rc = sae_expand_paths(&list, &n, args, 1);
+                for (size_t i = 0; i < n && rc == 0; i++) rc = info_sae(list[i]);
+                for (size_t i = 0; i < n; i++) free(list[i]);
+                free(list);
+            }
+        } else {
+            size_t len = strlen(p);
+            int h5 = (len > 3 && !strcasecmp(p + len - 3, ".h5")) || (len > 5 && !strcasecmp(p + len - 5, ".hdf5"));
+            rc = h5 ? info_result(p) : 1;
+            if (rc == 1) rc = info_tokens(p);
+        }
+        fflush(stdout);
+    }
+    return sg_agree(comm, rc) ? 1 : 0;
+}
