@@ -18,9 +18,16 @@ typedef struct {
     double norm_scaling_factor; /* --norm-scaling-factor (0 = not given) */
     int logits, resume, allow_model_mismatch, quiet, help;
     char *command_line;         /* argv joined, recorded in result files */
+    const char *job_file;       /* run/plan JOB_FILE, merged under the command line */
+    unsigned long long given;   /* bit i: option i of the table was set (command line or job file) */
+    char **owned;               /* strings read from the job file */
+    size_t n_owned;
 } Options;
 
-/* 0, or -1 with a pending error naming the option. argv[0] is the program, argv[1] the command. */
+/* 0, or -1 with a pending error naming the option. argv[0] is the program, argv[1] the command.
+ * For run and plan, a positional JOB_FILE holds the same settings as the options, one
+ * `key = value` per line with the long option names (INI syntax, read with inih; `sae` may
+ * repeat; flags take true/false); options on the command line override it. */
 int cli_parse(Options *o, int argc, char **argv);
 void cli_free(Options *o);
 void cli_print_help(FILE *f, const char *command);

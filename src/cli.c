@@ -5,10 +5,12 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <ini.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 typedef enum { OPT_STR, OPT_COUNT, OPT_INT, OPT_SEED, OPT_FLAG, OPT_LIST, OPT_POSITIVE_REAL } OptKind;
 
@@ -87,6 +89,110 @@ static int parse_long(const char *opt, const char *arg, long min, long *out) {
     return 0;
 }
 
+/* Stores one option's value (from argv or the job file) into o. */
+static int apply_option(Options *o, size_t idx, const char *value, const char *where) {
+    const OptionSpec *s = &OPTIONS[idx];
+    char *field = (char *)o + s->offset;
+    o->given |= 1ull << idx;
+    switch (s->kind) {
+    case OPT_STR: *(const char **)field = value; break;
+    case OPT_FLAG:
+        if (!value || !strcasecmp(value, "true") || !strcasecmp(value, "yes") || !strcmp(value, "1")) *(int *)field = 1;
+        else if (!strcasecmp(value, "false") || !strcasecmp(value, "no") || !strcmp(value, "0")) *(int *)field = 0;
+        else return sg_errorf(where, "%s '%s' is not true or false", s->name, value);
+        break;
+    case OPT_COUNT:
+    case OPT_INT:
+        if (parse_long(s->name, value, s->min, (long *)field)) return -1;
+        break;
+    case OPT_SEED: {
+        char *end = NULL;
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (errno || !end || *end || end == value || v < 0)
+            return sg_errorf(where, "--seed '%s' is not a non-negative integer", value);
+        o->seed = v;
+    } break;
+    case OPT_POSITIVE_REAL: {
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (errno || !end || *end || end == value || !(v > 0) || v > 1e30)
+            return sg_errorf(where, "--%s '%s' is not a positive number", s->name, value);
+        *(double *)field = v;
+    } break;
+    case OPT_LIST:
+        o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);
+        o->sae[o->n_sae++] = value;
+        break;
+    }
+    return 0;
+}
+
+typedef struct {
+    Options *job;
+    const char *path;
+    char error[512];
+} JobParse;
+
+static int job_handler(void *user, const char *section, const char *name, const char *value) {
+    JobParse *jp = user;
+    if (section && section[0]) {
+        snprintf(jp->error, sizeof jp->error, "sections are not used ([%s]); write key = value lines", section);
+        return 0;
+    }
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        if (strcmp(OPTIONS[i].name, name) != 0) continue;
+        if (!strcmp(name, "help") || !strcmp(name, "resume")) break; /* per-invocation, not part of a job */
+        Options *o = jp->job;
+        char *v = sg_xstrdup(value);
+        o->owned = sg_xrealloc(o->owned, (o->n_owned + 1) * sizeof *o->owned);
+        o->owned[o->n_owned++] = v;
+        if (apply_option(o, i, v, jp->path) != 0) {
+            snprintf(jp->error, sizeof jp->error, "%s", sg_error_message());
+            sg_error_clear();
+            return 0;
+        }
+        return 1;
+    }
+    snprintf(jp->error, sizeof jp->error, "unknown key '%s' (keys are the long option names of saegap run --help)", name);
+    return 0;
+}
+
+/* Reads JOB_FILE and fills every option the command line did not give. */
+static int merge_job_file(Options *o, const char *path) {
+    Options job;
+    memset(&job, 0, sizeof job);
+    JobParse jp = {.job = &job, .path = path};
+    int line = ini_parse(path, job_handler, &jp);
+    int rc = 0;
+    if (line == -1) rc = sg_errorf(path, "cannot open the job file");
+    else if (line != 0) rc = sg_errorf(path, "line %d: %s", line, jp.error[0] ? jp.error : "not a key = value line");
+    if (rc == 0) {
+        for (size_t i = 0; i < N_OPTIONS; i++) {
+            if (!(job.given >> i & 1) || (o->given >> i & 1)) continue;
+            size_t off = OPTIONS[i].offset;
+            if (OPTIONS[i].kind == OPT_LIST) {
+                for (size_t k = 0; k < job.n_sae; k++) {
+                    o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);
+                    o->sae[o->n_sae++] = job.sae[k];
+                }
+            } else if (OPTIONS[i].kind == OPT_STR) *(const char **)((char *)o + off) = *(const char **)((char *)&job + off);
+            else if (OPTIONS[i].kind == OPT_FLAG) *(int *)((char *)o + off) = *(int *)((char *)&job + off);
+            else if (OPTIONS[i].kind == OPT_POSITIVE_REAL) *(double *)((char *)o + off) = *(double *)((char *)&job + off);
+            else if (OPTIONS[i].kind == OPT_SEED) o->seed = job.seed;
+            else *(long *)((char *)o + off) = *(long *)((char *)&job + off);
+            o->given |= 1ull << i;
+        }
+    }
+    /* the job's strings stay alive with o */
+    o->owned = sg_xrealloc(o->owned, (o->n_owned + job.n_owned + 1) * sizeof *o->owned);
+    for (size_t k = 0; k < job.n_owned; k++) o->owned[o->n_owned++] = job.owned[k];
+    free(job.owned);
+    free(job.sae);
+    return rc;
+}
+
 int cli_parse(Options *o, int argc, char **argv) {
     memset(o, 0, sizeof *o);
     o->ctx = o->contexts = o->position = o->window = o->samples = o->threads_per_rank = o->ranks = o->examples = -1;
@@ -126,43 +232,21 @@ int cli_parse(Options *o, int argc, char **argv) {
             return sg_errorf("command line", "unknown option '%s' (saegap %s --help lists them)", bad, o->command);
         }
         if (c == ':') return sg_errorf("command line", "option '%s' needs a value", sub_argv[optind - 1]);
-        const OptionSpec *s = &OPTIONS[c - 256];
-        char *field = (char *)o + s->offset;
-        switch (s->kind) {
-        case OPT_STR: *(const char **)field = optarg; break;
-        case OPT_FLAG: *(int *)field = 1; break;
-        case OPT_COUNT:
-        case OPT_INT:
-            if (parse_long(s->name, optarg, s->min, (long *)field)) return -1;
-            break;
-        case OPT_SEED: {
-            char *end = NULL;
-            errno = 0;
-            long long v = strtoll(optarg, &end, 10);
-            if (errno || !end || *end || end == optarg || v < 0)
-                return sg_errorf("command line", "--seed '%s' is not a non-negative integer", optarg);
-            o->seed = v;
-        } break;
-        case OPT_POSITIVE_REAL: {
-            char *end = NULL;
-            errno = 0;
-            double v = strtod(optarg, &end);
-            if (errno || !end || *end || end == optarg || !(v > 0) || v > 1e30)
-                return sg_errorf("command line", "--%s '%s' is not a positive number", s->name, optarg);
-            *(double *)field = v;
-        } break;
-        case OPT_LIST:
-            o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);
-            o->sae[o->n_sae++] = optarg;
-            break;
-        }
+        if (apply_option(o, (size_t)(c - 256), optarg, "command line")) return -1;
     }
     if (optind < sub_argc) o->positional = sub_argv[optind++];
     if (optind < sub_argc) return sg_errorf("command line", "unexpected argument '%s'", sub_argv[optind]);
+    if (o->positional && (!strcmp(o->command, "run") || !strcmp(o->command, "plan"))) {
+        o->job_file = o->positional;
+        o->positional = NULL;
+        if (merge_job_file(o, o->job_file)) return -1;
+    }
     return 0;
 }
 
 void cli_free(Options *o) {
+    for (size_t i = 0; i < o->n_owned; i++) free(o->owned[i]);
+    free(o->owned);
     free(o->sae);
     free(o->command_line);
     memset(o, 0, sizeof *o);

@@ -97,8 +97,7 @@ static int check_options(Run *r) {
     if (!o->n_sae) return sg_errorf("command line", "run needs at least one --sae DIR");
     if (!o->tokens) return sg_errorf("command line", "run needs --tokens FILE");
     if (!o->out) return sg_errorf("command line", "run needs --out FILE.h5");
-    if (o->positional)
-        return sg_errorf("command line", "job files are not supported yet (got '%s'); give the options", o->positional);
+    if (o->positional) return sg_errorf("command line", "unexpected argument '%s'", o->positional);
     if (o->sites) return sg_errorf("--sites", "run takes its sites from the SAEs' cfg (hook), not from --sites");
     if (iv_parse_list(&r->iv_mask, o->interventions ? o->interventions : "all")) return -1;
     r->scope_position = 0;
