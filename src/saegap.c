@@ -8,6 +8,7 @@
 #include "run.h"
 #include "verify.h"
 #include "info.h"
+#include "plan.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,12 +58,14 @@ int saegap_run(int argc, char **argv, MPI_Comm comm) {
     } else if (!strcmp(o.command, "run")) {
         configure_threads(&o, comm);
         status = run_command(&o, comm);
+    } else if (!strcmp(o.command, "plan")) {
+        status = plan_command(&o, comm);
     } else if (!strcmp(o.command, "info")) {
         status = info_command(&o, comm);
     } else if (!strcmp(o.command, "verify")) {
         status = verify_command(&o, comm);
     } else {
-        sg_errorf(o.command, "this command is not implemented in saegap %s yet (dump, run, info and verify are)", SAEGAP_VERSION);
+        sg_errorf(o.command, "unknown command");
         sg_agree(comm, -1);
         status = 2;
     }

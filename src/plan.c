@@ -1,0 +1,187 @@
+/* plan.c: cost model of `saegap run` (see plan.h). The model counts what run.c does:
+ *  clean pass per context       T (L (24 D^2 + 4 T D) + 2 D Vp)       (attention scores: full T x T)
+ *  intervened pass per sample   T (L_after (24 D^2 + 4 T D)) + Wk 2 D Vp
+ *  SAE per token                4 d_in F (+ 2 F d_in per latent_noise / sae_eps_random decode)
+ *  KL / CE per recorded row     ~V exponentials and dot products (measured separately)
+ * Time = GEMM FLOPs / (measured sgemm rate) + elementwise work / (measured rate), divided over
+ * ranks (dynamic queue) but never below the largest unit. */
+#include "plan.h"
+
+#include "error.h"
+#include "gemm.h"
+#include "interventions.h"
+#include "metrics.h"
+#include "model.h"
+#include "sae.h"
+#include "sites.h"
+#include "tokens.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* GFLOP/s of a GPT-2-shaped sgemm (M = 256 rows, K = D, N = 4D) with the current threads. */
+static double measure_gemm(size_t D) {
+    size_t M = 256, K = D, N = 4 * D;
+    float *a = sg_xcalloc(M * K, 4), *b = sg_xcalloc(K * N, 4), *c = sg_xcalloc(M * N, 4);
+    for (size_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+    for (size_t i = 0; i < K * N; i++) b[i] = (float)(i % 5) * 0.1f;
+    gemm_xw_bias(c, a, b, NULL, M, K, N); /* warm-up */
+    double t0 = MPI_Wtime(), flops = 0;
+    int reps = 0;
+    while (MPI_Wtime() - t0 < 0.3 || reps < 3) {
+        gemm_xw_bias(c, a, b, NULL, M, K, N);
+        flops += 2.0 * (double)(M * K * N);
+        reps++;
+    }
+    double rate = flops / (MPI_Wtime() - t0) / 1e9;
+    free(a), free(b), free(c);
+    return rate;
+}
+
+/* nanoseconds per vocabulary element of the KL/CE reduction (one log-sum-exp + one dot) */
+static double measure_kl_ns(size_t V) {
+    float *l = sg_xcalloc(V, 4), *p = sg_xcalloc(V, 4);
+    for (size_t i = 0; i < V; i++) l[i] = (float)((i * 37) % 101) * 0.05f, p[i] = 1.0f / (float)V;
+    double lse = 0, psum = 1, kl, ce;
+    int32_t next = 1;
+    double t0 = MPI_Wtime();
+    int reps = 0;
+    while (MPI_Wtime() - t0 < 0.1 || reps < 3) {
+        metrics_kl_ce(&kl, &ce, l, p, &lse, &psum, l, &next, 1, V);
+        reps++;
+    }
+    double ns = (MPI_Wtime() - t0) / reps / (double)V * 1e9;
+    free(l), free(p);
+    return ns;
+}
+
+static const char *human(double bytes, char *buf, size_t cap) {
+    const char *u[] = {"B", "KB", "MB", "GB", "TB"};
+    int i = 0;
+    while (bytes >= 1000 && i < 4) bytes /= 1000, i++;
+    snprintf(buf, cap, "%.1f %s", bytes, u[i]);
+    return buf;
+}
+
+static const char *duration(double s, char *buf, size_t cap) {
+    if (s < 120) snprintf(buf, cap, "%.0f s", s);
+    else if (s < 7200) snprintf(buf, cap, "%.1f min", s / 60);
+    else snprintf(buf, cap, "%.1f h", s / 3600);
+    return buf;
+}
+
+int plan_command(const Options *o, MPI_Comm comm) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    int rc = 0;
+    if (!o->model || !o->n_sae || !o->tokens)
+        rc = sg_errorf("command line", "plan needs a job (JOB_FILE or --model, --sae, --tokens)");
+    if (rc == 0 && o->ranks < 1) rc = sg_errorf("command line", "plan needs --ranks N");
+    Gpt2Config c;
+    if (rc == 0) rc = model_read_config(&c, o->model);
+    char **paths = NULL;
+    size_t K = 0;
+    if (rc == 0) rc = sae_expand_paths(&paths, &K, o->sae, o->n_sae);
+    Sae *saes = sg_xcalloc(K ? K : 1, sizeof *saes);
+    for (size_t i = 0; i < K && rc == 0; i++) rc = sae_read_cfg(&saes[i], paths[i]);
+    TokenSet ts;
+    memset(&ts, 0, sizeof ts);
+    if (rc == 0) rc = tokens_load(&ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);
+    uint32_t mask = 0;
+    if (rc == 0) rc = iv_parse_list(&mask, o->interventions ? o->interventions : "all");
+    if (sg_agree(comm, rc)) goto out;
+    if (rank == 0) {
+        const double L = (double)c.n_layer, D = (double)c.n_embd, V = (double)c.vocab_size;
+        const double Vp = (double)((c.vocab_size + 63) / 64 * 64), n = (double)ts.n, T = (double)ts.ctx;
+        const int position = o->scope && !strcmp(o->scope, "position");
+        const double Wk = position ? (o->window > 0 ? (double)o->window : 16) : T;
+        const double S = o->samples > 0 ? (double)o->samples : 1;
+        const size_t ranks = (size_t)o->ranks;
+        const int threads = o->threads_per_rank > 0 ? (int)o->threads_per_rank : 1;
+        gemm_set_threads(threads);
+        double rate = measure_gemm(c.n_embd), kl_ns = measure_kl_ns(c.vocab_size);
+        double layer = 24 * D * D + 4 * T * D;
+        double f_clean = n * T * (L * layer + 2 * D * Vp), f_iv = 0, f_unembed_iv = 0, f_sae = 0, f_stats = 0;
+        double kl_rows = 0, n_passes = 0;
+        for (size_t i = 0; i < K; i++) {
+            Site st;
+            site_parse(&st, saes[i].hook_name, c.n_layer, "plan");
+            double after = (double)(c.n_layer - st.layer) - (st.kind == SG_SITE_RESID_POST ? 1 : 0);
+            double passes = 0, decodes = 0;
+            for (int iv = 0; iv < IV_COUNT; iv++)
+                if (mask >> iv & 1) {
+                    double s = iv_is_random((Intervention)iv) ? S : 1;
+                    passes += s;
+                    if (iv == IV_LATENT_NOISE || iv == IV_SAE_EPS_RANDOM) decodes += s;
+                }
+            n_passes += passes;
+            f_iv += passes * n * T * after * layer;
+            f_unembed_iv += passes * n * Wk * 2 * D * Vp;
+            f_sae += n * T * (4 + 2 * decodes) * (double)saes[i].d_in * (double)saes[i].d_sae;
+            kl_rows += passes * n * Wk;
+        }
+        if ((mask >> IV_MEAN_ABLATION & 1) || (mask >> IV_COV_RANDOM & 1))
+            f_stats = n * T * L * layer + ((mask >> IV_COV_RANDOM & 1) ? K * n * T * D * D * 2 : 0);
+        double f_total = f_clean + f_iv + f_unembed_iv + f_sae + f_stats;
+        double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9; /* clean + intervened rows */
+        double t_total = t_gemm + t_kl;
+        /* units: as run.c lays them out */
+        size_t B = ts.ctx >= 256 ? 1 : 256 / ts.ctx;
+        if (B > 8) B = 8;
+        size_t n_batches = (ts.n + B - 1) / B, bpb = (n_batches + 127) / 128, n_blocks = (n_batches + bpb - 1) / bpb;
+        size_t groups = n_blocks >= 2 * ranks ? 1 : (2 * ranks + n_blocks - 1) / n_blocks;
+        if (groups > K) groups = K;
+        size_t units = n_blocks * groups;
+        double t_wall = t_total / (double)(ranks < units ? ranks : units);
+        double t_unit = t_total / (double)units;
+        if (t_wall < t_unit) t_wall = t_unit;
+        /* memory per rank */
+        double N = (double)B * T, mem = 0, maxF = 0, maxd = 0;
+        mem += V * D * 4 * 2 + (L * 12 * D * D + T * D) * 4; /* weights (F32 view or converted) + padded wte */
+        mem += 2 * 4 * N * (L * (15 * D + 4 * (double)c.n_head * T) + 3 * D); /* clean + work activations */
+        mem += 2 * 4 * N * V + 4 * 64 * Vp;                                    /* clean logits + probs, block */
+        for (size_t i = 0; i < K; i++) {
+            mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae + 4.0 * 3 * N * (double)saes[i].d_sae;
+            maxF = fmax(maxF, (double)saes[i].d_sae), maxd = fmax(maxd, (double)saes[i].d_in);
+        }
+        mem += 4 * N * (4 * maxd + 2 * maxF);
+        /* output */
+        double out = 8 * n * T; /* tokens + clean ce */
+        for (size_t i = 0; i < K; i++) {
+            for (int iv = 0; iv < IV_COUNT; iv++)
+                if (mask >> iv & 1) out += 2 * 4 * n * Wk * (iv_is_random((Intervention)iv) ? S : 1);
+            out += 7 * 4 * n * T + 8 * (double)saes[i].d_sae;
+            out += (double)n_blocks * (16 * (28 + (double)saes[i].d_in) + 8 * 24 + 4 * (double)saes[i].d_sae);
+        }
+        char b1[32], b2[32], b3[32];
+        printf("saegap plan: %s\n", o->job_file ? o->job_file : "(options)");
+        printf("  job: %zu contexts x %zu tokens, %zu SAE site(s), %.0f intervened passes per context, %zu units\n",
+               ts.n, ts.ctx, K, n_passes, units);
+        printf("  FLOPs: clean passes %.3g, intervened passes %.3g, unembedding (intervened) %.3g, SAEs %.3g, "
+               "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);
+        printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank, KL/CE %.2f ns per vocabulary entry\n",
+               rate, threads, kl_ns);
+        printf("  expected wall time on %zu rank(s) x %d thread(s): %s (GEMMs %s, KL/CE %s in all); "
+               "this machine's rate assumed for every node\n",
+               ranks, threads, duration(t_wall, b1, sizeof b1), duration(t_gemm, b2, sizeof b2),
+               duration(t_kl, b3, sizeof b3));
+        printf("  memory per rank: about %s; output file: about %s\n", human(mem, b1, sizeof b1), human(out, b2, sizeof b2));
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        if (ranks > units)
+            printf("  warning: %zu ranks but only %zu units: %zu rank(s) would idle (fewer ranks, or more contexts)\n",
+                   ranks, units, ranks - units);
+        if ((long)ranks * threads > cores)
+            printf("  note: %zu ranks x %d threads = %ld > %ld cores of this node: on one node that oversubscribes; "
+                   "across nodes, keep ranks per node x threads <= cores per node\n",
+                   ranks, threads, (long)ranks * threads, (long)cores);
+        fflush(stdout);
+    }
+out:
+    for (size_t i = 0; i < K; i++) sae_free(&saes[i]), free(paths[i]);
+    free(saes), free(paths);
+    tokens_free(&ts);
+    return rc ? 1 : 0;
+}
