@@ -1,0 +1,61 @@
+#!/bin/bash
+# saegap on Slurm: runs a job file, survives the time limit by checkpointing and requeueing
+# itself, and continues with --resume until the result is complete.
+#
+#   sbatch jobs/slurm.sh JOB_FILE OUT.h5 [more saegap run options]
+#
+# Adjust the #SBATCH lines to your cluster (ranks = --ntasks, BLIS threads = --cpus-per-task;
+# keep ntasks-per-node x cpus-per-task <= cores per node). Environment:
+#   SAEGAP         the saegap binary      (default: $SLURM_SUBMIT_DIR/build/saegap)
+#   SAEGAP_LAUNCH  how to start the ranks (default: mpirun; or "srun --mpi=pmix")
+#
+#SBATCH --job-name=saegap
+#SBATCH --ntasks=2
+#SBATCH --cpus-per-task=1
+#SBATCH --time=12:00:00
+#SBATCH --signal=B:TERM@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=saegap-%j.log
+set -u
+if [ $# -lt 2 ]; then
+  echo "usage: sbatch jobs/slurm.sh JOB_FILE OUT.h5 [saegap run options]" >&2
+  exit 2
+fi
+JOB=$1
+OUT=$2
+shift 2
+SUBMIT_DIR=${SLURM_SUBMIT_DIR:-$PWD}
+SAEGAP=${SAEGAP:-$SUBMIT_DIR/build/saegap}
+LAUNCH=${SAEGAP_LAUNCH:-mpirun}
+NTASKS=${SLURM_NTASKS:-1}
+THREADS=${SLURM_CPUS_PER_TASK:-1}
+cd "$SUBMIT_DIR"
+echo "saegap slurm: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}, $NTASKS rank(s) x $THREADS thread(s), $(date -u +%FT%TZ)"
+
+# --resume: starts the run when OUT does not exist yet, continues it otherwise.
+if [ "$LAUNCH" = mpirun ]; then
+  mpirun -np "$NTASKS" --bind-to none "$SAEGAP" run "$JOB" --out "$OUT" --resume --threads-per-rank "$THREADS" "$@" &
+else
+  $LAUNCH "$SAEGAP" run "$JOB" --out "$OUT" --resume --threads-per-rank "$THREADS" "$@" &
+fi
+pid=$!
+# Slurm's warning (--signal=B:TERM@300) reaches this shell: pass it on; the ranks finish or
+# abandon their current unit, flush the file and exit.
+trap 'echo "saegap slurm: TERM received, asking saegap to checkpoint"; kill -TERM "$pid" 2>/dev/null' TERM
+wait "$pid"
+status=$?
+if [ $status -gt 128 ]; then wait "$pid"; status=$?; fi   # wait was interrupted by the trap
+trap - TERM
+
+# The file itself says what happened (mpirun reports 1 when it was signalled itself).
+"$SAEGAP" verify "$OUT"
+state=$?
+case $state in
+  0) echo "saegap slurm: complete"; exit 0 ;;
+  3) echo "saegap slurm: resumable; requeueing job ${SLURM_JOB_ID:-?}"
+     scontrol requeue "$SLURM_JOB_ID"
+     exit 0 ;;
+  *) echo "saegap slurm: run exited with $status and the file is not resumable (verify $state); not requeueing" >&2
+     exit 1 ;;
+esac
