@@ -76,6 +76,9 @@ void h5out_attr_str(H5Out *h, const char *obj, const char *name, const char *val
 void h5out_attr_i64(H5Out *h, const char *obj, const char *name, int64_t value);
 void h5out_attr_f64(H5Out *h, const char *obj, const char *name, double value);
 
+/* Collective. saegap_version, command_line and created (UTC) on the root. */
+void h5out_attr_provenance(H5Out *h, const char *command_line);
+
 void h5out_flush(H5Out *h);       /* collective */
 void h5out_close(H5Out *h);       /* collective; NULL is fine */
 

@@ -98,12 +98,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
 
     /* ---- schema, created up front by every rank ---- */
     const size_t n = ts.n, T = ts.ctx, V = c->vocab_size;
-    char created[32];
-    time_t now = time(NULL);
-    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    h5out_attr_str(h, "/", "saegap_version", SAEGAP_VERSION);
-    h5out_attr_str(h, "/", "command_line", o->command_line);
-    h5out_attr_str(h, "/", "created", created);
+    h5out_attr_provenance(h, o->command_line);
     h5out_attr_str(h, "/", "model", o->model);
     h5out_attr_str(h, "/", "tokens_file", o->tokens);
     h5out_attr_str(h, "/", "basis", basis_name(basis));

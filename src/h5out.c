@@ -11,6 +11,7 @@
 #include <string.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Every HDF5 call that should not fail once inputs are checked goes through this. */
@@ -297,22 +298,30 @@ int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const u
     return add_handle(h, d, type);
 }
 
-void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data) {
-    hid_t d = h->dsets[ds];
-    hid_t fspace = H5Dget_space(d);
-    SG_H5(fspace, "getting a dataspace");
-    int nd = H5Sget_simple_extent_ndims(fspace);
+/* File and memory dataspaces selecting rows [row0, row0+nrows) along the first dimension. */
+static void select_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, hid_t *fspace, hid_t *mspace) {
+    *fspace = H5Dget_space(h->dsets[ds]);
+    SG_H5(*fspace, "getting a dataspace of %s", h->path);
+    int nd = H5Sget_simple_extent_ndims(*fspace);
     hsize_t dims[8], start[8] = {0}, count[8];
-    H5Sget_simple_extent_dims(fspace, dims, NULL);
+    H5Sget_simple_extent_dims(*fspace, dims, NULL);
     for (int i = 0; i < nd; i++) count[i] = dims[i];
     start[0] = row0, count[0] = nrows;
-    SG_H5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), "selecting rows of %s", h->path);
-    hid_t mspace = H5Screate_simple(nd, count, NULL);
-    hid_t mt = mem_type(h->types[ds]);
+    SG_H5(H5Sselect_hyperslab(*fspace, H5S_SELECT_SET, start, NULL, count, NULL), "selecting rows of %s", h->path);
+    *mspace = H5Screate_simple(nd, count, NULL);
+}
+
+/* independent transfers: ranks finish their units at different times (no collective rounds) */
+static hid_t independent_dxpl(void) {
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    /* independent: ranks finish their work at different times (no collective rounds) */
     SG_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT), "setting independent transfers");
-    SG_H5(H5Dwrite(d, mt, mspace, fspace, dxpl, data), "writing rows %llu..%llu of %s",
+    return dxpl;
+}
+
+void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data) {
+    hid_t fspace, mspace, dxpl = independent_dxpl();
+    select_rows(h, ds, row0, nrows, &fspace, &mspace);
+    SG_H5(H5Dwrite(h->dsets[ds], mem_type(h->types[ds]), mspace, fspace, dxpl, data), "writing rows %llu..%llu of %s",
           (unsigned long long)row0, (unsigned long long)(row0 + nrows), h->path);
     H5Pclose(dxpl);
     H5Sclose(mspace);
@@ -320,19 +329,9 @@ void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const voi
 }
 
 void h5out_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data) {
-    hid_t d = h->dsets[ds];
-    hid_t fspace = H5Dget_space(d);
-    SG_H5(fspace, "getting a dataspace");
-    int nd = H5Sget_simple_extent_ndims(fspace);
-    hsize_t dims[8], start[8] = {0}, count[8];
-    H5Sget_simple_extent_dims(fspace, dims, NULL);
-    for (int i = 0; i < nd; i++) count[i] = dims[i];
-    start[0] = row0, count[0] = nrows;
-    SG_H5(H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL), "selecting rows of %s", h->path);
-    hid_t mspace = H5Screate_simple(nd, count, NULL);
-    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-    SG_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT), "setting independent transfers");
-    SG_H5(H5Dread(d, mem_type(h->types[ds]), mspace, fspace, dxpl, data), "reading rows %llu..%llu of %s",
+    hid_t fspace, mspace, dxpl = independent_dxpl();
+    select_rows(h, ds, row0, nrows, &fspace, &mspace);
+    SG_H5(H5Dread(h->dsets[ds], mem_type(h->types[ds]), mspace, fspace, dxpl, data), "reading rows %llu..%llu of %s",
           (unsigned long long)row0, (unsigned long long)(row0 + nrows), h->path);
     H5Pclose(dxpl);
     H5Sclose(mspace);
@@ -415,6 +414,15 @@ void h5out_attr_i64(H5Out *h, const char *obj, const char *name, int64_t value) 
 
 void h5out_attr_f64(H5Out *h, const char *obj, const char *name, double value) {
     write_attr(h, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+}
+
+void h5out_attr_provenance(H5Out *h, const char *command_line) {
+    char created[32];
+    time_t now = time(NULL);
+    strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    h5out_attr_str(h, "/", "saegap_version", SAEGAP_VERSION);
+    h5out_attr_str(h, "/", "command_line", command_line);
+    h5out_attr_str(h, "/", "created", created);
 }
 
 void h5out_flush(H5Out *h) { SG_H5(H5Fflush(h->file, H5F_SCOPE_GLOBAL), "flushing %s", h->path); }

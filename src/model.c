@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include "error.h"
+#include "textfile.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -11,27 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-static char *read_text_file(const char *path, size_t max_bytes) {
-    struct stat sb;
-    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) { sg_errorf(path, "is not a regular file"); return NULL; }
-    FILE *f = fopen(path, "rb");
-    if (!f) { sg_errorf(path, "cannot open: %s", strerror(errno)); return NULL; }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) { cap = cap ? 2 * cap : 8192; buf = sg_xrealloc(buf, cap); }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0) break;
-        if (n > max_bytes) { fclose(f); free(buf); sg_errorf(path, "file larger than %zu bytes", max_bytes); return NULL; }
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) { free(buf); sg_errorf(path, "read error"); return NULL; }
-    buf[n] = '\0';
-    return buf;
-}
 
 static int cfg_size(const cJSON *root, const char *path, const char *key, size_t *out, int required) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -57,7 +37,7 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     if (!S_ISDIR(sb.st_mode)) return sg_errorf(dir, "--model must be a folder holding config.json and model.safetensors");
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = read_text_file(path, 16u << 20);
+    char *text = textfile_read(path, 16u << 20);
     if (!text) return -1;
     cJSON *root = cJSON_Parse(text);
     free(text);

@@ -319,12 +319,7 @@ static void create_schema(Run *r, H5Out *h, int size) {
     const size_t n = r->ts.n, T = r->ts.ctx;
     const int fresh = !h5out_resuming(h);
     if (fresh) {
-        char created[32];
-        time_t now = time(NULL);
-        strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-        h5out_attr_str(h, "/", "saegap_version", SAEGAP_VERSION);
-        h5out_attr_str(h, "/", "command_line", o->command_line);
-        h5out_attr_str(h, "/", "created", created);
+        h5out_attr_provenance(h, o->command_line);
         h5out_attr_str(h, "/", "model", o->model);
         h5out_attr_str(h, "/", "tokens_file", o->tokens);
         h5out_attr_i64(h, "/", "bos_token_id", r->model.cfg.bos_token_id);

@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "gemm.h"
+#include "textfile.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -26,19 +27,6 @@ const char *sae_generation_name(SaeCfgGeneration g) { return GEN_NAME[g]; }
 
 /* ---- cfg.json ----------------------------------------------------------------------------- */
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { sg_errorf(path, "cannot open: %s", strerror(errno)); return NULL; }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (n < 0 || n > (16 << 20)) { fclose(f); sg_errorf(path, "unreadable or larger than 16 MB"); return NULL; }
-    char *buf = sg_xcalloc((size_t)n + 1, 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = '\0';
-    return buf;
-}
 
 static const cJSON *get(const cJSON *o, const char *key) {
     return o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
@@ -100,7 +88,7 @@ static int basis_from_kwargs(const cJSON *kw, SiteKind kind, const char *path, B
 static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
     char path[4096];
     snprintf(path, sizeof path, "%s/cfg.json", dir);
-    char *text = slurp(path);
+    char *text = textfile_read(path, 16u << 20);
     if (!text) return -1;
     cJSON *root = cJSON_Parse(text);
     free(text);
