@@ -1,0 +1,78 @@
+/* bench_forward: the forward pass against the machine's limit.
+ *   bench_forward MODEL_DIR [T] [B] [threads]
+ * Prints BLIS's own sgemm rate at the model's GEMM shapes, then the forward pass (clean pass of
+ * B contexts x T tokens, all layers + unembedding) in tokens/s and achieved GFLOP/s, and an
+ * intervened pass restarted at the middle layer. */
+#include "forward.h"
+#include "gemm.h"
+#include "model.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static double now(void) { return MPI_Wtime(); }
+
+int main(int argc, char **argv) {
+    MPI_Init(&argc, &argv);
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_forward MODEL_DIR [T=128] [B=2] [threads=1]\n");
+        return 2;
+    }
+    size_t T = argc > 2 ? (size_t)atoi(argv[2]) : 128, B = argc > 3 ? (size_t)atoi(argv[3]) : 2;
+    int threads = argc > 4 ? atoi(argv[4]) : 1;
+    gemm_set_threads(threads);
+    Gpt2Model m;
+    if (model_load(&m, argv[1]) != 0) {
+        fprintf(stderr, "cannot load %s\n", argv[1]);
+        return 1;
+    }
+    const Gpt2Config *c = &m.cfg;
+    size_t D = c->n_embd, L = c->n_layer, N = B * T, Vp = m.vocab_padded;
+    /* BLIS alone: the MLP up-projection shape (N x D x 4D) */
+    float *a = calloc(N * 4 * D, 4), *w = calloc(4 * D * D, 4), *o = calloc(N * 4 * D, 4);
+    gemm_xw_bias(o, a, w, NULL, N, D, 4 * D);
+    double t0 = now();
+    int reps = 0;
+    while (now() - t0 < 1.0) gemm_xw_bias(o, a, w, NULL, N, D, 4 * D), reps++;
+    double blis = 2.0 * N * D * 4 * D * reps / (now() - t0) / 1e9;
+    Activations act;
+    acts_alloc(&act, c, B, T);
+    int32_t *tok = calloc(N, 4);
+    for (size_t i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919) % c->vocab_size);
+    float *logits = calloc(64 * Vp, 4);
+    double flop_layer = 24.0 * D * D + 4.0 * T * D, flop_unembed = 2.0 * D * Vp;
+    /* clean pass + unembedding */
+    gpt2_forward(&act, &m, tok, B, T);
+    t0 = now();
+    reps = 0;
+    while (now() - t0 < 2.0 || reps < 2) {
+        gpt2_forward(&act, &m, tok, B, T);
+        for (size_t r = 0; r < N; r += 64) gpt2_logits(logits, &act, &m, r, N - r < 64 ? N - r : 64);
+        reps++;
+    }
+    double dt = (now() - t0) / reps, flops = N * (L * flop_layer + flop_unembed);
+    printf("model %s: L %zu, D %zu, V %zu; batch %zu x %zu tokens; %d BLIS thread(s)\n", argv[1], L, D,
+           c->vocab_size, B, T, threads);
+    printf("  BLIS sgemm alone (%zu x %zu x %zu): %.1f GFLOP/s\n", N, D, 4 * D, blis);
+    printf("  clean pass + unembedding: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n", N / dt, flops / dt / 1e9,
+           100 * flops / dt / 1e9 / blis);
+    /* intervened pass from the middle layer (what each intervention costs) */
+    size_t mid = L / 2;
+    t0 = now();
+    reps = 0;
+    while (now() - t0 < 2.0 || reps < 2) {
+        gpt2_forward_from(&act, &m, mid, SG_STAGE_ATTN);
+        for (size_t r = 0; r < N; r += 64) gpt2_logits(logits, &act, &m, r, N - r < 64 ? N - r : 64);
+        reps++;
+    }
+    dt = (now() - t0) / reps;
+    flops = N * ((L - mid) * flop_layer + flop_unembed);
+    printf("  intervened pass from layer %zu: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n", mid, N / dt,
+           flops / dt / 1e9, 100 * flops / dt / 1e9 / blis);
+    acts_free(&act);
+    model_free(&m);
+    free(a), free(w), free(o), free(tok), free(logits);
+    MPI_Finalize();
+    return 0;
+}
