@@ -1,0 +1,86 @@
+"""GPT-2 token ids -> text, from a GPT-2 `encoder.json` (or a Hugging Face `vocab.json`,
+the same mapping), without the tokenizers library.
+
+In tables a token that is part of a multi-byte character shows its bytes as escapes
+(e.g. '\\xe2\\x80'), not as a replacement character that hides which token it is.
+
+The file maps byte-level BPE strings to ids; those strings spell each byte as a printable
+unicode character (GPT-2's bytes_to_unicode), so decoding inverts that table too.
+"""
+
+import json
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_ENCODER = os.path.join(REPO, "jobs", "demo", "tokenizer", "encoder.json")
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible byte -> printable character table."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+          + list(range(ord("\xae"), ord("\xff") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def find_encoder(path=None):
+    """The encoder file to use: `path` (a file, or a folder holding encoder.json or
+    vocab.json), else the repository's jobs/demo/tokenizer/encoder.json if present, else
+    None (ids are shown as numbers)."""
+    if path:
+        if os.path.isdir(path):
+            for name in ("encoder.json", "vocab.json"):
+                p = os.path.join(path, name)
+                if os.path.isfile(p):
+                    return p
+            raise FileNotFoundError("no encoder.json or vocab.json in %s" % path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        return path
+    return DEFAULT_ENCODER if os.path.isfile(DEFAULT_ENCODER) else None
+
+
+class Vocab:
+    """decode(id) -> text of one token; ids outside the vocabulary come back as '<id N>'."""
+
+    def __init__(self, encoder_path):
+        self.path = encoder_path
+        with open(encoder_path, encoding="utf-8") as f:
+            enc = json.load(f)
+        back = {c: b for b, c in bytes_to_unicode().items()}
+        self._bytes = {int(i): bytes(back.get(c, ord("?")) for c in s) for s, i in enc.items()}
+
+    def __len__(self):
+        return len(self._bytes)
+
+    def token_bytes(self, token_id):
+        return self._bytes.get(int(token_id))
+
+    def decode(self, token_id):
+        """Text of one token (partial UTF-8 characters as U+FFFD, for running text)."""
+        b = self._bytes.get(int(token_id))
+        return "<id %d>" % int(token_id) if b is None else b.decode("utf-8", errors="replace")
+
+    def decode_many(self, ids):
+        """Text of a token sequence (bytes joined first, so split characters reunite)."""
+        return b"".join(self._bytes.get(int(t), b"?") for t in ids).decode("utf-8", errors="replace")
+
+
+def show_token(vocab, token_id):
+    """How a token is printed in tables and tick labels: its text quoted with visible
+    whitespace (repr), or '#id' without a vocabulary."""
+    if vocab is None:
+        return "#%d" % int(token_id)
+    b = vocab.token_bytes(token_id)
+    if b is None:
+        return "<id %d>" % int(token_id)
+    try:
+        return repr(b.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(b)[1:]
