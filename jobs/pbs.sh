@@ -27,7 +27,9 @@ fi
 mpirun -np "$NP" "$SAEGAP" run "$JOB" --out "$OUT" --resume --threads-per-rank "$THREADS" &
 pid=$!
 if [ -n "$WALL" ] && [ "$WALL" -gt $((MARGIN + 60)) ]; then
-  ( sleep $((WALL - MARGIN)); kill -TERM "$pid" 2>/dev/null ) &
+  # USR1, not TERM: mpirun forwards USR1 to every rank (saegap checkpoints on it) but
+  # answers a TERM by killing the ranks.
+  ( sleep $((WALL - MARGIN)); kill -USR1 "$pid" 2>/dev/null ) &
   alarm=$!
 fi
 wait "$pid"

@@ -40,9 +40,11 @@ else
   $LAUNCH "$SAEGAP" run "$JOB" --out "$OUT" --resume --threads-per-rank "$THREADS" "$@" &
 fi
 pid=$!
-# Slurm's warning (--signal=B:TERM@300) reaches this shell: pass it on; the ranks finish or
-# abandon their current unit, flush the file and exit.
-trap 'echo "saegap slurm: TERM received, asking saegap to checkpoint"; kill -TERM "$pid" 2>/dev/null' TERM
+# Slurm's warning (--signal=B:TERM@300) reaches this shell. Pass it on as USR1: mpirun and
+# srun forward USR1 unchanged to every rank on every node, and saegap treats it as TERM (the
+# ranks finish or abandon their current unit, flush the file and exit 75). A TERM sent to the
+# launcher itself would kill the ranks 1 s later (Open MPI) or at once (srun).
+trap 'echo "saegap slurm: TERM received, asking saegap to checkpoint"; kill -USR1 "$pid" 2>/dev/null' TERM
 wait "$pid"
 status=$?
 if [ $status -gt 128 ]; then wait "$pid"; status=$?; fi   # wait was interrupted by the trap

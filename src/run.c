@@ -930,13 +930,16 @@ int run_command(const Options *o, MPI_Comm comm) {
     checksum_inputs(&r);
 
     /* SIGTERM (Slurm's warning before the time limit): finish or abandon the current unit,
-     * flush, exit with SAEGAP_EXIT_INTERRUPTED so the job script can requeue with --resume. */
-    struct sigaction sa, old_term, old_int;
+     * flush, exit with SAEGAP_EXIT_INTERRUPTED so the job script can requeue with --resume.
+     * SIGUSR1 does the same: Open MPI's mpirun and Slurm's srun forward it unchanged to every
+     * rank on every node, whereas a TERM sent to either launcher becomes a kill of the ranks. */
+    struct sigaction sa, old_term, old_int, old_usr1;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_term;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGUSR1, &sa, &old_usr1);
     g_stop_signal = 0;
 
     if (sg_agree(comm, statistics_pass(&r, comm, rank, size))) { run_free(&r); return 1; }
@@ -1019,6 +1022,7 @@ int run_command(const Options *o, MPI_Comm comm) {
         fprintf(stderr, "saegap run: wrote %s in %.1f s\n", o->out, MPI_Wtime() - t_start);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGUSR1, &old_usr1, NULL);
     run_free(&r);
     return status;
 }

@@ -18,4 +18,12 @@ for variant in release asan; do
   cmake --build "$dir" -j "$JOBS"
   ctest --test-dir "$dir" --output-on-failure
 done
+# jobs/slurm.sh on a real one-node Slurm (short form, about 1 minute; --long in
+# tests/slurm/README.md): it installs slurm and munge and starts daemons, so it needs root.
+if [ "$(id -u)" = 0 ]; then
+  echo "== tests/run-all.sh: jobs/slurm.sh on a one-node Slurm (tests/slurm/run-slurm-test.sh)"
+  SAEGAP_BIN=$PWD/build-ci-release/saegap bash tests/slurm/run-slurm-test.sh
+else
+  echo "== tests/run-all.sh: NOT RUN: tests/slurm/run-slurm-test.sh needs root (it installs and starts Slurm)" >&2
+fi
 echo "== tests/run-all.sh: all tests passed"
