@@ -390,6 +390,30 @@ def make_report(path, outdir, vocab_path=None, site=None, strict=False):
     return doc
 
 
+def headline_text(csv_path):
+    """The headline as a short terminal table (per site: mean KL of sae and eps_random, their
+    ratio with its 95% CI, explained variance, L0), read back from headline.csv."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def num(row, key, fmt):
+        v = row.get(key, "")
+        return fmt % float(v) if v not in ("", None) else "-"
+
+    head = ("site", "KL sae", "KL eps_random", "sae/eps_random [95% CI]", "expl. var", "L0")
+    lines = [head]
+    for row in rows:
+        ratio = "-"
+        if row.get("ratio"):
+            ratio = "%s [%s, %s]" % (num(row, "ratio", "%.2f"), num(row, "ratio_lo", "%.2f"),
+                                     num(row, "ratio_hi", "%.2f"))
+        lines.append((row["site"], num(row, "kl_sae", "%.4g"), num(row, "kl_eps_random", "%.4g"), ratio,
+                      num(row, "explained_variance", "%.3f"), num(row, "mean_l0", "%.1f")))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     .rstrip() for line in lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="The post's figures and tables from a saegap "
                                              "run result file.")
@@ -404,6 +428,11 @@ def main(argv=None):
     print("wrote %s/report.md, report.html (%d parts skipped)" % (a.out, len(doc.skips)))
     for s in doc.skips:
         print("  " + s)
+    csv_path = os.path.join(a.out, "headline.csv")
+    if os.path.exists(csv_path):
+        print("\nheadline of %s (mean per-token KL; the post found sae/eps_random 2-4.5x on GPT-2 small):"
+              % a.result)
+        print(headline_text(csv_path))
     return 0
 
 

@@ -17,5 +17,5 @@ mpirun --oversubscribe --allow-run-as-root -np "$RANKS" build/saegap run jobs/de
 build/saegap verify out/demo/result.h5
 if [ -f analysis/report.py ]; then
   /usr/bin/python3 analysis/report.py out/demo/result.h5 -o out/demo/report
-  echo "report: out/demo/report/report.html (and report.md, one PNG per figure)"
+  echo "result: out/demo/result.h5; report: out/demo/report/report.html (and report.md, headline.csv, one PNG per figure)"
 fi

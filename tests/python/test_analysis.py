@@ -212,6 +212,16 @@ def test_headline_rendered(tmp_path):
     assert doc.skips  # no recon, examples, ... in this file
 
 
+def test_headline_printed_by_the_command(tmp_path, capsys):
+    from analysis.report import main
+    assert main([headline_file(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["blocks.0.hook_resid_pre", "0.75", "0.25", "3.00", "[3.00,", "3.00]", "0.625", "40.5"] in lines
+    b = [line for line in lines if line and line[0] == "blocks.1.hook_resid_pre"]
+    assert b and b[0][1:4] == ["2", "0.5", "4.00"] and b[0][-2:] == ["-", "-"], out
+
+
 def test_ce_differences_and_headline_ratio_only_when_defined(tmp_path):
     tok = tokens_with_bos(2, 5)
     clean = per_token(1.0, tok)
