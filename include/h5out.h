@@ -25,6 +25,24 @@ int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, si
 /* Collective. Creates `path`, refusing an existing file. NULL with a pending error on failure. */
 H5Out *h5out_create(const char *path, MPI_Comm comm);
 
+/* Crash-safe creation of a result file (saegap run). Until its schema is flushed, a new HDF5
+ * file has no superblock on disk, and a kill -9 in that window would leave under the final
+ * name a file that nothing can open or resume. So a new result is written as
+ * "<path>.creating" and given its final name only once the schema is on disk:
+ *   out_partial_path    the "<path>.creating" name (-1 with a pending error when too long)
+ *   out_partial_claim   rank 0: creates and locks the partial file, first removing a stale
+ *                       one (unlocked: left by a killed run); refuses one that another run
+ *                       holds. Returns the lock fd (keep it for the whole run) or -1.
+ *   h5out_create_claimed  collective: opens the claimed (empty) file as a new HDF5 file
+ *   h5out_publish       collective, after h5out_flush: links the file to its final name
+ *                       (refusing an existing one; rename where hard links are unsupported)
+ *                       and removes the partial name; the open file, its lock and every
+ *                       rank's handle carry on under the final name. */
+int out_partial_path(const char *path, char *buf, size_t cap);
+int out_partial_claim(const char *partial);
+H5Out *h5out_create_claimed(const char *partial, MPI_Comm comm);
+int h5out_publish(H5Out *h, const char *path, MPI_Comm comm);
+
 /* Collective. Opens an existing result file for writing (--resume). NULL with a pending error
  * when it is not an HDF5 file. In this mode h5out_dataset opens datasets by name and checks
  * their shape instead of creating them. */

@@ -69,7 +69,70 @@ done:
     return rc;
 }
 
-H5Out *h5out_create(const char *path, MPI_Comm comm) {
+static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags);
+
+H5Out *h5out_create(const char *path, MPI_Comm comm) { return create_file(path, comm, H5F_ACC_EXCL); }
+
+H5Out *h5out_create_claimed(const char *partial, MPI_Comm comm) {
+    /* TRUNC: rank 0 created (and locked) the empty file in out_partial_claim */
+    return create_file(partial, comm, H5F_ACC_TRUNC);
+}
+
+int out_partial_path(const char *path, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s.creating", path);
+    return n < 0 || (size_t)n >= cap ? sg_errorf(path, "path too long") : 0;
+}
+
+int out_partial_claim(const char *partial) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open(partial, O_RDWR | O_CREAT | O_EXCL, 0666);
+        if (fd >= 0) {
+            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+            if (fcntl(fd, F_OFD_SETLK, &fl) == 0) return fd;
+            int e = errno;
+            close(fd);
+            return sg_errorf(partial, "cannot lock: %s", strerror(e));
+        }
+        if (errno != EEXIST)
+            return sg_errorf(partial, "cannot create the output file (does its folder exist and is it writable?): %s",
+                             strerror(errno));
+        /* there already: another run creating it (locked), or what a killed run left (unlocked) */
+        int lfd = out_lock_acquire(partial);
+        if (lfd < 0) return -1;
+        int rc = unlink(partial) == 0 ? 0 : -1, e = errno;
+        out_lock_release(lfd);
+        if (rc != 0)
+            return sg_errorf(partial, "cannot remove this half-created result of an interrupted run: %s", strerror(e));
+    }
+    return sg_errorf(partial, "another saegap run keeps creating this file; refusing a second writer");
+}
+
+int h5out_publish(H5Out *h, const char *path, MPI_Comm comm) {
+    int rank, rc = 0;
+    MPI_Comm_rank(comm, &rank);
+    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before naming %s failed", path);
+    if (rank == 0) {
+        if (link(h->path, path) == 0) {
+            if (unlink(h->path) != 0) rc = sg_errorf(h->path, "cannot remove after linking it to %s: %s", path, strerror(errno));
+        } else if (errno == EEXIST) {
+            rc = sg_errorf(path, "output file already exists (created while this run started); refusing to overwrite it");
+        } else if (errno == EPERM || errno == ENOTSUP || errno == EOPNOTSUPP || errno == EMLINK) {
+            /* no hard links on this filesystem: rename, after checking the name is still free */
+            if (access(path, F_OK) == 0)
+                rc = sg_errorf(path, "output file already exists (created while this run started); refusing to overwrite it");
+            else if (rename(h->path, path) != 0)
+                rc = sg_errorf(path, "cannot rename %s to it: %s", h->path, strerror(errno));
+        } else {
+            rc = sg_errorf(path, "cannot give %s its final name: %s", h->path, strerror(errno));
+        }
+    }
+    if (sg_agree(comm, rc)) return -1;
+    free(h->path);
+    h->path = sg_xstrdup(path);
+    return 0;
+}
+
+static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags) {
     quiet_hdf5();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     SG_H5(fapl, "creating a file-access property list");
@@ -78,7 +141,7 @@ H5Out *h5out_create(const char *path, MPI_Comm comm) {
     /* OPTIONAL: metadata reads and writes as collective operations (fewer small I/Os) */
     SG_H5(H5Pset_all_coll_metadata_ops(fapl, 1), "setting collective metadata reads");
     SG_H5(H5Pset_coll_metadata_write(fapl, 1), "setting collective metadata writes");
-    hid_t f = H5Fcreate(path, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    hid_t f = H5Fcreate(path, flags, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (f < 0) {
         sg_errorf(path, access(path, F_OK) == 0 ? "output file already exists; refusing to overwrite it"

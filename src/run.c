@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define LOGIT_BLOCK 64 /* rows per unembedding block: logits stay in cache (PLATFORM-NOTES) */
 
@@ -84,6 +85,7 @@ typedef struct {
     size_t B;                     /* contexts per forward batch */
     UnitLayout layout;
     char tokens_checksum[64], model_checksum[64];
+    char out_partial[4200];       /* "<out>.creating": the new file until its schema is on disk */
 } Run;
 
 static int has_iv(const Run *r, Intervention iv) { return (r->iv_mask >> iv) & 1u; }
@@ -120,7 +122,7 @@ static int check_options(Run *r) {
     struct stat sb;
     if (stat(o->out, &sb) == 0) {
         if (S_ISDIR(sb.st_mode)) return sg_errorf(o->out, "--out is a directory; give a file name");
-        if (!o->resume) return sg_errorf(o->out, "output file already exists; refusing to overwrite it (--resume continues it)");
+        if (!o->resume) return sg_errorf(o->out, "output file already exists; refusing to overwrite it");
     }
     return 0;
 }
@@ -864,6 +866,8 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
     int exists = stat(o->out, &sb) == 0, rc = 0;
     if (MPI_Bcast(&exists, 1, MPI_INT, 0, comm) != MPI_SUCCESS) sg_fatal("MPI", "broadcast failed");
     H5Out *h = NULL;
+    if (out_partial_path(o->out, r->out_partial, sizeof r->out_partial)) rc = -1;
+    if (sg_agree(comm, rc)) return NULL;
     if (exists && o->resume) {
         if (rank == 0) {
             *lock_fd = out_lock_acquire(o->out);
@@ -882,14 +886,23 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         schedule_layout_from(&r->layout, r->ts.n, r->B, r->n_sites, (size_t)bpb, (size_t)groups);
         return h;
     }
+    if (exists) {
+        if (rank == 0) sg_errorf(o->out, "output file already exists; refusing to overwrite it");
+        sg_agree(comm, rank == 0 ? -1 : 0);
+        return NULL;
+    }
+    /* a new file is written as OUT.creating until its schema is on disk (see h5out.h) */
     schedule_layout(&r->layout, r->ts.n, r->B, r->n_sites, size);
-    h = h5out_create(o->out, comm);
-    if (sg_agree(comm, h ? 0 : -1)) return NULL;
     if (rank == 0) {
-        *lock_fd = out_lock_acquire(o->out);
+        *lock_fd = out_partial_claim(r->out_partial);
         rc = *lock_fd < 0 ? -1 : 0;
     }
-    if (sg_agree(comm, rc)) { h5out_close(h); return NULL; }
+    if (sg_agree(comm, rc)) return NULL;
+    h = h5out_create_claimed(r->out_partial, comm);
+    if (sg_agree(comm, h ? 0 : -1)) {
+        if (rank == 0) { unlink(r->out_partial); out_lock_release(*lock_fd); *lock_fd = -1; }
+        return NULL;
+    }
     return h;
 }
 
@@ -950,6 +963,13 @@ int run_command(const Options *o, MPI_Comm comm) {
     const int resuming = h5out_resuming(h);
     if (!resuming && rank == 0) h5out_write_rows(h, r.ds_tokens, 0, r.ts.n, r.ts.ids);
     h5out_flush(h); /* schema on disk before any unit runs: a kill cannot damage metadata */
+    if (!resuming && h5out_publish(h, o->out, comm) != 0) {
+        /* OUT appeared meanwhile: leave it alone, drop this run's partial file */
+        h5out_close(h);
+        if (rank == 0) { unlink(r.out_partial); out_lock_release(lock_fd); }
+        run_free(&r);
+        return 1;
+    }
 
     /* pending units: those without a done flag, block-major */
     size_t n_units = r.layout.n_units, n_pending = 0;
