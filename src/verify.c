@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,7 +143,15 @@ int verify_command(const Options *o, MPI_Comm comm) {
         if (rank == 0) fprintf(stderr, "saegap: error: command line: verify needs a result file: saegap verify RESULT.h5\n");
         return 1;
     }
-    if (rank == 0) {
+    char partial[4200];
+    if (rank == 0 && access(o->positional, F_OK) != 0 && out_partial_path(o->positional, partial, sizeof partial) == 0 &&
+        access(partial, F_OK) == 0) {
+        /* a run was killed while creating the file (see h5out.h): --resume starts it afresh */
+        printf("%s: resumable: not created yet, only %s (a run was interrupted while creating it; the same saegap "
+               "run command with --resume starts it afresh)\n", o->positional, partial);
+        fflush(stdout);
+        status = SAEGAP_VERIFY_RESUMABLE;
+    } else if (rank == 0) {
         V v = {.path = o->positional};
         v.h = h5out_open_readonly(o->positional);
         size_t left = 0, total = 0;
