@@ -421,7 +421,7 @@ def main(argv=None):
     ap.add_argument("-o", "--out", required=True, help="output folder (created)")
     ap.add_argument("--vocab", help="GPT-2 encoder.json / vocab.json, or a folder holding one "
                                     "(default: jobs/demo/tokenizer/encoder.json if present)")
-    ap.add_argument("--site", help="site for the single-site parts (default: the middle one)")
+    ap.add_argument("--site", help="site for the single-site parts (default: the middle residual-stream site)")
     ap.add_argument("--strict", action="store_true", help="stop on any error (for debugging)")
     a = ap.parse_args(argv)
     doc = make_report(a.result, a.out, a.vocab, a.site, a.strict)

@@ -34,14 +34,17 @@ def need_sites(r):
 
 
 def focus_site(r, site=None):
-    """The site used by single-site figures: `site` if given, else the middle one (the
-    post's single-layer analyses use layer 6 of GPT-2 small's 12)."""
+    """The site used by single-site figures: `site` if given, else the middle residual-stream
+    site (the post's single-layer analyses use layer 6 of GPT-2 small's residual stream), else
+    the middle site."""
     if site is not None:
         if site not in r.sites:
             raise ValueError("site %s is not in the file (sites: %s)" % (site, ", ".join(r.sites)))
         return site
     need_sites(r)
-    return r.sites[len(r.sites) // 2]
+    resid = [s for s in r.sites if ".hook_resid_" in s]
+    pool = resid or list(r.sites)
+    return pool[len(pool) // 2]
 
 
 def kl_token(r, site, iv):

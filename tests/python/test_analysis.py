@@ -212,6 +212,17 @@ def test_headline_rendered(tmp_path):
     assert doc.skips  # no recon, examples, ... in this file
 
 
+def test_focus_site_prefers_the_residual_stream(tmp_path):
+    tok = tokens_with_bos(2, 5)
+    kl = {"sae": per_token(0.5, tok), "eps_random": per_token(0.25, tok)}
+    names = ["blocks.%d.%s" % (layer, hook) for layer in range(4) for hook in ("attn.hook_z", "hook_resid_pre")]
+    with open_result(tmp_path, tokens=tok, sites={n: {"kl": dict(kl)} for n in names}) as r:
+        assert sections.focus_site(r) == "blocks.2.hook_resid_pre"
+        assert sections.focus_site(r, "blocks.1.attn.hook_z") == "blocks.1.attn.hook_z"
+    with open_result(tmp_path, name="z.h5", tokens=tok, sites={n: {"kl": dict(kl)} for n in names[::2]}) as r:
+        assert sections.focus_site(r) == "blocks.2.attn.hook_z"
+
+
 def test_headline_printed_by_the_command(tmp_path, capsys):
     from analysis.report import main
     assert main([headline_file(tmp_path), "-o", str(tmp_path / "out")]) == 0
