@@ -279,6 +279,10 @@ int h5out_resuming(const H5Out *h) { return h->resuming; }
 
 H5Out *h5out_open_readonly(const char *path) {
     quiet_hdf5();
+    if (access(path, F_OK) != 0) {
+        sg_errorf(path, "no such file");
+        return NULL;
+    }
     if (H5Fis_hdf5(path) <= 0) {
         sg_errorf(path, "cannot be read as an HDF5 file");
         return NULL;

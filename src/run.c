@@ -681,15 +681,19 @@ static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
                     size_t nr = b * T + t0 + Wk - r0;
                     if (nr > LOGIT_BLOCK) nr = LOGIT_BLOCK;
                     logits_rows(w->logits_block, w, &w->work, m, r0, nr);
+                    /* the block's rows on the rank's threads (unmeasured rows too: cheaper than
+                     * splitting the block); then the records in row order */
+                    double kl_blk[LOGIT_BLOCK], ce_blk[LOGIT_BLOCK];
+                    metrics_kl_ce_threads(gemm_get_threads(), kl_blk, ce_blk, w->logits_clean + r0 * V,
+                                          w->p_clean + r0 * V, &w->lse_clean[r0], &w->p_sum[r0], w->logits_block,
+                                          &w->next[r0], nr, V);
                     for (size_t q = 0; q < nr; q++) {
                         size_t j = r0 + q, o = (b * Wk + (j - b * T - t0)) * S + smp;
                         if (!w->measured[j]) {
                             kl_out[o] = ce_out[o] = NAN;
                             continue;
                         }
-                        double kl, ce;
-                        metrics_kl_ce(&kl, &ce, w->logits_clean + j * V, w->p_clean + j * V, &w->lse_clean[j],
-                                      &w->p_sum[j], w->logits_block + q * V, &w->next[j], 1, V);
+                        double kl = kl_blk[q], ce = ce_blk[q];
                         kl_out[o] = (float)kl, ce_out[o] = (float)ce;
                         size_t c = c0 + b;
                         if (smp == 0 && c < r->n_examples && j - b * T == r->example_pos && s->ds_ex_lp[iv] >= 0) {
@@ -913,7 +917,7 @@ static void checksum_inputs(Run *r) {
              (unsigned long long)fnv1a(FNV_INIT, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t)));
 }
 
-int run_command(const Options *o, MPI_Comm comm) {
+static int run_command_body(const Options *o, MPI_Comm comm) {
     int rank, size;
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &size);
@@ -941,19 +945,6 @@ int run_command(const Options *o, MPI_Comm comm) {
         s->fire = sg_xcalloc(s->F, sizeof(int32_t));
     }
     checksum_inputs(&r);
-
-    /* SIGTERM (Slurm's warning before the time limit): finish or abandon the current unit,
-     * flush, exit with SAEGAP_EXIT_INTERRUPTED so the job script can requeue with --resume.
-     * SIGUSR1 does the same: Open MPI's mpirun and Slurm's srun forward it unchanged to every
-     * rank on every node, whereas a TERM sent to either launcher becomes a kill of the ranks. */
-    struct sigaction sa, old_term, old_int, old_usr1;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_term;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGUSR1, &sa, &old_usr1);
-    g_stop_signal = 0;
 
     if (sg_agree(comm, statistics_pass(&r, comm, rank, size))) { run_free(&r); return 1; }
     int lock_fd = -1;
@@ -1040,9 +1031,36 @@ int run_command(const Options *o, MPI_Comm comm) {
     if (rank == 0) out_lock_release(lock_fd);
     if (rank == 0 && !sg_quiet() && !any_stop)
         fprintf(stderr, "saegap run: wrote %s in %.1f s\n", o->out, MPI_Wtime() - t_start);
+    run_free(&r);
+    return status;
+}
+
+void run_catch_early_stop(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+/* SIGTERM (Slurm's warning before the time limit): finish or abandon the current unit, flush,
+ * exit with SAEGAP_EXIT_INTERRUPTED so the job script can requeue with --resume. SIGUSR1 does the
+ * same: Open MPI's mpirun and Slurm's srun forward it unchanged to every rank on every node,
+ * whereas a TERM sent to either launcher becomes a kill of the ranks. Caught for the whole
+ * command: a signal that arrives while the inputs load is honoured at the first unit (after
+ * the file exists, so that it is resumable). */
+int run_command(const Options *o, MPI_Comm comm) {
+    struct sigaction sa, old_term, old_int, old_usr1;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_term;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGUSR1, &sa, &old_usr1);
+    int status = run_command_body(o, comm);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGUSR1, &old_usr1, NULL);
-    run_free(&r);
+    g_stop_signal = 0; /* a library caller's next run starts afresh */
     return status;
 }

@@ -168,6 +168,8 @@ int verify_command(const Options *o, MPI_Comm comm) {
         else if (status == SAEGAP_VERIFY_RESUMABLE)
             printf("%s: resumable: %zu of %zu units left (the same saegap run command with --resume finishes it)\n",
                    o->positional, left, total);
+        else if (access(o->positional, F_OK) != 0)
+            printf("%s: missing: no such file (exit status %d, as for a damaged file)\n", o->positional, status);
         else
             printf("%s: damaged: %s\n", o->positional, v.why);
         fflush(stdout);
