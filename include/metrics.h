@@ -14,7 +14,7 @@ void metrics_clean(double *lse, float *p, double *p_sum, const float *logits, si
 void metrics_kl_ce(double *kl, double *ce, const float *logits_clean, const float *p_clean, const double *lse_clean,
                    const double *p_sum, const float *logits_iv, const int32_t *next, size_t n, size_t V);
 
-/* metrics_kl_ce on `threads` threads (pthreads; 1 = this thread only). Rows are independent and
+/* metrics_kl_ce on `threads` threads (OpenMP, BLIS's own thread team; 1 = this thread only). Rows are independent and
  * each row is reduced by one thread in the same order, so the values do not depend on the
  * thread count. The vocabulary reduction is most of the run time of models with a small d_model
  * and a large vocabulary: this is what makes --threads-per-rank pay for it as for the GEMMs. */

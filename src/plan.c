@@ -126,7 +126,8 @@ int plan_command(const Options *o, MPI_Comm comm) {
         if ((mask >> IV_MEAN_ABLATION & 1) || (mask >> IV_COV_RANDOM & 1))
             f_stats = n * T * L * layer + ((mask >> IV_COV_RANDOM & 1) ? K * n * T * D * D * 2 : 0);
         double f_total = f_clean + f_iv + f_unembed_iv + f_sae + f_stats;
-        double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9; /* clean + intervened rows */
+        /* clean + intervened rows; the reduction runs on the rank's threads, like the GEMMs */
+        double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9 / threads;
         double t_total = t_gemm + t_kl;
         /* units: as run.c lays them out */
         size_t B = ts.ctx >= 256 ? 1 : 256 / ts.ctx;
