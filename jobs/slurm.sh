@@ -44,12 +44,19 @@ pid=$!
 # srun forward USR1 unchanged to every rank on every node, and saegap treats it as TERM (the
 # ranks finish or abandon their current unit, flush the file and exit 75). A TERM sent to the
 # launcher itself would kill the ranks 1 s later (Open MPI) or at once (srun).
-trap 'echo "saegap slurm: TERM received, asking saegap to checkpoint"; kill -USR1 "$pid" 2>/dev/null' TERM
+got_term=0
+trap 'got_term=1; echo "saegap slurm: TERM received, asking saegap to checkpoint"; kill -USR1 "$pid" 2>/dev/null' TERM
 wait "$pid"
 status=$?
 if [ $status -gt 128 ]; then wait "$pid"; status=$?; fi   # wait was interrupted by the trap
 trap - TERM
 
+# Signalled before the ranks could catch it (they were still starting): nothing was written.
+if [ "$got_term" = 1 ] && [ ! -e "$OUT" ] && [ ! -e "$OUT.creating" ]; then
+  echo "saegap slurm: stopped before $OUT existed; requeueing job ${SLURM_JOB_ID:-?}"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
 # The file itself says what happened (mpirun reports 1 when it was signalled itself).
 "$SAEGAP" verify "$OUT"
 state=$?
