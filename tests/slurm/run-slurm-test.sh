@@ -230,14 +230,29 @@ say "reference: ${REF_S} s on 2 ranks x 1 thread"
 OUT=$W/out.h5
 # --signal/--time override the script's #SBATCH lines: the script's B:TERM@300 with a
 # 5-minute limit would signal at once; here the warning is sent by hand at 40%.
-JOBID=$(sbatch --parsable --ntasks=2 --cpus-per-task=1 --time=5 --signal=B:TERM@30 \
-          --output="$W/job-%j.log" "$SCRIPT" "$W/job.job" "$OUT" --threads-per-rank 1 --quiet) \
-  || fail "sbatch failed"
-JOBID=${JOBID%%;*}
-JOBIDS+=("$JOBID")
-LOG=$W/job-$JOBID.log
-SHOW_ON_FAIL=("$LOG" "$TMP/slurmctld.log" "$TMP/slurmd.log")
-SUBMIT=$(date +%s%N)
+# finished STATE LABEL: true once the job is COMPLETED; fails on a state it cannot leave.
+finished() {
+  case $1 in
+    COMPLETED) return 0 ;;
+    FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)
+      fail "$2 $JOBID ended $1 (Restarts=$restarts)" ;;
+    "") fail "$2 $JOBID vanished from scontrol before COMPLETED was seen" ;;
+  esac
+  return 1
+}
+# submit_job MINUTES: sbatch the batch script on $W/job.job into $OUT with a time limit of
+# MINUTES and the warning 30 s before it; sets JOBID, LOG and SUBMIT.
+submit_job() {
+  JOBID=$(sbatch --parsable --ntasks=2 --cpus-per-task=1 --time="$1" --signal=B:TERM@30 \
+            --output="$W/job-%j.log" "$SCRIPT" "$W/job.job" "$OUT" --threads-per-rank 1 --quiet) \
+    || fail "sbatch --time=$1 failed"
+  JOBID=${JOBID%%;*}
+  JOBIDS+=("$JOBID")
+  LOG=$W/job-$JOBID.log
+  SHOW_ON_FAIL=("$LOG" "$TMP/slurmctld.log" "$TMP/slurmd.log")
+  SUBMIT=$(date +%s%N)
+}
+submit_job 5
 since() { echo $(( ($(date +%s%N) - SUBMIT) / 1000000 )) | awk '{printf "%.1f", $1/1000}'; }
 TIMEOUT=240
 say "submitted job $JOBID: sbatch --ntasks=2 --cpus-per-task=1 --time=5 $SCRIPT $W/job.job $OUT --threads-per-rank 1 --quiet"
@@ -292,12 +307,7 @@ while :; do
       say "  +$(since)s while PENDING: the file is resumable (verify 3), units $bdone/$btotal"
     fi
   fi
-  case $st in
-    COMPLETED) break ;;
-    FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)
-      fail "job $JOBID ended $st (Restarts=$restarts)" ;;
-    "") fail "job $JOBID vanished from scontrol before COMPLETED was seen" ;;
-  esac
+  finished "$st" "job" && break
   [ "$(since | cut -d. -f1)" -lt $TIMEOUT ] || fail "job $JOBID not COMPLETED ${TIMEOUT} s after submission (JobState=$st Restarts=$restarts)"
   sleep 0.25
 done
@@ -339,14 +349,7 @@ if [ $LONG = 1 ]; then
   REF_L=$(make_world "$W" "$N_LONG") || exit 1
   say "long reference: ${REF_L} s on 2 ranks x 1 thread"
   OUT=$W/out.h5
-  JOBID=$(sbatch --parsable --ntasks=2 --cpus-per-task=1 --time=1 --signal=B:TERM@30 \
-            --output="$W/job-%j.log" "$SCRIPT" "$W/job.job" "$OUT" --threads-per-rank 1 --quiet) \
-    || fail "sbatch (long) failed"
-  JOBID=${JOBID%%;*}
-  JOBIDS+=("$JOBID")
-  LOG=$W/job-$JOBID.log
-  SHOW_ON_FAIL=("$LOG" "$TMP/slurmctld.log" "$TMP/slurmd.log")
-  SUBMIT=$(date +%s%N)
+  submit_job 1
   TIMEOUT=900
   say "submitted job $JOBID: sbatch --time=1 --signal=B:TERM@30 (no scancel: Slurm's own warning)"
   last=""
@@ -360,12 +363,7 @@ if [ $LONG = 1 ]; then
       say "  +$(since)s JobState=$st Restarts=${restarts:-?}$extra"
       last="$st/$restarts"
     fi
-    case $st in
-      COMPLETED) break ;;
-      FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED)
-        fail "long job $JOBID ended $st (Restarts=$restarts)" ;;
-      "") fail "long job $JOBID vanished from scontrol before COMPLETED was seen" ;;
-    esac
+    finished "$st" "long job" && break
     [ "$(since | cut -d. -f1)" -lt $TIMEOUT ] || fail "long job $JOBID not COMPLETED ${TIMEOUT} s after submission"
     sleep 0.5
   done
