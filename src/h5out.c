@@ -93,9 +93,16 @@ int out_partial_claim(const char *partial) {
             close(fd);
             return sg_errorf(partial, "cannot lock: %s", strerror(e));
         }
-        if (errno != EEXIST)
-            return sg_errorf(partial, "cannot create the output file (does its folder exist and is it writable?): %s",
-                             strerror(errno));
+        if (errno != EEXIST) {
+            /* name the file the user asked for, not its temporary name */
+            int e = errno;
+            size_t n = strlen(partial) - strlen(".creating");
+            char *out = sg_xstrdup(partial);
+            out[n] = '\0';
+            sg_errorf(out, "cannot create the output file (does its folder exist and is it writable?): %s", strerror(e));
+            free(out);
+            return -1;
+        }
         /* there already: another run creating it (locked), or what a killed run left (unlocked) */
         int lfd = out_lock_acquire(partial);
         if (lfd < 0) return -1;
