@@ -32,14 +32,16 @@ H5Out *h5out_create(const char *path, MPI_Comm comm);
  *   out_partial_path    the "<path>.creating" name (-1 with a pending error when too long)
  *   out_partial_claim   rank 0: creates and locks the partial file, first removing a stale
  *                       one (unlocked: left by a killed run); refuses one that another run
- *                       holds. Returns the lock fd (keep it for the whole run) or -1.
+ *                       holds. Errors name `out`, the file the user asked for. Returns the
+ *                       lock fd (keep it for the whole run) or -1.
  *   h5out_create_claimed  collective: opens the claimed (empty) file as a new HDF5 file
  *   h5out_publish       collective, after h5out_flush: links the file to its final name
  *                       (refusing an existing one; rename where hard links are unsupported)
  *                       and removes the partial name; the open file, its lock and every
  *                       rank's handle carry on under the final name. */
+#define OUT_PARTIAL_MAX 4200 /* a buffer for out_partial_path */
 int out_partial_path(const char *path, char *buf, size_t cap);
-int out_partial_claim(const char *partial);
+int out_partial_claim(const char *out, const char *partial);
 H5Out *h5out_create_claimed(const char *partial, MPI_Comm comm);
 int h5out_publish(H5Out *h, const char *path, MPI_Comm comm);
 

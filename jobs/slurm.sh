@@ -51,8 +51,8 @@ status=$?
 if [ $status -gt 128 ]; then wait "$pid"; status=$?; fi   # wait was interrupted by the trap
 trap - TERM
 
-# Signalled before the ranks could catch it (they were still starting): nothing was written.
-if [ "$got_term" = 1 ] && [ ! -e "$OUT" ] && [ ! -e "$OUT.creating" ]; then
+# Signalled before the result file existed (the ranks were still starting): --resume starts it.
+if [ "$got_term" = 1 ] && [ ! -e "$OUT" ]; then
   echo "saegap slurm: stopped before $OUT existed; requeueing job ${SLURM_JOB_ID:-?}"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0

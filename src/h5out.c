@@ -70,6 +70,7 @@ done:
 }
 
 static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags);
+static int lock_fd(int fd, const char *path);
 
 H5Out *h5out_create(const char *path, MPI_Comm comm) { return create_file(path, comm, H5F_ACC_EXCL); }
 
@@ -83,26 +84,13 @@ int out_partial_path(const char *path, char *buf, size_t cap) {
     return n < 0 || (size_t)n >= cap ? sg_errorf(path, "path too long") : 0;
 }
 
-int out_partial_claim(const char *partial) {
+int out_partial_claim(const char *out, const char *partial) {
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = open(partial, O_RDWR | O_CREAT | O_EXCL, 0666);
-        if (fd >= 0) {
-            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
-            if (fcntl(fd, F_OFD_SETLK, &fl) == 0) return fd;
-            int e = errno;
-            close(fd);
-            return sg_errorf(partial, "cannot lock: %s", strerror(e));
-        }
-        if (errno != EEXIST) {
-            /* name the file the user asked for, not its temporary name */
-            int e = errno;
-            size_t n = strlen(partial) - strlen(".creating");
-            char *out = sg_xstrdup(partial);
-            out[n] = '\0';
-            sg_errorf(out, "cannot create the output file (does its folder exist and is it writable?): %s", strerror(e));
-            free(out);
-            return -1;
-        }
+        if (fd >= 0) return lock_fd(fd, partial);
+        if (errno != EEXIST)
+            return sg_errorf(out, "cannot create the output file (does its folder exist and is it writable?): %s",
+                             strerror(errno));
         /* there already: another run creating it (locked), or what a killed run left (unlocked) */
         int lfd = out_lock_acquire(partial);
         if (lfd < 0) return -1;
@@ -220,6 +208,11 @@ int h5out_get_attr_str(H5Out *h, const char *obj, const char *name, char *buf, s
 int out_lock_acquire(const char *path) {
     int fd = open(path, O_RDWR);
     if (fd < 0) return sg_errorf(path, "cannot open to lock: %s", strerror(errno));
+    return lock_fd(fd, path);
+}
+
+/* Takes the writer lock on fd (open on path): fd, or -1 (fd closed) with a pending error. */
+static int lock_fd(int fd, const char *path) {
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
     if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
         int e = errno;

@@ -3,10 +3,6 @@
 
 #include <math.h>
 
-/* expf of (l - max) <= 0 is exact to ~1 ulp (6e-8 relative), and the sum is kept in double:
- * the log-sum-exp is accurate to ~1e-7 absolute, far inside what float32 logits carry, at a
- * fraction of double exp's cost (it runs over the whole vocabulary for every token and
- * intervention). */
 /* The row's maximum. Sixteen independent running maxima: one chain through a single mx was
  * latency-bound (a quarter of a run's time, measured with perf); these vectorise. A maximum
  * does not depend on the order it is taken in, so the value is the same as the plain loop's. */
@@ -23,6 +19,10 @@ static float row_max(const float *l, size_t V) {
     return mx;
 }
 
+/* expf of (l - max) <= 0 is exact to ~1 ulp (6e-8 relative), and the sum is kept in double:
+ * the log-sum-exp is accurate to ~1e-7 absolute, far inside what float32 logits carry, at a
+ * fraction of double exp's cost (it runs over the whole vocabulary for every token and
+ * intervention). */
 double metrics_lse(const float *l, size_t V) {
     const float mx = row_max(l, V);
     /* four partial sums in a fixed order: same result every run, shorter dependency chains */

@@ -85,7 +85,7 @@ typedef struct {
     size_t B;                     /* contexts per forward batch */
     UnitLayout layout;
     char tokens_checksum[64], model_checksum[64];
-    char out_partial[4200];       /* "<out>.creating": the new file until its schema is on disk */
+    char out_partial[OUT_PARTIAL_MAX]; /* "<out>.creating": the new file until its schema is on disk */
 } Run;
 
 static int has_iv(const Run *r, Intervention iv) { return (r->iv_mask >> iv) & 1u; }
@@ -122,7 +122,7 @@ static int check_options(Run *r) {
     struct stat sb;
     if (stat(o->out, &sb) == 0) {
         if (S_ISDIR(sb.st_mode)) return sg_errorf(o->out, "--out is a directory; give a file name");
-        if (!o->resume) return sg_errorf(o->out, "output file already exists; refusing to overwrite it");
+        if (!o->resume) return sg_errorf(o->out, "output file already exists; refusing to overwrite it (--resume continues it)");
     }
     return 0;
 }
@@ -862,6 +862,14 @@ static void run_free(Run *r) {
     model_free(&r->model);
 }
 
+/* Rank 0, after a failure before the new file got its final name: remove it, release the lock. */
+static void drop_partial(const Run *r, int rank, int *lock_fd) {
+    if (rank != 0) return;
+    unlink(r->out_partial);
+    out_lock_release(*lock_fd);
+    *lock_fd = -1;
+}
+
 /* Opens the result file: a new one, or (--resume) the existing one of the same job. Rank 0
  * holds the writer lock for the whole run. Sets *lock_fd on rank 0. NULL after an error. */
 static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_fd) {
@@ -890,21 +898,18 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         schedule_layout_from(&r->layout, r->ts.n, r->B, r->n_sites, (size_t)bpb, (size_t)groups);
         return h;
     }
-    if (exists) {
-        if (rank == 0) sg_errorf(o->out, "output file already exists; refusing to overwrite it");
-        sg_agree(comm, rank == 0 ? -1 : 0);
-        return NULL;
-    }
-    /* a new file is written as OUT.creating until its schema is on disk (see h5out.h) */
+    /* A new file is written as OUT.creating until its schema is on disk (see h5out.h). An OUT
+     * that exists without --resume was refused by check_options; one that appears since is
+     * refused when the new file is named, in h5out_publish. */
     schedule_layout(&r->layout, r->ts.n, r->B, r->n_sites, size);
     if (rank == 0) {
-        *lock_fd = out_partial_claim(r->out_partial);
+        *lock_fd = out_partial_claim(o->out, r->out_partial);
         rc = *lock_fd < 0 ? -1 : 0;
     }
     if (sg_agree(comm, rc)) return NULL;
     h = h5out_create_claimed(r->out_partial, comm);
     if (sg_agree(comm, h ? 0 : -1)) {
-        if (rank == 0) { unlink(r->out_partial); out_lock_release(*lock_fd); *lock_fd = -1; }
+        drop_partial(r, rank, lock_fd);
         return NULL;
     }
     return h;
@@ -957,7 +962,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     if (!resuming && h5out_publish(h, o->out, comm) != 0) {
         /* OUT appeared meanwhile: leave it alone, drop this run's partial file */
         h5out_close(h);
-        if (rank == 0) { unlink(r.out_partial); out_lock_release(lock_fd); }
+        drop_partial(&r, rank, &lock_fd);
         run_free(&r);
         return 1;
     }
@@ -1035,13 +1040,16 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     return status;
 }
 
-void run_catch_early_stop(void) {
+/* Installs on_term for sig, keeping the previous action in *old (when not NULL). */
+static void catch_stop(int sig, struct sigaction *old) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_term;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(sig, &sa, old);
 }
+
+void run_catch_early_stop(void) { catch_stop(SIGUSR1, NULL); }
 
 /* SIGTERM (Slurm's warning before the time limit): finish or abandon the current unit, flush,
  * exit with SAEGAP_EXIT_INTERRUPTED so the job script can requeue with --resume. SIGUSR1 does the
@@ -1050,13 +1058,10 @@ void run_catch_early_stop(void) {
  * command: a signal that arrives while the inputs load is honoured at the first unit (after
  * the file exists, so that it is resumable). */
 int run_command(const Options *o, MPI_Comm comm) {
-    struct sigaction sa, old_term, old_int, old_usr1;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_term;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGUSR1, &sa, &old_usr1);
+    struct sigaction old_term, old_int, old_usr1;
+    catch_stop(SIGTERM, &old_term);
+    catch_stop(SIGINT, &old_int);
+    catch_stop(SIGUSR1, &old_usr1);
     int status = run_command_body(o, comm);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGINT, &old_int, NULL);

@@ -143,8 +143,9 @@ int verify_command(const Options *o, MPI_Comm comm) {
         if (rank == 0) fprintf(stderr, "saegap: error: command line: verify needs a result file: saegap verify RESULT.h5\n");
         return 1;
     }
-    char partial[4200];
-    if (rank == 0 && access(o->positional, F_OK) != 0 && out_partial_path(o->positional, partial, sizeof partial) == 0 &&
+    char partial[OUT_PARTIAL_MAX];
+    const int present = access(o->positional, F_OK) == 0;
+    if (rank == 0 && !present && out_partial_path(o->positional, partial, sizeof partial) == 0 &&
         access(partial, F_OK) == 0) {
         /* a run was killed while creating the file (see h5out.h): --resume starts it afresh */
         printf("%s: resumable: not created yet, only %s (a run was interrupted while creating it; the same saegap "
@@ -168,7 +169,7 @@ int verify_command(const Options *o, MPI_Comm comm) {
         else if (status == SAEGAP_VERIFY_RESUMABLE)
             printf("%s: resumable: %zu of %zu units left (the same saegap run command with --resume finishes it)\n",
                    o->positional, left, total);
-        else if (access(o->positional, F_OK) != 0)
+        else if (!present)
             printf("%s: missing: no such file (exit status %d, as for a damaged file)\n", o->positional, status);
         else
             printf("%s: damaged: %s\n", o->positional, v.why);
