@@ -26,8 +26,10 @@ typedef struct {
     SaeCfgGeneration generation;
     int apply_b_dec_to_input;
     int rescale_acts_by_decoder_norm;
-    Basis basis;
-    const char *basis_source;      /* where the basis came from, recorded in the result file */
+    Basis basis;                   /* the basis used (docs/basis.md) */
+    Basis cfg_basis;               /* the basis the cfg implies, before --basis */
+    char basis_source[768];        /* where the basis came from (with the cfg's text), recorded per site */
+    char basis_note[1100];         /* kwargs keys ignored because they change no activation, or "" */
     double norm_scaling_factor;    /* expected_average_only_in: 0 until given or estimated */
     const char *norm_scaling_factor_source;
     const float *W_enc;            /* (d_in, d_sae) */

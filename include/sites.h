@@ -1,13 +1,15 @@
 /* sites.h: TransformerLens hook sites, their names, their buffers, and the activation basis.
  *
- * The basis (FIELD-FACTS section 2) is explicit everywhere a site's value is read or written:
- *  SG_BASIS_PROCESSED  TransformerLens's default weight processing (fold_ln,
- *                      center_writing_weights, center_unembed, fold_value_biases):
- *                      residual-stream sites = HF value minus its mean over d_model;
- *                      attn.hook_z = HF z minus (b_V + ln_1.bias @ W_V) per head;
- *                      mlp.hook_post = HF value.
- *  SG_BASIS_RAW        plain Hugging Face values.
- * Writing a processed residual value back into the HF stream is exact because every read of
+ * The basis (FIELD-FACTS section 2, docs/basis.md) is the set of TransformerLens weight-processing
+ * flags that change a hook value, explicit everywhere a site's value is read or written:
+ *  SG_BASIS_CENTER_WRITING_WEIGHTS  residual-stream sites = HF value minus its mean over d_model
+ *  SG_BASIS_FOLD_VALUE_BIASES       attn.hook_z = HF z minus b_V per head, or minus
+ *                                   b_V + ln_1.bias @ W_V when SG_BASIS_FOLD_LN is on too
+ *  SG_BASIS_FOLD_LN                 alone changes no hook value
+ * mlp.hook_post and the log-probs depend on none of them (center_unembed shifts a position's
+ * logits by a constant, so it is not a basis flag). SG_BASIS_PROCESSED = all three
+ * (TransformerLens's from_pretrained default), SG_BASIS_RAW = none (plain Hugging Face values).
+ * Writing a centered residual value back into the HF stream is exact because every read of
  * the residual stream goes through a LayerNorm, which removes the mean.
  */
 #ifndef SAEGAP_SITES_H
@@ -30,14 +32,29 @@ typedef enum {
     SG_SITE_KIND_COUNT
 } SiteKind;
 
-typedef enum { SG_BASIS_PROCESSED, SG_BASIS_RAW, SG_BASIS_COUNT } Basis;
+/* A basis is a set of these flags (bit mask). */
+typedef unsigned Basis;
+enum {
+    SG_BASIS_CENTER_WRITING_WEIGHTS = 1u,
+    SG_BASIS_FOLD_LN = 2u,
+    SG_BASIS_FOLD_VALUE_BIASES = 4u,
+    SG_BASIS_RAW = 0u,
+    SG_BASIS_PROCESSED = 7u,
+    SG_BASIS_FLAG_COUNT = 3,
+};
 
 typedef struct {
     SiteKind kind;
     size_t layer; /* unused for hook_embed / hook_pos_embed */
 } Site;
 
-const char *basis_name(Basis b);        /* "processed" | "raw" */
+/* "processed" (all three flags), "raw" (none), else the flags that are on joined by '+' in the
+ * order center_writing_weights+fold_ln+fold_value_biases. */
+const char *basis_name(Basis b);
+/* TransformerLens's name of flag i (0 <= i < SG_BASIS_FLAG_COUNT) and its bit. */
+const char *basis_flag_name(int i);
+Basis basis_flag_bit(int i);
+/* Parses what basis_name prints, and any '+'-joined set of flag names. 0 or -1. */
 int basis_parse(const char *s, Basis *out);
 
 /* Parses a TransformerLens hook name; checks the layer against n_layer. 0 or -1 with a
@@ -50,7 +67,7 @@ void site_name(char *buf, size_t cap, Site s);
 /* Width of the site's vector: D, or 4D for mlp.hook_post. */
 size_t site_width(Site s, const Gpt2Config *c);
 
-/* Whether the site lives in the residual stream (centered in the processed basis). */
+/* Whether the site lives in the residual stream (centered under center_writing_weights). */
 int site_is_residual(SiteKind k);
 
 /* The HF buffer (B*T rows of site_width) holding the site in the last pass. */
@@ -67,7 +84,7 @@ Site site_at(size_t i);
 /* Writes x (N rows of the site's width, in `basis`) into the site's HF buffer, for the rows
  * with mask[r] != 0 only. Residual-stream values are written as they are (the LayerNorms
  * downstream remove the mean, so a centered value gives TransformerLens's result exactly);
- * processed attn.hook_z adds the folded value bias back. */
+ * attn.hook_z adds back the value bias the basis subtracted. */
 void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
                 size_t N);
 

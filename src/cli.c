@@ -33,7 +33,7 @@ static const OptionSpec OPTIONS[] = {
     {"contexts", OPT_COUNT, OFF(contexts), 1, "N", "use only the first N contexts", "run dump plan"},
     {"sites", OPT_STR, OFF(sites), 0, "A,B,...", "hook names to write (TransformerLens names), or all", "dump"},
     {"logits", OPT_FLAG, OFF(logits), 0, NULL, "also write logits [n, T, vocab]", "dump"},
-    {"basis", OPT_STR, OFF(basis), 0, "processed|raw", "activation basis (default processed = TransformerLens)", "run dump"},
+    {"basis", OPT_STR, OFF(basis), 0, "processed|raw|FLAGS", "activation basis, overriding the SAE cfg (docs/basis.md; FLAGS: e.g. center_writing_weights+fold_value_biases)", "run dump"},
     {"interventions", OPT_STR, OFF(interventions), 0, "LIST", "comma list or all (default all)", "run plan"},
     {"scope", OPT_STR, OFF(scope), 0, "all|position", "intervene at every position (default) or at one", "run plan"},
     {"position", OPT_COUNT, OFF(position), 0, "P", "with --scope position: the position intervened on", "run plan"},

@@ -57,7 +57,8 @@ static int check_options(const Options *o, Basis *basis) {
     if (o->positional) return sg_errorf("command line", "dump takes no positional argument (got '%s')", o->positional);
     *basis = SG_BASIS_PROCESSED;
     if (o->basis && basis_parse(o->basis, basis) != 0)
-        return sg_errorf("--basis", "'%s' is not processed or raw", o->basis);
+        return sg_errorf("--basis", "'%s' is not processed, raw or a '+'-joined set of center_writing_weights, "
+                                    "fold_ln, fold_value_biases", o->basis);
     struct stat sb;
     if (stat(o->out, &sb) == 0)
         return sg_errorf(o->out, S_ISDIR(sb.st_mode) ? "--out is a directory; give a file name"
@@ -115,6 +116,11 @@ int dump_command(const Options *o, MPI_Comm comm) {
         uint64_t dims[3] = {n, T, site_width(sl.sites[i], c)};
         ds_site[i] = h5out_dataset(h, name, H5OUT_F32, 3, dims);
         h5out_attr_str(h, name, "basis", basis_name(basis));
+        for (int f = 0; f < SG_BASIS_FLAG_COUNT; f++) {
+            char key[64];
+            snprintf(key, sizeof key, "basis_%s", basis_flag_name(f));
+            h5out_attr_i64(h, name, key, (basis & basis_flag_bit(f)) != 0);
+        }
     }
     int ds_logits = -1;
     if (o->logits) {

@@ -48,7 +48,11 @@ static int info_sae(const char *dir) {
     printf(", d_in %zu, d_sae %zu\n", s.d_in, s.d_sae);
     printf("  trained on model \"%s\", normalize_activations %s, apply_b_dec_to_input %s\n",
            s.model_name[0] ? s.model_name : "?", sae_norm_name(s.norm), s.apply_b_dec_to_input ? "true" : "false");
-    printf("  activation basis: %s (%s)\n", basis_name(s.basis), s.basis_source);
+    printf("  activation basis: %s (center_writing_weights %d, fold_ln %d, fold_value_biases %d)\n", basis_name(s.basis),
+           (s.basis & SG_BASIS_CENTER_WRITING_WEIGHTS) != 0, (s.basis & SG_BASIS_FOLD_LN) != 0,
+           (s.basis & SG_BASIS_FOLD_VALUE_BIASES) != 0);
+    printf("    from %s\n", s.basis_source);
+    if (s.basis_note[0]) printf("    %s\n", s.basis_note);
     sae_free(&s);
     return 0;
 }

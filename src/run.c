@@ -117,7 +117,8 @@ static int check_options(Run *r) {
     else if (o->bos && strcmp(o->bos, "exclude")) return sg_errorf("--bos", "'%s' is not include or exclude", o->bos);
     if (o->basis) {
         Basis b;
-        if (basis_parse(o->basis, &b)) return sg_errorf("--basis", "'%s' is not processed or raw", o->basis);
+        if (basis_parse(o->basis, &b)) return sg_errorf("--basis", "'%s' is not processed, raw or a '+'-joined set of "
+                                                        "center_writing_weights, fold_ln, fold_value_biases", o->basis);
     }
     struct stat sb;
     if (stat(o->out, &sb) == 0) {
@@ -404,6 +405,11 @@ static void create_schema(Run *r, H5Out *h, int size) {
         h5out_attr_i64(h, g, "apply_b_dec_to_input", a->apply_b_dec_to_input);
         h5out_attr_str(h, g, "basis", basis_name(a->basis));
         h5out_attr_str(h, g, "basis_source", a->basis_source);
+        for (int f = 0; f < SG_BASIS_FLAG_COUNT; f++) {
+            char key[64];
+            snprintf(key, sizeof key, "basis_%s", basis_flag_name(f));
+            h5out_attr_i64(h, g, key, (a->basis & basis_flag_bit(f)) != 0);
+        }
         if (a->norm == SAE_NORM_EXPECTED_AVERAGE) {
             h5out_attr_f64(h, g, "norm_scaling_factor", a->norm_scaling_factor);
             h5out_attr_str(h, g, "norm_scaling_factor_source", a->norm_scaling_factor_source);

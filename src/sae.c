@@ -69,19 +69,55 @@ static void canonical_model_name(char *out, size_t cap, const char *name) {
     if (!strcmp(out, "gpt2-small")) snprintf(out, cap, "gpt2");
 }
 
-/* The basis a site needs given TransformerLens from_pretrained kwargs (defaults true). */
-static int basis_from_kwargs(const cJSON *kw, SiteKind kind, const char *path, Basis *out) {
-    int fold_ln = 1, center = 1, fold_vb = 1;
-    if (bool_key(kw, path, "fold_ln", 1, &fold_ln) || bool_key(kw, path, "center_writing_weights", 1, &center) ||
-        bool_key(kw, path, "fold_value_biases", 1, &fold_vb))
-        return -1;
-    if (site_is_residual(kind)) *out = center ? SG_BASIS_PROCESSED : SG_BASIS_RAW;
-    else if (kind == SG_SITE_ATTN_Z) {
-        if (fold_vb && !fold_ln)
-            return sg_errorf(path, "model_from_pretrained_kwargs folds value biases without fold_ln; "
-                                   "this hook_z basis is not supported (use --basis to override)");
-        *out = fold_vb ? SG_BASIS_PROCESSED : SG_BASIS_RAW;
-    } else *out = SG_BASIS_PROCESSED; /* mlp.hook_post is the same in both */
+/* model_from_pretrained_kwargs keys that change no activation or log-prob (said once, ignored). */
+static const char *const KWARGS_NO_EFFECT[] = {"n_devices", "dtype", "torch_dtype", "device", "move_to_device",
+                                               "center_unembed", "default_prepend_bos", "default_padding_side",
+                                               "trust_remote_code"};
+
+/* The basis SAELens loads the model in for these kwargs (sae_lens/load_model.py):
+ * HookedTransformer.from_pretrained_no_processing(**kwargs), whose processing flags all default
+ * to false; a flag is on only where the dict sets it true (FIELD-FACTS section 2). Keys that
+ * change nothing are listed in s->basis_note; keys that change activations in ways saegap does
+ * not implement are refused by name. */
+static int basis_from_kwargs(Sae *s, const cJSON *kw, const char *path, const char *key_path) {
+    Basis b = SG_BASIS_RAW;
+    char ignored[512] = "", unknown[512] = "";
+    for (const cJSON *it = kw->child; it; it = it->next) {
+        const char *k = it->string;
+        int flag = -1;
+        for (int i = 0; i < SG_BASIS_FLAG_COUNT; i++)
+            if (!strcmp(k, basis_flag_name(i))) flag = i;
+        if (flag >= 0 || !strcmp(k, "center_unembed") || !strcmp(k, "refactor_factored_attn_matrices")) {
+            if (!cJSON_IsBool(it))
+                return sg_errorf(path, "%s.%s must be true or false", key_path, k);
+        }
+        if (flag >= 0) {
+            if (cJSON_IsTrue(it)) b |= basis_flag_bit(flag);
+            continue;
+        }
+        if (!strcmp(k, "refactor_factored_attn_matrices")) {
+            if (cJSON_IsTrue(it))
+                return sg_errorf(path, "%s.refactor_factored_attn_matrices is true: that basis (rotated W_Q, W_K, W_V, "
+                                       "W_O) is not supported", key_path);
+            continue;
+        }
+        if (!strcmp(k, "first_n_layers") || !strcmp(k, "hf_model") || !strcmp(k, "checkpoint_index") ||
+            !strcmp(k, "checkpoint_value"))
+            return sg_errorf(path, "%s.%s: an SAE trained on a modified or other checkpoint of the model is not "
+                                   "supported", key_path, k);
+        int no_effect = 0;
+        for (size_t i = 0; i < sizeof KWARGS_NO_EFFECT / sizeof *KWARGS_NO_EFFECT; i++)
+            no_effect |= !strcmp(k, KWARGS_NO_EFFECT[i]);
+        char *dst = no_effect ? ignored : unknown;
+        size_t len = strlen(dst);
+        snprintf(dst + len, 512 - len, "%s%s", len ? ", " : "", k);
+    }
+    s->basis = b;
+    s->basis_note[0] = 0;
+    if (ignored[0] || unknown[0])
+        snprintf(s->basis_note, sizeof s->basis_note, "%s%s%s%s%s%s", ignored[0] ? "keys " : "", ignored,
+                 ignored[0] ? " change no activation: ignored" : "", ignored[0] && unknown[0] ? "; " : "",
+                 unknown[0] ? unknown : "", unknown[0] ? " unknown to saegap: ignored (check they change no activation)" : "");
     return 0;
 }
 
@@ -207,20 +243,39 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         }
     }
 
-    /* Basis (FIELD-FACTS section 2): --basis, else the cfg's from_pretrained kwargs, else TL default. */
-    const cJSON *kw = get_meta(root, meta, "model_from_pretrained_kwargs");
-    if (opt->has_override) {
-        s->basis = opt->basis;
-        s->basis_source = "--basis";
-    } else if (cJSON_IsObject(kw)) {
-        if (basis_from_kwargs(kw, s->site.kind, path, &s->basis)) goto done;
-        s->basis_source = "cfg model_from_pretrained_kwargs";
+    /* Basis (FIELD-FACTS section 2, docs/basis.md): --basis, else the cfg's kwargs as SAELens
+     * reads them, else TransformerLens's from_pretrained defaults. */
+    const cJSON *kw = get(meta, "model_from_pretrained_kwargs");
+    const char *kw_path = "metadata.model_from_pretrained_kwargs";
+    if (!kw) kw = get(root, "model_from_pretrained_kwargs"), kw_path = "model_from_pretrained_kwargs";
+    if (kw && !cJSON_IsObject(kw) && !cJSON_IsNull(kw)) {
+        sg_errorf(path, "%s must be an object or null", kw_path);
+        goto done;
+    }
+    if (cJSON_IsObject(kw)) {
+        if (basis_from_kwargs(s, kw, path, kw_path)) goto done;
+        char *text = cJSON_PrintUnformatted(kw);
+        snprintf(s->basis_source, sizeof s->basis_source, "cfg.json %s = %s", kw_path, text ? text : "?");
+        cJSON_free(text);
+        if (m && s->basis_note[0] && !opt->has_override) sg_warnf("%s: %s: %s", dir, kw_path, s->basis_note);
+    } else if (kw) { /* null: SAELens passes `kwargs or {}` */
+        s->basis = SG_BASIS_RAW;
+        snprintf(s->basis_source, sizeof s->basis_source, "cfg.json %s = null (SAELens reads it as {})", kw_path);
     } else {
         s->basis = SG_BASIS_PROCESSED;
-        s->basis_source = "default: cfg has no model_from_pretrained_kwargs";
-        if (m)
+        snprintf(s->basis_source, sizeof s->basis_source,
+                 "default: cfg has no model_from_pretrained_kwargs (TransformerLens from_pretrained: all flags on)");
+        if (m && !opt->has_override)
             sg_warnf("%s: cfg has no model_from_pretrained_kwargs; assuming TransformerLens's default weight "
-                 "processing (basis processed; --basis raw to override)", dir);
+                     "processing (basis processed; --basis raw to override)", dir);
+    }
+    s->cfg_basis = s->basis;
+    if (opt->has_override) {
+        s->basis = opt->basis;
+        char from_cfg[sizeof s->basis_source];
+        snprintf(from_cfg, sizeof from_cfg, "%s", s->basis_source);
+        snprintf(s->basis_source, sizeof s->basis_source, "--basis %s (the cfg implies %s: %.*s)", basis_name(s->basis),
+                 basis_name(s->cfg_basis), (int)sizeof from_cfg - 128, from_cfg);
     }
     rc = 0;
 done:

@@ -21,14 +21,51 @@ static const char *const SITE_SUFFIX[SG_SITE_KIND_COUNT] = {
 };
 _Static_assert(SG_SITE_KIND_COUNT == 9, "update SITE_SUFFIX and the canonical order with the enum");
 
-static const char *const BASIS_NAME[SG_BASIS_COUNT] = {[SG_BASIS_PROCESSED] = "processed", [SG_BASIS_RAW] = "raw"};
+/* Recorded in result files (attribute `basis`): lock the names to the bits. */
+static const char *const BASIS_NAME[8] = {
+    [SG_BASIS_RAW] = "raw",
+    [SG_BASIS_CENTER_WRITING_WEIGHTS] = "center_writing_weights",
+    [SG_BASIS_FOLD_LN] = "fold_ln",
+    [SG_BASIS_CENTER_WRITING_WEIGHTS | SG_BASIS_FOLD_LN] = "center_writing_weights+fold_ln",
+    [SG_BASIS_FOLD_VALUE_BIASES] = "fold_value_biases",
+    [SG_BASIS_CENTER_WRITING_WEIGHTS | SG_BASIS_FOLD_VALUE_BIASES] = "center_writing_weights+fold_value_biases",
+    [SG_BASIS_FOLD_LN | SG_BASIS_FOLD_VALUE_BIASES] = "fold_ln+fold_value_biases",
+    [SG_BASIS_PROCESSED] = "processed",
+};
+static const char *const FLAG_NAME[SG_BASIS_FLAG_COUNT] = {"center_writing_weights", "fold_ln", "fold_value_biases"};
+_Static_assert(SG_BASIS_PROCESSED == 7 && SG_BASIS_FLAG_COUNT == 3, "update BASIS_NAME and FLAG_NAME with the flags");
 
-const char *basis_name(Basis b) { return BASIS_NAME[b]; }
+const char *basis_name(Basis b) { return BASIS_NAME[b & SG_BASIS_PROCESSED]; }
+const char *basis_flag_name(int i) { return FLAG_NAME[i]; }
+Basis basis_flag_bit(int i) { return 1u << i; }
 
 int basis_parse(const char *s, Basis *out) {
-    for (int i = 0; i < SG_BASIS_COUNT; i++)
-        if (strcmp(s, BASIS_NAME[i]) == 0) { *out = (Basis)i; return 0; }
-    return -1;
+    for (Basis b = 0; b <= SG_BASIS_PROCESSED; b++)
+        if (strcmp(s, BASIS_NAME[b]) == 0) { *out = b; return 0; }
+    /* any order of '+'-joined flag names, each at most once */
+    Basis b = 0;
+    const char *p = s;
+    while (*p) {
+        size_t len = strcspn(p, "+");
+        int found = -1;
+        for (int i = 0; i < SG_BASIS_FLAG_COUNT; i++)
+            if (strlen(FLAG_NAME[i]) == len && strncmp(p, FLAG_NAME[i], len) == 0) found = i;
+        if (found < 0 || (b & basis_flag_bit(found))) return -1;
+        b |= basis_flag_bit(found);
+        p += len;
+        if (*p == '+' && *++p == '\0') return -1;
+    }
+    if (p == s) return -1;
+    *out = b;
+    return 0;
+}
+
+/* The per-head value bias the basis removes from attn.hook_z, or NULL (FIELD-FACTS section 2:
+ * fold_ln first folds ln_1.bias @ W_V into b_V, then fold_value_biases moves b_V into b_O). */
+static const float *removed_value_bias(const Gpt2Model *m, Site s, Basis basis) {
+    if (s.kind != SG_SITE_ATTN_Z || !(basis & SG_BASIS_FOLD_VALUE_BIASES)) return NULL;
+    if (basis & SG_BASIS_FOLD_LN) return m->value_bias_folded + s.layer * m->cfg.n_embd;
+    return m->layers[s.layer].qkv_b + 2 * m->cfg.n_embd; /* b_V alone */
 }
 
 static int is_global(SiteKind k) { return k == SG_SITE_EMBED || k == SG_SITE_POS_EMBED; }
@@ -93,8 +130,8 @@ void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Bas
     size_t W = site_width(s, &m->cfg);
     const float *src = site_buffer(a, s) + row0 * W;
     memcpy(out, src, N * W * sizeof(float));
-    if (basis == SG_BASIS_RAW) return;
-    if (site_is_residual(s.kind)) {
+    const float *bv = removed_value_bias(m, s, basis);
+    if (site_is_residual(s.kind) && (basis & SG_BASIS_CENTER_WRITING_WEIGHTS)) {
         /* center_writing_weights: subtract the mean over d_model (double accumulation) */
         for (size_t n = 0; n < N; n++) {
             float *x = out + n * W;
@@ -103,9 +140,7 @@ void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Bas
             mean /= (double)W;
             for (size_t i = 0; i < W; i++) x[i] = (float)((double)x[i] - mean);
         }
-    } else if (s.kind == SG_SITE_ATTN_Z) {
-        /* fold_ln + fold_value_biases: z minus (b_V + ln_1.bias @ W_V) */
-        const float *bv = m->value_bias_folded + s.layer * W;
+    } else if (bv) {
         for (size_t n = 0; n < N; n++)
             for (size_t i = 0; i < W; i++) out[n * W + i] -= bv[i];
     }
@@ -125,7 +160,7 @@ void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const f
                 size_t N) {
     size_t W = site_width(s, &m->cfg);
     float *dst = site_buffer(a, s);
-    const float *bv = s.kind == SG_SITE_ATTN_Z && basis == SG_BASIS_PROCESSED ? m->value_bias_folded + s.layer * W : NULL;
+    const float *bv = removed_value_bias(m, s, basis);
     for (size_t n = 0; n < N; n++) {
         if (!mask[n]) continue;
         for (size_t i = 0; i < W; i++) dst[n * W + i] = bv ? x[n * W + i] + bv[i] : x[n * W + i];
