@@ -15,7 +15,7 @@ typedef struct {
     long ctx, contexts, position, window, samples, threads_per_rank, ranks, examples; /* -1 when not given */
     long long seed;
     double latent_noise;        /* --latent-noise (default 0.1) */
-    double norm_scaling_factor; /* --norm-scaling-factor (0 = not given) */
+    const char *norm_scaling_factor; /* --norm-scaling-factor "S" or "SITE=S,..." (NULL = not given) */
     int logits, resume, allow_model_mismatch, quiet, help;
     char *command_line;         /* argv joined, recorded in result files */
     const char *job_file;       /* run/plan JOB_FILE, merged under the command line */

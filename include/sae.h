@@ -31,7 +31,7 @@ typedef struct {
     char basis_source[768];        /* where the basis came from (with the cfg's text), recorded per site */
     char basis_note[1100];         /* kwargs keys ignored because they change no activation, or "" */
     double norm_scaling_factor;    /* expected_average_only_in: 0 until given or estimated */
-    const char *norm_scaling_factor_source;
+    char norm_scaling_factor_source[160];
     const float *W_enc;            /* (d_in, d_sae) */
     const float *b_enc;            /* (d_sae); NULL for gated */
     const float *W_dec;            /* (d_sae, d_in) */
@@ -49,7 +49,6 @@ typedef struct {
     Basis basis;                   /* when has_override */
     int has_override;
     int allow_model_mismatch;
-    double norm_scaling_factor;    /* from --norm-scaling-factor, 0 = not given */
 } SaeLoadOptions;
 
 const char *sae_arch_name(SaeArch a);
@@ -60,6 +59,16 @@ const char *sae_generation_name(SaeCfgGeneration g);
  * model name). 0 or -1 with a pending error naming the folder. */
 int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt);
 void sae_free(Sae *s);
+
+/* --norm-scaling-factor: "S" (every expected_average_only_in SAE) or "SITE=S,SITE=S,..." (SAELens
+ * keeps these factors per SAE in pretrained_saes.yaml as norm_scaling_factor, not in cfg.json).
+ * Checks the syntax: 0 or -1 with a pending error naming the option. */
+int sae_norm_factors_check(const char *spec);
+
+/* Gives each expected_average_only_in SAE its factor from the spec (recorded with its source);
+ * refuses a SITE that names no SAE of the run or an SAE that does not normalise that way. SAEs
+ * without a factor keep 0 (estimated later). */
+int sae_norm_factors_apply(Sae *saes, size_t stride, size_t n, const char *spec);
 
 /* cfg.json only, with no model to check against (`saegap info`). */
 int sae_read_cfg(Sae *s, const char *dir);

@@ -43,7 +43,7 @@ static const OptionSpec OPTIONS[] = {
     {"bos", OPT_STR, OFF(bos), 0, "include|exclude", "measure BOS tokens or not (default exclude)", "run plan"},
     {"seed", OPT_SEED, OFF(seed), 0, "N", "the one seed of every random draw (default 0)", "run plan"},
     {"latent-noise", OPT_POSITIVE_REAL, OFF(latent_noise), 0, "SIGMA", "latent_noise: f_i * exp(SIGMA g_i) on active latents (default 0.1)", "run plan"},
-    {"norm-scaling-factor", OPT_POSITIVE_REAL, OFF(norm_scaling_factor), 0, "S", "expected_average_only_in SAEs: the factor (else estimated from the data)", "run"},
+    {"norm-scaling-factor", OPT_STR, OFF(norm_scaling_factor), 0, "S|SITE=S,...", "expected_average_only_in SAEs: the factor for all, or per site (else estimated from the data)", "run"},
     {"out", OPT_STR, OFF(out), 0, "FILE", "result file (an existing file is refused)", "run dump"},
     {"resume", OPT_FLAG, OFF(resume), 0, NULL, "continue an interrupted run in --out", "run"},
     {"threads-per-rank", OPT_COUNT, OFF(threads_per_rank), 1, "N", "BLIS threads in each rank", "run dump plan"},

@@ -115,6 +115,7 @@ static int check_options(Run *r) {
     r->bos_include = 0;
     if (o->bos && !strcmp(o->bos, "include")) r->bos_include = 1;
     else if (o->bos && strcmp(o->bos, "exclude")) return sg_errorf("--bos", "'%s' is not include or exclude", o->bos);
+    if (o->norm_scaling_factor && sae_norm_factors_check(o->norm_scaling_factor)) return -1;
     if (o->basis) {
         Basis b;
         if (basis_parse(o->basis, &b)) return sg_errorf("--basis", "'%s' is not processed, raw or a '+'-joined set of "
@@ -135,7 +136,6 @@ static int load_saes(Run *r) {
     if (sae_expand_paths(&paths, &n, o->sae, o->n_sae)) return -1;
     SaeLoadOptions lo = {0};
     lo.allow_model_mismatch = o->allow_model_mismatch;
-    lo.norm_scaling_factor = o->norm_scaling_factor;
     if (o->basis) {
         lo.has_override = 1;
         basis_parse(o->basis, &lo.basis);
@@ -158,6 +158,8 @@ static int load_saes(Run *r) {
     }
     for (size_t i = 0; i < n; i++) free(paths[i]);
     free(paths);
+    if (rc == 0 && o->norm_scaling_factor)
+        rc = sae_norm_factors_apply(&r->sites[0].sae, sizeof *r->sites, r->n_sites, o->norm_scaling_factor);
     return rc;
 }
 
@@ -221,9 +223,10 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
         if (rc == 0) rc = sitestats_finish(&st[i], s->name, s->mean, s->chol, &mean_norm);
         if (rc == 0 && s->sae.norm == SAE_NORM_EXPECTED_AVERAGE && s->sae.norm_scaling_factor == 0) {
             s->sae.norm_scaling_factor = sqrt((double)s->d) / mean_norm;
-            s->sae.norm_scaling_factor_source = "estimated: sqrt(d_in) / mean ||x|| over the run's measured tokens";
+            snprintf(s->sae.norm_scaling_factor_source, sizeof s->sae.norm_scaling_factor_source,
+                     "estimated: sqrt(d_in) / mean ||x|| over the run's measured tokens");
             sg_warnf("%s: expected_average_only_in factor not given; estimated %.6g from the data "
-                     "(--norm-scaling-factor to set it)", s->sae.dir, s->sae.norm_scaling_factor);
+                     "(--norm-scaling-factor %s=FACTOR to set it)", s->sae.dir, s->sae.norm_scaling_factor, s->name);
         }
         sitestats_free(&st[i]);
     }

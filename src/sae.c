@@ -283,6 +283,78 @@ done:
     return rc;
 }
 
+/* ---- --norm-scaling-factor ------------------------------------------------------------------ */
+
+static int parse_factor(const char *text, size_t len, double *out) {
+    char buf[64];
+    if (len == 0 || len >= sizeof buf) return -1;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(buf, &end);
+    if (errno || !end || *end || !(v > 0) || v > 1e30) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Calls visit(site, site_len, factor) for each SITE=S item; a bare "S" is site_len 0. */
+static int each_factor(const char *spec, int (*visit)(void *, const char *, size_t, double), void *ctx) {
+    const char *p = spec;
+    if (!strchr(spec, '=')) {
+        double v;
+        if (parse_factor(spec, strlen(spec), &v))
+            return sg_errorf("--norm-scaling-factor", "'%s' is not a positive number or SITE=FACTOR,...", spec);
+        return visit(ctx, spec, 0, v);
+    }
+    for (;;) {
+        size_t len = strcspn(p, ","), site_len = strcspn(p, "=");
+        double v;
+        if (site_len == 0 || site_len >= len || parse_factor(p + site_len + 1, len - site_len - 1, &v))
+            return sg_errorf("--norm-scaling-factor", "'%.*s' is not SITE=FACTOR with a positive FACTOR", (int)len, p);
+        if (visit(ctx, p, site_len, v)) return -1;
+        if (!p[len]) return 0;
+        p += len + 1;
+    }
+}
+
+static int visit_nothing(void *ctx, const char *site, size_t len, double v) { (void)ctx, (void)site, (void)len, (void)v; return 0; }
+
+int sae_norm_factors_check(const char *spec) { return each_factor(spec, visit_nothing, NULL); }
+
+typedef struct { Sae *saes; size_t stride, n; } FactorTargets;
+
+static Sae *sae_at(const FactorTargets *t, size_t i) { return (Sae *)((char *)t->saes + i * t->stride); }
+
+static int visit_apply(void *ctx, const char *site, size_t len, double v) {
+    FactorTargets *t = ctx;
+    int matched = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        Sae *s = sae_at(t, i);
+        char name[128];
+        site_name(name, sizeof name, s->site);
+        if (len && (strlen(name) != len || strncmp(name, site, len) != 0)) continue;
+        matched = 1;
+        if (s->norm != SAE_NORM_EXPECTED_AVERAGE) {
+            if (!len) continue; /* one factor for all: it concerns only the SAEs that use it */
+            return sg_errorf("--norm-scaling-factor", "%s: the SAE %s normalises by %s, not expected_average_only_in",
+                             name, s->dir, sae_norm_name(s->norm));
+        }
+        s->norm_scaling_factor = v;
+        if (len) snprintf(s->norm_scaling_factor_source, sizeof s->norm_scaling_factor_source,
+                          "--norm-scaling-factor %s=%.17g", name, v);
+        else snprintf(s->norm_scaling_factor_source, sizeof s->norm_scaling_factor_source, "--norm-scaling-factor %.17g", v);
+    }
+    if (len && !matched)
+        return sg_errorf("--norm-scaling-factor", "site '%.*s' is not the site of any --sae of this run", (int)len, site);
+    return 0;
+}
+
+int sae_norm_factors_apply(Sae *saes, size_t stride, size_t n, const char *spec) {
+    FactorTargets t = {saes, stride, n};
+    return each_factor(spec, visit_apply, &t);
+}
+
 int sae_read_cfg(Sae *s, const char *dir) {
     memset(s, 0, sizeof *s);
     SaeLoadOptions opt = {0};
@@ -359,10 +431,6 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
             for (size_t j = 0; j < s->d_in; j++) acc += (double)s->W_dec[i * s->d_in + j] * s->W_dec[i * s->d_in + j];
             s->dec_norm[i] = (float)sqrt(acc);
         }
-    }
-    if (s->norm == SAE_NORM_EXPECTED_AVERAGE && opt->norm_scaling_factor > 0) {
-        s->norm_scaling_factor = opt->norm_scaling_factor;
-        s->norm_scaling_factor_source = "--norm-scaling-factor";
     }
     return 0;
 fail:
