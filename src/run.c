@@ -40,8 +40,15 @@ static const char *const RECON_NAME[RC_COUNT] = {"l2_norm_in", "l2_norm_out", "e
 
 /* Aggregate record of one (block, site): sums then counts (docs/output-schema.md). */
 enum { AG_ERR_SQ, AG_X_SQ, AG_XHAT_SQ, AG_X_DOT_XHAT, AG_L0, AG_CE_CLEAN, AG_KL0, AG_CE0 = AG_KL0 + IV_COUNT,
-       AG_X_SUM = AG_CE0 + IV_COUNT }; /* + d sums of x */
-enum { CN_MEASURED, CN_CE_CLEAN, CN_KL0, CN_CE0 = CN_KL0 + IV_COUNT, CN_COUNT = CN_CE0 + IV_COUNT };
+       AG_SCORE = AG_CE0 + IV_COUNT, /* + SC_COUNT sums of SAELens's score passes */
+       AG_X_SUM = AG_SCORE + 5 };     /* + d sums of x */
+enum { CN_MEASURED, CN_CE_CLEAN, CN_KL0, CN_CE0 = CN_KL0 + IV_COUNT, CN_SCORE = CN_CE0 + IV_COUNT,
+       CN_COUNT = CN_SCORE + 5 };
+/* SAELens's kl_div_score and ce_loss_score (sae_lens/evals.py get_recons_loss): means over the
+ * tokens that are not special, of the SAE pass with special tokens left clean and of the
+ * zero-ablation pass that zeroes the site at every position, BOS included. */
+enum { SC_KL_SAE, SC_CE_SAE, SC_KL_ZERO, SC_CE_ZERO, SC_CE_CLEAN, SC_COUNT };
+_Static_assert(SC_COUNT == AG_X_SUM - AG_SCORE && SC_COUNT == CN_COUNT - CN_SCORE, "score slots");
 
 static volatile sig_atomic_t g_stop_signal = 0;
 static void on_term(int sig) { (void)sig; g_stop_signal = 1; }
@@ -81,6 +88,7 @@ typedef struct {
     int scope_position;
     size_t P, W, S;               /* position, window, samples */
     int bos_include;
+    int scores;                   /* sae and zero_ablation run: SAELens's scores are computed */
     size_t Wk;                    /* positions recorded per context: T or W */
     size_t B;                     /* contexts per forward batch */
     UnitLayout layout;
@@ -477,7 +485,7 @@ typedef struct {
     double *lse_clean, *p_sum; /* (N) */
     float *logits_block;  /* (LOGIT_BLOCK, Vp) */
     int32_t *next;        /* (N) next token or -1 */
-    unsigned char *measured, *active; /* (N) */
+    unsigned char *measured, *active, *score_active; /* (N) */
     uint32_t *context, *position;     /* (N) */
     float *x, *x_hat, *f, *out, *x_scratch, *f_scratch; /* (N, d) / (N, F) */
     double *g, *g2;
@@ -511,6 +519,7 @@ static void work_alloc(Work *w, const Run *r, H5Out *h) {
     w->next = sg_xcalloc(N, sizeof(int32_t));
     w->measured = sg_xcalloc(N, 1);
     w->active = sg_xcalloc(N, 1);
+    w->score_active = sg_xcalloc(N, 1);
     w->context = sg_xcalloc(N, sizeof(uint32_t));
     w->position = sg_xcalloc(N, sizeof(uint32_t));
     w->x = sg_xcalloc(N * maxd, sizeof(float));
@@ -538,7 +547,7 @@ static void work_free(Work *w, const Run *r) {
     acts_free(&w->clean);
     acts_free(&w->work);
     void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_block, w->next, w->measured,
-                    w->active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f, w->f_scratch,
+                    w->active, w->score_active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f, w->f_scratch,
                     w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
     for (int iv = 0; iv < IV_COUNT; iv++) free(w->kl_out[iv]), free(w->ce_out[iv]);
@@ -650,6 +659,64 @@ static void site_metrics(Work *w, SiteRun *s, size_t N) {
     }
 }
 
+static int is_special(const Run *r, int32_t tok) { return tok == r->model.cfg.bos_token_id; }
+
+/* SAELens's SAE pass leaves special tokens clean, except at attn.hook_z, whose
+ * all_head_replacement_hook substitutes every position. With --scope all and BOS excluded,
+ * saegap's sae pass is that pass elsewhere: its values are reused, no pass of its own. */
+static int sae_pass_is_saelens(const Run *r, const SiteRun *s) {
+    return !r->scope_position && !r->bos_include && s->sae.site.kind != SG_SITE_ATTN_Z;
+}
+
+/* One of SAELens's score passes on the cached batch: x_rep written at the rows with active != 0,
+ * KL and CE of every row whose token is not special added to score slots kl_slot and kl_slot+1. */
+static void score_pass(Run *r, Work *w, SiteRun *s, const float *x_rep, const unsigned char *active, int kl_slot,
+                       size_t c0, size_t nb) {
+    const Gpt2Model *m = &r->model;
+    const size_t T = r->ts.ctx, N = nb * T, V = m->cfg.vocab_size;
+    const int32_t *ids = r->ts.ids + c0 * T;
+    size_t layer;
+    ForwardStage stage = site_restart(s->sae.site, &layer);
+    restore_from_clean(w, s->sae.site, layer, m->cfg.n_layer);
+    site_write(&w->work, m, s->sae.site, s->sae.basis, x_rep, active, N);
+    gpt2_forward_from(&w->work, m, layer, stage);
+    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
+        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
+        double kl[LOGIT_BLOCK], ce[LOGIT_BLOCK];
+        logits_rows(w->logits_block, w, &w->work, m, r0, nr);
+        metrics_kl_ce_threads(gemm_get_threads(), kl, ce, w->logits_clean + r0 * V, w->p_clean + r0 * V,
+                              &w->lse_clean[r0], &w->p_sum[r0], w->logits_block, &w->next[r0], nr, V);
+        for (size_t q = 0; q < nr; q++) {
+            size_t j = r0 + q;
+            if (is_special(r, ids[j])) continue;
+            repro_add(&s->sums[AG_SCORE + kl_slot], kl[q]), s->counts[CN_SCORE + kl_slot]++;
+            if (w->next[j] >= 0) repro_add(&s->sums[AG_SCORE + kl_slot + 1], ce[q]), s->counts[CN_SCORE + kl_slot + 1]++;
+        }
+    }
+}
+
+/* SAELens's scores need the zero-ablation pass of every position, and, unless the sae pass
+ * already is SAELens's, the SAE pass with special tokens clean and the clean CE over every
+ * position (docs/output-schema.md). */
+static void score_passes(Run *r, Work *w, SiteRun *s, size_t c0, size_t nb) {
+    const size_t T = r->ts.ctx, N = nb * T;
+    const int32_t *ids = r->ts.ids + c0 * T;
+    unsigned char *active = w->score_active;
+    memset(active, 1, N);
+    memset(w->out, 0, N * s->d * sizeof(float));
+    score_pass(r, w, s, w->out, active, SC_KL_ZERO, c0, nb);
+    if (sae_pass_is_saelens(r, s)) return;
+    const int every_position = s->sae.site.kind == SG_SITE_ATTN_Z;
+    for (size_t j = 0; j < N; j++) {
+        active[j] = (unsigned char)(every_position || !is_special(r, ids[j]));
+        if (!is_special(r, ids[j]) && w->next[j] >= 0) {
+            repro_add(&s->sums[AG_SCORE + SC_CE_CLEAN], w->lse_clean[j] - w->logits_clean[j * r->model.cfg.vocab_size + w->next[j]]);
+            s->counts[CN_SCORE + SC_CE_CLEAN]++;
+        }
+    }
+    score_pass(r, w, s, w->x_hat, active, SC_KL_SAE, c0, nb);
+}
+
 /* One site on the cached batch: returns 0, or -1 when a stop was requested mid-way. */
 static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
     const Gpt2Model *m = &r->model;
@@ -722,6 +789,10 @@ static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
         put_rows(w, s->ds_kl[iv], c0, nb, kl_out, Wk * S);
         put_rows(w, s->ds_ce[iv], c0, nb, ce_out, Wk * S);
     }
+    if (r->scores) {
+        if (g_stop_signal) return -1;
+        score_passes(r, w, s, c0, nb);
+    }
     if (s->ds_zscore >= 0) {
         /* (KL_sae - mean_s KL_eps_random) / std_s KL_eps_random, ddof 1 */
         const size_t S = r->S;
@@ -789,7 +860,7 @@ static int run_unit(Run *r, Work *w, size_t unit) {
 static void finish_site(Run *r, H5Out *h, SiteRun *s, MPI_Comm comm, int rank) {
     /* rank 0 reads the records and derives the attributes; every rank writes the same values */
     enum { A_EV, A_RRB, A_L0, A_CE_CLEAN, A_KLS, A_CES, A_DEAD, A_MEAS, A_KL0, A_CE0 = A_KL0 + IV_COUNT,
-           A_COUNT = A_CE0 + IV_COUNT };
+           A_SC = A_CE0 + IV_COUNT, A_COUNT = A_SC + SC_COUNT };
     double v[A_COUNT];
     memset(v, 0, sizeof v);
     double *density = rank == 0 ? sg_xcalloc(s->F, sizeof(double)) : NULL;
@@ -823,8 +894,14 @@ static void finish_site(Run *r, H5Out *h, SiteRun *s, MPI_Comm comm, int rank) {
             v[A_KL0 + i] = repro_value(tot[AG_KL0 + i]) / (double)cnt[CN_KL0 + i];
             v[A_CE0 + i] = repro_value(tot[AG_CE0 + i]) / (double)cnt[CN_CE0 + i];
         }
-        v[A_KLS] = (v[A_KL0 + IV_ZERO_ABLATION] - v[A_KL0 + IV_SAE]) / v[A_KL0 + IV_ZERO_ABLATION];
-        v[A_CES] = (v[A_CE0 + IV_ZERO_ABLATION] - v[A_CE0 + IV_SAE]) / (v[A_CE0 + IV_ZERO_ABLATION] - v[A_CE_CLEAN]);
+        for (int k = 0; k < SC_COUNT; k++)
+            v[A_SC + k] = repro_value(tot[AG_SCORE + k]) / (double)cnt[CN_SCORE + k];
+        if (sae_pass_is_saelens(r, s)) { /* the sae pass and the clean CE are SAELens's own */
+            v[A_SC + SC_KL_SAE] = v[A_KL0 + IV_SAE], v[A_SC + SC_CE_SAE] = v[A_CE0 + IV_SAE];
+            v[A_SC + SC_CE_CLEAN] = v[A_CE_CLEAN];
+        }
+        v[A_KLS] = (v[A_SC + SC_KL_ZERO] - v[A_SC + SC_KL_SAE]) / v[A_SC + SC_KL_ZERO];
+        v[A_CES] = (v[A_SC + SC_CE_ZERO] - v[A_SC + SC_CE_SAE]) / (v[A_SC + SC_CE_ZERO] - v[A_SC + SC_CE_CLEAN]);
         for (size_t i = 0; i < s->F; i++) {
             density[i] = (double)fire[i] / Nm;
             v[A_DEAD] += fire[i] == 0;
@@ -847,9 +924,13 @@ static void finish_site(Run *r, H5Out *h, SiteRun *s, MPI_Comm comm, int rank) {
         snprintf(key, sizeof key, "mean_ce_%s", iv_name((Intervention)i));
         h5out_attr_f64(h, g, key, v[A_CE0 + i]);
     }
-    if (has_iv(r, IV_SAE) && has_iv(r, IV_ZERO_ABLATION)) {
+    if (r->scores) {
+        /* SAELens's names for SAELens's numbers (sae_lens/evals.py) */
+        static const char *const SC_NAME[SC_COUNT] = {"kl_div_with_sae", "ce_loss_with_sae", "kl_div_with_ablation",
+                                                      "ce_loss_with_ablation", "ce_loss_without_sae"};
         h5out_attr_f64(h, g, "kl_div_score", v[A_KLS]);
         h5out_attr_f64(h, g, "ce_loss_score", v[A_CES]);
+        for (int k = 0; k < SC_COUNT; k++) h5out_attr_f64(h, g, SC_NAME[k], v[A_SC + k]);
     }
     if (rank == 0) h5out_write_rows(h, s->ds_density, 0, s->F, density);
     free(density);
@@ -948,6 +1029,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     if (rc == 0) rc = load_saes(&r);
     if (sg_agree(comm, rc)) { run_free(&r); return 1; }
     r.Wk = r.scope_position ? r.W : r.ts.ctx;
+    r.scores = has_iv(&r, IV_SAE) && has_iv(&r, IV_ZERO_ABLATION);
     r.B = batch_contexts(r.ts.ctx);
     r.n_examples = o->examples > 0 ? (size_t)o->examples : 0;
     if (r.n_examples > r.ts.n) r.n_examples = r.ts.n;

@@ -436,6 +436,34 @@ def measured_mask(config, tokens, bos="exclude"):
     return tokens != int(config["bos_token_id"])
 
 
+def saelens_scores(config, params, tokens, site, basis, x_hat, lp_clean):
+    """kl_div_score and ce_loss_score as sae_lens/evals.py computes them
+    (get_recons_loss + get_downstream_reconstruction_metrics): special tokens
+    (here the BOS id) are left out of every mean; the SAE pass keeps them clean
+    (standard_replacement_hook), except at hook_z, where
+    all_head_replacement_hook substitutes every position; the zero-ablation
+    pass zeroes the site at every position (standard_zero_ablate_hook).  CE
+    per token t predicts t+1, masked by token t (SAELens's mask[:, :-1])."""
+    nonspecial = np.asarray(tokens) != int(config["bos_token_id"])
+    sae_rows = np.ones_like(nonspecial) if _kind_of_site(site) == "hook_z" else nonspecial
+    lp_sae = forward_with_patch(config, params, tokens, site, basis,
+                                lambda xb: np.where(sae_rows[..., None], x_hat, xb))
+    lp_zero = forward_with_patch(config, params, tokens, site, basis, lambda xb: np.zeros_like(xb))
+    m_ce = nonspecial[:, :-1]
+
+    def ce(lp):
+        return _next_ce(lp, tokens)[:, :-1][m_ce].mean()
+
+    out = {"kl_div_with_sae": kl_div(lp_clean, lp_sae)[nonspecial].mean(),
+           "kl_div_with_ablation": kl_div(lp_clean, lp_zero)[nonspecial].mean(),
+           "ce_loss_with_sae": ce(lp_sae), "ce_loss_with_ablation": ce(lp_zero),
+           "ce_loss_without_sae": ce(lp_clean)}
+    out["kl_div_score"] = (out["kl_div_with_ablation"] - out["kl_div_with_sae"]) / out["kl_div_with_ablation"]
+    out["ce_loss_score"] = (out["ce_loss_with_ablation"] - out["ce_loss_with_sae"]) / (
+        out["ce_loss_with_ablation"] - out["ce_loss_without_sae"])
+    return out
+
+
 def reference_run(model_dir, sae_dirs, tokens, bos="exclude", interventions=DETERMINISTIC,
                   norm_scaling_factor=None, basis=None, scope="all", position=None,
                   window=16, model=None):
@@ -526,15 +554,6 @@ def reference_run(model_dir, sae_dirs, tokens, bos="exclude", interventions=DETE
                 r["ce"][iv] = np.where(row & ce_mask[:, sl], ce[:, sl], np.nan)
             r["attrs"]["mean_kl_" + iv] = float(np.nanmean(r["kl"][iv]))
         if "sae" in r["kl"] and "zero_ablation" in r["kl"]:
-            kz, ks = np.nanmean(r["kl"]["zero_ablation"]), np.nanmean(r["kl"]["sae"])
-            a["kl_div_score"] = (kz - ks) / kz
-            cm = np.isfinite(r["ce"]["sae"])
-            cz = r["ce"]["zero_ablation"][cm].mean()
-            cs = r["ce"]["sae"][cm].mean()
-            if scope == "all":
-                cc = clean_ce[cm].mean()
-            else:
-                cc = clean_ce[:, position:position + window][cm].mean()
-            a["ce_loss_score"] = (cz - cs) / (cz - cc)
+            a.update(saelens_scores(config, params, tokens, site, b, x_hat, lp_clean))
         res["sites"][site] = r
     return res

@@ -183,7 +183,8 @@ def check_against_reference(res, ref, interventions, tokens, bos="exclude", what
             dl = c["attrs"].get("dead_latents")
             if dl is None or int(anum(dl)) != r["attrs"]["dead_latents"]:
                 errs.append(p + "@dead_latents = %r, want %d" % (dl, r["attrs"]["dead_latents"]))
-        for a in ("kl_div_score", "ce_loss_score"):
+        for a in ("kl_div_score", "ce_loss_score", "kl_div_with_sae", "kl_div_with_ablation",
+                  "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_without_sae"):
             if a in r["attrs"]:
                 cmp_scalar(errs, p + "@" + a, c["attrs"].get(a), r["attrs"][a])
         if astr(c["attrs"].get("basis")) != r["basis"]:
@@ -745,14 +746,22 @@ def test_invariants_from_file(world, random_runs):
             assert (v >= -1e-6).all(), (site, iv, v.min())
         ks, kz = c["kl"]["sae"].astype(np.float64), c["kl"]["zero_ablation"].astype(np.float64)
         assert np.nanmean(kz) > np.nanmean(ks), site
+        cs = c["ce"]["sae"].astype(np.float64)
         a = c["attrs"]
-        kd = (np.nanmean(kz) - np.nanmean(ks)) / np.nanmean(kz)
-        cs, cz = c["ce"]["sae"].astype(np.float64), c["ce"]["zero_ablation"].astype(np.float64)
-        m = np.isfinite(cs)
-        cl = (cz[m].mean() - cs[m].mean()) / (cz[m].mean() - clean[m].mean())
         errs = []
-        cmp_scalar(errs, site + "@kl_div_score", a.get("kl_div_score"), kd, 1e-4)
-        cmp_scalar(errs, site + "@ce_loss_score", a.get("ce_loss_score"), cl, 1e-4)
+        # SAELens's scores from their recorded parts; at sites other than hook_z (where
+        # SAELens substitutes BOS too) the SAE parts are the per-token sae data's means
+        kzs, kss = anum(a.get("kl_div_with_ablation")), anum(a.get("kl_div_with_sae"))
+        czs, css, ccl = (anum(a.get(k)) for k in ("ce_loss_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae"))
+        cmp_scalar(errs, site + "@kl_div_score", a.get("kl_div_score"), (kzs - kss) / kzs, 1e-9)
+        cmp_scalar(errs, site + "@ce_loss_score", a.get("ce_loss_score"), (czs - css) / (czs - ccl), 1e-9)
+        # zeroing BOS too moves the distribution at least as much as zeroing the rest alone
+        assert kzs > 0.5 * np.nanmean(kz), (site, kzs, np.nanmean(kz))
+        if "hook_z" not in site:
+            m = np.isfinite(cs)
+            cmp_scalar(errs, site + "@kl_div_with_sae", kss, float(np.nanmean(ks)), 1e-4)
+            cmp_scalar(errs, site + "@ce_loss_with_sae", css, cs[m].mean(), 1e-4)
+            cmp_scalar(errs, site + "@ce_loss_without_sae", ccl, clean[m].mean(), 1e-4)
         for iv, kl in c["kl"].items():
             cmp_scalar(errs, site + "@mean_kl_" + iv, a.get("mean_kl_" + iv),
                        float(np.nanmean(kl.astype(np.float64))), 1e-4)
