@@ -117,9 +117,15 @@ int plan_command(const Options *o, MPI_Comm comm) {
                     passes += s;
                     if (iv == IV_LATENT_NOISE || iv == IV_SAE_EPS_RANDOM) decodes += s;
                 }
-            n_passes += passes;
-            f_iv += passes * n * T * after * layer;
-            f_unembed_iv += passes * n * Wk * 2 * D * Vp;
+            /* SAELens's scores (sae and zero_ablation run): a zero-ablation pass of every
+             * position, and an SAE pass of their own unless the sae pass is SAELens's (run.c) */
+            double score = 0;
+            if ((mask >> IV_SAE & 1) && (mask >> IV_ZERO_ABLATION & 1))
+                score = 1 + (position || (o->bos && !strcmp(o->bos, "include")) || st.kind == SG_SITE_ATTN_Z);
+            n_passes += passes + score;
+            f_iv += (passes + score) * n * T * after * layer;
+            f_unembed_iv += (passes * Wk + score * T) * n * 2 * D * Vp;
+            kl_rows += score * n * T;
             f_sae += n * T * (4 + 2 * decodes) * (double)saes[i].d_in * (double)saes[i].d_sae;
             kl_rows += passes * n * Wk;
         }

@@ -539,6 +539,87 @@ def test_expected_average_only_in_estimated(world, tmp_path, run_saegap):
     check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what="estimated factor")
 
 
+def test_norm_scaling_factor_per_site(world, tmp_path, run_saegap):
+    """--norm-scaling-factor SITE=FACTOR,...: each expected_average_only_in SAE
+    gets its own factor (SAELens keeps them per SAE in pretrained_saes.yaml),
+    recorded with its source; one without a factor is estimated and says so."""
+    sites = ("blocks.0.hook_mlp_out", "blocks.1.hook_resid_pre", "blocks.2.hook_resid_post")
+    f0, f1 = typical_nsf(world, sites[0], factor=1.3), typical_nsf(world, sites[1], factor=0.7)
+    saes = [build_sae(world, tmp_path / ("s%d" % i), site, "standard", "v6", nsf=nsf,
+                      normalize_activations="expected_average_only_in")
+            for i, (site, nsf) in enumerate(zip(sites, (f0, f1, typical_nsf(world, sites[2], factor=1.0))))]
+    out = tmp_path / "out.h5"
+    p = run_saegap(run_args(world, [s["dir"] for s in saes], out, DET,
+                            ["--norm-scaling-factor", "%s=%r,%s=%r" % (sites[0], f0, sites[1], f1)]))
+    res = read_result(str(out))
+    a = [res["sites"][site]["attrs"] for site in sites]
+    assert anum(a[0]["norm_scaling_factor"]) == f0 and anum(a[1]["norm_scaling_factor"]) == f1
+    assert sites[0] in astr(a[0]["norm_scaling_factor_source"]), a[0]["norm_scaling_factor_source"]
+    assert "estimated" in astr(a[2]["norm_scaling_factor_source"])
+    err = p.stderr.decode(errors="replace")
+    assert any("estimated" in ln and saes[2]["dir"] in ln for ln in err.splitlines()), err
+    assert not any("estimated" in ln and saes[0]["dir"] in ln for ln in err.splitlines()), err
+    f2 = anum(a[2]["norm_scaling_factor"])
+    ref = rr.reference_run(None, [s["dir"] for s in saes], world["tokens"], model=world["model"],
+                           norm_scaling_factor={sites[0]: f0, sites[1]: f1, sites[2]: f2})
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what="per-site factors")
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("blocks.2.hook_resid_pre=1.5", "blocks.2.hook_resid_pre"),       # no SAE on that site
+    ("blocks.0.hook_resid_pre=1.5", "expected_average_only_in"),      # SAE does not normalise so
+    ("blocks.0.hook_resid_pre=-1", "blocks.0.hook_resid_pre=-1"),     # not positive
+    ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_pre"),           # no factor
+    ("1.5,2", "1.5,2"),
+])
+def test_error_norm_scaling_factor_spec(world, tmp_path, run_saegap, good_sae, spec, needle):
+    out = tmp_path / "o.h5"
+    p = run_saegap(run_args(world, [good_sae["dir"]], out, DET, ["--norm-scaling-factor", spec]), check=False)
+    assert_user_error(p, out, needle)
+    assert "--norm-scaling-factor" in p.stderr.decode(errors="replace")
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"fold_ln": "yes"}, "fold_ln"),
+    ({"refactor_factored_attn_matrices": True}, "refactor_factored_attn_matrices"),
+    ({"first_n_layers": 2}, "first_n_layers"),
+    ([True], "model_from_pretrained_kwargs"),
+])
+def test_error_kwargs_not_supported(world, tmp_path, run_saegap, kw, needle):
+    """kwargs that change activations in ways saegap does not implement, or are
+    malformed, are refused naming the key."""
+    d = str(tmp_path / "sae")
+
+    def edit(c):
+        c = dict(c)
+        c["model_from_pretrained_kwargs"] = kw
+        return c
+    make_sae(d, D_MODEL, 32, "blocks.0.hook_resid_pre", generation="flat", cfg_edit=edit)
+    out = tmp_path / "o.h5"
+    p = run_saegap(run_args(world, [d], out, DET), check=False)
+    assert_user_error(p, out, needle)
+    assert "cfg.json" in p.stderr.decode(errors="replace")
+
+
+def test_scores_scope_position(world, tmp_path, run_saegap):
+    """SAELens's scores do not depend on --scope: the same SAE gives the same
+    kl_div_score at --scope position as at --scope all (its own passes)."""
+    s = build_sae(world, tmp_path / "s", "blocks.1.hook_resid_pre", "standard", "v6")
+    vals = []
+    for i, extra in enumerate(([], ["--scope", "position", "--position", "5", "--window", "4"])):
+        out = tmp_path / ("o%d.h5" % i)
+        run_saegap(run_args(world, [s["dir"]], out, "sae,zero_ablation", extra + ["--quiet"]))
+        vals.append(read_result(str(out))["sites"]["blocks.1.hook_resid_pre"]["attrs"])
+    ref = rr.reference_run(None, [s["dir"]], world["tokens"], model=world["model"],
+                           interventions=("sae", "zero_ablation"))["sites"]["blocks.1.hook_resid_pre"]["attrs"]
+    errs = []
+    for a in vals:
+        for k in ("kl_div_score", "ce_loss_score", "kl_div_with_sae", "kl_div_with_ablation",
+                  "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_without_sae"):
+            cmp_scalar(errs, k, a.get(k), ref[k])
+    assert not errs, errs
+
+
 # ================================================================ basis
 
 KW_RAW = {"center_writing_weights": False, "fold_ln": False, "fold_value_biases": False}
