@@ -22,6 +22,7 @@ typedef struct {
     int scale_attn_weights;               /* divide scores by sqrt(Dh) (HF default true) */
     int scale_attn_by_inverse_layer_idx;  /* additionally divide by (layer + 1) */
     long bos_token_id;                    /* config bos_token_id (GPT-2: 50256); -1 if outside the vocab */
+    long eos_token_id, pad_token_id;      /* config's, -1 when absent: special tokens of SAELens's scores */
     char name[256];                       /* _name_or_path, else the folder's name (SAE model check) */
 } Gpt2Config;
 

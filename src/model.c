@@ -101,6 +101,14 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
     if (cJSON_IsNumber(bos)) cfg->bos_token_id = (long)bos->valuedouble;
     if (cfg->bos_token_id < 0 || (size_t)cfg->bos_token_id >= cfg->vocab_size) cfg->bos_token_id = -1;
+    /* SAELens's evals leave out pad, eos and bos tokens (for GPT-2 all 50256) */
+    const char *special[2] = {"eos_token_id", "pad_token_id"};
+    long *special_id[2] = {&cfg->eos_token_id, &cfg->pad_token_id};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, special[i]);
+        *special_id[i] = cJSON_IsNumber(j) && j->valuedouble >= 0 && j->valuedouble < (double)cfg->vocab_size
+                             ? (long)j->valuedouble : -1;
+    }
     const cJSON *nm = cJSON_GetObjectItemCaseSensitive(root, "_name_or_path");
     if (cJSON_IsString(nm) && nm->valuestring[0]) snprintf(cfg->name, sizeof cfg->name, "%s", nm->valuestring);
     else {

@@ -659,7 +659,11 @@ static void site_metrics(Work *w, SiteRun *s, size_t N) {
     }
 }
 
-static int is_special(const Run *r, int32_t tok) { return tok == r->model.cfg.bos_token_id; }
+/* SAELens's ignore_tokens: the tokenizer's pad, eos and bos ids */
+static int is_special(const Run *r, int32_t tok) {
+    const Gpt2Config *c = &r->model.cfg;
+    return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
+}
 
 /* SAELens's SAE pass leaves special tokens clean, except at attn.hook_z, whose
  * all_head_replacement_hook substitutes every position. With --scope all and BOS excluded,

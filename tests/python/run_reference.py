@@ -439,12 +439,13 @@ def measured_mask(config, tokens, bos="exclude"):
 def saelens_scores(config, params, tokens, site, basis, x_hat, lp_clean):
     """kl_div_score and ce_loss_score as sae_lens/evals.py computes them
     (get_recons_loss + get_downstream_reconstruction_metrics): special tokens
-    (here the BOS id) are left out of every mean; the SAE pass keeps them clean
+    (the config's bos, eos and pad ids) are left out of every mean; the SAE pass keeps them clean
     (standard_replacement_hook), except at hook_z, where
     all_head_replacement_hook substitutes every position; the zero-ablation
     pass zeroes the site at every position (standard_zero_ablate_hook).  CE
     per token t predicts t+1, masked by token t (SAELens's mask[:, :-1])."""
-    nonspecial = np.asarray(tokens) != int(config["bos_token_id"])
+    special = [config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
+    nonspecial = ~np.isin(np.asarray(tokens), [int(t) for t in special if t is not None])
     sae_rows = np.ones_like(nonspecial) if _kind_of_site(site) == "hook_z" else nonspecial
     lp_sae = forward_with_patch(config, params, tokens, site, basis,
                                 lambda xb: np.where(sae_rows[..., None], x_hat, xb))
