@@ -71,8 +71,7 @@ static void canonical_model_name(char *out, size_t cap, const char *name) {
 
 /* model_from_pretrained_kwargs keys that change no activation or log-prob (said once, ignored). */
 static const char *const KWARGS_NO_EFFECT[] = {"n_devices", "dtype", "torch_dtype", "device", "move_to_device",
-                                               "center_unembed", "default_prepend_bos", "default_padding_side",
-                                               "trust_remote_code"};
+                                               "default_prepend_bos", "default_padding_side", "trust_remote_code"};
 
 /* The basis SAELens loads the model in for these kwargs (sae_lens/load_model.py):
  * HookedTransformer.from_pretrained_no_processing(**kwargs), whose processing flags all default
@@ -95,6 +94,7 @@ static int basis_from_kwargs(Sae *s, const cJSON *kw, const char *path, const ch
             if (cJSON_IsTrue(it)) b |= basis_flag_bit(flag);
             continue;
         }
+        if (!strcmp(k, "center_unembed")) continue; /* a processing flag, but it changes no log-prob */
         if (!strcmp(k, "refactor_factored_attn_matrices")) {
             if (cJSON_IsTrue(it))
                 return sg_errorf(path, "%s.refactor_factored_attn_matrices is true: that basis (rotated W_Q, W_K, W_V, "

@@ -289,7 +289,7 @@ def random_replacements(iv, x, x_hat, f, draw, L=None, decode=None, sigma=0.1):
 
 def reference_random_run(model_dir, sae_dirs, tokens, seed=0, bos="exclude", interventions=rr.RANDOM,
                          samples=1, latent_noise_sigma=0.1, norm_scaling_factor=None, basis=None,
-                         scope="all", position=None, window=16, model=None, context0=0):
+                         scope="all", position=None, window=16, model=None, context0=0, forward=None):
     """Per-token KL / CE of the random interventions, as `saegap run --seed
     seed --samples samples` writes them.
 
@@ -297,7 +297,10 @@ def reference_random_run(model_dir, sae_dirs, tokens, seed=0, bos="exclude", int
     "ce": {iv: arr}, "attrs": {"mean_kl_<iv>", "mean_ce_<iv>"}, "chol", ...}}}
     with arr [n, T] (scope all) or [n, window] (scope position), plus a
     trailing axis of `samples` when samples > 1.  context0: global index of
-    the first row of `tokens`."""
+    the first row of `tokens`.  forward: None (run_reference's forward in the
+    basis of each cfg or `basis`), or forward(sae_dir, site, patch_fn, capture)
+    -> log-probs, a forward pass whose hook values are the SAE's basis (e.g.
+    tl_reference.TLModel with SAELens's flags)."""
     if model is None:
         config, params = load_model(model_dir)
     else:
@@ -326,8 +329,14 @@ def reference_random_run(model_dir, sae_dirs, tokens, seed=0, bos="exclude", int
         b = rr.sae_basis(cfg, basis)
         nsf = norm_scaling_factor.get(site) if isinstance(norm_scaling_factor, dict) else norm_scaling_factor
         sid = site_index(site)
+        if forward is None:
+            def fwd(site_, patch, capture, b=b):
+                return rr.forward_with_patch(config, params, tokens, site_, b, patch, capture=capture)
+        else:
+            def fwd(site_, patch, capture, sdir=sdir):
+                return forward(sdir, site_, patch, capture)
         cap = {}
-        rr.forward_with_patch(config, params, tokens, site, b, None, capture=cap)
+        fwd(site, None, cap)
         x = cap[site]
         parts = rr.sae_parts(cfg, sp, x, nsf)
         f, x_hat = parts["f"], parts["x_hat"]
@@ -349,7 +358,7 @@ def reference_random_run(model_dir, sae_dirs, tokens, seed=0, bos="exclude", int
                 def patch(xb, rep=rep):
                     return np.where(pmask[..., None], rep, xb)
 
-                lp = rr.forward_with_patch(config, params, tokens, site, b, patch)
+                lp = fwd(site, patch, None)
                 kl = rr.kl_div(lp_clean, lp)
                 ce = rr._next_ce(lp, tokens)
                 if scope == "all":
