@@ -563,6 +563,15 @@ def test_norm_scaling_factor_per_site(world, tmp_path, run_saegap):
     ref = rr.reference_run(None, [s["dir"] for s in saes], world["tokens"], model=world["model"],
                            norm_scaling_factor={sites[0]: f0, sites[1]: f1, sites[2]: f2})
     check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what="per-site factors")
+    # the job-file key takes the same list
+    job = tmp_path / "f.job"
+    job.write_text("norm-scaling-factor = %s=%r,%s=%r\n" % (sites[0], f0, sites[1], f1))
+    out2 = tmp_path / "out2.h5"
+    run_saegap(["run", str(job)] + run_args(world, [s["dir"] for s in saes], out2, DET, ["--quiet"])[1:])
+    b = read_result(str(out2))["sites"]
+    for site in sites[:2]:
+        assert anum(b[site]["attrs"]["norm_scaling_factor"]) == anum(res["sites"][site]["attrs"]["norm_scaling_factor"])
+        assert astr(b[site]["attrs"]["norm_scaling_factor_source"]) == astr(res["sites"][site]["attrs"]["norm_scaling_factor_source"])
 
 
 @pytest.mark.parametrize("spec,needle", [
