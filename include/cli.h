@@ -25,9 +25,11 @@ typedef struct {
 } Options;
 
 /* 0, or -1 with a pending error naming the option. argv[0] is the program, argv[1] the command.
- * For run and plan, a positional JOB_FILE holds the same settings as the options, one
- * `key = value` per line with the long option names (INI syntax, read with inih; `sae` may
- * repeat; flags take true/false); options on the command line override it. */
+ * Each option is given once (--sae may repeat; a repeated --help is ignored). For run and
+ * plan, a positional JOB_FILE holds the same settings as the options, one `key = value` per
+ * line with the long option names (syntax: jobfile.h, docs/cluster.md); each key once except
+ * `sae`, and a repeated key is refused naming both lines; flags take true/false/yes/no/1/0;
+ * an option on the command line replaces the file's key (all its `sae` lines for --sae). */
 int cli_parse(Options *o, int argc, char **argv);
 void cli_free(Options *o);
 void cli_print_help(FILE *f, const char *command);

@@ -2,10 +2,10 @@
 #include "cli.h"
 
 #include "error.h"
+#include "jobfile.h"
 
 #include <errno.h>
 #include <getopt.h>
-#include <ini.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -79,38 +79,51 @@ void cli_print_help(FILE *f, const char *command) {
                "docs: README.md, docs/ (result-file layout: docs/result-file.md)\n");
 }
 
-static int parse_long(const char *opt, const char *arg, long min, long *out) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(arg, &end, 10);
-    if (errno || !end || *end != '\0' || end == arg || v < min || v > INT_MAX)
-        return sg_errorf("command line", "--%s '%s' is not an integer >= %ld", opt, arg, min);
-    *out = v;
-    return 0;
+#define SHOWN_MAX 96
+/* An option's value as a message shows it: at most about 60 bytes, cut at a UTF-8 boundary. */
+static const char *shown(const char *v, char out[SHOWN_MAX]) {
+    size_t n = strlen(v);
+    if (n <= 64) return v;
+    size_t k = 57;
+    while (k > 0 && ((unsigned char)v[k] & 0xC0) == 0x80) k--;
+    snprintf(out, SHOWN_MAX, "%.*s... (%zu bytes)", (int)k, v, n);
+    return out;
 }
 
-/* Stores one option's value (from argv or the job file) into o. */
-static int apply_option(Options *o, size_t idx, const char *value, const char *where) {
+/* Option idx may be given more than once: --sae adds a folder each time; --help is harmless. */
+static int repeatable(size_t idx) { return OPTIONS[idx].kind == OPT_LIST || !strcmp(OPTIONS[idx].name, "help"); }
+
+/* Stores one option's value into o. where is "command line" (the option is named --NAME) or
+ * "JOB_FILE: line N" (named NAME, as the file spells it). */
+static int apply_option(Options *o, size_t idx, const char *value, const char *where, const char *dashes) {
     const OptionSpec *s = &OPTIONS[idx];
     char *field = (char *)o + s->offset;
+    char buf[SHOWN_MAX];
     o->given |= 1ull << idx;
     switch (s->kind) {
     case OPT_STR: *(const char **)field = value; break;
     case OPT_FLAG:
         if (!value || !strcasecmp(value, "true") || !strcasecmp(value, "yes") || !strcmp(value, "1")) *(int *)field = 1;
         else if (!strcasecmp(value, "false") || !strcasecmp(value, "no") || !strcmp(value, "0")) *(int *)field = 0;
-        else return sg_errorf(where, "%s '%s' is not true or false", s->name, value);
+        else
+            return sg_errorf(where, "%s%s '%s' is not true or false (also yes/no, 1/0)", dashes, s->name,
+                             shown(value, buf));
         break;
     case OPT_COUNT:
-    case OPT_INT:
-        if (parse_long(s->name, value, s->min, (long *)field)) return -1;
-        break;
+    case OPT_INT: {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || !end || *end != '\0' || end == value || v < s->min || v > INT_MAX)
+            return sg_errorf(where, "%s%s '%s' is not an integer >= %ld", dashes, s->name, shown(value, buf), s->min);
+        *(long *)field = v;
+    } break;
     case OPT_SEED: {
         char *end = NULL;
         errno = 0;
         long long v = strtoll(value, &end, 10);
         if (errno || !end || *end || end == value || v < 0)
-            return sg_errorf(where, "--seed '%s' is not a non-negative integer", value);
+            return sg_errorf(where, "%s%s '%s' is not a non-negative integer", dashes, s->name, shown(value, buf));
         o->seed = v;
     } break;
     case OPT_POSITIVE_REAL: {
@@ -118,7 +131,7 @@ static int apply_option(Options *o, size_t idx, const char *value, const char *w
         errno = 0;
         double v = strtod(value, &end);
         if (errno || !end || *end || end == value || !(v > 0) || v > 1e30)
-            return sg_errorf(where, "--%s '%s' is not a positive number", s->name, value);
+            return sg_errorf(where, "%s%s '%s' is not a positive number", dashes, s->name, shown(value, buf));
         *(double *)field = v;
     } break;
     case OPT_LIST:
@@ -129,45 +142,48 @@ static int apply_option(Options *o, size_t idx, const char *value, const char *w
     return 0;
 }
 
-typedef struct {
-    Options *job;
-    const char *path;
-    char error[512];
-} JobParse;
-
-static int job_handler(void *user, const char *section, const char *name, const char *value) {
-    JobParse *jp = user;
-    if (section && section[0]) {
-        snprintf(jp->error, sizeof jp->error, "sections are not used ([%s]); write key = value lines", section);
-        return 0;
-    }
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        if (strcmp(OPTIONS[i].name, name) != 0) continue;
-        if (!strcmp(name, "help") || !strcmp(name, "resume")) break; /* per-invocation, not part of a job */
-        Options *o = jp->job;
-        char *v = sg_xstrdup(value);
-        o->owned = sg_xrealloc(o->owned, (o->n_owned + 1) * sizeof *o->owned);
-        o->owned[o->n_owned++] = v;
-        if (apply_option(o, i, v, jp->path) != 0) {
-            snprintf(jp->error, sizeof jp->error, "%s", sg_error_message());
-            sg_error_clear();
-            return 0;
+/* Applies the job file's entries to job: each key once (sae may repeat), each a known option. */
+static int apply_job_entries(Options *job, const JobFile *jf, const char *path) {
+    size_t first_line[N_OPTIONS] = {0};
+    size_t where_len = strlen(path) + 32;
+    char *where = sg_xrealloc(NULL, where_len);
+    int rc = 0;
+    for (size_t k = 0; k < jf->n && rc == 0; k++) {
+        const JobEntry *e = &jf->entry[k];
+        char buf[SHOWN_MAX];
+        snprintf(where, where_len, "%s: line %zu", path, e->line);
+        size_t i = 0;
+        while (i < N_OPTIONS && strcmp(OPTIONS[i].name, e->key) != 0) i++;
+        if (i == N_OPTIONS) {
+            rc = sg_errorf(where, "unknown key '%s' (keys are the long option names of saegap run --help)",
+                           shown(e->key, buf));
+        } else if (!strcmp(e->key, "help") || !strcmp(e->key, "resume")) {
+            rc = sg_errorf(where, "'%s' belongs to one invocation, not to a job: give --%s on the command line",
+                           e->key, e->key);
+        } else if (first_line[i] && !repeatable(i)) {
+            rc = sg_errorf(path, "key '%s' is given twice, on line %zu and line %zu; give it once (only sae repeats)",
+                           e->key, first_line[i], e->line);
+        } else {
+            if (!first_line[i]) first_line[i] = e->line;
+            char *v = sg_xstrdup(e->value);
+            job->owned = sg_xrealloc(job->owned, (job->n_owned + 1) * sizeof *job->owned);
+            job->owned[job->n_owned++] = v;
+            rc = apply_option(job, i, v, where, "");
         }
-        return 1;
     }
-    snprintf(jp->error, sizeof jp->error, "unknown key '%s' (keys are the long option names of saegap run --help)", name);
-    return 0;
+    free(where);
+    return rc;
 }
 
-/* Reads JOB_FILE and fills every option the command line did not give. */
+/* Reads JOB_FILE and fills every option the command line did not give (a command-line option
+ * replaces the key: for sae, every sae line). */
 static int merge_job_file(Options *o, const char *path) {
+    JobFile jf;
+    if (jobfile_read(&jf, path)) return -1;
     Options job;
     memset(&job, 0, sizeof job);
-    JobParse jp = {.job = &job, .path = path};
-    int line = ini_parse(path, job_handler, &jp);
-    int rc = 0;
-    if (line == -1) rc = sg_errorf(path, "cannot open the job file");
-    else if (line != 0) rc = sg_errorf(path, "line %d: %s", line, jp.error[0] ? jp.error : "not a key = value line");
+    int rc = apply_job_entries(&job, &jf, path);
+    jobfile_free(&jf);
     if (rc == 0) {
         for (size_t i = 0; i < N_OPTIONS; i++) {
             if (!(job.given >> i & 1) || (o->given >> i & 1)) continue;
@@ -224,6 +240,7 @@ int cli_parse(Options *o, int argc, char **argv) {
     opterr = 0;
     int sub_argc = argc - 1;
     char **sub_argv = argv + 1;
+    const char *first_arg[N_OPTIONS] = {0};
     int c;
     while ((c = getopt_long(sub_argc, sub_argv, ":h", longopts, NULL)) != -1) {
         if (c == 'h') { o->help = 1; continue; }
@@ -232,7 +249,17 @@ int cli_parse(Options *o, int argc, char **argv) {
             return sg_errorf("command line", "unknown option '%s' (saegap %s --help lists them)", bad, o->command);
         }
         if (c == ':') return sg_errorf("command line", "option '%s' needs a value", sub_argv[optind - 1]);
-        if (apply_option(o, (size_t)(c - 256), optarg, "command line")) return -1;
+        size_t idx = (size_t)(c - 256);
+        if ((o->given >> idx & 1) && !repeatable(idx)) {
+            char b1[SHOWN_MAX], b2[SHOWN_MAX];
+            if (OPTIONS[idx].kind == OPT_FLAG)
+                return sg_errorf("command line", "--%s is given twice; give it once (only --sae repeats)",
+                                 OPTIONS[idx].name);
+            return sg_errorf("command line", "--%s is given twice ('%s', then '%s'); give it once (only --sae repeats)",
+                             OPTIONS[idx].name, shown(first_arg[idx], b1), shown(optarg, b2));
+        }
+        first_arg[idx] = optarg;
+        if (apply_option(o, idx, optarg, "command line", "--")) return -1;
     }
     if (optind < sub_argc) o->positional = sub_argv[optind++];
     if (optind < sub_argc) return sg_errorf("command line", "unexpected argument '%s'", sub_argv[optind]);
