@@ -11,8 +11,8 @@ PACKAGES=(
   libhdf5-openmpi-dev hdf5-tools
   libscalapack-openmpi-dev
   libblis-dev
-  # JSON parser for config.json / cfg.json / safetensors headers; INI parser for job files
-  libcjson-dev libinih-dev
+  # JSON parser for config.json / cfg.json / safetensors headers (job files: src/jobfile.c)
+  libcjson-dev
   # counter-based random streams (Philox)
   librandom123-dev
   # tests and analysis/ (Debian's /usr/bin/python3 only)
