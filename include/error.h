@@ -38,9 +38,24 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
     __attribute__((format(printf, 4, 5)));
 #define sg_fatal(where, ...) sg_fatal_at(__FILE__, __LINE__, where, __VA_ARGS__)
 
-/* Allocation that never returns NULL (fatal on failure), 64-byte aligned, zeroed. */
+/* Checked size arithmetic: every size, offset, count and product that comes from a file goes
+ * through these before it is used. Same sense as the GCC builtins they wrap: 0 with the exact
+ * result in *out, or 1 when the true result does not fit size_t (then *out must not be used). */
+static inline int sg_mul_overflow(size_t a, size_t b, size_t *out) { return __builtin_mul_overflow(a, b, out); }
+static inline int sg_add_overflow(size_t a, size_t b, size_t *out) { return __builtin_add_overflow(a, b, out); }
+
+/* Allocation that never returns NULL (fatal on failure), 64-byte aligned, zeroed. A request whose
+ * byte count overflows, or that exceeds the machine's memory (RAM + swap: it is zeroed, so every
+ * page would be touched), is refused before allocating, with a message naming the file set by
+ * sg_alloc_for when there is one. */
 void *sg_xcalloc(size_t count, size_t size);
 void *sg_xrealloc(void *p, size_t size);
+void *sg_xreallocarray(void *p, size_t count, size_t size); /* realloc of count * size, checked */
 char *sg_xstrdup(const char *s);
+
+/* Names the file whose declared sizes the following allocations serve (a loader sets it while it
+ * reads a file), so that running out of memory names that file; NULL clears it. Returns the
+ * previous name for the caller to restore. The string must outlive its use. */
+const char *sg_alloc_for(const char *where);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysinfo.h>
 
 static char g_error[SG_ERROR_MAX];
 static MPI_Comm g_comm = MPI_COMM_NULL;
@@ -87,21 +88,73 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
     exit(1);
 }
 
+static const char *g_alloc_for = NULL;
+
+const char *sg_alloc_for(const char *where) {
+    const char *prev = g_alloc_for;
+    g_alloc_for = where;
+    return prev;
+}
+
+/* RAM + swap in bytes (0 when unknown): an upper bound of what a zeroed allocation can get. */
+static double machine_memory(void) {
+    static double total = -1;
+    if (total < 0) {
+        struct sysinfo si;
+        total = sysinfo(&si) == 0 ? ((double)si.totalram + (double)si.totalswap) * (double)si.mem_unit : 0;
+    }
+    return total;
+}
+
+/* "12.5 MB", "8796 GB" */
+static const char *size_text(char *buf, size_t cap, double bytes) {
+    if (bytes < 1e9) snprintf(buf, cap, "%.4g MB", bytes / 1e6);
+    else snprintf(buf, cap, "%.4g GB", bytes / 1e9);
+    return buf;
+}
+
+_Noreturn static void alloc_failed(const char *why, double bytes) {
+    char b[32];
+    if (g_alloc_for)
+        sg_fatal(g_alloc_for, "%s %s for what this file declares (is the file damaged?)", why, size_text(b, sizeof b, bytes));
+    sg_fatal("memory", "%s %s", why, size_text(b, sizeof b, bytes));
+}
+
+/* Refuses a request of `bytes` before trying when it cannot be met. */
+static void check_request(size_t bytes) {
+    double mem = machine_memory();
+    if (mem > 0 && (double)bytes > mem) {
+        char b[32], m[32];
+        sg_fatal(g_alloc_for ? g_alloc_for : "memory", "needs %s of memory, more than this machine has (%s)%s",
+                 size_text(b, sizeof b, (double)bytes), size_text(m, sizeof m, mem),
+                 g_alloc_for ? " (is the file damaged?)" : "");
+    }
+}
+
 void *sg_xcalloc(size_t count, size_t size) {
     if (count == 0 || size == 0) count = size = 1;
-    if (count > (size_t)-1 / size) sg_fatal("memory", "allocation of %zu x %zu bytes overflows", count, size);
-    size_t bytes = count * size;
-    size_t padded = (bytes + 63) / 64 * 64;
+    size_t bytes, padded;
+    if (sg_mul_overflow(count, size, &bytes) || sg_add_overflow(bytes, 63, &padded))
+        alloc_failed("cannot allocate", (double)count * (double)size);
+    padded = padded / 64 * 64;
+    check_request(padded);
     void *p = aligned_alloc(64, padded);
-    if (!p) sg_fatal("memory", "out of memory allocating %.1f MB", (double)bytes / 1e6);
+    if (!p) alloc_failed("out of memory allocating", (double)bytes);
     memset(p, 0, padded);
     return p;
 }
 
 void *sg_xrealloc(void *p, size_t size) {
+    if (size) check_request(size);
     void *q = realloc(p, size ? size : 1);
-    if (!q) sg_fatal("memory", "out of memory allocating %.1f MB", (double)size / 1e6);
+    if (!q) alloc_failed("out of memory allocating", (double)size);
     return q;
+}
+
+void *sg_xreallocarray(void *p, size_t count, size_t size) {
+    size_t bytes;
+    if (sg_mul_overflow(count, size, &bytes)) alloc_failed("cannot allocate", (double)count * (double)size);
+    return sg_xrealloc(p, bytes);
 }
 
 char *sg_xstrdup(const char *s) {
