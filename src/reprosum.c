@@ -7,21 +7,56 @@
 
 #define REPRO_SCALE_BITS 40
 
-void repro_add(ReproSum *acc, double v) {
-    double scaled = ldexp(v, REPRO_SCALE_BITS);
-    if (!(fabs(scaled) < 0x1p126)) sg_fatal("reprosum", "value %g is outside the accumulator's range", v);
-    *acc += (ReproSum)nearbyint(scaled);
+int repro_overflowed(ReproSum acc) { return acc == REPRO_OVERFLOW; }
+
+int repro_merge(ReproSum *acc, ReproSum v) {
+    ReproSum r;
+    if (*acc == REPRO_OVERFLOW || v == REPRO_OVERFLOW || __builtin_add_overflow(*acc, v, &r) || r == REPRO_OVERFLOW) {
+        *acc = REPRO_OVERFLOW;
+        return -1;
+    }
+    *acc = r;
+    return 0;
 }
 
-double repro_value(ReproSum acc) { return ldexp((double)acc, -REPRO_SCALE_BITS); }
+int repro_add_checked(ReproSum *acc, double v) {
+    double scaled = ldexp(v, REPRO_SCALE_BITS);
+    /* also false for NaN; 2^126 keeps the conversion below defined */
+    if (!(fabs(scaled) < 0x1p126)) {
+        *acc = REPRO_OVERFLOW;
+        return -1;
+    }
+    return repro_merge(acc, (ReproSum)nearbyint(scaled));
+}
+
+size_t repro_first_overflow(const ReproSum *acc, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (acc[i] == REPRO_OVERFLOW) return i;
+    return n;
+}
+
+void repro_add(ReproSum *acc, double v) {
+    int was = *acc == REPRO_OVERFLOW;
+    if (repro_add_checked(acc, v) == 0) return;
+    if (!isfinite(v)) sg_fatal("reprosum", "a value to aggregate is %g (not finite)", v);
+    if (!was && fabs(v) < REPRO_MAX_TERM)
+        sg_fatal("reprosum", "adding %g makes an aggregate leave the range of an exact sum (|sum| < 2^87 = %.3g)", v,
+                 0x1p87);
+    sg_fatal("reprosum", "value %g is outside the range of an exact sum (|value| < 2^86 = %.3g)", v, REPRO_MAX_TERM);
+}
+
+double repro_value(ReproSum acc) {
+    if (acc == REPRO_OVERFLOW) return NAN;
+    return ldexp((double)acc, -REPRO_SCALE_BITS);
+}
 
 static void add_op(void *in, void *inout, int *len, MPI_Datatype *dt) {
     (void)dt;
     ReproSum *a = in, *b = inout;
-    for (int i = 0; i < *len; i++) b[i] += a[i];
+    for (int i = 0; i < *len; i++) repro_merge(&b[i], a[i]);
 }
 
-void repro_allreduce(ReproSum *acc, size_t n, MPI_Comm comm) {
+int repro_allreduce(ReproSum *acc, size_t n, MPI_Comm comm) {
     MPI_Datatype t;
     MPI_Op op;
     if (MPI_Type_contiguous((int)sizeof(ReproSum), MPI_BYTE, &t) != MPI_SUCCESS || MPI_Type_commit(&t) != MPI_SUCCESS ||
@@ -35,4 +70,5 @@ void repro_allreduce(ReproSum *acc, size_t n, MPI_Comm comm) {
     }
     MPI_Op_free(&op);
     MPI_Type_free(&t);
+    return repro_first_overflow(acc, n) < n ? -1 : 0;
 }
