@@ -3,7 +3,10 @@
 
 #include "error.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,5 +30,24 @@ char *textfile_read(const char *path, size_t max_bytes) {
     fclose(f);
     if (err) { free(buf); sg_errorf(path, "read error"); return NULL; }
     buf[n] = '\0';
+    return buf;
+}
+
+const char *json_text(const cJSON *v, char *buf, size_t cap) {
+    if (!cap) return buf;
+    if (!v) {
+        snprintf(buf, cap, "(absent)");
+        return buf;
+    }
+    if (cJSON_IsNumber(v) && !isfinite(v->valuedouble)) { /* cJSON would print null */
+        snprintf(buf, cap, "a number beyond the range of a double");
+        return buf;
+    }
+    char *text = cJSON_PrintUnformatted(v);
+    if (!text) snprintf(buf, cap, "(unprintable)");
+    else if (strlen(text) < cap) snprintf(buf, cap, "%s", text);
+    else if (cap > 4) snprintf(buf, cap, "%.*s...", (int)(cap - 4), text);
+    else buf[0] = 0;
+    cJSON_free(text);
     return buf;
 }
