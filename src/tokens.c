@@ -1,4 +1,8 @@
-/* tokens.c: load token files (see tokens.h). */
+/* tokens.c: load token files (see tokens.h).
+ *
+ * Every size in a token file is hostile until checked: shapes and counts go through the
+ * checked arithmetic of error.h, and the bytes a header declares are compared with the bytes
+ * the file holds before anything is allocated, so a damaged header is refused as such. */
 #include "tokens.h"
 
 #include "error.h"
@@ -17,24 +21,89 @@
 
 #define LLMC_MAGIC 20240520
 #define LLMC_HEADER_INTS 256
+#define NPY_MAX_HEADER (1u << 20)
 
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcasecmp(s + n - k, suffix) == 0;
 }
 
+/* Rows kept: the first max_contexts (0 = all). */
+static size_t rows_used(size_t rows, size_t max_contexts) { return max_contexts && max_contexts < rows ? max_contexts : rows; }
+
 /* Takes int64 values (n_rows, ctx) and keeps the first max_contexts rows as int32. */
 static int finish(TokenSet *ts, const char *path, const int64_t *vals, size_t rows, size_t ctx, size_t max_contexts) {
+    size_t count;
     if (rows == 0 || ctx == 0) return sg_errorf(path, "holds no tokens (shape [%zu, %zu])", rows, ctx);
+    if (sg_mul_overflow(rows, ctx, &count))
+        return sg_errorf(path, "shape [%zu, %zu] has more elements than a size can hold (damaged file?)", rows, ctx);
     ts->n_available = rows;
-    if (max_contexts && max_contexts < rows) rows = max_contexts;
+    rows = rows_used(rows, max_contexts);
     ts->n = rows, ts->ctx = ctx;
-    ts->ids = sg_xcalloc(rows * ctx, sizeof(int32_t));
-    for (size_t i = 0; i < rows * ctx; i++) {
+    count = rows * ctx; /* at most the product checked above */
+    ts->ids = sg_xcalloc(count, sizeof(int32_t));
+    for (size_t i = 0; i < count; i++) {
         if (vals[i] < 0 || vals[i] > INT32_MAX)
             return sg_errorf(path, "token id %lld at context %zu, position %zu is out of range", (long long)vals[i],
                              i / ctx, i % ctx);
         ts->ids[i] = (int32_t)vals[i];
+    }
+    return 0;
+}
+
+/* A read-only mapping of a whole regular file (size > 0). */
+typedef struct { const unsigned char *p; size_t size; } Mapped;
+
+static int map_file(Mapped *m, const char *path) {
+    m->p = NULL, m->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return sg_errorf(path, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) { close(fd); return sg_errorf(path, "cannot stat: %s", strerror(errno)); }
+    if (sb.st_size <= 0) { close(fd); return sg_errorf(path, "is empty"); }
+    size_t size = (size_t)sb.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return sg_errorf(path, "cannot mmap: %s", strerror(errno));
+    m->p = map, m->size = size;
+    return 0;
+}
+
+static void unmap_file(Mapped *m) {
+    if (m->p) munmap((void *)m->p, m->size);
+    m->p = NULL, m->size = 0;
+}
+
+/* Rows [0, use) of a (rows, ctx) matrix of little-endian integers of isize bytes at data, whose
+ * rows * ctx * isize bytes the caller has checked lie inside the file, into ts->ids; ids
+ * outside [0, INT32_MAX] are refused. Fortran order stores (r, c) at c * rows + r. */
+static int convert(TokenSet *ts, const char *path, const unsigned char *data, size_t isize, int is_signed, int fortran,
+                   size_t rows, size_t ctx, size_t use) {
+    size_t count = use * ctx; /* use <= rows: bounded by the checked rows * ctx */
+    ts->n_available = rows, ts->n = use, ts->ctx = ctx;
+    ts->ids = sg_xcalloc(count, sizeof(int32_t));
+    for (size_t i = 0; i < count; i++) {
+        size_t r = i / ctx, c = i % ctx, src = fortran ? c * rows + r : i;
+        const unsigned char *p = data + src * isize;
+        int64_t v = 0;
+        uint64_t u = 0;
+        int too_big = 0;
+        switch (isize) {
+        case 1: v = is_signed ? (int64_t)(int8_t)p[0] : (int64_t)p[0]; break;
+        case 2: { uint16_t x; memcpy(&x, p, 2); v = is_signed ? (int64_t)(int16_t)x : (int64_t)x; } break;
+        case 4: { uint32_t x; memcpy(&x, p, 4); v = is_signed ? (int64_t)(int32_t)x : (int64_t)x; } break;
+        default:
+            memcpy(&u, p, 8);
+            if (is_signed) memcpy(&v, &u, 8);
+            else if (u > INT32_MAX) too_big = 1;
+            else v = (int64_t)u;
+            break;
+        }
+        if (too_big)
+            return sg_errorf(path, "token id %llu at context %zu, position %zu is out of range", (unsigned long long)u, r, c);
+        if (v < 0 || v > INT32_MAX)
+            return sg_errorf(path, "token id %lld at context %zu, position %zu is out of range", (long long)v, r, c);
+        ts->ids[i] = (int32_t)v;
     }
     return 0;
 }
@@ -47,72 +116,88 @@ static int load_u16(TokenSet *ts, const char *path, const unsigned char *p, size
     if (rows == 0) return sg_errorf(path, "holds %zu tokens, fewer than one context of --ctx %zu", count, ctx);
     if (count % ctx)
         sg_warnf("%s: %zu trailing tokens do not fill a context of %zu and are not used", path, count % ctx, ctx);
-    size_t use = max_contexts && max_contexts < rows ? max_contexts : rows;
-    int64_t *vals = sg_xcalloc(use * ctx, sizeof *vals);
-    for (size_t i = 0; i < use * ctx; i++) { uint16_t v; memcpy(&v, p + 2 * i, 2); vals[i] = v; }
-    int rc = finish(ts, path, vals, use, ctx, 0);
-    ts->n_available = rows;
-    free(vals);
-    return rc;
+    return convert(ts, path, p, 2, 0, 0, rows, ctx, rows_used(rows, max_contexts));
 }
 
 static int load_bin(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return sg_errorf(path, "cannot open: %s", strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) { close(fd); return sg_errorf(path, "cannot stat: %s", strerror(errno)); }
-    size_t size = (size_t)sb.st_size;
-    if (size == 0) { close(fd); return sg_errorf(path, "is empty"); }
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) return sg_errorf(path, "cannot mmap: %s", strerror(errno));
-    const unsigned char *p = map;
+    Mapped m;
+    if (map_file(&m, path)) return -1;
+    const unsigned char *p = m.p;
+    size_t size = m.size;
     int rc;
     int32_t magic = 0;
     if (size >= 4) memcpy(&magic, p, 4);
-    if (size >= LLMC_HEADER_INTS * 4 && magic == LLMC_MAGIC) {
-        int32_t hdr[3];
-        memcpy(hdr, p, sizeof hdr);
-        size_t count = hdr[2] > 0 ? (size_t)hdr[2] : 0;
-        size_t body = size - LLMC_HEADER_INTS * 4;
+    if (magic == LLMC_MAGIC) {
+        /* a flat uint16 file never starts so: its first id would be 55240, beyond GPT-2's vocabulary */
         ts->format = "llm.c bin";
-        if (hdr[1] != 1 && hdr[1] != 2) rc = sg_errorf(path, "llm.c token file version %d is not supported (1 or 2)", hdr[1]);
-        else if (body != 2 * count)
-            rc = sg_errorf(path, "llm.c header promises %zu tokens but the file holds %zu bytes of them", count, body);
-        else rc = load_u16(ts, path, p + LLMC_HEADER_INTS * 4, count, ctx, max_contexts);
+        int32_t hdr[3] = {0, 0, 0};
+        if (size < LLMC_HEADER_INTS * 4) {
+            rc = sg_errorf(path, "llm.c token file is %zu bytes, shorter than its %d-byte header (truncated?)", size,
+                           LLMC_HEADER_INTS * 4);
+        } else {
+            memcpy(hdr, p, sizeof hdr);
+            size_t body = size - LLMC_HEADER_INTS * 4, need = 0;
+            if (hdr[1] != 1 && hdr[1] != 2)
+                rc = sg_errorf(path, "llm.c token file version %d is not supported (1 or 2)", hdr[1]);
+            else if (hdr[2] < 0)
+                rc = sg_errorf(path, "llm.c header declares %d tokens (negative: damaged header?)", hdr[2]);
+            else if (sg_mul_overflow((size_t)hdr[2], 2, &need) || body != need)
+                rc = sg_errorf(path, "llm.c header promises %d tokens (%zu bytes) but the file holds %zu bytes of them%s",
+                               hdr[2], need, body, body < need ? " (truncated?)" : "");
+            else rc = load_u16(ts, path, p + LLMC_HEADER_INTS * 4, (size_t)hdr[2], ctx, max_contexts);
+        }
     } else {
         ts->format = "uint16 bin";
         if (size % 2) rc = sg_errorf(path, "size %zu bytes is odd: not a file of uint16 token ids", size);
         else rc = load_u16(ts, path, p, size / 2, ctx, max_contexts);
     }
-    munmap(map, size);
+    unmap_file(&m);
     return rc;
+}
+
+/* One shape entry of a .npy header: decimal digits (Python 2 files may add 'L'), checked. */
+static int npy_dim(const char *path, const char **sp, size_t *out) {
+    const char *s = *sp, *start = s;
+    size_t v = 0;
+    while (isdigit((unsigned char)*s)) {
+        if (sg_mul_overflow(v, 10, &v) || sg_add_overflow(v, (size_t)(*s - '0'), &v)) {
+            size_t n = strspn(start, "0123456789");
+            return sg_errorf(path, ".npy shape entry %.*s%s does not fit in 64 bits (damaged header?)", n > 40 ? 40 : (int)n,
+                             start, n > 40 ? "..." : "");
+        }
+        s++;
+    }
+    if (*s == 'L') s++;
+    *sp = s, *out = v;
+    return 0;
 }
 
 /* Minimal reader for the .npy header dict: {'descr': '<i8', 'fortran_order': False, 'shape': (n, ctx), } */
 static int load_npy(TokenSet *ts, const char *path, size_t max_contexts) {
     ts->format = "npy";
-    FILE *f = fopen(path, "rb");
-    if (!f) return sg_errorf(path, "cannot open: %s", strerror(errno));
-    unsigned char pre[10];
-    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0) {
-        fclose(f);
-        return sg_errorf(path, "not a .npy file (bad magic)");
-    }
-    size_t hlen;
-    size_t pre_len = 10;
-    if (pre[6] == 1) hlen = (size_t)pre[8] | (size_t)pre[9] << 8;
-    else {
-        unsigned char more[2];
-        if (fread(more, 1, 2, f) != 2) { fclose(f); return sg_errorf(path, "truncated .npy header"); }
-        hlen = (size_t)pre[8] | (size_t)pre[9] << 8 | (size_t)more[0] << 16 | (size_t)more[1] << 24;
-        pre_len = 12;
-    }
-    if (hlen > 1 << 20) { fclose(f); return sg_errorf(path, "implausible .npy header length %zu", hlen); }
-    char *h = sg_xcalloc(hlen + 1, 1);
-    if (fread(h, 1, hlen, f) != hlen) { free(h); fclose(f); return sg_errorf(path, "truncated .npy header"); }
+    Mapped m;
+    if (map_file(&m, path)) return -1;
+    const unsigned char *pre = m.p;
     int rc = -1;
-    int64_t *vals = NULL;
+    char *h = NULL;
+    if (m.size < 10 || memcmp(pre, "\x93NUMPY", 6) != 0) { sg_errorf(path, "not a .npy file (bad magic)"); goto done; }
+    size_t hlen, pre_len;
+    if (pre[6] == 1) hlen = (size_t)pre[8] | (size_t)pre[9] << 8, pre_len = 10;
+    else if (pre[6] == 2 || pre[6] == 3) {
+        if (m.size < 12) { sg_errorf(path, "truncated .npy header"); goto done; }
+        hlen = (size_t)pre[8] | (size_t)pre[9] << 8 | (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
+        pre_len = 12;
+    } else {
+        sg_errorf(path, ".npy format version %d.%d is not supported (1.0, 2.0 or 3.0)", pre[6], pre[7]);
+        goto done;
+    }
+    if (hlen > NPY_MAX_HEADER) { sg_errorf(path, "implausible .npy header length %zu", hlen); goto done; }
+    if (hlen > m.size - pre_len) {
+        sg_errorf(path, "truncated .npy header (%zu bytes declared, %zu in the file)", hlen, m.size - pre_len);
+        goto done;
+    }
+    h = sg_xcalloc(hlen + 1, 1);
+    memcpy(h, pre + pre_len, hlen);
     char descr[16] = "";
     const char *d = strstr(h, "'descr'");
     if (d) d = strchr(d + 7, '\'');
@@ -127,7 +212,7 @@ static int load_npy(TokenSet *ts, const char *path, size_t max_contexts) {
             while (*s == ' ' || *s == ',') s++;
             if (*s == ')') break;
             if (!isdigit((unsigned char)*s) || ndim == 3) { ndim = 99; break; }
-            shape[ndim++] = (size_t)strtoull(s, (char **)&s, 10);
+            if (npy_dim(path, &s, &shape[ndim++])) goto done;
         }
     }
     size_t isize = 0;
@@ -146,36 +231,23 @@ static int load_npy(TokenSet *ts, const char *path, size_t max_contexts) {
         sg_errorf(path, "array has %zu dimension(s); token arrays must be 2-D [n_contexts, ctx]", ndim);
         goto done;
     }
-    size_t rows = shape[0], ctx = shape[1], count = rows * ctx;
-    if (count == 0) { sg_errorf(path, "holds no tokens (shape [%zu, %zu])", rows, ctx); goto done; }
-    unsigned char *raw = sg_xcalloc(count, isize);
-    size_t got = fread(raw, isize, count, f);
-    if (got != count) {
-        free(raw);
-        sg_errorf(path, "truncated: header promises %zu values, file holds %zu", count, got);
+    size_t rows = shape[0], ctx = shape[1], count, bytes;
+    if (sg_mul_overflow(rows, ctx, &count) || sg_mul_overflow(count, isize, &bytes)) {
+        sg_errorf(path, "header declares shape (%zu, %zu) of '%s': more bytes than any file can hold (damaged header?)",
+                  rows, ctx, descr);
         goto done;
     }
-    vals = sg_xcalloc(count, sizeof *vals);
-    for (size_t i = 0; i < count; i++) {
-        /* Fortran order stores column-major: element (r, c) is at c*rows + r */
-        size_t src = fortran ? (i % ctx) * rows + i / ctx : i;
-        const unsigned char *p = raw + src * isize;
-        int64_t v = 0;
-        switch (isize) {
-        case 1: v = is_signed ? (int64_t)(int8_t)p[0] : (int64_t)p[0]; break;
-        case 2: { uint16_t u; memcpy(&u, p, 2); v = is_signed ? (int64_t)(int16_t)u : (int64_t)u; } break;
-        case 4: { uint32_t u; memcpy(&u, p, 4); v = is_signed ? (int64_t)(int32_t)u : (int64_t)u; } break;
-        case 8: { uint64_t u; memcpy(&u, p, 8); v = is_signed || u <= INT64_MAX ? (int64_t)u : INT64_MAX; } break;
-        }
-        vals[i] = v;
+    if (count == 0) { sg_errorf(path, "holds no tokens (shape [%zu, %zu])", rows, ctx); goto done; }
+    size_t avail = m.size - pre_len - hlen;
+    if (bytes > avail) {
+        sg_errorf(path, "truncated: header promises shape (%zu, %zu) of '%s' = %zu values (%zu bytes), the file holds "
+                  "%zu bytes of data (%zu values)", rows, ctx, descr, count, bytes, avail, avail / isize);
+        goto done;
     }
-    free(raw);
-    (void)pre_len;
-    rc = finish(ts, path, vals, rows, ctx, max_contexts);
+    rc = convert(ts, path, pre + pre_len + hlen, isize, is_signed, fortran, rows, ctx, rows_used(rows, max_contexts));
 done:
-    free(vals);
     free(h);
-    fclose(f);
+    unmap_file(&m);
     return rc;
 }
 
@@ -184,6 +256,7 @@ int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts)
     struct stat sb;
     if (stat(path, &sb) != 0) return sg_errorf(path, "token file does not exist");
     if (!S_ISREG(sb.st_mode)) return sg_errorf(path, "token path is not a regular file");
+    const char *prev = sg_alloc_for(path);
     int rc;
     if (ends_with(path, ".h5") || ends_with(path, ".hdf5")) {
         ts->format = "hdf5";
@@ -199,6 +272,7 @@ int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts)
     } else {
         rc = sg_errorf(path, "unknown token file type (expected .h5/.hdf5, .npy or .bin)");
     }
+    sg_alloc_for(prev);
     if (rc == 0 && ctx && ts->ctx != ctx)
         rc = sg_errorf(path, "--ctx %zu disagrees with the file's context length %zu", ctx, ts->ctx);
     if (rc != 0) tokens_free(ts);
