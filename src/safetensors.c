@@ -3,7 +3,6 @@
 
 #include "error.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -39,17 +38,303 @@ static int dtype_parse(const char *s, SafetensorsDtype *out) {
     return -1;
 }
 
-/* A JSON number that is a non-negative integer exactly representable in a double. */
-static int json_uint(const cJSON *j, uint64_t *out) {
-    if (!cJSON_IsNumber(j)) return -1;
-    double v = j->valuedouble;
-    if (!(v >= 0) || v > 9007199254740992.0 || v != floor(v)) return -1;
-    *out = (uint64_t)v;
+/* ---- the header: a dedicated JSON reader ------------------------------------------------------
+ *
+ * The header is the file's own description of itself, so it is read as hostile: one pass over
+ * the bytes, no tree of nodes (a general JSON library spends its time in malloc on headers of a
+ * million tensors), integers read exactly as written with checked arithmetic (no detour through
+ * double), nesting depth bounded, and every refusal quoting the value as the file writes it.
+ * Grammar: RFC 8259 JSON. The top level is an object; "__metadata__" may hold any value; every
+ * other member is a tensor {"dtype": string, "shape": [uint...], "data_offsets": [uint, uint]}
+ * (other keys of an entry are ignored, as serde does in the reference implementation). */
+
+#define JSON_MAX_DEPTH 64
+
+typedef struct {
+    const char *p, *begin, *end;
+    const char *path;
+    char *arena;        /* decoded strings, NUL-terminated; never larger than the header */
+    size_t arena_used;
+} Jp;
+
+static void jp_ws(Jp *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+}
+
+static int jp_syntax(Jp *j, const char *expected) {
+    size_t at = (size_t)(j->p - j->begin);
+    if (j->p >= j->end)
+        return sg_errorf(j->path, "safetensors header is not valid JSON: it ends where %s is expected (file truncated "
+                                  "or not a safetensors file?)", expected);
+    unsigned char c = (unsigned char)*j->p;
+    if (c >= 0x20 && c < 0x7f)
+        return sg_errorf(j->path, "safetensors header is not valid JSON: '%c' at byte %zu where %s is expected", c, at,
+                         expected);
+    return sg_errorf(j->path, "safetensors header is not valid JSON: byte 0x%02x at byte %zu where %s is expected", c, at,
+                     expected);
+}
+
+static int jp_lit(Jp *j, char c, const char *expected) {
+    jp_ws(j);
+    if (j->p >= j->end || *j->p != c) return jp_syntax(j, expected);
+    j->p++;
     return 0;
 }
 
+static int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A string at j->p (after whitespace). With out: decoded into the arena (NUL-terminated). */
+static int jp_string(Jp *j, const char **out) {
+    jp_ws(j);
+    if (j->p >= j->end || *j->p != '"') return jp_syntax(j, "a string");
+    j->p++;
+    char *dst = out ? j->arena + j->arena_used : NULL;
+    size_t n = 0;
+    while (j->p < j->end && *j->p != '"') {
+        unsigned char c = (unsigned char)*j->p;
+        if (c < 0x20) return jp_syntax(j, "a character of a string (control characters must be escaped)");
+        if (c != '\\') {
+            if (dst) dst[n++] = (char)c;
+            j->p++;
+            continue;
+        }
+        if (j->end - j->p < 2) { j->p = j->end; return jp_syntax(j, "an escape"); }
+        static const char esc[] = "\"\\/bfnrt", repl[] = "\"\\/\b\f\n\r\t";
+        char e = j->p[1];
+        const char *simple = e ? strchr(esc, e) : NULL;
+        if (simple) {
+            if (dst) dst[n++] = repl[simple - esc];
+            j->p += 2;
+            continue;
+        }
+        unsigned cp, lo;
+        if (e != 'u' || j->end - j->p < 6 || hex4(j->p + 2, &cp)) return jp_syntax(j, "a valid escape");
+        j->p += 6;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (j->end - j->p < 6 || j->p[0] != '\\' || j->p[1] != 'u' || hex4(j->p + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                return jp_syntax(j, "the low half of a \\u surrogate pair");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            j->p += 6;
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            return jp_syntax(j, "a \\u escape that is not a lone low surrogate");
+        }
+        if (cp == 0) return sg_errorf(j->path, "safetensors header: a string holds \\u0000 (not allowed in names)");
+        if (!dst) continue;
+        /* UTF-8: at most 4 bytes for the 6 or 12 bytes of the escape */
+        if (cp < 0x80) dst[n++] = (char)cp;
+        else if (cp < 0x800) dst[n++] = (char)(0xC0 | cp >> 6), dst[n++] = (char)(0x80 | (cp & 0x3F));
+        else if (cp < 0x10000)
+            dst[n++] = (char)(0xE0 | cp >> 12), dst[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)),
+            dst[n++] = (char)(0x80 | (cp & 0x3F));
+        else
+            dst[n++] = (char)(0xF0 | cp >> 18), dst[n++] = (char)(0x80 | ((cp >> 12) & 0x3F)),
+            dst[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)), dst[n++] = (char)(0x80 | (cp & 0x3F));
+    }
+    if (j->p >= j->end) return jp_syntax(j, "the end of a string");
+    j->p++;
+    if (dst) {
+        dst[n] = 0;
+        j->arena_used += n + 1; /* n + 1 <= the string's encoded length (quotes included) */
+        *out = dst;
+    }
+    return 0;
+}
+
+/* A number token (RFC 8259 grammar), not converted. */
+static int jp_number(Jp *j) {
+    const char *p = j->p;
+    if (p < j->end && *p == '-') p++;
+    if (p >= j->end || !(*p >= '0' && *p <= '9')) return jp_syntax(j, "a value");
+    if (*p == '0') p++;
+    else while (p < j->end && *p >= '0' && *p <= '9') p++;
+    if (p < j->end && *p == '.') {
+        p++;
+        if (p >= j->end || !(*p >= '0' && *p <= '9')) { j->p = p; return jp_syntax(j, "a digit"); }
+        while (p < j->end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < j->end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < j->end && (*p == '+' || *p == '-')) p++;
+        if (p >= j->end || !(*p >= '0' && *p <= '9')) { j->p = p; return jp_syntax(j, "a digit"); }
+        while (p < j->end && *p >= '0' && *p <= '9') p++;
+    }
+    j->p = p;
+    return 0;
+}
+
+/* Any value, skipped; depth bounds nesting (a hostile header cannot exhaust the stack). */
+static int jp_skip(Jp *j, int depth) {
+    jp_ws(j);
+    if (j->p >= j->end) return jp_syntax(j, "a value");
+    if (depth > JSON_MAX_DEPTH)
+        return sg_errorf(j->path, "safetensors header nests deeper than %d levels at byte %zu", JSON_MAX_DEPTH,
+                         (size_t)(j->p - j->begin));
+    char c = *j->p;
+    if (c == '"') return jp_string(j, NULL);
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        j->p++;
+        jp_ws(j);
+        if (j->p < j->end && *j->p == close) { j->p++; return 0; }
+        for (;;) {
+            if (c == '{' && (jp_string(j, NULL) || jp_lit(j, ':', "':'"))) return -1;
+            if (jp_skip(j, depth + 1)) return -1;
+            jp_ws(j);
+            if (j->p < j->end && *j->p == ',') { j->p++; continue; }
+            return jp_lit(j, close, c == '{' ? "',' or '}'" : "',' or ']'");
+        }
+    }
+    static const char *const words[] = {"true", "false", "null"};
+    for (int i = 0; i < 3; i++) {
+        size_t len = strlen(words[i]);
+        if ((size_t)(j->end - j->p) >= len && memcmp(j->p, words[i], len) == 0) { j->p += len; return 0; }
+    }
+    return jp_number(j);
+}
+
+/* The text of the value starting at j->p, as written (cut at 60 bytes), for messages. */
+static const char *jp_value_text(Jp *j, char *buf, size_t cap) {
+    const char *start = j->p;
+    Jp probe = *j;
+    int had_error = sg_error_message()[0] != 0;
+    size_t len = jp_skip(&probe, 0) == 0 ? (size_t)(probe.p - start) : (size_t)(j->end - start);
+    if (!had_error) sg_error_clear(); /* a failed probe leaves no error: the caller reports its own */
+    if (len > cap - 4) snprintf(buf, cap, "%.*s...", (int)(cap - 4), start);
+    else snprintf(buf, cap, "%.*s", (int)len, start);
+    return buf;
+}
+
+/* A non-negative integer written as digits only, exactly; else refused quoting it. */
+static int jp_uint(Jp *j, const char *tensor, const char *what, uint64_t max, uint64_t *out) {
+    jp_ws(j);
+    const char *start = j->p, *p = j->p;
+    uint64_t v = 0;
+    int overflow = 0;
+    while (p < j->end && *p >= '0' && *p <= '9') {
+        size_t next;
+        if (sg_mul_overflow((size_t)v, 10, &next) || sg_add_overflow(next, (size_t)(*p - '0'), &next)) overflow = 1;
+        else v = next;
+        p++;
+    }
+    int is_int = p > start && (p < j->end ? !strchr(".eE", *p) : 1) && !(p - start > 1 && *start == '0');
+    if (!is_int || overflow || v > max) {
+        char txt[72];
+        jp_value_text(j, txt, sizeof txt);
+        if (is_int)
+            return sg_errorf(j->path, "tensor '%s': %s %s is larger than %llu (damaged header?)", tensor, what, txt,
+                             (unsigned long long)max);
+        return sg_errorf(j->path, "tensor '%s': %s must be a non-negative integer, not %s", tensor, what, txt);
+    }
+    j->p = p;
+    *out = v;
+    return 0;
+}
+
+/* One tensor entry {"dtype", "shape", "data_offsets"} into t (name already set). */
+static int jp_tensor(Jp *j, SafetensorsTensor *t, uint64_t *begin, uint64_t *end) {
+    const char *name = t->name;
+    int have_dtype = 0, have_shape = 0, have_offsets = 0;
+    jp_ws(j);
+    if (j->p >= j->end || *j->p != '{') {
+        char txt[72];
+        return sg_errorf(j->path, "tensor '%s': header entry must be an object with \"dtype\", \"shape\" and "
+                                  "\"data_offsets\", not %s", name, jp_value_text(j, txt, sizeof txt));
+    }
+    j->p++;
+    jp_ws(j);
+    if (j->p < j->end && *j->p == '}') j->p++;
+    else for (;;) {
+        const char *key;
+        size_t mark = j->arena_used;
+        if (jp_string(j, &key) || jp_lit(j, ':', "':'")) return -1;
+        int which = !strcmp(key, "dtype") ? 1 : !strcmp(key, "shape") ? 2 : !strcmp(key, "data_offsets") ? 3 : 0;
+        j->arena_used = mark; /* the key is not kept */
+        int *have = which == 1 ? &have_dtype : which == 2 ? &have_shape : which == 3 ? &have_offsets : NULL;
+        if (have && *have) return sg_errorf(j->path, "tensor '%s': key \"%s\" appears twice in its entry", name, key);
+        if (have) *have = 1;
+        jp_ws(j);
+        if (which == 1) {
+            const char *dt;
+            if (j->p >= j->end || *j->p != '"') {
+                char txt[72];
+                return sg_errorf(j->path, "tensor '%s': dtype must be a string, not %s", name,
+                                 jp_value_text(j, txt, sizeof txt));
+            }
+            if (jp_string(j, &dt)) return -1;
+            if (dtype_parse(dt, &t->dtype) != 0)
+                return sg_errorf(j->path, "tensor '%s': unknown dtype \"%s\"", name, dt);
+            j->arena_used = mark;
+        } else if (which == 2 || which == 3) {
+            const char *what = which == 2 ? "shape" : "data_offsets";
+            if (j->p >= j->end || *j->p != '[') {
+                char txt[72];
+                return sg_errorf(j->path, "tensor '%s': %s must be an array of integers, not %s", name, what,
+                                 jp_value_text(j, txt, sizeof txt));
+            }
+            j->p++;
+            uint64_t vals[ST_MAX_DIMS];
+            int n = 0;
+            jp_ws(j);
+            if (j->p < j->end && *j->p == ']') j->p++;
+            else for (;;) {
+                uint64_t v = 0;
+                if (n == (which == 2 ? ST_MAX_DIMS : 2))
+                    return which == 2
+                               ? sg_errorf(j->path, "tensor '%s': more than %d dimensions", name, ST_MAX_DIMS)
+                               : sg_errorf(j->path, "tensor '%s': data_offsets must be two integers [begin, end]", name);
+                if (jp_uint(j, name, which == 2 ? "shape entry" : "data_offsets entry",
+                            which == 2 ? (uint64_t)INT64_MAX : UINT64_MAX, &v))
+                    return -1;
+                vals[n++] = v;
+                jp_ws(j);
+                if (j->p < j->end && *j->p == ',') { j->p++; continue; }
+                if (jp_lit(j, ']', "',' or ']'")) return -1;
+                break;
+            }
+            if (which == 2) {
+                t->ndim = n;
+                for (int d = 0; d < n; d++) t->shape[d] = (int64_t)vals[d];
+            } else {
+                if (n != 2) return sg_errorf(j->path, "tensor '%s': data_offsets must be two integers [begin, end]", name);
+                *begin = vals[0], *end = vals[1];
+            }
+        } else if (jp_skip(j, 2)) {
+            return -1;
+        }
+        jp_ws(j);
+        if (j->p < j->end && *j->p == ',') { j->p++; continue; }
+        if (jp_lit(j, '}', "',' or '}'")) return -1;
+        break;
+    }
+    if (!have_dtype || !have_shape || !have_offsets)
+        return sg_errorf(j->path, "tensor '%s': header entry needs \"dtype\", \"shape\" and \"data_offsets\" (missing %s)",
+                         name, !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+    return 0;
+}
+
+/* qsort_r is a GNU extension; the array being sorted is set around each qsort call. */
+static const SafetensorsTensor *g_sort_tensors;
+
+static int cmp_by_name(const void *a, const void *b) {
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(g_sort_tensors[x].name, g_sort_tensors[y].name);
+    return c ? c : (x > y) - (x < y);
+}
+
 static int cmp_by_offset(const void *a, const void *b) {
-    const SafetensorsTensor *x = a, *y = b;
+    const SafetensorsTensor *x = &g_sort_tensors[*(const size_t *)a], *y = &g_sort_tensors[*(const size_t *)b];
     const char *px = x->data, *py = y->data;
     if (px != py) return px < py ? -1 : 1;
     return x->nbytes < y->nbytes ? -1 : (x->nbytes > y->nbytes);
@@ -57,96 +342,92 @@ static int cmp_by_offset(const void *a, const void *b) {
 
 static int parse_header(Safetensors *st, const char *json, size_t json_len, const char *data, size_t data_len) {
     const char *path = st->path;
-    cJSON *root = cJSON_ParseWithLength(json, json_len);
-    if (!root) return sg_errorf(path, "safetensors header is not valid JSON (file truncated or not a safetensors file?)");
-    int rc = -1;
-    if (!cJSON_IsObject(root)) { sg_errorf(path, "safetensors header is not a JSON object"); goto done; }
-
-    size_t n = 0;
-    for (cJSON *e = root->child; e; e = e->next)
-        if (strcmp(e->string, "__metadata__") != 0) n++;
-    st->tensors = sg_xcalloc(n ? n : 1, sizeof *st->tensors);
-
-    size_t i = 0;
-    for (cJSON *e = root->child; e; e = e->next) {
-        if (strcmp(e->string, "__metadata__") == 0) continue;
-        SafetensorsTensor *t = &st->tensors[i];
-        const char *name = e->string;
-        for (size_t k = 0; k < i; k++)
-            if (strcmp(st->tensors[k].name, name) == 0) { sg_errorf(path, "tensor '%s' appears twice in the header", name); goto done; }
-        cJSON *jd = cJSON_GetObjectItemCaseSensitive(e, "dtype");
-        cJSON *js = cJSON_GetObjectItemCaseSensitive(e, "shape");
-        cJSON *jo = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
-        if (!cJSON_IsObject(e) || !cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo)) {
-            sg_errorf(path, "tensor '%s': header entry needs \"dtype\", \"shape\" and \"data_offsets\"", name);
-            goto done;
+    Jp j = {json, json, json + json_len, path, NULL, 0};
+    jp_ws(&j);
+    if (j.p >= j.end || *j.p != '{') return sg_errorf(path, "safetensors header is not a JSON object");
+    j.p++;
+    st->arena = j.arena = sg_xcalloc(json_len + 1, 1);
+    size_t cap = 0, n = 0;
+    jp_ws(&j);
+    if (j.p < j.end && *j.p == '}') j.p++;
+    else for (;;) {
+        const char *name;
+        if (jp_string(&j, &name) || jp_lit(&j, ':', "':'")) return -1;
+        if (!strcmp(name, "__metadata__")) {
+            j.arena_used -= strlen(name) + 1;
+            if (jp_skip(&j, 1)) return -1;
+        } else {
+            if (n == cap) {
+                size_t grown = cap ? cap : 64;
+                if (sg_mul_overflow(grown, 2, &grown)) return sg_errorf(path, "too many tensors");
+                st->tensors = sg_xreallocarray(st->tensors, grown, sizeof *st->tensors);
+                cap = grown;
+            }
+            SafetensorsTensor *t = &st->tensors[n];
+            memset(t, 0, sizeof *t);
+            t->name = (char *)name;
+            st->n_tensors = ++n;
+            uint64_t b = 0, en = 0;
+            if (jp_tensor(&j, t, &b, &en)) return -1;
+            size_t numel = 1, nbytes;
+            for (int d = 0; d < t->ndim; d++)
+                if (sg_mul_overflow(numel, (size_t)t->shape[d], &numel))
+                    return sg_errorf(path, "tensor '%s': the product of its shape overflows (damaged header?)", name);
+            if (sg_mul_overflow(numel, DTYPES[t->dtype].size, &nbytes))
+                return sg_errorf(path, "tensor '%s': %s x shape needs more bytes than a size can hold (damaged header?)",
+                                 name, DTYPES[t->dtype].name);
+            if (en < b || en > data_len)
+                return sg_errorf(path, "tensor '%s': data_offsets [%llu, %llu] lie outside the data block of %zu bytes",
+                                 name, (unsigned long long)b, (unsigned long long)en, data_len);
+            if (nbytes != en - b)
+                return sg_errorf(path, "tensor '%s': %s x shape needs %zu bytes but data_offsets span %llu", name,
+                                 DTYPES[t->dtype].name, nbytes, (unsigned long long)(en - b));
+            t->numel = numel;
+            t->nbytes = (size_t)(en - b);
+            t->data = data + b;
         }
-        if (dtype_parse(jd->valuestring, &t->dtype) != 0) {
-            sg_errorf(path, "tensor '%s': unknown dtype \"%s\"", name, jd->valuestring);
-            goto done;
-        }
-        int ndim = cJSON_GetArraySize(js);
-        if (ndim > ST_MAX_DIMS) { sg_errorf(path, "tensor '%s': %d dimensions (at most %d supported)", name, ndim, ST_MAX_DIMS); goto done; }
-        t->ndim = ndim;
-        size_t numel = 1;
-        int d = 0;
-        for (cJSON *x = js->child; x; x = x->next, d++) {
-            uint64_t v;
-            if (json_uint(x, &v) != 0) { sg_errorf(path, "tensor '%s': shape entries must be non-negative integers", name); goto done; }
-            t->shape[d] = (int64_t)v;
-            if (v != 0 && numel > SIZE_MAX / v) { sg_errorf(path, "tensor '%s': shape overflows", name); goto done; }
-            numel *= (size_t)v;
-        }
-        uint64_t b, en;
-        if (cJSON_GetArraySize(jo) != 2 || json_uint(cJSON_GetArrayItem(jo, 0), &b) != 0 ||
-            json_uint(cJSON_GetArrayItem(jo, 1), &en) != 0) {
-            sg_errorf(path, "tensor '%s': data_offsets must be two non-negative integers", name);
-            goto done;
-        }
-        if (en < b || en > data_len) {
-            sg_errorf(path, "tensor '%s': data_offsets [%llu, %llu] lie outside the data block of %zu bytes", name,
-                      (unsigned long long)b, (unsigned long long)en, data_len);
-            goto done;
-        }
-        if (numel > SIZE_MAX / DTYPES[t->dtype].size || numel * DTYPES[t->dtype].size != en - b) {
-            sg_errorf(path, "tensor '%s': %s x shape needs %zu bytes but data_offsets span %llu", name,
-                      DTYPES[t->dtype].name, numel * DTYPES[t->dtype].size, (unsigned long long)(en - b));
-            goto done;
-        }
-        t->name = sg_xstrdup(name);
-        t->numel = numel;
-        t->nbytes = (size_t)(en - b);
-        t->data = data + b;
-        i++;
+        jp_ws(&j);
+        if (j.p < j.end && *j.p == ',') { j.p++; continue; }
+        if (jp_lit(&j, '}', "',' or '}'")) return -1;
+        break;
     }
-    st->n_tensors = i;
+    jp_ws(&j);
+    if (j.p != j.end) return jp_syntax(&j, "the end of the header");
+
+    /* Names must be unique: sorted, equal names are neighbours (n log n; a header of a million
+     * tensors is checked in about a second). The sorted index serves safetensors_find. */
+    st->by_name = sg_xcalloc(n ? n : 1, sizeof *st->by_name);
+    for (size_t k = 0; k < n; k++) st->by_name[k] = k;
+    g_sort_tensors = st->tensors;
+    qsort(st->by_name, n, sizeof *st->by_name, cmp_by_name);
+    g_sort_tensors = NULL;
+    for (size_t k = 1; k < n; k++)
+        if (strcmp(st->tensors[st->by_name[k - 1]].name, st->tensors[st->by_name[k]].name) == 0)
+            return sg_errorf(path, "tensor '%s' appears twice in the header", st->tensors[st->by_name[k]].name);
 
     /* Tensors must tile the data block: sorted by offset, each starts where the previous
      * ended (no gap, no overlap), and the last ends at the end of the file. */
-    SafetensorsTensor *sorted = sg_xcalloc(n ? n : 1, sizeof *sorted);
-    memcpy(sorted, st->tensors, n * sizeof *sorted);
-    qsort(sorted, n, sizeof *sorted, cmp_by_offset);
+    size_t *order = sg_xcalloc(n ? n : 1, sizeof *order);
+    for (size_t k = 0; k < n; k++) order[k] = k;
+    g_sort_tensors = st->tensors;
+    qsort(order, n, sizeof *order, cmp_by_offset);
+    g_sort_tensors = NULL;
     size_t expect = 0;
-    for (size_t k = 0; k < n; k++) {
-        size_t off = (size_t)((const char *)sorted[k].data - data);
-        if (off != expect) {
-            if (off < expect)
-                sg_errorf(path, "tensor '%s' overlaps tensor '%s' in the data block", sorted[k].name, sorted[k - 1].name);
-            else
-                sg_errorf(path, "gap of %zu bytes in the data block before tensor '%s'", off - expect, sorted[k].name);
-            free(sorted);
-            goto done;
-        }
-        expect = off + sorted[k].nbytes;
+    int rc = 0;
+    for (size_t k = 0; k < n && rc == 0; k++) {
+        const SafetensorsTensor *t = &st->tensors[order[k]];
+        size_t off = (size_t)((const char *)t->data - data);
+        if (off < expect)
+            rc = sg_errorf(path, "tensor '%s' overlaps tensor '%s' in the data block", t->name,
+                           st->tensors[order[k - 1]].name);
+        else if (off > expect)
+            rc = sg_errorf(path, "gap of %zu bytes in the data block before tensor '%s'", off - expect, t->name);
+        expect = off + t->nbytes;
     }
-    free(sorted);
-    if (expect != data_len) {
-        sg_errorf(path, "data block is %zu bytes but the tensors cover %zu (file truncated or padded?)", data_len, expect);
-        goto done;
-    }
-    rc = 0;
-done:
-    cJSON_Delete(root);
+    free(order);
+    if (rc == 0 && expect != data_len)
+        rc = sg_errorf(path, "data block is %zu bytes but the tensors cover %zu (file truncated or padded?)", data_len,
+                       expect);
     return rc;
 }
 
@@ -184,9 +465,15 @@ int safetensors_open(Safetensors *st, const char *path) {
     st->map_size = size;
     uint64_t hlen;
     memcpy(&hlen, map, 8);
-    if (hlen > ST_MAX_HEADER || hlen > size - 8) {
+    if (hlen > size - 8) {
         sg_errorf(path, "header length %llu exceeds the file size %zu (truncated or not a safetensors file)",
                   (unsigned long long)hlen, size);
+        safetensors_close(st);
+        return -1;
+    }
+    if (hlen > ST_MAX_HEADER) {
+        sg_errorf(path, "header length %llu exceeds the 100 MB that safetensors allows (not a safetensors file?)",
+                  (unsigned long long)hlen);
         safetensors_close(st);
         return -1;
     }
@@ -196,7 +483,10 @@ int safetensors_open(Safetensors *st, const char *path) {
         safetensors_close(st);
         return -1;
     }
-    if (parse_header(st, json, (size_t)hlen, json + hlen, size - 8 - (size_t)hlen) != 0) {
+    const char *prev = sg_alloc_for(path);
+    int rc = parse_header(st, json, (size_t)hlen, json + hlen, size - 8 - (size_t)hlen);
+    sg_alloc_for(prev);
+    if (rc != 0) {
         safetensors_close(st);
         return -1;
     }
@@ -205,15 +495,24 @@ int safetensors_open(Safetensors *st, const char *path) {
 
 void safetensors_close(Safetensors *st) {
     if (st->map) munmap(st->map, st->map_size);
-    for (size_t i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
-    free(st->tensors);
+    free(st->tensors); /* names live in the arena */
+    free(st->arena);
+    free(st->by_name);
     free(st->path);
     memset(st, 0, sizeof *st);
 }
 
 const SafetensorsTensor *safetensors_find(const Safetensors *st, const char *name) {
-    for (size_t i = 0; i < st->n_tensors; i++)
-        if (strcmp(st->tensors[i].name, name) == 0) return &st->tensors[i];
+    if (!st->by_name) return NULL;
+    size_t lo = 0, hi = st->n_tensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const SafetensorsTensor *t = &st->tensors[st->by_name[mid]];
+        int c = strcmp(t->name, name);
+        if (c == 0) return t;
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
     return NULL;
 }
 
