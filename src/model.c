@@ -13,11 +13,19 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* Sizes above this are refused: no GPT-2-family dimension comes near it, and products of two
+ * of them stay far inside size_t (they are still computed with the checked helpers). */
+#define CFG_SIZE_MAX 1e9
+
 static int cfg_size(const cJSON *root, const char *path, const char *key, size_t *out, int required) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!j) return required ? sg_errorf(path, "missing key \"%s\"", key) : 1;
-    if (!cJSON_IsNumber(j) || j->valuedouble < 1 || j->valuedouble != floor(j->valuedouble) || j->valuedouble > 1e9)
-        return sg_errorf(path, "key \"%s\" must be a positive integer", key);
+    if (!cJSON_IsNumber(j) || !(j->valuedouble >= 1 && j->valuedouble <= CFG_SIZE_MAX) ||
+        j->valuedouble != floor(j->valuedouble)) {
+        char v[80];
+        return sg_errorf(path, "key \"%s\" must be a positive integer up to %.0f, not %s", key, CFG_SIZE_MAX,
+                         json_text(j, v, sizeof v));
+    }
     *out = (size_t)j->valuedouble;
     return 0;
 }
@@ -67,8 +75,9 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     cfg->layer_norm_epsilon = 1e-5;
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
     if (eps) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0)) {
-            sg_errorf(path, "key \"layer_norm_epsilon\" must be a positive number");
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0) || !isfinite(eps->valuedouble)) {
+            char v[80];
+            sg_errorf(path, "key \"layer_norm_epsilon\" must be a positive number, not %s", json_text(eps, v, sizeof v));
             goto done;
         }
         cfg->layer_norm_epsilon = eps->valuedouble;
@@ -99,7 +108,9 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     if (cfg_bool(root, path, "reorder_and_upcast_attn", &upcast, 0)) goto done;
     cfg->bos_token_id = 50256;
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
-    if (cJSON_IsNumber(bos)) cfg->bos_token_id = (long)bos->valuedouble;
+    /* compared as a double before any conversion: 1e20 must not reach (long) */
+    if (cJSON_IsNumber(bos))
+        cfg->bos_token_id = bos->valuedouble >= 0 && bos->valuedouble < (double)cfg->vocab_size ? (long)bos->valuedouble : -1;
     if (cfg->bos_token_id < 0 || (size_t)cfg->bos_token_id >= cfg->vocab_size) cfg->bos_token_id = -1;
     /* SAELens's evals leave out pad, eos and bos tokens (for GPT-2 all 50256) */
     const char *special[2] = {"eos_token_id", "pad_token_id"};
@@ -160,11 +171,21 @@ int model_load(Gpt2Model *m, const char *dir) {
         return -1;
     }
     if (safetensors_open(&m->st, path) != 0) { model_free(m); return -1; }
+    /* n_layer is bounded by the file before it sizes anything: 12 tensors a layer, 4 more */
+    size_t n_specs;
+    if (sg_mul_overflow(c->n_layer, 12, &n_specs) || sg_add_overflow(n_specs, 4, &n_specs) ||
+        n_specs > m->st.n_tensors) {
+        sg_errorf(path, "config.json declares n_layer %zu (%zu tensors) but the file holds %zu tensors", c->n_layer,
+                  c->n_layer * 12 + 4, m->st.n_tensors);
+        model_free(m);
+        return -1;
+    }
+    const char *prev_alloc = sg_alloc_for(m->st.path);
 
     const int64_t L = (int64_t)c->n_layer, D = (int64_t)c->n_embd, V = (int64_t)c->vocab_size,
                   P = (int64_t)c->n_positions;
     m->layers = sg_xcalloc(c->n_layer, sizeof *m->layers);
-    size_t n_specs = 4 + 12 * c->n_layer, k = 0;
+    size_t k = 0;
     TensorSpec *specs = sg_xcalloc(n_specs, sizeof *specs);
     char (*names)[96] = sg_xcalloc(n_specs, sizeof *names);
 #define SPEC(dst_, nd_, s0_, s1_, ...)                                         \
@@ -227,14 +248,24 @@ int model_load(Gpt2Model *m, const char *dir) {
     free(found);
     free(specs);
     free(names);
-    if (rc != 0) { model_free(m); return -1; }
+    if (rc != 0) { sg_alloc_for(prev_alloc); model_free(m); return -1; }
 
+    /* wte (V, D) and every layer's (D) tensors are in the file, so these products are bounded
+     * by its size; still computed checked */
+    size_t vd, vpd, ld;
     m->vocab_padded = (c->vocab_size + 63) / 64 * 64;
-    m->wte_padded = sg_xcalloc(m->vocab_padded * c->n_embd, sizeof(float));
-    memcpy(m->wte_padded, m->wte, c->vocab_size * c->n_embd * sizeof(float));
+    if (sg_mul_overflow(c->vocab_size, c->n_embd, &vd) || sg_mul_overflow(m->vocab_padded, c->n_embd, &vpd) ||
+        sg_mul_overflow(c->n_layer, c->n_embd, &ld)) {
+        sg_alloc_for(prev_alloc);
+        sg_errorf(path, "vocab_size %zu x n_embd %zu overflows", c->vocab_size, c->n_embd);
+        model_free(m);
+        return -1;
+    }
+    m->wte_padded = sg_xcalloc(vpd, sizeof(float));
+    memcpy(m->wte_padded, m->wte, vd * sizeof(float));
 
     /* b_V' = b_V + ln_1.bias @ W_V, accumulated in double (FIELD-FACTS section 2). */
-    m->value_bias_folded = sg_xcalloc((size_t)(L * D), sizeof(float));
+    m->value_bias_folded = sg_xcalloc(ld, sizeof(float));
     for (int64_t l = 0; l < L; l++) {
         const Gpt2LayerWeights *w = &m->layers[l];
         for (int64_t j = 0; j < D; j++) {
@@ -243,6 +274,7 @@ int model_load(Gpt2Model *m, const char *dir) {
             m->value_bias_folded[l * D + j] = (float)acc;
         }
     }
+    sg_alloc_for(prev_alloc);
     return 0;
 }
 
