@@ -31,7 +31,7 @@ typedef struct {
     char basis_source[768];        /* where the basis came from (with the cfg's text), recorded per site */
     char basis_note[1100];         /* kwargs keys ignored because they change no activation, or "" */
     double norm_scaling_factor;    /* expected_average_only_in: 0 until given or estimated */
-    char norm_scaling_factor_source[160];
+    char norm_scaling_factor_source[192]; /* "--norm-scaling-factor " + site name (< 128) + "=" + %.17g */
     const float *W_enc;            /* (d_in, d_sae) */
     const float *b_enc;            /* (d_sae); NULL for gated */
     const float *W_dec;            /* (d_sae, d_in) */

@@ -38,19 +38,36 @@ static const cJSON *get_meta(const cJSON *root, const cJSON *meta, const char *k
     return j && !cJSON_IsNull(j) ? j : get(root, key);
 }
 
+/* Largest d_in, d_sae or k accepted: an int, far above any SAE (SAELens's largest have 2^24
+ * latents), so every product of two stays exact in size_t and in BLIS's dimensions. */
+#define SAE_SIZE_MAX 2147483647.0
+
+/* An integer lo <= v <= hi (a JSON number with no fraction; compared as a double before any
+ * conversion, so 1e20 or 2^64 never reaches size_t). On failure, the key and the value as the
+ * file writes it. */
+static int int_value(const cJSON *j, const char *path, const char *key, double lo, double hi, const char *what,
+                     size_t *out) {
+    if (!cJSON_IsNumber(j) || !(j->valuedouble >= lo && j->valuedouble <= hi) || j->valuedouble != floor(j->valuedouble)) {
+        char v[80];
+        return sg_errorf(path, "key \"%s\" must be %s, not %s", key, what, json_text(j, v, sizeof v));
+    }
+    *out = (size_t)j->valuedouble;
+    return 0;
+}
+
 static int size_key(const cJSON *root, const char *path, const char *key, size_t *out) {
     const cJSON *j = get(root, key);
     if (!j) return sg_errorf(path, "missing key \"%s\"", key);
-    if (!cJSON_IsNumber(j) || j->valuedouble < 1 || j->valuedouble != floor(j->valuedouble))
-        return sg_errorf(path, "key \"%s\" must be a positive integer", key);
-    *out = (size_t)j->valuedouble;
-    return 0;
+    return int_value(j, path, key, 1, SAE_SIZE_MAX, "a positive integer up to 2147483647", out);
 }
 
 static int bool_key(const cJSON *root, const char *path, const char *key, int dflt, int *out) {
     const cJSON *j = get(root, key);
     if (!j || cJSON_IsNull(j)) { *out = dflt; return 0; }
-    if (!cJSON_IsBool(j)) return sg_errorf(path, "key \"%s\" must be true or false", key);
+    if (!cJSON_IsBool(j)) {
+        char v[80];
+        return sg_errorf(path, "key \"%s\" must be true or false, not %s", key, json_text(j, v, sizeof v));
+    }
     *out = cJSON_IsTrue(j);
     return 0;
 }
@@ -146,9 +163,12 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
                         : s->generation == SAE_CFG_FLAT ? get(root, "hook_name")
                                                         : get_meta(root, meta, "hook_name");
     if (!cJSON_IsString(hook)) {
-        sg_errorf(path, "missing key \"%s\"", s->generation == SAE_CFG_LEGACY ? "hook_point"
-                                              : s->generation == SAE_CFG_FLAT  ? "hook_name"
-                                                                               : "metadata.hook_name");
+        const char *hk = s->generation == SAE_CFG_LEGACY ? "hook_point"
+                         : s->generation == SAE_CFG_FLAT ? "hook_name"
+                                                         : "metadata.hook_name";
+        char hv[80];
+        if (hook) sg_errorf(path, "key \"%s\" must be a string, not %s", hk, json_text(hook, hv, sizeof hv));
+        else sg_errorf(path, "missing key \"%s\"", hk);
         goto done;
     }
     s->hook_name = sg_xstrdup(hook->valuestring);
@@ -163,36 +183,54 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     const cJSON *mn = get_meta(root, meta, "model_name");
     s->model_name = sg_xstrdup(cJSON_IsString(mn) ? mn->valuestring : "");
 
-    /* Architecture and activation. Pre-v6 flat files may spell topk as an activation fn. */
+    /* Architecture and activation. Pre-v6 flat files may spell topk as an activation fn. An
+     * absent architecture is standard (legacy and early flat cfgs have none); anything present
+     * must be the string of a known name. */
+    char val[80];
     const char *arch = "standard";
     const cJSON *ja = get(root, "architecture");
-    if (cJSON_IsString(ja)) arch = ja->valuestring;
-    const cJSON *afn = get(root, "activation_fn_str");
-    if (!afn) afn = get(root, "activation_fn");
+    if (ja && !cJSON_IsString(ja)) {
+        sg_errorf(path, "key \"architecture\" must be a string (standard, jumprelu, topk, gated), not %s",
+                  json_text(ja, val, sizeof val));
+        goto done;
+    }
+    if (ja) arch = ja->valuestring;
+    const char *afn_key = "activation_fn_str";
+    const cJSON *afn = get(root, afn_key);
+    if (!afn) afn = get(root, afn_key = "activation_fn");
+    if (afn && !cJSON_IsString(afn) && !cJSON_IsNull(afn)) {
+        sg_errorf(path, "key \"%s\" must be a string (relu, topk), not %s", afn_key, json_text(afn, val, sizeof val));
+        goto done;
+    }
     int found = 0;
     for (int i = 0; i < SAE_ARCH_COUNT; i++)
         if (!strcmp(arch, ARCH_NAME[i])) { s->arch = (SaeArch)i; found = 1; }
     if (!found) {
-        sg_errorf(path, "architecture \"%s\" is not supported (standard, jumprelu, topk, gated)", arch);
+        sg_errorf(path, "key \"architecture\" is %s: not supported (standard, jumprelu, topk, gated)",
+                  json_text(ja, val, sizeof val));
         goto done;
     }
     if (cJSON_IsString(afn) && strcmp(afn->valuestring, "relu") != 0) {
         if (!strcmp(afn->valuestring, "topk") && s->arch == SAE_STANDARD) s->arch = SAE_TOPK;
         else if (strcmp(afn->valuestring, "topk") != 0) {
-            sg_errorf(path, "activation function \"%s\" is not supported (relu, topk)", afn->valuestring);
+            sg_errorf(path, "key \"%s\" is %s: activation function not supported (relu, topk)", afn_key,
+                      json_text(afn, val, sizeof val));
             goto done;
         }
     }
     if (s->arch == SAE_TOPK) {
+        const char *k_key = "k";
         const cJSON *k = get(root, "k");
         const cJSON *kw = get(root, "activation_fn_kwargs");
-        if (!k && kw) k = get(kw, "k");
-        if (!cJSON_IsNumber(k) || k->valuedouble < 1 || k->valuedouble != floor(k->valuedouble)) {
-            sg_errorf(path, "topk SAE needs a positive integer \"k\" (or activation_fn_kwargs.k)");
+        if (!k && cJSON_IsObject(kw) && get(kw, "k")) k = get(kw, "k"), k_key = "activation_fn_kwargs.k";
+        if (!k) {
+            sg_errorf(path, "topk SAE needs key \"k\" (or activation_fn_kwargs.k): an integer from 1 to d_sae %zu",
+                      s->d_sae);
             goto done;
         }
-        s->k = (size_t)k->valuedouble;
-        if (s->k > s->d_sae) { sg_errorf(path, "k %zu exceeds d_sae %zu", s->k, s->d_sae); goto done; }
+        char what[96];
+        snprintf(what, sizeof what, "an integer from 1 to d_sae %zu", s->d_sae);
+        if (int_value(k, path, k_key, 1, (double)s->d_sae, what, &s->k)) goto done;
         if (bool_key(root, path, "rescale_acts_by_decoder_norm", 0, &s->rescale_acts_by_decoder_norm)) goto done;
     }
     if (bool_key(root, path, "apply_b_dec_to_input", 1, &s->apply_b_dec_to_input)) goto done;
@@ -204,14 +242,21 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         int ok = 0;
         for (int i = 0; i < SAE_NORM_COUNT; i++)
             if (!strcmp(na->valuestring, NORM_NAME[i])) { s->norm = (SaeNorm)i; ok = 1; }
-        if (!ok) { sg_errorf(path, "normalize_activations \"%s\" is not supported", na->valuestring); goto done; }
+        if (!ok) {
+            sg_errorf(path, "key \"normalize_activations\" is %s: not supported (none, constant_norm_rescale, "
+                      "layer_norm, expected_average_only_in)", json_text(na, val, sizeof val));
+            goto done;
+        }
     } else if (na && !cJSON_IsNull(na)) {
-        sg_errorf(path, "normalize_activations must be a string, a boolean or null");
+        sg_errorf(path, "key \"normalize_activations\" must be a string, a boolean or null, not %s",
+                  json_text(na, val, sizeof val));
         goto done;
     }
     const cJSON *reshape = get(root, "reshape_activations");
-    if (cJSON_IsString(reshape) && strcmp(reshape->valuestring, "none") && strcmp(reshape->valuestring, "hook_z")) {
-        sg_errorf(path, "reshape_activations \"%s\" is not supported (none, hook_z)", reshape->valuestring);
+    if (reshape && !cJSON_IsNull(reshape) &&
+        (!cJSON_IsString(reshape) || (strcmp(reshape->valuestring, "none") && strcmp(reshape->valuestring, "hook_z")))) {
+        sg_errorf(path, "key \"reshape_activations\" is %s: not supported (none, hook_z)",
+                  json_text(reshape, val, sizeof val));
         goto done;
     }
 
@@ -374,6 +419,8 @@ typedef struct { const char *name; const float **dst; int ndim; int64_t s0, s1; 
 int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
     memset(s, 0, sizeof *s);
     s->dir = sg_xstrdup(dir);
+    const char *prev_alloc = NULL;
+    int alloc_named = 0;
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) { sg_errorf(dir, "SAE folder does not exist"); goto fail; }
     if (parse_cfg(s, dir, m, model_name, opt)) goto fail;
@@ -381,6 +428,7 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     char path[4096];
     snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
     if (safetensors_open(&s->st, path)) goto fail;
+    prev_alloc = sg_alloc_for(s->st.path), alloc_named = 1; /* the sizes below are the file's */
     const int64_t I = (int64_t)s->d_in, F = (int64_t)s->d_sae;
     const float *r_mag = NULL;
     SaeTensor spec[] = {
@@ -403,7 +451,7 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
         if (!needed && strcmp(spec[i].name, "scaling_factor") != 0) continue;
         int64_t shape[2] = {spec[i].s0, spec[i].s1};
         if (safetensors_expect(&s->st, spec[i].name, &found[i], spec[i].ndim, shape)) goto fail;
-        total += found[i]->numel;
+        if (sg_add_overflow(total, found[i]->numel, &total)) { sg_errorf(path, "tensor sizes overflow"); goto fail; }
     }
     /* One owned float32 copy: weights are small next to the model, and conversion and the
      * NaN check happen once. */
@@ -432,8 +480,10 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
             s->dec_norm[i] = (float)sqrt(acc);
         }
     }
+    sg_alloc_for(prev_alloc);
     return 0;
 fail:
+    if (alloc_named) sg_alloc_for(prev_alloc);
     sae_free(s);
     return -1;
 }
@@ -500,10 +550,13 @@ fail:
 /* ---- encode / decode ----------------------------------------------------------------------- */
 
 void sae_scratch_alloc(SaeScratch *w, const Sae *s, size_t N_max) {
+    size_t ni, nf;
+    if (sg_mul_overflow(N_max, s->d_in, &ni) || sg_mul_overflow(N_max, s->d_sae, &nf))
+        sg_fatal(s->dir, "SAE workspace of %zu rows x d_sae %zu overflows", N_max, s->d_sae);
     w->N_max = N_max;
-    w->xin = sg_xcalloc(N_max * s->d_in, sizeof(float));
-    w->z = sg_xcalloc(N_max * s->d_sae, sizeof(float));
-    w->fdec = sg_xcalloc(N_max * s->d_sae, sizeof(float));
+    w->xin = sg_xcalloc(ni, sizeof(float));
+    w->z = sg_xcalloc(nf, sizeof(float));
+    w->fdec = sg_xcalloc(nf, sizeof(float));
     w->row_a = sg_xcalloc(N_max, sizeof(double));
     w->row_b = sg_xcalloc(N_max, sizeof(double));
 }
