@@ -99,6 +99,25 @@ void h5out_attr_f64(H5Out *h, const char *obj, const char *name, double value);
 /* Collective. saegap_version, command_line and created (UTC) on the root. */
 void h5out_attr_provenance(H5Out *h, const char *command_line);
 
+/* Disk space (issue: a full disk must lose nothing). A result's datasets are all allocated at
+ * creation, so its size is known before it exists:
+ *   h5out_dry          an H5Out that creates nothing and counts the bytes of the datasets a
+ *                      schema function would create through it (attributes are no-ops)
+ *   h5out_check_space  collective: -1 with "no space left on device" naming the file when
+ *                      its folder has less than `need` bytes free
+ *   h5out_reserve      rank 0, after a flush: makes the file system back every byte of
+ *                      the file and `slack` bytes past its end (fallocate KEEP_SIZE) for the
+ *                      metadata written at the end, so that no later write can meet a full
+ *                      disk; -1 with a pending error naming the file (no space: the message
+ *                      says so) */
+/*   out_partial_reserve rank 0, on the claimed (empty) partial file: reserves `bytes` for it
+ *                      before HDF5 writes anything, so that creation cannot meet a full disk */
+H5Out *h5out_dry(void);
+int out_partial_reserve(const char *partial, const char *out, uint64_t bytes);
+uint64_t h5out_dry_bytes(const H5Out *h);
+int h5out_check_space(const char *path, uint64_t need, MPI_Comm comm);
+int h5out_reserve(H5Out *h, uint64_t slack, const char *name); /* name: the file as the user named it */
+
 void h5out_flush(H5Out *h);       /* collective */
 void h5out_close(H5Out *h);       /* collective; NULL is fine */
 

@@ -7,25 +7,82 @@
 
 #include <hdf5.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <time.h>
 #include <unistd.h>
 
-/* Every HDF5 call that should not fail once inputs are checked goes through this. */
+/* Every HDF5 call that should not fail once inputs are checked goes through this: one line
+ * with the reason found at the bottom of HDF5's error stack (the OS's or MPI-IO's words, e.g.
+ * "no space left on device"), then every rank ends (sg_fatal). HDF5's own stack is printed only
+ * when SAEGAP_HDF5_ERRORS is set. */
 #define SG_H5(call, ...)                                                               \
     do {                                                                               \
-        if ((call) < 0) {                                                              \
-            H5Eprint2(H5E_DEFAULT, stderr);                                            \
-            sg_fatal_at(__FILE__, __LINE__, "HDF5", __VA_ARGS__);                      \
-        }                                                                              \
+        if ((call) < 0) h5_fatal(__FILE__, __LINE__, __VA_ARGS__);                     \
     } while (0)
+
+typedef struct { char text[512]; } H5Reason;
+
+static herr_t collect_reason(unsigned n, const H5E_error2_t *e, void *data) {
+    (void)n;
+    H5Reason *r = data;
+    if (e->desc && e->desc[0]) snprintf(r->text, sizeof r->text, "%s", e->desc); /* the innermost wins */
+    return 0;
+}
+
+/* The OS's reason behind an HDF5 failure, on one line. */
+static void h5_reason(char *buf, size_t cap) {
+    H5Reason r = {""};
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, collect_reason, &r);
+    for (char *p = r.text; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
+    char lower[512];
+    size_t i = 0;
+    for (; r.text[i] && i + 1 < sizeof lower; i++) lower[i] = (char)(r.text[i] >= 'A' && r.text[i] <= 'Z' ? r.text[i] + 32 : r.text[i]);
+    lower[i] = 0;
+    if (strstr(lower, "no space") || strstr(lower, "not enough space") || strstr(lower, "no_space") ||
+        strstr(lower, "quota"))
+        snprintf(buf, cap, "no space left on device (%s)", strstr(lower, "quota") ? "disk quota exceeded" : r.text);
+    else snprintf(buf, cap, "%s", r.text[0] ? r.text : "HDF5 gave no reason");
+}
+
+static uint64_t free_bytes(const char *path);
+
+/* MPI-IO often reports a failed write to HDF5 without the OS's reason (Open MPI's OMPIO prints
+ * it on stderr itself): a full folder is the usual one, so say it when it is so. */
+static void h5_reason_for(const char *path, char *buf, size_t cap) {
+    h5_reason(buf, cap);
+    if (path && !strstr(buf, "no space") && free_bytes(path) < ((uint64_t)64 << 10)) {
+        char inner[600];
+        snprintf(inner, sizeof inner, "%.500s", buf);
+        snprintf(buf, cap, "no space left on device (HDF5: %.400s)", inner);
+    }
+}
+
+static const char *g_h5_path; /* the result file being written, for h5_reason_for */
+
+__attribute__((format(printf, 3, 4))) _Noreturn static void h5_fatal(const char *file, int line, const char *fmt, ...) {
+    char what[1024], why[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    h5_reason_for(g_h5_path, why, sizeof why);
+    if (getenv("SAEGAP_HDF5_ERRORS")) H5Eprint2(H5E_DEFAULT, stderr);
+    sg_fatal_at(file, line, "HDF5", "%s: %s", what, why);
+}
 
 struct H5Out {
     char *path;
     int resuming, readonly;
+    int dry;            /* h5out_dry: counts the bytes of the datasets, writes nothing */
+    uint64_t reserved;  /* bytes reserved past the end by h5out_reserve */
+    uint64_t dry_bytes;
     hid_t file;
     hid_t *dsets;
     H5OutType *types;
@@ -124,6 +181,7 @@ int h5out_publish(H5Out *h, const char *path, MPI_Comm comm) {
     if (sg_agree(comm, rc)) return -1;
     free(h->path);
     h->path = sg_xstrdup(path);
+    g_h5_path = h->path;
     return 0;
 }
 
@@ -146,6 +204,7 @@ static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags) {
     H5Out *h = sg_xcalloc(1, sizeof *h);
     h->path = sg_xstrdup(path);
     h->file = f;
+    g_h5_path = h->path;
     return h;
 }
 
@@ -164,6 +223,7 @@ H5Out *h5out_open(const char *path, MPI_Comm comm) {
     h->path = sg_xstrdup(path);
     h->file = f;
     h->resuming = 1;
+    g_h5_path = h->path;
     return h;
 }
 
@@ -337,7 +397,15 @@ int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *d
     return rc;
 }
 
+static size_t type_size(H5OutType t) { return t == H5OUT_F32 || t == H5OUT_I32 ? 4 : 8; }
+
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+    if (h->dry) {
+        uint64_t n = type_size(type);
+        for (int i = 0; i < ndims; i++) n *= dims[i];
+        h->dry_bytes += n;
+        return add_handle(h, -1, type);
+    }
     if (h->resuming) return open_dataset(h, name, type, ndims, dims);
     hsize_t hd[8];
     for (int i = 0; i < ndims && i < 8; i++) hd[i] = dims[i];
@@ -385,7 +453,21 @@ static hid_t independent_dxpl(void) {
     return dxpl;
 }
 
+/* Tests only: SAEGAP_FAULT_WRITE_ROWS=N makes this rank's N-th row write fail as a failed
+ * write would, to check that a write error mid-run ends every rank and keeps finished units. */
+static void fault_injection(const H5Out *h) {
+    static long countdown = -2;
+    if (countdown == -2) {
+        const char *v = getenv("SAEGAP_FAULT_WRITE_ROWS");
+        countdown = v ? atol(v) : -1;
+    }
+    if (countdown > 0 && --countdown == 0)
+        sg_fatal("HDF5", "writing rows of %s: injected write fault (SAEGAP_FAULT_WRITE_ROWS)", h->path);
+}
+
 void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data) {
+    if (h->dry) return;
+    fault_injection(h);
     hid_t fspace, mspace, dxpl = independent_dxpl();
     select_rows(h, ds, row0, nrows, &fspace, &mspace);
     SG_H5(H5Dwrite(h->dsets[ds], mem_type(h->types[ds]), mspace, fspace, dxpl, data), "writing rows %llu..%llu of %s",
@@ -416,6 +498,10 @@ static hid_t string_type(void) {
 }
 
 int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
+    if (h->dry) {
+        h->dry_bytes += n * H5OUT_STRLEN;
+        return add_handle(h, -1, H5OUT_I32);
+    }
     if (h->resuming) {
         hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
         if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing", name);
@@ -438,6 +524,7 @@ int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
 }
 
 void h5out_write_strings(H5Out *h, int ds, const char *const *strings, uint64_t n) {
+    if (h->dry) return;
     char *buf = sg_xcalloc(n ? n : 1, H5OUT_STRLEN);
     for (uint64_t i = 0; i < n; i++) snprintf(buf + i * H5OUT_STRLEN, H5OUT_STRLEN, "%s", strings[i]);
     hid_t t = string_type();
@@ -456,6 +543,7 @@ static hid_t open_obj(H5Out *h, const char *obj) {
 }
 
 static void write_attr(H5Out *h, const char *obj, const char *name, hid_t ftype, hid_t mtype, const void *value) {
+    if (h->dry) return;
     hid_t o = open_obj(h, obj);
     if (H5Aexists(o, name) > 0) SG_H5(H5Adelete(o, name), "replacing attribute %s", name);
     hid_t space = H5Screate(H5S_SCALAR);
@@ -492,13 +580,113 @@ void h5out_attr_provenance(H5Out *h, const char *command_line) {
     h5out_attr_str(h, "/", "created", created);
 }
 
-void h5out_flush(H5Out *h) { SG_H5(H5Fflush(h->file, H5F_SCOPE_GLOBAL), "flushing %s", h->path); }
+void h5out_flush(H5Out *h) {
+    if (h->dry) return;
+    SG_H5(H5Fflush(h->file, H5F_SCOPE_GLOBAL), "flushing %s", h->path);
+}
+
+H5Out *h5out_dry(void) {
+    H5Out *h = sg_xcalloc(1, sizeof *h);
+    h->dry = 1;
+    h->file = -1;
+    h->path = sg_xstrdup("(dry)");
+    return h;
+}
+
+uint64_t h5out_dry_bytes(const H5Out *h) { return h->dry_bytes; }
+
+/* Bytes the file system can still give this path's folder (unprivileged), or UINT64_MAX. */
+static uint64_t free_bytes(const char *path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == dir) dir[1] = 0;
+    else *slash = 0;
+    struct statvfs v;
+    if (statvfs(dir, &v) != 0) return UINT64_MAX;
+    return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+}
+
+static void mb(char *buf, size_t cap, uint64_t bytes) { snprintf(buf, cap, "%.1f MB", (double)bytes / 1e6); }
+
+int h5out_check_space(const char *path, uint64_t need, MPI_Comm comm) {
+    int rank, rc = 0;
+    MPI_Comm_rank(comm, &rank);
+    if (rank == 0) {
+        uint64_t have = free_bytes(path);
+        if (have < need) {
+            char a[32], b[32];
+            mb(a, sizeof a, need), mb(b, sizeof b, have);
+            rc = sg_errorf(path, "no space left on device: the result needs about %s, %s are free", a, b);
+        }
+    }
+    return sg_agree(comm, rc);
+}
+
+int out_partial_reserve(const char *partial, const char *out, uint64_t bytes) {
+    int fd = open(partial, O_WRONLY);
+    int e = fd < 0 ? errno : fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) != 0 ? errno : 0;
+    if (fd >= 0) close(fd);
+    if (e == EOPNOTSUPP || e == ENOSYS) return 0; /* h5out_check_space's check stands */
+    if (e == ENOSPC || e == EDQUOT) {
+        char a[32], b[32];
+        mb(a, sizeof a, bytes), mb(b, sizeof b, free_bytes(partial));
+        return sg_errorf(out, "no space left on device: reserving the result's %s failed (%s free)", a, b);
+    }
+    if (e) return sg_errorf(out, "cannot reserve the result's space on disk: %s", strerror(e));
+    return 0;
+}
+
+int h5out_reserve(H5Out *h, uint64_t slack, const char *name) {
+    int rc = 0;
+    {
+        /* after a flush the file's size is HDF5's end of allocation (H5Fget_filesize fails
+         * under the MPI-IO driver in 1.10) */
+        off_t size = 0;
+        int fd = open(h->path, O_WRONLY);
+        struct stat sb;
+        int e = fd < 0 ? errno : fstat(fd, &sb) != 0 ? errno : 0;
+        if (!e) size = sb.st_size;
+        /* back every byte of the file, and `slack` bytes past its end for the metadata written
+         * at the end (attributes, checksums), without changing the size HDF5 sees */
+        if (!e && size > 0) e = posix_fallocate(fd, 0, size);
+        if (!e && fallocate(fd, FALLOC_FL_KEEP_SIZE, size, (off_t)slack) != 0) {
+            e = errno;
+            if (e == EOPNOTSUPP || e == ENOSYS) e = free_bytes(h->path) >= slack ? 0 : ENOSPC;
+        }
+        if (fd >= 0) close(fd);
+        if (!e) h->reserved = slack;
+        if (e == ENOSPC || e == EDQUOT) {
+            char a[32], b[32];
+            mb(a, sizeof a, (uint64_t)size + slack), mb(b, sizeof b, free_bytes(h->path));
+            rc = sg_errorf(name, "no space left on device: reserving the result's %s failed (%s free)", a, b);
+        } else if (e) {
+            rc = sg_errorf(name, "cannot reserve the result's space on disk: %s", strerror(e));
+        }
+    }
+    return rc;
+}
 
 void h5out_close(H5Out *h) {
     if (!h) return;
+    if (h->dry) {
+        free(h->dsets), free(h->types), free(h->path), free(h);
+        return;
+    }
     for (int i = 0; i < h->n_dsets; i++) H5Dclose(h->dsets[i]);
+    if (g_h5_path == h->path) g_h5_path = NULL;
     if (h->readonly) H5Fclose(h->file); /* a damaged file may fail to close: nothing was written */
-    else SG_H5(H5Fclose(h->file), "closing %s", h->path);
+    else {
+        SG_H5(H5Fclose(h->file), "closing %s", h->path);
+        if (h->reserved && sg_rank() == 0) { /* give back the reserve past the end */
+            int fd = open(h->path, O_WRONLY);
+            struct stat sb;
+            if (fd >= 0 && fstat(fd, &sb) == 0)
+                (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)h->reserved);
+            if (fd >= 0) close(fd);
+        }
+    }
     free(h->dsets);
     free(h->types);
     free(h->path);

@@ -24,6 +24,7 @@
 #include "sitestats.h"
 #include "tokens.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -94,6 +95,7 @@ typedef struct {
     UnitLayout layout;
     char tokens_checksum[64], model_checksum[64];
     char out_partial[OUT_PARTIAL_MAX]; /* "<out>.creating": the new file until its schema is on disk */
+    uint64_t file_bytes;          /* a new result's size (datasets + metadata reserve): check_space */
 } Run;
 
 static int has_iv(const Run *r, Intervention iv) { return (r->iv_mask >> iv) & 1u; }
@@ -133,6 +135,23 @@ static int check_options(Run *r) {
     if (stat(o->out, &sb) == 0) {
         if (S_ISDIR(sb.st_mode)) return sg_errorf(o->out, "--out is a directory; give a file name");
         if (!o->resume) return sg_errorf(o->out, "output file already exists; refusing to overwrite it (--resume continues it)");
+    } else if (lstat(o->out, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+        char target[4096] = "";
+        ssize_t n = readlink(o->out, target, sizeof target - 1);
+        if (n > 0) target[n] = 0;
+        return sg_errorf(o->out, "--out is a symbolic link to '%s', which does not exist; give a file name", target);
+    } else {
+        /* the folder must exist and be writable: found now, not after the whole computation */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", o->out);
+        char *slash = strrchr(dir, '/');
+        if (!slash) snprintf(dir, sizeof dir, ".");
+        else if (slash == dir) dir[1] = 0;
+        else *slash = 0;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return sg_errorf(o->out, "the folder '%s' of --out does not exist", dir);
+        if (access(dir, W_OK | X_OK) != 0)
+            return sg_errorf(o->out, "cannot write in the folder '%s' of --out: %s", dir, strerror(errno));
     }
     return 0;
 }
@@ -964,6 +983,38 @@ static void drop_partial(const Run *r, int rank, int *lock_fd) {
     *lock_fd = -1;
 }
 
+/* Rank 0, when the disk cannot hold the open result: closing an HDF5 file writes to it, and a
+ * collective write that fails on a full disk can leave the ranks waiting on each other inside
+ * HDF5. So end every rank now (sg_fatal), after removing a file that holds no unit yet; a
+ * resumed file is left as its last flush wrote it. */
+_Noreturn static void abandon_file(const Run *r, int resuming) {
+    if (!resuming) unlink(r->out_partial);
+    char msg[SG_ERROR_MAX];
+    snprintf(msg, sizeof msg, "%s", sg_error_message());
+    sg_fatal("saegap run", "%s%s", msg, resuming ? " (the file is as before this run: free space, then --resume)" : "");
+}
+
+/* Bytes past the file's end that the metadata written at the end needs (attributes, the final
+ * checksum): reserved with the file, so that finishing never meets a full disk. */
+static uint64_t result_slack(const Run *r) { return ((uint64_t)4 << 20) + ((uint64_t)256 << 10) * r->n_sites; }
+
+/* A new result's datasets are all allocated at creation, so its size is known before it
+ * exists: refuse a disk that cannot hold it before any work (a disk that fills up during
+ * creation would otherwise fail inside HDF5's collective writes). Collective; 0 when the run
+ * resumes an existing file (h5out_reserve covers that). */
+static int check_space(Run *r, MPI_Comm comm, int size) {
+    struct stat sb;
+    int resume_existing = r->o->resume && stat(r->o->out, &sb) == 0;
+    if (MPI_Bcast(&resume_existing, 1, MPI_INT, 0, comm) != MPI_SUCCESS) sg_fatal("MPI", "broadcast failed");
+    if (resume_existing) return 0;
+    schedule_layout(&r->layout, r->ts.n, r->B, r->n_sites, size);
+    H5Out *dry = h5out_dry();
+    create_schema(r, dry, size);
+    r->file_bytes = h5out_dry_bytes(dry) + result_slack(r);
+    h5out_close(dry);
+    return h5out_check_space(r->o->out, r->file_bytes, comm);
+}
+
 /* Opens the result file: a new one, or (--resume) the existing one of the same job. Rank 0
  * holds the writer lock for the whole run. Sets *lock_fd on rank 0. NULL after an error. */
 static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_fd) {
@@ -996,6 +1047,7 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
      * that exists without --resume was refused by check_options; one that appears since is
      * refused when the new file is named, in h5out_publish. */
     schedule_layout(&r->layout, r->ts.n, r->B, r->n_sites, size);
+    if (check_space(r, comm, size)) return NULL;
     if (rank == 0) {
         *lock_fd = out_partial_claim(o->out, r->out_partial);
         rc = *lock_fd < 0 ? -1 : 0;
@@ -1006,6 +1058,10 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         drop_partial(r, rank, lock_fd);
         return NULL;
     }
+    /* after H5Fcreate (which truncates the file), before HDF5 writes: creation cannot meet a
+     * full disk */
+    if (rank == 0 && out_partial_reserve(r->out_partial, o->out, r->file_bytes) != 0)
+        abandon_file(r, 0);
     return h;
 }
 
@@ -1045,6 +1101,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         s->fire = sg_xcalloc(s->F, sizeof(int32_t));
     }
     checksum_inputs(&r);
+    if (check_space(&r, comm, size)) { run_free(&r); return 1; }
 
     if (sg_agree(comm, statistics_pass(&r, comm, rank, size))) { run_free(&r); return 1; }
     int lock_fd = -1;
@@ -1054,6 +1111,9 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     const int resuming = h5out_resuming(h);
     if (!resuming && rank == 0) h5out_write_rows(h, r.ds_tokens, 0, r.ts.n, r.ts.ids);
     h5out_flush(h); /* schema on disk before any unit runs: a kill cannot damage metadata */
+    /* every byte the run will write is backed by the file system now: a disk that fills up
+     * later cannot cost a unit or the file's metadata */
+    if (rank == 0 && h5out_reserve(h, result_slack(&r), o->out) != 0) abandon_file(&r, resuming);
     if (!resuming && h5out_publish(h, o->out, comm) != 0) {
         /* OUT appeared meanwhile: leave it alone, drop this run's partial file */
         h5out_close(h);
