@@ -51,6 +51,32 @@ enum { CN_MEASURED, CN_CE_CLEAN, CN_KL0, CN_CE0 = CN_KL0 + IV_COUNT, CN_SCORE = 
 enum { SC_KL_SAE, SC_CE_SAE, SC_KL_ZERO, SC_CE_ZERO, SC_CE_CLEAN, SC_COUNT };
 _Static_assert(SC_COUNT == AG_X_SUM - AG_SCORE && SC_COUNT == CN_COUNT - CN_SCORE, "score slots");
 
+/* What an aggregate slot sums, for the message when it overflows. */
+static void aggregate_name(char *buf, size_t cap, size_t k) {
+    static const char *const BASE[AG_KL0] = {"||x - x_hat||^2 (explained_variance)", "||x||^2 (explained_variance)",
+                                             "||x_hat||^2 (relative_reconstruction_bias)",
+                                             "<x, x_hat> (relative_reconstruction_bias)", "l0 (mean_l0)",
+                                             "clean CE (mean_ce_clean)"};
+    static const char *const SCORE[5] = {"kl_div_with_sae", "ce_loss_with_sae", "kl_div_with_ablation",
+                                         "ce_loss_with_ablation", "ce_loss_without_sae"};
+    if (k < AG_KL0) snprintf(buf, cap, "%s", BASE[k]);
+    else if (k < AG_CE0) snprintf(buf, cap, "kl/%s (mean_kl_%s)", iv_name((Intervention)(k - AG_KL0)), iv_name((Intervention)(k - AG_KL0)));
+    else if (k < AG_SCORE) snprintf(buf, cap, "ce/%s (mean_ce_%s)", iv_name((Intervention)(k - AG_CE0)), iv_name((Intervention)(k - AG_CE0)));
+    else if (k < AG_X_SUM) snprintf(buf, cap, "%s (the SAELens scores)", SCORE[k - AG_SCORE]);
+    else snprintf(buf, cap, "x, dimension %zu (explained_variance)", k - AG_X_SUM);
+}
+
+/* A sum the exact accumulator cannot hold ends the run naming the site and the metric, before
+ * a poisoned record reaches the file. */
+static void check_sums(const ReproSum *sums, size_t n, const char *site) {
+    size_t k = repro_first_overflow(sums, n);
+    if (k == n) return;
+    char what[160];
+    aggregate_name(what, sizeof what, k);
+    sg_fatal(site, "the sum of %s overflows the exact accumulator (values beyond about 1e25: check the model's and "
+                   "the SAE's weights)", what);
+}
+
 static volatile sig_atomic_t g_stop_signal = 0;
 static void on_term(int sig) { (void)sig; g_stop_signal = 1; }
 
@@ -659,7 +685,7 @@ static void site_metrics(Work *w, SiteRun *s, size_t N) {
         for (size_t i = 0; i < d; i++) {
             xx += (double)x[i] * x[i], hh += (double)xh[i] * xh[i], xh_dot += (double)x[i] * xh[i];
             ee += ((double)xh[i] - x[i]) * ((double)xh[i] - x[i]);
-            repro_add(&s->sums[AG_X_SUM + i], x[i]);
+            repro_add_checked(&s->sums[AG_X_SUM + i], x[i]);
         }
         for (size_t i = 0; i < F; i++) {
             if (f[i] > 0) l0++, s->fire[i]++;
@@ -672,8 +698,8 @@ static void site_metrics(Work *w, SiteRun *s, size_t N) {
         rc[RC_MSE * N + j] = (float)(ee / (double)d);
         rc[RC_L0 * N + j] = (float)l0;
         rc[RC_L1 * N + j] = (float)l1;
-        repro_add(&s->sums[AG_ERR_SQ], ee), repro_add(&s->sums[AG_X_SQ], xx), repro_add(&s->sums[AG_XHAT_SQ], hh);
-        repro_add(&s->sums[AG_X_DOT_XHAT], xh_dot), repro_add(&s->sums[AG_L0], (double)l0);
+        repro_add_checked(&s->sums[AG_ERR_SQ], ee), repro_add_checked(&s->sums[AG_X_SQ], xx), repro_add_checked(&s->sums[AG_XHAT_SQ], hh);
+        repro_add_checked(&s->sums[AG_X_DOT_XHAT], xh_dot), repro_add_checked(&s->sums[AG_L0], (double)l0);
         s->counts[CN_MEASURED]++;
     }
 }
@@ -712,8 +738,8 @@ static void score_pass(Run *r, Work *w, SiteRun *s, const float *x_rep, const un
         for (size_t q = 0; q < nr; q++) {
             size_t j = r0 + q;
             if (is_special(r, ids[j])) continue;
-            repro_add(&s->sums[AG_SCORE + kl_slot], kl[q]), s->counts[CN_SCORE + kl_slot]++;
-            if (w->next[j] >= 0) repro_add(&s->sums[AG_SCORE + kl_slot + 1], ce[q]), s->counts[CN_SCORE + kl_slot + 1]++;
+            repro_add_checked(&s->sums[AG_SCORE + kl_slot], kl[q]), s->counts[CN_SCORE + kl_slot]++;
+            if (w->next[j] >= 0) repro_add_checked(&s->sums[AG_SCORE + kl_slot + 1], ce[q]), s->counts[CN_SCORE + kl_slot + 1]++;
         }
     }
 }
@@ -733,7 +759,7 @@ static void score_passes(Run *r, Work *w, SiteRun *s, size_t c0, size_t nb) {
     for (size_t j = 0; j < N; j++) {
         active[j] = (unsigned char)(every_position || !is_special(r, ids[j]));
         if (!is_special(r, ids[j]) && w->next[j] >= 0) {
-            repro_add(&s->sums[AG_SCORE + SC_CE_CLEAN], w->lse_clean[j] - w->logits_clean[j * r->model.cfg.vocab_size + w->next[j]]);
+            repro_add_checked(&s->sums[AG_SCORE + SC_CE_CLEAN], w->lse_clean[j] - w->logits_clean[j * r->model.cfg.vocab_size + w->next[j]]);
             s->counts[CN_SCORE + SC_CE_CLEAN]++;
         }
     }
@@ -754,7 +780,7 @@ static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
         for (size_t t = t0; t < t0 + Wk; t++) {
             size_t j = b * T + t;
             if (w->measured[j] && w->next[j] >= 0)
-                repro_add(&s->sums[AG_CE_CLEAN], w->ce_clean_out[j]), s->counts[CN_CE_CLEAN]++;
+                repro_add_checked(&s->sums[AG_CE_CLEAN], w->ce_clean_out[j]), s->counts[CN_CE_CLEAN]++;
         }
     IvBatch ib = {.N = N, .d = s->d, .d_sae = s->F, .x = w->x, .x_hat = w->x_hat, .f = w->f, .mean = s->mean,
                   .chol = s->chol, .latent_sigma = r->o->latent_noise, .sae = sae, .sae_work = &w->sae_work[si],
@@ -804,8 +830,8 @@ static int site_batch(Run *r, Work *w, size_t si, size_t c0, size_t nb) {
                             h5out_write_rows(w->h, s->ds_ex_lp[iv], c, 1, lp);
                             h5out_write_rows(w->h, s->ds_ex_kl[iv], c, 1, &klf);
                         }
-                        repro_add(&s->sums[AG_KL0 + iv], kl), s->counts[CN_KL0 + iv]++;
-                        if (w->next[j] >= 0) repro_add(&s->sums[AG_CE0 + iv], ce), s->counts[CN_CE0 + iv]++;
+                        repro_add_checked(&s->sums[AG_KL0 + iv], kl), s->counts[CN_KL0 + iv]++;
+                        if (w->next[j] >= 0) repro_add_checked(&s->sums[AG_CE0 + iv], ce), s->counts[CN_CE0 + iv]++;
                     }
                 }
         }
@@ -859,6 +885,7 @@ static int run_unit(Run *r, Work *w, size_t unit) {
         for (size_t si = s0; si < s1; si++)
             if (site_batch(r, w, si, c, nb) != 0) return -1;
     }
+    for (size_t si = s0; si < s1; si++) check_sums(r->sites[si].sums, r->sites[si].n_sums, r->sites[si].name);
     for (size_t si = s0; si < s1; si++) {
         SiteRun *s = &r->sites[si];
         int64_t *pairs = sg_xcalloc(2 * s->n_sums, sizeof(int64_t));
@@ -898,10 +925,11 @@ static void finish_site(Run *r, H5Out *h, SiteRun *s, MPI_Comm comm, int rank) {
             h5out_read_rows(h, s->ds_rec_counts, b, 1, c);
             h5out_read_rows(h, s->ds_rec_fire, b, 1, f);
             for (size_t i = 0; i < s->n_sums; i++)
-                tot[i] += (ReproSum)(((unsigned __int128)(uint64_t)pairs[2 * i + 1] << 64) | (uint64_t)pairs[2 * i]);
+                repro_merge(&tot[i], (ReproSum)(((unsigned __int128)(uint64_t)pairs[2 * i + 1] << 64) | (uint64_t)pairs[2 * i]));
             for (int i = 0; i < CN_COUNT; i++) cnt[i] += c[i];
             for (size_t i = 0; i < s->F; i++) fire[i] += f[i];
         }
+        check_sums(tot, s->n_sums, s->name);
         double Nm = (double)cnt[CN_MEASURED], mean_sq = 0;
         for (size_t i = 0; i < s->d; i++) {
             double mu = repro_value(tot[AG_X_SUM + i]) / Nm;

@@ -42,18 +42,18 @@ void sitestats_add(SiteStats *s, const float *x, const unsigned char *mask, size
             X[m * d + i] = x[r * d + i];
             nn += (double)x[r * d + i] * x[r * d + i];
         }
-        repro_add(&s->norm_sum, sqrt(nn));
+        repro_add_checked(&s->norm_sum, sqrt(nn));
         m++;
     }
     s->count += (int64_t)m;
     for (size_t i = 0; i < d; i++) {
         double acc = 0;
         for (size_t r = 0; r < m; r++) acc += X[r * d + i];
-        repro_add(&s->sum[i], acc);
+        repro_add_checked(&s->sum[i], acc);
     }
     if (s->want_cov && m) {
         gemm_d_xtx(XtX, X, m, d);
-        for (size_t i = 0; i < d * d; i++) repro_add(&s->xtx[i], XtX[i]);
+        for (size_t i = 0; i < d * d; i++) repro_add_checked(&s->xtx[i], XtX[i]);
     }
 }
 
@@ -70,6 +70,14 @@ void sitestats_reduce(SiteStats *s, MPI_Comm comm) {
 int sitestats_finish(const SiteStats *s, const char *site, double *mean, double *chol, double *mean_norm) {
     size_t d = s->d;
     if (s->count == 0) return sg_errorf(site, "no measured tokens for the statistics pass");
+    /* an overflowed sum (poisoned, kept by the reduction) is named, never used */
+    if (repro_overflowed(s->norm_sum) || repro_first_overflow(s->sum, d) < d)
+        return sg_errorf(site, "the statistics pass's sum of x (mean of the activations, for mean_ablation, cov_random "
+                               "and the norm scaling factor) overflows: activations beyond about 1e25 (check the model's "
+                               "and the SAE's weights)");
+    if (s->want_cov && repro_first_overflow(s->xtx, d * d) < d * d)
+        return sg_errorf(site, "the statistics pass's sum of x x^T (covariance, for cov_random) overflows: activations "
+                               "beyond about 1e12 (check the model's and the SAE's weights)");
     double N = (double)s->count;
     for (size_t i = 0; i < d; i++) mean[i] = repro_value(s->sum[i]) / N;
     if (mean_norm) *mean_norm = repro_value(s->norm_sum) / N;
