@@ -1197,8 +1197,9 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     if (any_stop) {
         h5out_flush(h);
         if (rank == 0)
-            fprintf(stderr, "saegap run: interrupted by a signal; %s is resumable (same command with --resume), "
-                            "exit status %d\n", o->out, SAEGAP_EXIT_INTERRUPTED);
+            fprintf(stderr, "saegap run: interrupted by a signal; %s is resumable (same command with --resume); the "
+                            "ranks exit with status %d (a launcher that was itself signalled, e.g. mpirun sent TERM, "
+                            "reports its own status, usually 1: saegap verify tells)\n", o->out, SAEGAP_EXIT_INTERRUPTED);
         status = SAEGAP_EXIT_INTERRUPTED;
     } else {
         h5out_flush(h);
