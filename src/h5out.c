@@ -111,7 +111,13 @@ int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, si
     hsize_t dims[2];
     H5Sget_simple_extent_dims(s, dims, NULL);
     *rows = dims[0], *cols = dims[1];
-    *vals = sg_xcalloc((size_t)(dims[0] * dims[1]) + 1, sizeof(int64_t));
+    size_t n = 0, bytes = 0;
+    if (sg_mul_overflow(dims[0], dims[1], &n) || sg_add_overflow(n, 1, &n) || sg_mul_overflow(n, sizeof(int64_t), &bytes)) {
+        sg_errorf(path, "dataset '%s' declares %llu x %llu values: more elements than this machine can address", dataset,
+                  (unsigned long long)dims[0], (unsigned long long)dims[1]);
+        goto done;
+    }
+    *vals = sg_xcalloc(n, sizeof(int64_t));
     if (dims[0] != 0 && dims[1] != 0 && H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *vals) < 0) {
         sg_errorf(path, "cannot read dataset '%s'", dataset);
         goto done;

@@ -740,8 +740,6 @@ def scaled_model(world, tmp_path, rms):
     return m
 
 
-@pytest.mark.xfail(strict=False, reason="needs src/run.c to use repro_add_checked and report "
-                   "REPRO_OVERFLOW by site and metric (issue 12; see reprosum.h)")
 def test_run_sum_overflow_names_site_and_metric(world, tmp_path):
     # embedding weights of ~7e12 make ||x||^2 ~ 1e27 at the site: beyond what the exact sums
     # hold (|term| < 2^86 = 7.7e25)
