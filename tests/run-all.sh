@@ -18,6 +18,23 @@ for variant in release asan; do
   cmake --build "$dir" -j "$JOBS"
   ctest --test-dir "$dir" --output-on-failure
 done
+# The bad-input tests again as an unprivileged user (permissions, unreadable files and folders
+# only show without root): from a copy that user can read, against the release build.
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+  echo "== tests/run-all.sh: bad-input tests as user nobody"
+  un=$(mktemp -d /tmp/saegap-unpriv.XXXXXX)
+  mkdir -p "$un/tests"
+  cp -r tests/python "$un/tests/python"
+  cp -r src include jobs "$un/"
+  cp build-ci-release/saegap "$un/saegap"
+  chmod -R a+rX "$un"
+  chmod 1777 "$un"
+  as_nobody() { runuser -u nobody -- env HOME="$un" TMPDIR="$un" SAEGAP_BIN="$un/saegap" \
+                 /usr/bin/python3 -m pytest -q -p no:cacheprovider "$@"; }
+  as_nobody "$un/tests/python/test_errors.py" "$un/tests/python/test_hostile_inputs.py"
+  as_nobody "$un/tests/python/test_run.py" -k "test_error_"
+  rm -rf "$un"
+fi
 # jobs/slurm.sh on a real one-node Slurm (short form, about 1 minute; --long in
 # tests/slurm/README.md): it installs slurm and munge and starts daemons, so it needs root.
 if [ "$(id -u)" = 0 ]; then

@@ -1059,3 +1059,39 @@ def test_error_existing_out_untouched(world, tmp_path, run_saegap, good_sae):
     assert_user_error(p, None, str(out), "precious.h5", "exists")
     assert out.read_bytes() == payload
     assert os.stat(str(out)).st_mtime_ns == st.st_mtime_ns
+
+
+# ================================================================ --out checked before any work
+
+def test_error_out_dangling_symlink(world, tmp_path, run_saegap, good_sae):
+    out = tmp_path / "link.h5"
+    os.symlink(str(tmp_path / "nowhere" / "r.h5"), str(out))
+    p = run_saegap(run_args(world, [good_sae["dir"]], out, DET), check=False)
+    assert_user_error(p, None, "symbolic link")
+    assert "statistics pass" not in p.stderr.decode(errors="replace")
+    assert os.path.islink(str(out)) and not os.path.exists(str(out))
+
+
+def test_error_out_folder_missing(world, tmp_path, run_saegap, good_sae):
+    out = tmp_path / "no_such_folder" / "r.h5"
+    p = run_saegap(run_args(world, [good_sae["dir"]], out, DET), check=False)
+    assert_user_error(p, None, "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: run by tests/run-all.sh as user nobody")
+def test_error_out_folder_not_writable(world, tmp_path, run_saegap, good_sae):
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    p = run_saegap(run_args(world, [good_sae["dir"]], d / "r.h5", DET), check=False)
+    assert_user_error(p, None, "cannot write")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything: run by tests/run-all.sh as user nobody")
+def test_error_sae_weights_unreadable(world, tmp_path, run_saegap):
+    s = build_sae(world, tmp_path / "s", "blocks.0.hook_resid_pre", "standard", "v6")
+    w = os.path.join(s["dir"], "sae_weights.safetensors")
+    os.chmod(w, 0)
+    p = run_saegap(run_args(world, [s["dir"]], tmp_path / "r.h5", DET), check=False)
+    assert_user_error(p, None, "sae_weights.safetensors")
+    assert "ermission" in p.stderr.decode(errors="replace")
