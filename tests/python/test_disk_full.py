@@ -16,6 +16,7 @@ SAEGAP_FAULT_WRITE_ROWS) ends every rank and leaves a resumable file.
 import os
 import subprocess
 import tempfile
+import threading
 import time
 
 import h5py
@@ -44,7 +45,7 @@ SAES = [os.path.join(ROOT, "jobs", "demo", "saes", s) for s in ("blocks.1.hook_r
 def cmd(out, np_, extra=()):
     """The demo job cut to what these tests need: 2 sites, 3 interventions, 8 contexts."""
     base = [BIN, "run", JOB, "--sae", SAES[0], "--sae", SAES[1], "--interventions", "sae,eps_random,zero_ablation",
-            "--contexts", "8", "--threads-per-rank", "1", "--quiet", "--out", out] + list(extra)
+            "--contexts", "8", "--threads-per-rank", "1", "--out", out] + list(extra)
     return ["mpirun", "--oversubscribe", "-np", str(np_)] + base
 
 
@@ -95,20 +96,25 @@ def free_space(d):
 
 
 def run_and_fill(d, np_, trigger, extra=()):
-    """Starts the run, fills the disk when trigger() is true, returns (rc, stderr)."""
+    """Starts the run, fills the disk when trigger(out, stderr so far) is true, returns
+    (rc, stderr, out)."""
     out = os.path.join(d, "r.h5")
-    p = subprocess.Popen(cmd(out, np_, extra), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd(out, np_, extra), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(ln.decode(errors="replace") for ln in p.stderr), daemon=True)
+    reader.start()
     t0 = time.time()
-    while p.poll() is None and not trigger(out) and time.time() - t0 < TIMEOUT:
+    while p.poll() is None and not trigger(out, "".join(err)) and time.time() - t0 < TIMEOUT:
         time.sleep(0.002)
     fill(d)
     try:
-        _, err = p.communicate(timeout=TIMEOUT)
+        p.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         p.kill()
-        p.communicate()
+        p.wait()
         pytest.fail("saegap did not end within %d s after the disk filled (np %d)" % (TIMEOUT, np_))
-    return p.returncode, err.decode(errors="replace"), out
+    reader.join(timeout=10)
+    return p.returncode, "".join(err), out
 
 
 def verify(out):
@@ -146,7 +152,7 @@ def test_fill_during_creation(tmpfs, reference, np_):
     """The disk fills the moment the partial file appears: either the reserve was taken first
     (the run completes) or every rank ends with one no-space message and no file; after space
     is freed the same command finishes bit-identical."""
-    rc, err, out = run_and_fill(tmpfs, np_, lambda o: os.path.exists(o + ".creating"))
+    rc, err, out = run_and_fill(tmpfs, np_, lambda o, e: os.path.exists(o + ".creating"))
     if rc == 0:
         assert datasets(out) == reference
         return
@@ -156,11 +162,21 @@ def test_fill_during_creation(tmpfs, reference, np_):
     finish_after_freeing(tmpfs, np_, out, reference)
 
 
-@pytest.mark.parametrize("np_", [1, 3])
-def test_fill_mid_run(tmpfs, reference, np_):
-    """The disk fills once the result exists (units running, then the final flush): the
-    reserved blocks carry the run to a complete, bit-identical result."""
-    rc, err, out = run_and_fill(tmpfs, np_, lambda o: os.path.exists(o))
+MOMENTS = {
+    # the result exists: every unit is still to run
+    "units": (lambda o, e: os.path.exists(o), []),
+    # every unit is written: the aggregates, correlations and final flush are still to come
+    "final": (lambda o, e: "aggregates and correlations" in e, []),
+}
+
+
+@pytest.mark.parametrize("np_,moment", [(1, "units"), (3, "units"), (2, "final")])
+def test_fill_mid_run(tmpfs, reference, np_, moment):
+    """The disk fills once the result exists, or once every unit is written (before the
+    aggregates, correlations and final flush): the reserved blocks carry the run to a
+    complete, bit-identical result."""
+    trigger, extra = MOMENTS[moment]
+    rc, err, out = run_and_fill(tmpfs, np_, trigger, extra)
     assert rc == 0, err
     assert verify(out).returncode == 0
     assert datasets(out) == reference
