@@ -17,6 +17,8 @@ PACKAGES=(
   librandom123-dev
   # tests and analysis/ (Debian's /usr/bin/python3 only)
   python3 python3-numpy python3-h5py python3-matplotlib python3-pytest python3-regex
+  # fuzzing (tests/fuzz/run.sh): clang 14 with libFuzzer and the sanitizer runtimes, LLVM's OpenMP
+  clang-14 libclang-rt-14-dev libomp-14-dev
 )
 
 missing=()

@@ -1,0 +1,72 @@
+/* fuzz_sae_cfg: an SAELens cfg.json of any generation (legacy, flat, v6; src/sae.c):
+ * sae_read_cfg (what `saegap info` reads), then sae_load against the fixture model with the
+ * fixture's weights (d_in 8, d_sae 16, every architecture's tensors), and, when that loads,
+ * the SAE's encode/decode on 4 rows, which uses what the cfg says (architecture, k,
+ * normalisation, b_dec on the input). */
+#include "fuzz_common.h"
+
+#include "gemm.h"
+#include "model.h"
+#include "sae.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static Gpt2Model g_model;
+static int g_loaded;
+
+static void load_model(void *arg) {
+    (void)arg;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/model", fuzz_fixture());
+    g_loaded = model_load(&g_model, dir) == 0;
+}
+
+typedef struct { const char *dir; uint32_t h; } Arg;
+
+static void body(void *arg) {
+    const Arg *a = arg;
+    Sae s;
+    if (sae_read_cfg(&s, a->dir) == 0) sae_free(&s);
+    SaeLoadOptions opt = {0};
+    opt.allow_model_mismatch = (a->h & 1) != 0;
+    if (a->h & 2) opt.has_override = 1, opt.basis = (Basis)((a->h >> 2) & 7u);
+    if (sae_load(&s, a->dir, &g_model, g_model.cfg.name, &opt) != 0) return;
+    if (s.norm == SAE_NORM_EXPECTED_AVERAGE) sae_norm_factors_apply(&s, sizeof s, 1, "1.5");
+    enum { N = 4 };
+    float *x = calloc(N * s.d_in, sizeof(float)), *x_hat = calloc(N * s.d_in, sizeof(float));
+    float *f = calloc(N * s.d_sae, sizeof(float));
+    if (!x || !x_hat || !f) abort();
+    uint32_t r = a->h | 1u;
+    for (size_t i = 0; i < N * s.d_in; i++) {
+        r ^= r << 13, r ^= r >> 17, r ^= r << 5;
+        x[i] = (float)((double)r / 4294967296.0 * 4.0 - 2.0);
+    }
+    SaeScratch w;
+    sae_scratch_alloc(&w, &s, N);
+    sae_forward(f, x_hat, &s, &w, x, N);
+    sae_decode(x_hat, &s, &w, f, N);
+    sae_scratch_free(&w);
+    free(x), free(x_hat), free(f);
+    sae_free(&s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    fuzz_begin("sae_cfg", data, size);
+    if (!g_loaded) {
+        gemm_set_threads(1);
+        if (fuzz_guard(load_model, NULL) != 0 || !g_loaded) {
+            fprintf(stderr, "saegap-fuzz: cannot load the fixture model %s/model\n", fuzz_fixture());
+            abort();
+        }
+    }
+    const char *dir = fuzz_mkdir();
+    fuzz_write_in(dir, "cfg.json", data, size);
+    char weights[1024];
+    snprintf(weights, sizeof weights, "%s/sae-all-archs/sae_weights.safetensors", fuzz_fixture());
+    fuzz_link_in(dir, "sae_weights.safetensors", weights);
+    Arg a = {dir, fuzz_hash(data, size)};
+    fuzz_guard(body, &a);
+    fuzz_done();
+    return 0;
+}
