@@ -63,7 +63,7 @@ def tmpfs():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ref") / "ref.h5")
-    subprocess.run(cmd(out, 1), env=env(), check=True, capture_output=True, timeout=TIMEOUT)
+    subprocess.run(cmd(out, 1), env=env(), check=True, capture_output=True, timeout=TIMEOUT, cwd=ROOT)
     return datasets(out)
 
 
@@ -99,7 +99,7 @@ def run_and_fill(d, np_, trigger, extra=()):
     """Starts the run, fills the disk when trigger(out, stderr so far) is true, returns
     (rc, stderr, out)."""
     out = os.path.join(d, "r.h5")
-    p = subprocess.Popen(cmd(out, np_, extra), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd(out, np_, extra), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
     err = []
     reader = threading.Thread(target=lambda: err.extend(ln.decode(errors="replace") for ln in p.stderr), daemon=True)
     reader.start()
@@ -130,7 +130,7 @@ def assert_clean_no_space(err, out):
 
 def finish_after_freeing(d, np_, out, reference):
     free_space(d)
-    r = subprocess.run(cmd(out, np_, ["--resume"]), env=env(), capture_output=True, timeout=TIMEOUT)
+    r = subprocess.run(cmd(out, np_, ["--resume"]), env=env(), capture_output=True, timeout=TIMEOUT, cwd=ROOT)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert verify(out).returncode == 0
     assert datasets(out) == reference
@@ -141,7 +141,7 @@ def test_full_before_start(tmpfs, np_):
     """A folder that cannot hold the result is refused before any work, naming the file."""
     fill(tmpfs)
     out = os.path.join(tmpfs, "r.h5")
-    r = subprocess.run(cmd(out, np_), env=env(), capture_output=True, timeout=TIMEOUT)
+    r = subprocess.run(cmd(out, np_), env=env(), capture_output=True, timeout=TIMEOUT, cwd=ROOT)
     assert 1 <= r.returncode <= 127
     assert_clean_no_space(r.stderr.decode(errors="replace"), out)
     assert sorted(os.listdir(tmpfs)) == ["filler"]
@@ -190,7 +190,7 @@ def test_write_error_mid_run(tmp_path, reference, np_):
     out = str(tmp_path / "r.h5")
     e = env()
     e["SAEGAP_FAULT_WRITE_ROWS"] = "30"
-    r = subprocess.run(cmd(out, np_), env=e, capture_output=True, timeout=TIMEOUT)
+    r = subprocess.run(cmd(out, np_), env=e, capture_output=True, timeout=TIMEOUT, cwd=ROOT)
     err = r.stderr.decode(errors="replace")
     assert 1 <= r.returncode <= 127, (r.returncode, err)
     lines = [ln for ln in err.splitlines() if ln.startswith("saegap: error:")]
@@ -198,6 +198,6 @@ def test_write_error_mid_run(tmp_path, reference, np_):
     assert "HDF5-DIAG" not in err
     v = verify(out)
     assert v.returncode == 3, v.stdout.decode() + v.stderr.decode()
-    r = subprocess.run(cmd(out, np_, ["--resume"]), env=env(), capture_output=True, timeout=TIMEOUT)
+    r = subprocess.run(cmd(out, np_, ["--resume"]), env=env(), capture_output=True, timeout=TIMEOUT, cwd=ROOT)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert datasets(out) == reference
