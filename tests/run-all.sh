@@ -46,4 +46,8 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "== tests/run-all.sh: NOT RUN: tests/slurm/run-slurm-test.sh needs root (it installs and starts Slurm)" >&2
 fi
+# libFuzzer targets of every parser of user input (clang-14, ASan + UBSan): the saved regression
+# inputs, then 15 s of fuzzing per target (about 3.5 minutes with the build; docs/testing.md)
+echo "== tests/run-all.sh: fuzzing (tests/fuzz/run.sh 15)"
+bash tests/fuzz/run.sh 15
 echo "== tests/run-all.sh: all tests passed"
