@@ -33,9 +33,11 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
 
 echo "== tests/fuzz/run.sh: building the fuzz targets in $BUILD (clang-14, ASan + UBSan)"
+mkdir -p "$BUILD"
 CC=${SAEGAP_FUZZ_CC:-clang-14} cmake -S . -B "$BUILD" -DSAEGAP_FUZZ=ON -DSAEGAP_BUILD_TESTS=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$BUILD.cmake.log" 2>&1 || { cat "$BUILD.cmake.log"; exit 1; }
-cmake --build "$BUILD" --target fuzz_all -j "$JOBS" > "$BUILD.build.log" 2>&1 || { tail -50 "$BUILD.build.log"; exit 1; }
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$BUILD/fuzz-cmake.log" 2>&1 || { cat "$BUILD/fuzz-cmake.log"; exit 1; }
+cmake --build "$BUILD" --target fuzz_all -j "$JOBS" > "$BUILD/fuzz-build.log" 2>&1 ||
+  { tail -50 "$BUILD/fuzz-build.log"; exit 1; }
 
 export SAEGAP_FUZZ_TMP
 SAEGAP_FUZZ_TMP=$(mktemp -d "${TMPDIR_FUZZ:-/dev/shm}/saegap-fuzz-run.XXXXXX")
