@@ -64,7 +64,11 @@ for t in "${TARGETS[@]}"; do
   done
   shopt -u nullglob
   rc=0
-  { time { "$bin" -max_total_time="$SECS" -timeout="$TIMEOUT" -rss_limit_mb=2048 -detect_leaks=0 \
+  # SECONDS_PER_TARGET 0: only the seeds and the saved inputs, no fuzzing (-max_total_time=0
+  # would mean no limit)
+  limit=(-max_total_time="$SECS")
+  [ "$SECS" = 0 ] && limit=(-runs=0)
+  { time { "$bin" "${limit[@]}" -timeout="$TIMEOUT" -rss_limit_mb=2048 -detect_leaks=0 \
       -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$BUILD/fuzz-artifacts/$t/" "${EXTRA[@]}" \
       "$BUILD/fuzz-corpus/$t" "tests/fuzz/corpus/$t" > "$logdir/$t.log" 2>&1 || rc=$?; }; } 2> "$logdir/$t.time"
   cpu=$(awk '{printf "%.1f", $1 + $2}' "$logdir/$t.time")
