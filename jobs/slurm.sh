@@ -33,11 +33,24 @@ THREADS=${SLURM_CPUS_PER_TASK:-1}
 cd "$SUBMIT_DIR"
 echo "saegap slurm: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}, $NTASKS rank(s) x $THREADS thread(s), $(date -u +%FT%TZ)"
 
-# --resume: starts the run when OUT does not exist yet, continues it otherwise.
+# --resume: starts the run when OUT does not exist yet, continues it otherwise. saegap refuses
+# an option given twice, so --resume and --threads-per-rank are added only when the user's
+# options do not already hold them.
+has_resume=0
+has_threads=0
+for a in "$@"; do
+  case "$a" in
+    --resume) has_resume=1 ;;
+    --threads-per-rank | --threads-per-rank=*) has_threads=1 ;;
+  esac
+done
+own=()
+[ "$has_resume" = 1 ] || own+=(--resume)
+[ "$has_threads" = 1 ] || own+=(--threads-per-rank "$THREADS")
 if [ "$LAUNCH" = mpirun ]; then
-  mpirun -np "$NTASKS" --bind-to none "$SAEGAP" run "$JOB" --out "$OUT" --resume --threads-per-rank "$THREADS" "$@" &
+  mpirun -np "$NTASKS" --bind-to none "$SAEGAP" run "$JOB" --out "$OUT" "${own[@]}" "$@" &
 else
-  $LAUNCH "$SAEGAP" run "$JOB" --out "$OUT" --resume --threads-per-rank "$THREADS" "$@" &
+  $LAUNCH "$SAEGAP" run "$JOB" --out "$OUT" "${own[@]}" "$@" &
 fi
 pid=$!
 # Slurm's warning (--signal=B:TERM@300) reaches this shell. Pass it on as USR1: mpirun and
