@@ -4,8 +4,10 @@
 
 #include "checksum.h"
 #include "error.h"
+#include "h5guard.h"
 
 #include <hdf5.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -92,7 +94,37 @@ struct H5Out {
 static void quiet_hdf5(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 static hid_t mem_type(H5OutType t);
 
-int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, size_t *rows, size_t *cols) {
+/* A dataset's declared shape is only a claim: before memory is sized by it, the bytes it needs
+ * must be stored in the file (a 2 KB file declaring 2.7e9 tokens would otherwise allocate and
+ * zero 21 GB). Unfiltered data needs its full size stored; filtered (compressed) data at least
+ * 1/1032 of it, deflate's largest ratio. An unwritten dataset (storage 0) is refused too: it
+ * would read back as fill values, not tokens. */
+static int stored_enough(hid_t f, hid_t d, hid_t t, size_t n, const char *dataset, char *why, size_t cap) {
+    size_t tsize = H5Tget_size(t), need = 0;
+    if (tsize == 0 || sg_mul_overflow(n, tsize, &need)) {
+        snprintf(why, cap, "dataset '%s' declares more bytes than this machine can address", dataset);
+        return -1;
+    }
+    if (n == 0) return 0;
+    hsize_t stored = H5Dget_storage_size(d), file_bytes = 0;
+    if (H5Fget_filesize(f, &file_bytes) < 0) file_bytes = 0;
+    hid_t dcpl = H5Dget_create_plist(d);
+    int filtered = dcpl >= 0 && H5Pget_nfilters(dcpl) > 0;
+    if (dcpl >= 0) H5Pclose(dcpl);
+    uint64_t can_hold = stored > file_bytes ? file_bytes : stored;
+    if (filtered) can_hold = can_hold > UINT64_MAX / 1032 ? UINT64_MAX : can_hold * 1032;
+    if (stored == 0 || (uint64_t)need > can_hold) {
+        snprintf(why, cap,
+                 "dataset '%s' declares %llu values (%llu bytes) but the file stores %llu bytes of it "
+                 "(file of %llu bytes): damaged, truncated or never written",
+                 dataset, (unsigned long long)n, (unsigned long long)need, (unsigned long long)stored,
+                 (unsigned long long)file_bytes);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_int_matrix(const char *path, const char *dataset, int64_t **vals, size_t *rows, size_t *cols) {
     quiet_hdf5();
     *vals = NULL;
     if (H5Fis_hdf5(path) <= 0) return sg_errorf(path, "not an HDF5 file");
@@ -117,6 +149,11 @@ int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, si
                   (unsigned long long)dims[0], (unsigned long long)dims[1]);
         goto done;
     }
+    char why[512];
+    if (stored_enough(f, d, t, n - 1, dataset, why, sizeof why) != 0) {
+        sg_errorf(path, "%s", why);
+        goto done;
+    }
     *vals = sg_xcalloc(n, sizeof(int64_t));
     if (dims[0] != 0 && dims[1] != 0 && H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *vals) < 0) {
         sg_errorf(path, "cannot read dataset '%s'", dataset);
@@ -130,6 +167,13 @@ done:
     H5Fclose(f);
     if (rc != 0) { free(*vals); *vals = NULL; }
     return rc;
+}
+
+int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, size_t *rows, size_t *cols) {
+    h5guard_enter(path, 1);
+    int r = read_int_matrix(path, dataset, vals, rows, cols);
+    h5guard_leave();
+    return r;
 }
 
 static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags);
@@ -214,7 +258,7 @@ static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags) {
     return h;
 }
 
-H5Out *h5out_open(const char *path, MPI_Comm comm) {
+static H5Out *open_resume(const char *path, MPI_Comm comm) {
     quiet_hdf5();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     SG_H5(fapl, "creating a file-access property list");
@@ -233,7 +277,14 @@ H5Out *h5out_open(const char *path, MPI_Comm comm) {
     return h;
 }
 
-static int get_attr(H5Out *h, const char *obj, const char *name, hid_t mtype, void *out) {
+H5Out *h5out_open(const char *path, MPI_Comm comm) {
+    h5guard_enter(path, 0);
+    H5Out * r = open_resume(path, comm);
+    h5guard_leave();
+    return r;
+}
+
+static int get_attr_unguarded(H5Out *h, const char *obj, const char *name, hid_t mtype, void *out) {
     if (H5Oexists_by_name(h->file, obj, H5P_DEFAULT) <= 0) return -1;
     hid_t o = H5Oopen(h->file, obj, H5P_DEFAULT);
     if (o < 0) return -1;
@@ -241,12 +292,26 @@ static int get_attr(H5Out *h, const char *obj, const char *name, hid_t mtype, vo
     if (H5Aexists(o, name) > 0) {
         hid_t a = H5Aopen(o, name, H5P_DEFAULT);
         if (a >= 0) {
-            rc = H5Aread(a, mtype, out) < 0 ? -1 : 0;
+            /* the caller's buffer holds one value of its class: a damaged attribute with more
+             * elements (libhdf5 would write them all past it) or of another class is "absent" */
+            hid_t sp = H5Aget_space(a), ft = H5Aget_type(a);
+            int one = sp >= 0 && H5Sget_simple_extent_npoints(sp) == 1;
+            int same = ft >= 0 && H5Tget_class(ft) == H5Tget_class(mtype);
+            if (sp >= 0) H5Sclose(sp);
+            if (ft >= 0) H5Tclose(ft);
+            if (one && same) rc = H5Aread(a, mtype, out) < 0 ? -1 : 0;
             H5Aclose(a);
         }
     }
     H5Oclose(o);
     return rc;
+}
+
+static int get_attr(H5Out *h, const char *obj, const char *name, hid_t mtype, void *out) {
+    h5guard_enter(h->path, 1);
+    int r = get_attr_unguarded(h, obj, name, mtype, out);
+    h5guard_leave();
+    return r;
 }
 
 int h5out_get_attr_i64(H5Out *h, const char *obj, const char *name, int64_t *v) {
@@ -327,7 +392,7 @@ static int add_handle(H5Out *h, hid_t d, H5OutType type) {
 
 /* --resume: the dataset must exist with this shape (the job check makes a mismatch unlikely;
  * a damaged file lands here). */
-static int open_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+static int open_dataset_unguarded(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
     hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
     if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing (damaged file? saegap verify tells)", name);
     hid_t sp = H5Dget_space(d);
@@ -341,9 +406,16 @@ static int open_dataset(H5Out *h, const char *name, H5OutType type, int ndims, c
     return add_handle(h, d, type);
 }
 
+static int open_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+    h5guard_enter(h->path, 1);
+    int r = open_dataset_unguarded(h, name, type, ndims, dims);
+    h5guard_leave();
+    return r;
+}
+
 int h5out_resuming(const H5Out *h) { return h->resuming; }
 
-H5Out *h5out_open_readonly(const char *path) {
+static H5Out *open_readonly(const char *path) {
     quiet_hdf5();
     if (access(path, F_OK) != 0) {
         sg_errorf(path, "no such file");
@@ -366,7 +438,14 @@ H5Out *h5out_open_readonly(const char *path) {
     return h;
 }
 
-int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims) {
+H5Out *h5out_open_readonly(const char *path) {
+    h5guard_enter(path, 1);
+    H5Out * r = open_readonly(path);
+    h5guard_leave();
+    return r;
+}
+
+static int find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims) {
     if (H5Lexists(h->file, name, H5P_DEFAULT) <= 0) return -1;
     hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
     if (d < 0) return -1;
@@ -380,12 +459,31 @@ int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, u
     }
     H5Sget_simple_extent_dims(sp, got, NULL);
     H5Sclose(sp);
+    /* its declared shape sizes the callers' buffers: it must be stored (stored_enough) */
+    size_t n = 1;
+    for (int i = 0; i < nd; i++)
+        if (sg_mul_overflow(n, got[i], &n)) n = SIZE_MAX;
+    hid_t t = H5Dget_type(d);
+    char why[512];
+    int ok = t >= 0 && n != SIZE_MAX && stored_enough(h->file, d, t, n, name, why, sizeof why) == 0;
+    if (t >= 0) H5Tclose(t);
+    if (!ok) {
+        H5Dclose(d);
+        return -1;
+    }
     *ndims = nd;
     for (int i = 0; i < nd; i++) dims[i] = got[i];
     return add_handle(h, d, type);
 }
 
-int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data) {
+int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims) {
+    h5guard_enter(h->path, 1);
+    int r = find_dataset(h, name, type, ndims, dims);
+    h5guard_leave();
+    return r;
+}
+
+static int try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data) {
     hid_t d = h->dsets[ds];
     hid_t fspace = H5Dget_space(d);
     if (fspace < 0) return -1;
@@ -401,6 +499,13 @@ int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *d
     }
     H5Sclose(fspace);
     return rc;
+}
+
+int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data) {
+    h5guard_enter(h->path, 1);
+    int r = try_read_rows(h, ds, row0, nrows, data);
+    h5guard_leave();
+    return r;
 }
 
 static size_t type_size(H5OutType t) { return t == H5OUT_F32 || t == H5OUT_I32 ? 4 : 8; }
@@ -680,6 +785,9 @@ void h5out_close(H5Out *h) {
         free(h->dsets), free(h->types), free(h->path), free(h);
         return;
     }
+    /* closing flushes libhdf5's caches of what it read: a damaged user's file can crash it here
+     * too (guarded; no CPU watchdog when other ranks may be waiting in the close) */
+    if (h->resuming) h5guard_enter(h->path, h->readonly);
     for (int i = 0; i < h->n_dsets; i++) H5Dclose(h->dsets[i]);
     if (g_h5_path == h->path) g_h5_path = NULL;
     if (h->readonly) H5Fclose(h->file); /* a damaged file may fail to close: nothing was written */
@@ -693,6 +801,7 @@ void h5out_close(H5Out *h) {
             if (fd >= 0) close(fd);
         }
     }
+    if (h->resuming) h5guard_leave();
     free(h->dsets);
     free(h->types);
     free(h->path);
@@ -715,7 +824,8 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
     hssize_t npts = H5Sget_simple_extent_npoints(sp);
     size_t tsize = H5Tget_size(t);
-    if (npts < 0 || tsize == 0) fs->bad = 1;
+    char why[512];
+    if (npts < 0 || tsize == 0 || stored_enough(loc, d, t, (size_t)npts, name, why, sizeof why) != 0) fs->bad = 1;
     else {
         void *buf = sg_xcalloc((size_t)npts + 1, tsize);
         hid_t mt = H5Tget_native_type(t, H5T_DIR_ASCEND);
@@ -733,9 +843,16 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     return 0;
 }
 
-uint64_t h5out_checksum_final(H5Out *h, const char *path) {
+static uint64_t checksum_final(H5Out *h, const char *path) {
     FinalSum fs = {FNV1A_INIT, 0};
     if (H5Ovisit2(h->file, H5_INDEX_NAME, H5_ITER_INC, fold_dataset, &fs, H5O_INFO_BASIC) < 0) fs.bad = 1;
     (void)path;
     return fs.bad ? 0 : fs.h;
+}
+
+uint64_t h5out_checksum_final(H5Out *h, const char *path) {
+    h5guard_enter(h->path, 1);
+    uint64_t r = checksum_final(h, path);
+    h5guard_leave();
+    return r;
 }

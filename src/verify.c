@@ -32,11 +32,14 @@ static int fold(V *v, uint64_t *ck, const char *name, size_t c0, size_t nb, floa
     uint64_t dims[8];
     int ds = h5out_find_dataset(v->h, name, H5OUT_F32, &nd, dims);
     if (ds < 0) return -1;
-    size_t per = 1;
+    /* the shape is stored in full (h5out_find_dataset), so these products fit; the rows asked
+     * for come from attributes and are checked against it before any buffer is sized */
+    size_t per = 1, want = 0;
     for (int i = 1; i < nd; i++) per *= dims[i];
-    if (nb * per > *cap) {
-        *cap = nb * per;
-        *buf = sg_xrealloc(*buf, *cap * sizeof(float));
+    if (nd < 1 || c0 > dims[0] || nb > dims[0] - c0 || sg_mul_overflow(nb, per, &want)) return -1;
+    if (want > *cap) {
+        *cap = want;
+        *buf = sg_xreallocarray(*buf, *cap, sizeof(float));
     }
     if (h5out_try_read_rows(v->h, ds, c0, nb, *buf)) return -1;
     *ck = fnv1a(*ck, *buf, nb * per * sizeof(float));

@@ -1,0 +1,130 @@
+/* h5guard.c: signal and CPU-time guard around libhdf5 reads of users' files (h5guard.h). */
+#define _GNU_SOURCE
+#include "h5guard.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+/* SIGABRT: glibc aborts when libhdf5 frees a pointer it read from the file */
+static const int k_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGVTALRM};
+#define N_SIGNALS (int)(sizeof k_signals / sizeof k_signals[0])
+
+static struct sigaction g_saved[N_SIGNALS];
+static const char *volatile g_path;
+static volatile sig_atomic_t g_depth;
+static volatile sig_atomic_t g_cpu_limit; /* seconds; 0 = no watchdog in this guard */
+
+/* The message is built into static storage: snprintf of strings and integers only, which
+ * does not allocate (the crash may have happened inside malloc). */
+static char g_message[4608];
+
+_Noreturn void sg_h5_fault(const char *message) {
+    size_t n = strlen(message);
+    while (n > 0) {
+        ssize_t w = write(STDERR_FILENO, message, n);
+        if (w <= 0) break;
+        message += w, n -= (size_t)w;
+    }
+    _exit(1);
+}
+
+static void disarm(void) {
+    struct itimerval off;
+    memset(&off, 0, sizeof off);
+    setitimer(ITIMER_VIRTUAL, &off, NULL);
+}
+
+static void restore_handlers(void) {
+    for (int i = 0; i < N_SIGNALS; i++) sigaction(k_signals[i], &g_saved[i], NULL);
+}
+
+static const char *signal_words(int sig) {
+    switch (sig) {
+    case SIGSEGV: return "segmentation fault";
+    case SIGBUS: return "bus error";
+    case SIGFPE: return "arithmetic fault";
+    case SIGILL: return "illegal instruction";
+    case SIGABRT: return "abort";
+    default: return "signal";
+    }
+}
+
+static void on_fault(int sig) {
+    const char *path = g_path ? g_path : "(HDF5 file)";
+    int limit = (int)g_cpu_limit;
+    disarm();
+    restore_handlers();
+    g_depth = 0;
+    g_path = NULL;
+    if (sig == SIGVTALRM)
+        snprintf(g_message, sizeof g_message,
+                 "saegap: error: %s: damaged HDF5 file: libhdf5 used %d CPU-seconds on one read without finishing "
+                 "(libhdf5 1.10 loops on some damaged files; SAEGAP_HDF5_CPU_LIMIT sets the limit)\n",
+                 path, limit);
+    else
+        snprintf(g_message, sizeof g_message,
+                 "saegap: error: %s: damaged HDF5 file: libhdf5 crashed reading it (%s; libhdf5 1.10 does not check "
+                 "every offset it reads from a file)\n",
+                 path, signal_words(sig));
+    sg_h5_fault(g_message);
+}
+
+static int cpu_limit_seconds(void) {
+    const char *e = getenv("SAEGAP_HDF5_CPU_LIMIT");
+    if (e && e[0]) {
+        char *end;
+        long v = strtol(e, &end, 10);
+        if (*end == 0 && v > 0 && v < 1000000) return (int)v;
+    }
+    return 60;
+}
+
+/* An alternate signal stack, so that a stack overflow inside libhdf5 (deep recursion on a
+ * damaged file) still reaches the handler. Kept when one is already set (ASan sets its own). */
+static void ensure_altstack(void) {
+    static char *stack;
+    stack_t cur;
+    if (stack || sigaltstack(NULL, &cur) != 0 || !(cur.ss_flags & SS_DISABLE)) return;
+    stack = malloc(1 << 16);
+    if (!stack) return;
+    stack_t ss = {.ss_sp = stack, .ss_size = 1 << 16, .ss_flags = 0};
+    sigaltstack(&ss, NULL);
+}
+
+void h5guard_enter(const char *path, int cpu_limited) {
+    if (g_depth++ > 0) return;
+    g_path = path;
+    ensure_altstack();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_fault;
+    /* SA_NODEFER: a handler that does not return (the fuzz targets longjmp out of it) must not
+     * leave its signal blocked */
+    sa.sa_flags = SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < N_SIGNALS; i++) sigaction(k_signals[i], &sa, &g_saved[i]);
+    g_cpu_limit = cpu_limited ? cpu_limit_seconds() : 0;
+    if (g_cpu_limit > 0) {
+        struct itimerval t;
+        memset(&t, 0, sizeof t);
+        t.it_value.tv_sec = g_cpu_limit;
+        setitimer(ITIMER_VIRTUAL, &t, NULL);
+    }
+}
+
+void h5guard_leave(void) {
+    if (g_depth <= 0 || --g_depth > 0) return;
+    if (g_cpu_limit > 0) disarm();
+    restore_handlers();
+    g_path = NULL;
+}
+
+void h5guard_reset(void) {
+    if (g_depth <= 0) return;
+    g_depth = 1;
+    h5guard_leave();
+}
