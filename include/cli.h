@@ -3,6 +3,8 @@
 #ifndef SAEGAP_CLI_H
 #define SAEGAP_CLI_H
 
+#include "sites.h"
+
 #include <stddef.h>
 #include <stdio.h>
 
@@ -32,6 +34,22 @@ typedef struct {
  * an option on the command line replaces the file's key (all its `sae` lines for --sae). */
 int cli_parse(Options *o, int argc, char **argv);
 void cli_free(Options *o);
+
+/* The choices that shape a sweep, parsed once from their option strings: --scope, --position,
+ * --window, --samples, --bos, --basis (run and plan read them from here). */
+typedef struct {
+    int scope_position;         /* --scope position */
+    size_t position, window, samples;
+    int bos_include;            /* --bos include */
+    int has_basis;              /* --basis given: it overrides the SAEs' cfgs */
+    Basis basis;
+} SweepChoices;
+/* 0, or -1 with a pending error naming the option as the user wrote it: an unknown scope, bos or
+ * basis; --scope position without --position; --position or --window without it; more than
+ * 65535 samples. */
+int cli_sweep_choices(const Options *o, SweepChoices *c);
+/* --basis alone (dump): processed when not given. */
+int cli_basis(const Options *o, Basis *basis);
 void cli_print_help(FILE *f, const char *command);
 
 #endif

@@ -38,6 +38,18 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
     __attribute__((format(printf, 4, 5)));
 #define sg_fatal(where, ...) sg_fatal_at(__FILE__, __LINE__, where, __VA_ARGS__)
 
+/* Every MPI call goes through SG_MPI: saegap_run sets MPI_ERRORS_RETURN, so a failure comes back
+ * as a code, and a rank that went on after a failed call would leave the others waiting. A
+ * result other than MPI_SUCCESS ends every rank with "MPI: <what>: <MPI's error string>";
+ * `what` is a printf format with its arguments. */
+#define SG_MPI(call, ...)                                                                      \
+    do {                                                                                       \
+        int sg_mpi_rc_ = (call);                                                               \
+        if (sg_mpi_rc_ != MPI_SUCCESS) sg_mpi_fatal_at(__FILE__, __LINE__, sg_mpi_rc_, __VA_ARGS__); \
+    } while (0)
+_Noreturn void sg_mpi_fatal_at(const char *file, int line, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Checked size arithmetic: every size, offset, count and product that comes from a file goes
  * through these before it is used. Same sense as the GCC builtins they wrap: 0 with the exact
  * result in *out, or 1 when the true result does not fit size_t (then *out must not be used). */

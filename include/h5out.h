@@ -25,25 +25,10 @@ int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, si
 /* Collective. Creates `path`, refusing an existing file. NULL with a pending error on failure. */
 H5Out *h5out_create(const char *path, MPI_Comm comm);
 
-/* Crash-safe creation of a result file (saegap run). Until its schema is flushed, a new HDF5
- * file has no superblock on disk, and a kill -9 in that window would leave under the final
- * name a file that nothing can open or resume. So a new result is written as
- * "<path>.creating" and given its final name only once the schema is on disk:
- *   out_partial_path    the "<path>.creating" name (-1 with a pending error when too long)
- *   out_partial_claim   rank 0: creates and locks the partial file, first removing a stale
- *                       one (unlocked: left by a killed run); refuses one that another run
- *                       holds. Errors name `out`, the file the user asked for. Returns the
- *                       lock fd (keep it for the whole run) or -1.
- *   h5out_create_claimed  collective: opens the claimed (empty) file as a new HDF5 file
- *   h5out_publish       collective, after h5out_flush: links the file to its final name
- *                       (refusing an existing one; rename where hard links are unsupported)
- *                       and removes the partial name; the open file, its lock and every
- *                       rank's handle carry on under the final name. */
-#define OUT_PARTIAL_MAX 4200 /* a buffer for out_partial_path */
-int out_partial_path(const char *path, char *buf, size_t cap);
-int out_partial_claim(const char *out, const char *partial);
+/* Collective. Opens the claimed, empty "<path>.creating" file (outfile.h) as a new HDF5 file. */
 H5Out *h5out_create_claimed(const char *partial, MPI_Comm comm);
-int h5out_publish(H5Out *h, const char *path, MPI_Comm comm);
+/* After outfile.h's out_publish gave the open file its final name: errors name that from now. */
+void h5out_renamed(H5Out *h, const char *path);
 
 /* Collective. Opens an existing result file for writing (--resume). NULL with a pending error
  * when it is not an HDF5 file. In this mode h5out_dataset opens datasets by name and checks
@@ -58,9 +43,9 @@ H5Out *h5out_open_readonly(const char *path);
 /* Opens an existing dataset by name without knowing its shape; -1 when missing or unreadable. */
 int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims);
 
-/* FNV-1a of the datasets written once at the end (tokens, every group under progress/ and the
- * feature densities and correlation matrices), in name order; 0 when one is unreadable. */
-uint64_t h5out_checksum_final(H5Out *h, const char *path);
+/* FNV-1a of the datasets for which wanted(path) is true, each as its path then its bytes, in
+ * name order; 0 when one is unreadable. */
+uint64_t h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset));
 
 /* Like h5out_read_rows, but returns -1 instead of failing (damaged files). */
 int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data);
@@ -69,13 +54,6 @@ int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *d
 int h5out_get_attr_str(H5Out *h, const char *obj, const char *name, char *buf, size_t cap);
 int h5out_get_attr_i64(H5Out *h, const char *obj, const char *name, int64_t *v);
 int h5out_get_attr_f64(H5Out *h, const char *obj, const char *name, double *v);
-
-/* An exclusive lock that marks `path` as being written (Linux open-file-description lock on
- * its first byte; independent of HDF5's own flock, so readers can still open the file).
- * Returns an fd >= 0 holding the lock, or -1 with a pending error when another process holds
- * it. Released by out_lock_release or when the process ends (also on kill -9). */
-int out_lock_acquire(const char *path);
-void out_lock_release(int fd);
 
 /* Collective. Creates a dataset (intermediate groups made as needed); returns its handle index. */
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims);
@@ -99,24 +77,10 @@ void h5out_attr_f64(H5Out *h, const char *obj, const char *name, double value);
 /* Collective. saegap_version, command_line and created (UTC) on the root. */
 void h5out_attr_provenance(H5Out *h, const char *command_line);
 
-/* Disk space (issue: a full disk must lose nothing). A result's datasets are all allocated at
- * creation, so its size is known before it exists:
- *   h5out_dry          an H5Out that creates nothing and counts the bytes of the datasets a
- *                      schema function would create through it (attributes are no-ops)
- *   h5out_check_space  collective: -1 with "no space left on device" naming the file when
- *                      its folder has less than `need` bytes free
- *   h5out_reserve      rank 0, after a flush: makes the file system back every byte of
- *                      the file and `slack` bytes past its end (fallocate KEEP_SIZE) for the
- *                      metadata written at the end, so that no later write can meet a full
- *                      disk; -1 with a pending error naming the file (no space: the message
- *                      says so) */
-/*   out_partial_reserve rank 0, on the claimed (empty) partial file: reserves `bytes` for it
- *                      before HDF5 writes anything, so that creation cannot meet a full disk */
+/* An H5Out that creates nothing and counts the bytes of the datasets a schema function creates
+ * through it (attributes are no-ops): a result's size before it exists (outfile.h's space checks). */
 H5Out *h5out_dry(void);
-int out_partial_reserve(const char *partial, const char *out, uint64_t bytes);
 uint64_t h5out_dry_bytes(const H5Out *h);
-int h5out_check_space(const char *path, uint64_t need, MPI_Comm comm);
-int h5out_reserve(H5Out *h, uint64_t slack, const char *name); /* name: the file as the user named it */
 
 void h5out_flush(H5Out *h);       /* collective */
 void h5out_close(H5Out *h);       /* collective; NULL is fine */

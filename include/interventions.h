@@ -1,6 +1,6 @@
-/* interventions.h: the 11 interventions of CONTRACT.md, as a table of {name, kind, apply}.
- * Formulas: docs/output-schema.md. All work in the SAE's basis on rows of d_in floats, with
- * norms, dots and the random directions in double. */
+/* interventions.h: the 11 interventions of CONTRACT.md, as one table of their name, their
+ * properties (below) and their formula. Formulas: docs/output-schema.md. All work in the SAE's
+ * basis on rows of d_in floats, with norms, dots and the random directions in double. */
 #ifndef SAEGAP_INTERVENTIONS_H
 #define SAEGAP_INTERVENTIONS_H
 
@@ -26,7 +26,21 @@ typedef enum {
 } Intervention;
 
 const char *iv_name(Intervention iv);
-int iv_is_random(Intervention iv);
+
+/* Properties of an intervention (1 or 0), each decided by the table in interventions.c only. */
+int iv_is_random(Intervention iv);      /* draws --samples times per token, from Philox streams */
+/* Samples per token of iv in a run with --samples `samples`: samples when random, else 1. */
+size_t iv_samples(Intervention iv, size_t samples);
+/* Its KL gap to eps_random is correlated between sites (CONTRACT.md): with eps_random in the
+ * run, /correlation/<iv>_minus_eps_random is written. */
+int iv_is_correlated(Intervention iv);
+int iv_writes_examples(Intervention iv); /* its top-25 log-probs go under /examples (--examples) */
+int iv_needs_decode(Intervention iv);    /* decodes a perturbed latent code: one more SAE decode */
+int iv_needs_mean(Intervention iv);      /* needs the site mean: the statistics pass runs */
+int iv_needs_cov(Intervention iv);       /* needs the site covariance too (its Cholesky factor) */
+
+/* 1 when an intervention in mask has the property, e.g. iv_any(mask, iv_needs_mean). */
+int iv_any(uint32_t mask, int (*property)(Intervention));
 
 /* "all" or a comma list -> bitmask over Intervention. -1 with a pending error naming the
  * unknown name. */

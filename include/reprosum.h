@@ -16,6 +16,7 @@
 
 #include <mpi.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef __int128 ReproSum;
 
@@ -43,6 +44,10 @@ void repro_add(ReproSum *acc, double v);
 
 /* The value of a sum; NaN for REPRO_OVERFLOW. */
 double repro_value(ReproSum acc);
+
+/* The file form of n sums: pairs (low 64 bits, high 64 bits) as int64, 2n values. */
+void repro_pack(int64_t *pairs, const ReproSum *acc, size_t n);
+void repro_unpack(ReproSum *acc, const int64_t *pairs, size_t n);
 
 /* Collective: acc[0..n) summed over comm, result on every rank (exact; REPRO_OVERFLOW is kept
  * and an overflowing addition gives it). Returns 0, or -1 on every rank alike when any result

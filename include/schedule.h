@@ -16,6 +16,20 @@
 #include <mpi.h>
 #include <stddef.h>
 
+/* Contexts per forward batch of `saegap run`: about 256 tokens, 1 to 8 contexts, fixed by the
+ * context length T alone. BLIS may pick other kernels for other matrix heights, so a batch
+ * that never depends on the rank count is what keeps results identical for any rank count.
+ * Stored in the result file (unit_batch_contexts) and required equal on --resume. */
+size_t schedule_batch_contexts(size_t T);
+/* The same rule for `saegap dump`, whose batches are about 512 tokens: its own constant, kept
+ * so that its files do not change. */
+size_t schedule_dump_batch_contexts(size_t T);
+
+/* Static split of n items, in batches of B, over `size` ranks: rank `rank` takes the items
+ * [*lo, *hi), whole batches in a contiguous run (only the last batch of all may be short).
+ * For passes whose results do not depend on who computes what (dump, the statistics pass). */
+void schedule_static_range(size_t n, size_t B, int rank, int size, size_t *lo, size_t *hi);
+
 typedef struct {
     size_t n_contexts, B;          /* contexts, contexts per forward batch */
     size_t batches_per_block, n_blocks;
@@ -24,7 +38,7 @@ typedef struct {
 
 /* A new layout for n contexts in batches of B, K sites, on `ranks` ranks. */
 void schedule_layout(UnitLayout *u, size_t n, size_t B, size_t K, int ranks);
-/* Rebuilds a layout from the values stored in a file. */
+/* Rebuilds a layout from the values stored in a result file (--resume, verify). */
 void schedule_layout_from(UnitLayout *u, size_t n, size_t B, size_t K, size_t batches_per_block, size_t n_groups);
 
 void unit_parts(const UnitLayout *u, size_t unit, size_t *block, size_t *group); /* block-major */

@@ -91,6 +91,13 @@ void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const f
 /* Where a pass restarts after the site's buffer changed: layer (n_layer = only ln_f) and stage. */
 ForwardStage site_restart(Site s, size_t *layer);
 
+/* The intervened pass's restart, in one place: makes `work` hold the clean pass's values of
+ * everything the restarted pass reads but does not recompute (the site's own buffer, and the
+ * restart layer's residual inputs), and returns the layer and stage to continue from
+ * (gpt2_forward_from). The caller then writes the site and continues. */
+ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
+                                     size_t *layer);
+
 /* Canonical index of a site in the model (stable: used to key random draws). */
 size_t site_index(Site s);
 

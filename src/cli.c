@@ -278,3 +278,28 @@ void cli_free(Options *o) {
     free(o->command_line);
     memset(o, 0, sizeof *o);
 }
+
+int cli_basis(const Options *o, Basis *basis) {
+    *basis = SG_BASIS_PROCESSED;
+    if (o->basis && basis_parse(o->basis, basis) != 0)
+        return sg_errorf("--basis", "'%s' is not processed, raw or a '+'-joined set of center_writing_weights, "
+                                    "fold_ln, fold_value_biases", o->basis);
+    return 0;
+}
+
+int cli_sweep_choices(const Options *o, SweepChoices *c) {
+    memset(c, 0, sizeof *c);
+    if (o->scope && !strcmp(o->scope, "position")) c->scope_position = 1;
+    else if (o->scope && strcmp(o->scope, "all")) return sg_errorf("--scope", "'%s' is not all or position", o->scope);
+    if (c->scope_position && o->position < 0) return sg_errorf("--scope", "--scope position needs --position P");
+    if (!c->scope_position && (o->position >= 0 || o->window >= 0))
+        return sg_errorf("--position", "--position and --window need --scope position");
+    c->position = o->position >= 0 ? (size_t)o->position : 0;
+    c->window = o->window > 0 ? (size_t)o->window : 16;
+    c->samples = o->samples > 0 ? (size_t)o->samples : 1;
+    if (c->samples > 65535) return sg_errorf("--samples", "at most 65535 samples");
+    if (o->bos && !strcmp(o->bos, "include")) c->bos_include = 1;
+    else if (o->bos && strcmp(o->bos, "exclude")) return sg_errorf("--bos", "'%s' is not include or exclude", o->bos);
+    c->has_basis = o->basis != NULL;
+    return cli_basis(o, &c->basis);
+}

@@ -66,8 +66,7 @@ static void read_gap(Local *L, H5Out *h, const CorrInput *in, MPI_Comm comm) {
         L->valid[i] = (unsigned char)ok;
         mv += ok;
     }
-    if (MPI_Allreduce(&mv, &L->M_valid, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        sg_fatal("MPI", "counting usable tokens failed");
+    SG_MPI(MPI_Allreduce(&mv, &L->M_valid, 1, MPI_INT64_T, MPI_SUM, comm), "counting usable tokens failed");
 }
 
 typedef struct { double v; uint64_t row; } Entry;
@@ -82,8 +81,8 @@ static int cmp_entry(const void *a, const void *b) {
  * the column ranked by rank k % P. */
 static void rank_columns(double *R, const Local *L, MPI_Comm comm) {
     MPI_Datatype et;
-    MPI_Type_contiguous((int)sizeof(Entry), MPI_BYTE, &et);
-    MPI_Type_commit(&et);
+    SG_MPI(MPI_Type_contiguous((int)sizeof(Entry), MPI_BYTE, &et), "cannot create the rank-entry type");
+    SG_MPI(MPI_Type_commit(&et), "cannot create the rank-entry type");
     int m = 0;
     for (size_t i = 0; i < L->M_loc; i++) m += L->valid[i];
     Entry *mine = sg_xcalloc((size_t)m + 1, sizeof(Entry));
@@ -92,16 +91,14 @@ static void rank_columns(double *R, const Local *L, MPI_Comm comm) {
         int owner = (int)(k % (size_t)L->P), j = 0;
         for (size_t i = 0; i < L->M_loc; i++)
             if (L->valid[i]) mine[j++] = (Entry){L->G[k * L->M_loc + i], global_row(L, i)};
-        if (MPI_Gather(&m, 1, MPI_INT, counts, 1, MPI_INT, owner, comm) != MPI_SUCCESS)
-            sg_fatal("MPI", "gathering rank counts failed");
+        SG_MPI(MPI_Gather(&m, 1, MPI_INT, counts, 1, MPI_INT, owner, comm), "gathering rank counts failed");
         Entry *all = NULL;
         int total = 0;
         if (L->p == owner) {
             for (int q = 0; q < L->P; q++) displs[q] = total, total += counts[q];
             all = sg_xcalloc((size_t)total + 1, sizeof(Entry));
         }
-        if (MPI_Gatherv(mine, m, et, all, counts, displs, et, owner, comm) != MPI_SUCCESS)
-            sg_fatal("MPI", "gathering a column to rank failed");
+        SG_MPI(MPI_Gatherv(mine, m, et, all, counts, displs, et, owner, comm), "gathering a column to rank failed");
         if (L->p == owner) {
             /* sort a copy by value, then write average ranks back in arrival order */
             Entry *sorted = sg_xcalloc((size_t)total + 1, sizeof(Entry));
@@ -116,8 +113,7 @@ static void rank_columns(double *R, const Local *L, MPI_Comm comm) {
             }
             free(sorted);
         }
-        if (MPI_Scatterv(all, counts, displs, et, mine, m, et, owner, comm) != MPI_SUCCESS)
-            sg_fatal("MPI", "returning ranks failed");
+        SG_MPI(MPI_Scatterv(all, counts, displs, et, mine, m, et, owner, comm), "returning ranks failed");
         free(all);
         j = 0;
         for (size_t i = 0; i < L->M_loc; i++) R[k * L->M_loc + i] = L->valid[i] ? mine[j++].v : NAN;
@@ -125,7 +121,7 @@ static void rank_columns(double *R, const Local *L, MPI_Comm comm) {
     free(mine);
     free(counts);
     free(displs);
-    MPI_Type_free(&et);
+    SG_MPI(MPI_Type_free(&et), "MPI_Type_free failed");
 }
 
 /* Z (in place): standardised, quantised columns; invalid rows 0. */
@@ -158,6 +154,16 @@ static void standardise(double *Z, const Local *L, MPI_Comm comm) {
     free(mean);
 }
 
+/* BLACS calls return nothing (Csys2blacs_handle a table index): what can be checked is the
+ * grid they built. It must be P x 1 with this rank at row p, as global_row and pearson_of assume. */
+static void check_grid(int ctxt, const Local *L) {
+    int nprow = -1, npcol = -1, myrow = -1, mycol = -1;
+    Cblacs_gridinfo(ctxt, &nprow, &npcol, &myrow, &mycol);
+    if (nprow != L->P || npcol != 1 || myrow != L->p || mycol != 0)
+        sg_fatal("BLACS", "the %d x 1 process grid was not set up: got %d x %d with rank %d at (%d, %d)", L->P, nprow,
+                 npcol, L->p, myrow, mycol);
+}
+
 /* C (K,K) on rank 0 = Z^T Z with pdgemm; r = C_ij / sqrt(C_ii C_jj). */
 static void pearson_of(double *out, double *Z, const Local *L, int ctxt) {
     int M = (int)L->M, K = (int)L->K, MB = (int)L->MB, zero = 0, one_i = 1, info = 0;
@@ -185,8 +191,8 @@ static void pearson_of(double *out, double *Z, const Local *L, int ctxt) {
 long correlate_gap(double *pearson, double *spearman, H5Out *h, const CorrInput *in, MPI_Comm comm) {
     Local L;
     memset(&L, 0, sizeof L);
-    MPI_Comm_size(comm, &L.P);
-    MPI_Comm_rank(comm, &L.p);
+    SG_MPI(MPI_Comm_size(comm, &L.P), "MPI_Comm_size failed");
+    SG_MPI(MPI_Comm_rank(comm, &L.p), "MPI_Comm_rank failed");
     L.K = in->K;
     L.M = in->n * in->Wk;
     L.Bc = in->Wk >= 4096 ? 1 : 4096 / in->Wk; /* blocks of whole contexts, ~4096 tokens */
@@ -203,6 +209,7 @@ long correlate_gap(double *pearson, double *spearman, H5Out *h, const CorrInput 
     }
     int handle = Csys2blacs_handle(comm), ctxt = handle;
     Cblacs_gridinit(&ctxt, "Row", L.P, 1);
+    check_grid(ctxt, &L);
     double *R = sg_xcalloc(L.M_loc * L.K + 1, sizeof(double));
     rank_columns(R, &L, comm);
     standardise(L.G, &L, comm);

@@ -7,6 +7,7 @@
 #include "forward.h"
 #include "h5out.h"
 #include "model.h"
+#include "schedule.h"
 #include "sites.h"
 #include "tokens.h"
 
@@ -55,10 +56,7 @@ static int check_options(const Options *o, Basis *basis) {
     if (!o->sites) return sg_errorf("command line", "dump needs --sites A,B,... (or --sites all)");
     if (!o->out) return sg_errorf("command line", "dump needs --out FILE.h5");
     if (o->positional) return sg_errorf("command line", "dump takes no positional argument (got '%s')", o->positional);
-    *basis = SG_BASIS_PROCESSED;
-    if (o->basis && basis_parse(o->basis, basis) != 0)
-        return sg_errorf("--basis", "'%s' is not processed, raw or a '+'-joined set of center_writing_weights, "
-                                    "fold_ln, fold_value_biases", o->basis);
+    if (cli_basis(o, basis)) return -1;
     struct stat sb;
     if (stat(o->out, &sb) == 0)
         return sg_errorf(o->out, S_ISDIR(sb.st_mode) ? "--out is a directory; give a file name"
@@ -68,8 +66,8 @@ static int check_options(const Options *o, Basis *basis) {
 
 int dump_command(const Options *o, MPI_Comm comm) {
     int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
+    SG_MPI(MPI_Comm_size(comm, &size), "MPI_Comm_size failed");
     Basis basis;
     if (sg_agree(comm, check_options(o, &basis))) return 1;
 
@@ -130,15 +128,11 @@ int dump_command(const Options *o, MPI_Comm comm) {
     }
     h5out_flush(h);
 
-    /* ---- batches of B contexts, fixed by T alone; rank r takes a contiguous run of them.
-     * The batch a context belongs to never depends on the rank count: BLIS may pick other
-     * kernels for other matrix heights, so this is what keeps -np 1..N bit-identical. */
-    size_t B = T >= 512 ? 1 : 512 / T;
-    if (B > 8) B = 8;
-    size_t n_batches = (n + B - 1) / B;
-    size_t lo = n_batches * (size_t)rank / (size_t)size * B, hi = n_batches * (size_t)(rank + 1) / (size_t)size * B;
-    if (hi > n) hi = n;
-    if (lo > n) lo = n;
+    /* ---- batches of B contexts, fixed by T alone (keeps -np 1..N bit-identical); rank r
+     * takes a contiguous run of them */
+    const size_t B = schedule_dump_batch_contexts(T);
+    size_t lo, hi;
+    schedule_static_range(n, B, rank, size, &lo, &hi);
     Activations acts;
     acts_alloc(&acts, c, B, T);
     size_t max_w = 4 * c->n_embd;
@@ -165,7 +159,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     free(buf);
     acts_free(&acts);
 
-    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before completing %s failed", o->out);
+    SG_MPI(MPI_Barrier(comm), "barrier before completing %s failed", o->out);
     h5out_attr_i64(h, "/", "complete", 1);
     h5out_close(h);
     if (rank == 0 && !sg_quiet())

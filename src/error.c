@@ -29,7 +29,7 @@ void sg_error_clear(void) { g_error[0] = '\0'; }
 void sg_set_comm(MPI_Comm comm, int quiet) {
     g_comm = comm;
     g_quiet = quiet;
-    MPI_Comm_rank(comm, &g_rank);
+    SG_MPI(MPI_Comm_rank(comm, &g_rank), "MPI_Comm_rank failed");
 }
 
 int sg_rank(void) { return g_rank; }
@@ -37,12 +37,11 @@ int sg_quiet(void) { return g_quiet; }
 
 int sg_agree(MPI_Comm comm, int status) {
     int rank, size;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
+    SG_MPI(MPI_Comm_size(comm, &size), "MPI_Comm_size failed");
     /* lowest failing rank, or size when every rank succeeded */
     int mine = status != 0 ? rank : size, first = size;
-    if (MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS)
-        sg_fatal("MPI", "MPI_Allreduce failed while agreeing on an error");
+    SG_MPI(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce failed while agreeing on an error");
     if (first == size) return 0;
     if (rank == first) {
         const char *msg = g_error[0] ? g_error : "failed (no message recorded)";
@@ -76,6 +75,7 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
     fprintf(stderr, "saegap: error: %s: %s [rank %d] (%s:%d)\n", where ? where : "saegap", msg, g_rank,
             file, line);
     fflush(stderr);
+    /* unchecked: this is where a failed check would lead */
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
@@ -86,6 +86,17 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
         if (size > 1) MPI_Abort(comm, 1);
     }
     exit(1);
+}
+
+_Noreturn void sg_mpi_fatal_at(const char *file, int line, int code, const char *fmt, ...) {
+    char what[SG_ERROR_MAX], why[MPI_MAX_ERROR_STRING] = "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    int len = 0;
+    if (MPI_Error_string(code, why, &len) != MPI_SUCCESS) snprintf(why, sizeof why, "MPI error code %d", code);
+    sg_fatal_at(file, line, "MPI", "%s: %s", what, why);
 }
 
 static const char *g_alloc_for = NULL;

@@ -5,6 +5,7 @@
 #include "checksum.h"
 #include "error.h"
 #include "h5guard.h"
+#include "outfile.h"
 
 #include <hdf5.h>
 #include <stdint.h>
@@ -53,13 +54,12 @@ static void h5_reason(char *buf, size_t cap) {
     else snprintf(buf, cap, "%s", r.text[0] ? r.text : "HDF5 gave no reason");
 }
 
-static uint64_t free_bytes(const char *path);
 
 /* MPI-IO often reports a failed write to HDF5 without the OS's reason (Open MPI's OMPIO prints
  * it on stderr itself): a full folder is the usual one, so say it when it is so. */
 static void h5_reason_for(const char *path, char *buf, size_t cap) {
     h5_reason(buf, cap);
-    if (path && !strstr(buf, "no space") && free_bytes(path) < ((uint64_t)64 << 10)) {
+    if (path && !strstr(buf, "no space") && out_free_bytes(path) < ((uint64_t)64 << 10)) {
         char inner[600];
         snprintf(inner, sizeof inner, "%.500s", buf);
         snprintf(buf, cap, "no space left on device (HDF5: %.400s)", inner);
@@ -83,7 +83,6 @@ struct H5Out {
     char *path;
     int resuming, readonly;
     int dry;            /* h5out_dry: counts the bytes of the datasets, writes nothing */
-    uint64_t reserved;  /* bytes reserved past the end by h5out_reserve */
     uint64_t dry_bytes;
     hid_t file;
     hid_t *dsets;
@@ -138,6 +137,7 @@ static int read_int_matrix(const char *path, const char *dataset, int64_t **vals
     t = H5Dget_type(d);
     if (H5Tget_class(t) != H5T_INTEGER) { sg_errorf(path, "dataset '%s' is not of an integer type", dataset); goto done; }
     s = H5Dget_space(d);
+    if (s < 0) { sg_errorf(path, "cannot read the shape of dataset '%s'", dataset); goto done; }
     int nd = H5Sget_simple_extent_ndims(s);
     if (nd != 2) { sg_errorf(path, "dataset '%s' has %d dimension(s); expected [n_contexts, ctx]", dataset, nd); goto done; }
     hsize_t dims[2];
@@ -177,62 +177,12 @@ int h5_read_int_matrix(const char *path, const char *dataset, int64_t **vals, si
 }
 
 static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags);
-static int lock_fd(int fd, const char *path);
 
 H5Out *h5out_create(const char *path, MPI_Comm comm) { return create_file(path, comm, H5F_ACC_EXCL); }
 
 H5Out *h5out_create_claimed(const char *partial, MPI_Comm comm) {
     /* TRUNC: rank 0 created (and locked) the empty file in out_partial_claim */
     return create_file(partial, comm, H5F_ACC_TRUNC);
-}
-
-int out_partial_path(const char *path, char *buf, size_t cap) {
-    int n = snprintf(buf, cap, "%s.creating", path);
-    return n < 0 || (size_t)n >= cap ? sg_errorf(path, "path too long") : 0;
-}
-
-int out_partial_claim(const char *out, const char *partial) {
-    for (int attempt = 0; attempt < 2; attempt++) {
-        int fd = open(partial, O_RDWR | O_CREAT | O_EXCL, 0666);
-        if (fd >= 0) return lock_fd(fd, partial);
-        if (errno != EEXIST)
-            return sg_errorf(out, "cannot create the output file (does its folder exist and is it writable?): %s",
-                             strerror(errno));
-        /* there already: another run creating it (locked), or what a killed run left (unlocked) */
-        int lfd = out_lock_acquire(partial);
-        if (lfd < 0) return -1;
-        int rc = unlink(partial) == 0 ? 0 : -1, e = errno;
-        out_lock_release(lfd);
-        if (rc != 0)
-            return sg_errorf(partial, "cannot remove this half-created result of an interrupted run: %s", strerror(e));
-    }
-    return sg_errorf(partial, "another saegap run keeps creating this file; refusing a second writer");
-}
-
-int h5out_publish(H5Out *h, const char *path, MPI_Comm comm) {
-    int rank, rc = 0;
-    MPI_Comm_rank(comm, &rank);
-    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier before naming %s failed", path);
-    if (rank == 0) {
-        if (link(h->path, path) == 0) {
-            if (unlink(h->path) != 0) rc = sg_errorf(h->path, "cannot remove after linking it to %s: %s", path, strerror(errno));
-        } else if (errno == EEXIST) {
-            rc = sg_errorf(path, "output file already exists (created while this run started); refusing to overwrite it");
-        } else if (errno == EPERM || errno == ENOTSUP || errno == EOPNOTSUPP || errno == EMLINK) {
-            /* no hard links on this filesystem: rename, after checking the name is still free */
-            if (access(path, F_OK) == 0)
-                rc = sg_errorf(path, "output file already exists (created while this run started); refusing to overwrite it");
-            else if (rename(h->path, path) != 0)
-                rc = sg_errorf(path, "cannot rename %s to it: %s", h->path, strerror(errno));
-        } else {
-            rc = sg_errorf(path, "cannot give %s its final name: %s", h->path, strerror(errno));
-        }
-    }
-    if (sg_agree(comm, rc)) return -1;
-    free(h->path);
-    h->path = sg_xstrdup(path);
-    g_h5_path = h->path;
-    return 0;
 }
 
 static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags) {
@@ -336,29 +286,6 @@ int h5out_get_attr_str(H5Out *h, const char *obj, const char *name, char *buf, s
     return rc;
 }
 
-int out_lock_acquire(const char *path) {
-    int fd = open(path, O_RDWR);
-    if (fd < 0) return sg_errorf(path, "cannot open to lock: %s", strerror(errno));
-    return lock_fd(fd, path);
-}
-
-/* Takes the writer lock on fd (open on path): fd, or -1 (fd closed) with a pending error. */
-static int lock_fd(int fd, const char *path) {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
-    if (fcntl(fd, F_OFD_SETLK, &fl) != 0) {
-        int e = errno;
-        close(fd);
-        if (e == EAGAIN || e == EACCES)
-            return sg_errorf(path, "is being written by another saegap run (file locked); refusing a second writer");
-        return sg_errorf(path, "cannot lock: %s", strerror(e));
-    }
-    return fd;
-}
-
-void out_lock_release(int fd) {
-    if (fd >= 0) close(fd);
-}
-
 static hid_t file_type(H5OutType t) {
     switch (t) {
     case H5OUT_F32: return H5T_IEEE_F32LE;
@@ -397,7 +324,8 @@ static int open_dataset_unguarded(H5Out *h, const char *name, H5OutType type, in
     if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing (damaged file? saegap verify tells)", name);
     hid_t sp = H5Dget_space(d);
     hsize_t got[8];
-    int nd = H5Sget_simple_extent_ndims(sp);
+    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+    if (nd < 0 || nd > 8) sg_fatal(h->path, "--resume: the shape of dataset %s is unreadable (damaged file? saegap verify tells)", name);
     H5Sget_simple_extent_dims(sp, got, NULL);
     H5Sclose(sp);
     int ok = nd == ndims;
@@ -489,13 +417,20 @@ static int try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *
     if (fspace < 0) return -1;
     int nd = H5Sget_simple_extent_ndims(fspace), rc = -1;
     hsize_t dims[8], start[8] = {0}, count[8];
+    if (nd < 1 || nd > 8) {
+        H5Sclose(fspace);
+        return -1;
+    }
     H5Sget_simple_extent_dims(fspace, dims, NULL);
     for (int i = 0; i < nd; i++) count[i] = dims[i];
     start[0] = row0, count[0] = nrows;
-    if (row0 + nrows <= dims[0] && H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0) {
+    if (nrows <= dims[0] && row0 <= dims[0] - nrows &&
+        H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0) {
         hid_t mspace = H5Screate_simple(nd, count, NULL);
-        rc = H5Dread(d, mem_type(h->types[ds]), mspace, fspace, H5P_DEFAULT, data) < 0 ? -1 : 0;
-        H5Sclose(mspace);
+        if (mspace >= 0) {
+            rc = H5Dread(d, mem_type(h->types[ds]), mspace, fspace, H5P_DEFAULT, data) < 0 ? -1 : 0;
+            H5Sclose(mspace);
+        }
     }
     H5Sclose(fspace);
     return rc;
@@ -549,12 +484,14 @@ static void select_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, hid_t *
     *fspace = H5Dget_space(h->dsets[ds]);
     SG_H5(*fspace, "getting a dataspace of %s", h->path);
     int nd = H5Sget_simple_extent_ndims(*fspace);
+    if (nd < 1 || nd > 8) sg_fatal(h->path, "a dataset of rank %d (1 to 8 expected)", nd);
     hsize_t dims[8], start[8] = {0}, count[8];
     H5Sget_simple_extent_dims(*fspace, dims, NULL);
     for (int i = 0; i < nd; i++) count[i] = dims[i];
     start[0] = row0, count[0] = nrows;
     SG_H5(H5Sselect_hyperslab(*fspace, H5S_SELECT_SET, start, NULL, count, NULL), "selecting rows of %s", h->path);
     *mspace = H5Screate_simple(nd, count, NULL);
+    SG_H5(*mspace, "creating a memory dataspace for %s", h->path);
 }
 
 /* independent transfers: ranks finish their units at different times (no collective rounds) */
@@ -620,6 +557,7 @@ int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
     }
     hsize_t dims[1] = {n};
     hid_t space = H5Screate_simple(1, dims, NULL);
+    SG_H5(space, "creating the dataspace of %s", name);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     SG_H5(H5Pset_create_intermediate_group(lcpl, 1), "setting intermediate group creation");
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
@@ -706,79 +644,6 @@ H5Out *h5out_dry(void) {
 
 uint64_t h5out_dry_bytes(const H5Out *h) { return h->dry_bytes; }
 
-/* Bytes the file system can still give this path's folder (unprivileged), or UINT64_MAX. */
-static uint64_t free_bytes(const char *path) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == dir) dir[1] = 0;
-    else *slash = 0;
-    struct statvfs v;
-    if (statvfs(dir, &v) != 0) return UINT64_MAX;
-    return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
-}
-
-static void mb(char *buf, size_t cap, uint64_t bytes) { snprintf(buf, cap, "%.1f MB", (double)bytes / 1e6); }
-
-int h5out_check_space(const char *path, uint64_t need, MPI_Comm comm) {
-    int rank, rc = 0;
-    MPI_Comm_rank(comm, &rank);
-    if (rank == 0) {
-        uint64_t have = free_bytes(path);
-        if (have < need) {
-            char a[32], b[32];
-            mb(a, sizeof a, need), mb(b, sizeof b, have);
-            rc = sg_errorf(path, "no space left on device: the result needs about %s, %s are free", a, b);
-        }
-    }
-    return sg_agree(comm, rc);
-}
-
-int out_partial_reserve(const char *partial, const char *out, uint64_t bytes) {
-    int fd = open(partial, O_WRONLY);
-    int e = fd < 0 ? errno : fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) != 0 ? errno : 0;
-    if (fd >= 0) close(fd);
-    if (e == EOPNOTSUPP || e == ENOSYS) return 0; /* h5out_check_space's check stands */
-    if (e == ENOSPC || e == EDQUOT) {
-        char a[32], b[32];
-        mb(a, sizeof a, bytes), mb(b, sizeof b, free_bytes(partial));
-        return sg_errorf(out, "no space left on device: reserving the result's %s failed (%s free)", a, b);
-    }
-    if (e) return sg_errorf(out, "cannot reserve the result's space on disk: %s", strerror(e));
-    return 0;
-}
-
-int h5out_reserve(H5Out *h, uint64_t slack, const char *name) {
-    int rc = 0;
-    {
-        /* after a flush the file's size is HDF5's end of allocation (H5Fget_filesize fails
-         * under the MPI-IO driver in 1.10) */
-        off_t size = 0;
-        int fd = open(h->path, O_WRONLY);
-        struct stat sb;
-        int e = fd < 0 ? errno : fstat(fd, &sb) != 0 ? errno : 0;
-        if (!e) size = sb.st_size;
-        /* back every byte of the file, and `slack` bytes past its end for the metadata written
-         * at the end (attributes, checksums), without changing the size HDF5 sees */
-        if (!e && size > 0) e = posix_fallocate(fd, 0, size);
-        if (!e && fallocate(fd, FALLOC_FL_KEEP_SIZE, size, (off_t)slack) != 0) {
-            e = errno;
-            if (e == EOPNOTSUPP || e == ENOSYS) e = free_bytes(h->path) >= slack ? 0 : ENOSPC;
-        }
-        if (fd >= 0) close(fd);
-        if (!e) h->reserved = slack;
-        if (e == ENOSPC || e == EDQUOT) {
-            char a[32], b[32];
-            mb(a, sizeof a, (uint64_t)size + slack), mb(b, sizeof b, free_bytes(h->path));
-            rc = sg_errorf(name, "no space left on device: reserving the result's %s failed (%s free)", a, b);
-        } else if (e) {
-            rc = sg_errorf(name, "cannot reserve the result's space on disk: %s", strerror(e));
-        }
-    }
-    return rc;
-}
-
 void h5out_close(H5Out *h) {
     if (!h) return;
     if (h->dry) {
@@ -793,13 +658,6 @@ void h5out_close(H5Out *h) {
     if (h->readonly) H5Fclose(h->file); /* a damaged file may fail to close: nothing was written */
     else {
         SG_H5(H5Fclose(h->file), "closing %s", h->path);
-        if (h->reserved && sg_rank() == 0) { /* give back the reserve past the end */
-            int fd = open(h->path, O_WRONLY);
-            struct stat sb;
-            if (fd >= 0 && fstat(fd, &sb) == 0)
-                (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)h->reserved);
-            if (fd >= 0) close(fd);
-        }
     }
     if (h->resuming) h5guard_leave();
     free(h->dsets);
@@ -810,15 +668,12 @@ void h5out_close(H5Out *h) {
 
 /* ---- final checksum: every dataset written after the units, visited in name order ---- */
 
-typedef struct { uint64_t h; int bad; } FinalSum;
+typedef struct { uint64_t h; int bad; int (*wanted)(const char *); } FinalSum;
 
 static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, void *op) {
     FinalSum *fs = op;
     if (info->type != H5O_TYPE_DATASET) return 0;
-    int wanted = !strcmp(name, "tokens") || !strncmp(name, "progress/", 9) || !strncmp(name, "correlation/", 12) ||
-                 !strncmp(name, "examples/", 9) ||
-                 (strstr(name, "/feature_density") != NULL);
-    if (!wanted || !strcmp(name, "progress/unit_done") || !strcmp(name, "progress/unit_checksum")) return 0;
+    if (!fs->wanted(name)) return 0;
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
     if (d < 0) { fs->bad = 1; return 0; }
     hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
@@ -843,16 +698,21 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     return 0;
 }
 
-static uint64_t checksum_final(H5Out *h, const char *path) {
-    FinalSum fs = {FNV1A_INIT, 0};
+static uint64_t checksum_final(H5Out *h, int (*wanted)(const char *)) {
+    FinalSum fs = {FNV1A_INIT, 0, wanted};
     if (H5Ovisit2(h->file, H5_INDEX_NAME, H5_ITER_INC, fold_dataset, &fs, H5O_INFO_BASIC) < 0) fs.bad = 1;
-    (void)path;
     return fs.bad ? 0 : fs.h;
 }
 
-uint64_t h5out_checksum_final(H5Out *h, const char *path) {
+uint64_t h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset)) {
     h5guard_enter(h->path, 1);
-    uint64_t r = checksum_final(h, path);
+    uint64_t r = checksum_final(h, wanted);
     h5guard_leave();
     return r;
+}
+
+void h5out_renamed(H5Out *h, const char *path) {
+    free(h->path);
+    h->path = sg_xstrdup(path);
+    g_h5_path = h->path;
 }

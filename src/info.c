@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "h5out.h"
+#include "resultfile.h"
 #include "model.h"
 #include "sae.h"
 #include "tokens.h"
@@ -87,20 +88,12 @@ static int info_result(const char *path) {
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
         if (h5out_get_attr_i64(h, "/", nums[i], &v) == 0) printf("  %-15s %lld\n", nums[i], (long long)v);
     printf("  %-15s %s\n", "sites", buf);
-    int nd;
-    uint64_t dims[8];
-    int ds = h5out_find_dataset(h, "progress/unit_done", H5OUT_I32, &nd, dims);
     int64_t complete = 0;
     h5out_get_attr_i64(h, "/", "complete", &complete);
-    if (ds >= 0) {
-        int32_t *done = sg_xcalloc(dims[0], sizeof(int32_t));
-        size_t n_done = 0;
-        if (h5out_try_read_rows(h, ds, 0, dims[0], done) == 0)
-            for (uint64_t u = 0; u < dims[0]; u++) n_done += done[u] == 1;
-        printf("  %-15s %s (%zu of %llu units done; saegap verify checks the data)\n", "state",
-               complete == 1 ? "complete" : "incomplete", n_done, (unsigned long long)dims[0]);
-        free(done);
-    }
+    size_t n_units = 0, n_done = 0;
+    if (rf_count_done(h, &n_units, &n_done) == 0)
+        printf("  %-15s %s (%zu of %zu units done; saegap verify checks the data)\n", "state",
+               complete == 1 ? "complete" : "incomplete", n_done, n_units);
     h5out_close(h);
     return 0;
 }
@@ -133,7 +126,7 @@ static int info_tokens(const char *path) {
 
 int info_command(const Options *o, MPI_Comm comm) {
     int rank;
-    MPI_Comm_rank(comm, &rank);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "rank");
     int rc = 0;
     if (!o->positional) rc = sg_errorf("command line", "info needs a path: saegap info PATH");
     else if (rank == 0) {

@@ -4,6 +4,7 @@
 #include "error.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef void (*IvRowFn)(float *out, IvBatch *b, size_t r);
@@ -131,27 +132,46 @@ static void latent_noise_decode(IvBatch *b) {
     sae_decode(b->x_scratch, b->sae, b->sae_work, b->f_scratch, b->N);
 }
 
+/* One row per intervention, one column per property; nothing outside this table decides them.
+ *  random:     draws per token (--samples), each from its own Philox stream
+ *  correlated: its KL gap to eps_random is correlated between sites (CONTRACT.md)
+ *  examples:   written under /examples with --examples
+ *  decode:     decodes a perturbed latent code (a second SAE decode per row)
+ *  mean, cov:  reads the site mean / the covariance's Cholesky factor (the statistics pass) */
 static const struct {
     const char *name;
-    int random;
-    IvRowFn row; /* NULL: batched below */
+    int random, correlated, examples, decode, mean, cov;
+    IvRowFn row; /* NULL: batched, see iv_apply */
 } IVS[IV_COUNT] = {
-    [IV_SAE] = {"sae", 0, row_sae},
-    [IV_NORM_CORRECTED_SAE] = {"norm_corrected_sae", 0, row_norm_corrected_sae},
-    [IV_SAE_NORM] = {"sae_norm", 0, row_sae_norm},
-    [IV_EPS_RANDOM] = {"eps_random", 1, row_eps_random},
-    [IV_THETA_RANDOM] = {"theta_random", 1, row_theta_random},
-    [IV_THETA_RANDOM_TRUE_NORM] = {"theta_random_true_norm", 1, row_theta_random_true_norm},
-    [IV_ZERO_ABLATION] = {"zero_ablation", 0, row_zero},
-    [IV_MEAN_ABLATION] = {"mean_ablation", 0, row_mean},
-    [IV_LATENT_NOISE] = {"latent_noise", 1, NULL},
-    [IV_SAE_EPS_RANDOM] = {"sae_eps_random", 1, NULL},
-    [IV_COV_RANDOM] = {"cov_random", 1, row_cov_random},
+    /*                                                   rand corr ex  dec mean cov */
+    [IV_SAE] =                    {"sae",                    0, 1, 1, 0, 0, 0, row_sae},
+    [IV_NORM_CORRECTED_SAE] =     {"norm_corrected_sae",     0, 1, 0, 0, 0, 0, row_norm_corrected_sae},
+    [IV_SAE_NORM] =               {"sae_norm",               0, 1, 0, 0, 0, 0, row_sae_norm},
+    [IV_EPS_RANDOM] =             {"eps_random",             1, 0, 1, 0, 0, 0, row_eps_random},
+    [IV_THETA_RANDOM] =           {"theta_random",           1, 0, 0, 0, 0, 0, row_theta_random},
+    [IV_THETA_RANDOM_TRUE_NORM] = {"theta_random_true_norm", 1, 0, 0, 0, 0, 0, row_theta_random_true_norm},
+    [IV_ZERO_ABLATION] =          {"zero_ablation",          0, 1, 0, 0, 0, 0, row_zero},
+    [IV_MEAN_ABLATION] =          {"mean_ablation",          0, 1, 0, 0, 1, 0, row_mean},
+    [IV_LATENT_NOISE] =           {"latent_noise",           1, 0, 0, 1, 0, 0, NULL},
+    [IV_SAE_EPS_RANDOM] =         {"sae_eps_random",         1, 0, 0, 1, 0, 0, NULL},
+    [IV_COV_RANDOM] =             {"cov_random",             1, 0, 0, 0, 1, 1, row_cov_random},
 };
 _Static_assert(IV_COUNT == 11, "CONTRACT.md names 11 interventions; update IVS with the enum");
 
 const char *iv_name(Intervention iv) { return IVS[iv].name; }
 int iv_is_random(Intervention iv) { return IVS[iv].random; }
+size_t iv_samples(Intervention iv, size_t samples) { return IVS[iv].random ? samples : 1; }
+int iv_is_correlated(Intervention iv) { return IVS[iv].correlated; }
+int iv_writes_examples(Intervention iv) { return IVS[iv].examples; }
+int iv_needs_decode(Intervention iv) { return IVS[iv].decode; }
+int iv_needs_mean(Intervention iv) { return IVS[iv].mean; }
+int iv_needs_cov(Intervention iv) { return IVS[iv].cov; }
+
+int iv_any(uint32_t mask, int (*property)(Intervention)) {
+    for (int iv = 0; iv < IV_COUNT; iv++)
+        if ((mask >> iv & 1u) && property((Intervention)iv)) return 1;
+    return 0;
+}
 
 int iv_parse_list(uint32_t *mask, const char *list) {
     *mask = 0;
@@ -166,10 +186,12 @@ int iv_parse_list(uint32_t *mask, const char *list) {
         int found = 0;
         for (int i = 0; i < IV_COUNT; i++)
             if (strlen(IVS[i].name) == len && !strncmp(IVS[i].name, p, len)) { *mask |= 1u << i; found = 1; }
-        if (!found)
-            return sg_errorf("--interventions", "unknown intervention '%.*s' (sae, norm_corrected_sae, sae_norm, "
-                             "eps_random, theta_random, theta_random_true_norm, zero_ablation, mean_ablation, "
-                             "latent_noise, sae_eps_random, cov_random, or all)", (int)len, p);
+        if (!found) {
+            char names[512] = "";
+            for (int i = 0; i < IV_COUNT; i++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s, ", IVS[i].name);
+            return sg_errorf("--interventions", "unknown intervention '%.*s' (%sor all)", (int)len, p, names);
+        }
         p += len;
         if (*p == ',') p++;
     }
@@ -179,7 +201,7 @@ int iv_parse_list(uint32_t *mask, const char *list) {
 
 void iv_apply(Intervention iv, float *out, IvBatch *b) {
     size_t d = b->d;
-    if (iv == IV_LATENT_NOISE || iv == IV_SAE_EPS_RANDOM) {
+    if (IVS[iv].decode) {
         latent_noise_decode(b);
         for (size_t r = 0; r < b->N; r++) {
             if (!b->active[r]) continue;

@@ -1,4 +1,5 @@
 /* main.c: a shim. All of saegap is saegap_run() in libsaegap. */
+#include "error.h"
 #include "run.h"
 #include "saegap.h"
 
@@ -6,8 +7,8 @@
 
 int main(int argc, char **argv) {
     run_catch_early_stop();
-    MPI_Init(&argc, &argv);
+    SG_MPI(MPI_Init(&argc, &argv), "MPI_Init failed");
     int status = saegap_run(argc, argv, MPI_COMM_WORLD);
-    MPI_Finalize();
+    SG_MPI(MPI_Finalize(), "MPI_Finalize failed");
     return status;
 }

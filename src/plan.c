@@ -1,4 +1,4 @@
-/* plan.c: cost model of `saegap run` (see plan.h). The model counts what run.c does:
+/* plan.c: cost model of `saegap run` (see plan.h). The model counts what run.c and sweep.c do:
  *  clean pass per context       T (L (24 D^2 + 4 T D) + 2 D Vp)       (attention scores: full T x T)
  *  intervened pass per sample   T (L_after (24 D^2 + 4 T D)) + Wk 2 D Vp
  *  SAE per token                4 d_in F (+ 2 F d_in per latent_noise / sae_eps_random decode)
@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "sae.h"
+#include "schedule.h"
 #include "sites.h"
 #include "tokens.h"
 
@@ -75,7 +76,7 @@ static const char *duration(double s, char *buf, size_t cap) {
 
 int plan_command(const Options *o, MPI_Comm comm) {
     int rank;
-    MPI_Comm_rank(comm, &rank);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
     int rc = 0;
     if (!o->model || !o->n_sae || !o->tokens)
         rc = sg_errorf("command line", "plan needs a job (JOB_FILE or --model, --sae, --tokens)");
@@ -92,13 +93,15 @@ int plan_command(const Options *o, MPI_Comm comm) {
     if (rc == 0) rc = tokens_load(&ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);
     uint32_t mask = 0;
     if (rc == 0) rc = iv_parse_list(&mask, o->interventions ? o->interventions : "all");
+    SweepChoices ch;
+    if (rc == 0) rc = cli_sweep_choices(o, &ch);
     if (sg_agree(comm, rc)) goto out;
     if (rank == 0) {
         const double L = (double)c.n_layer, D = (double)c.n_embd, V = (double)c.vocab_size;
         const double Vp = (double)((c.vocab_size + 63) / 64 * 64), n = (double)ts.n, T = (double)ts.ctx;
-        const int position = o->scope && !strcmp(o->scope, "position");
-        const double Wk = position ? (o->window > 0 ? (double)o->window : 16) : T;
-        const double S = o->samples > 0 ? (double)o->samples : 1;
+        const int position = ch.scope_position;
+        const double Wk = position ? (double)ch.window : T;
+        const size_t S = ch.samples;
         const size_t ranks = (size_t)o->ranks;
         const int threads = o->threads_per_rank > 0 ? (int)o->threads_per_rank : 1;
         gemm_set_threads(threads);
@@ -113,15 +116,15 @@ int plan_command(const Options *o, MPI_Comm comm) {
             double passes = 0, decodes = 0;
             for (int iv = 0; iv < IV_COUNT; iv++)
                 if (mask >> iv & 1) {
-                    double s = iv_is_random((Intervention)iv) ? S : 1;
+                    double s = (double)iv_samples((Intervention)iv, S);
                     passes += s;
-                    if (iv == IV_LATENT_NOISE || iv == IV_SAE_EPS_RANDOM) decodes += s;
+                    if (iv_needs_decode((Intervention)iv)) decodes += s;
                 }
             /* SAELens's scores (sae and zero_ablation run): a zero-ablation pass of every
-             * position, and an SAE pass of their own unless the sae pass is SAELens's (run.c) */
+             * position, and an SAE pass of their own unless the sae pass is SAELens's (sweep.c) */
             double score = 0;
             if ((mask >> IV_SAE & 1) && (mask >> IV_ZERO_ABLATION & 1))
-                score = 1 + (position || (o->bos && !strcmp(o->bos, "include")) || st.kind == SG_SITE_ATTN_Z);
+                score = 1 + (position || ch.bos_include || st.kind == SG_SITE_ATTN_Z);
             n_passes += passes + score;
             f_iv += (passes + score) * n * T * after * layer;
             f_unembed_iv += (passes * Wk + score * T) * n * 2 * D * Vp;
@@ -129,19 +132,17 @@ int plan_command(const Options *o, MPI_Comm comm) {
             f_sae += n * T * (4 + 2 * decodes) * (double)saes[i].d_in * (double)saes[i].d_sae;
             kl_rows += passes * n * Wk;
         }
-        if ((mask >> IV_MEAN_ABLATION & 1) || (mask >> IV_COV_RANDOM & 1))
-            f_stats = n * T * L * layer + ((mask >> IV_COV_RANDOM & 1) ? K * n * T * D * D * 2 : 0);
+        if (iv_any(mask, iv_needs_mean))
+            f_stats = n * T * L * layer + (iv_any(mask, iv_needs_cov) ? K * n * T * D * D * 2 : 0);
         double f_total = f_clean + f_iv + f_unembed_iv + f_sae + f_stats;
         /* clean + intervened rows; the reduction runs on the rank's threads, like the GEMMs */
         double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9 / threads;
         double t_total = t_gemm + t_kl;
-        /* units: as run.c lays them out */
-        size_t B = ts.ctx >= 256 ? 1 : 256 / ts.ctx;
-        if (B > 8) B = 8;
-        size_t n_batches = (ts.n + B - 1) / B, bpb = (n_batches + 127) / 128, n_blocks = (n_batches + bpb - 1) / bpb;
-        size_t groups = n_blocks >= 2 * ranks ? 1 : (2 * ranks + n_blocks - 1) / n_blocks;
-        if (groups > K) groups = K;
-        size_t units = n_blocks * groups;
+        /* units: as run lays them out (--ranks is at most INT_MAX: cli.c) */
+        const size_t B = schedule_batch_contexts(ts.ctx);
+        UnitLayout layout;
+        schedule_layout(&layout, ts.n, B, K, (int)ranks);
+        const size_t units = layout.n_units, n_blocks = layout.n_blocks;
         double t_wall = t_total / (double)(ranks < units ? ranks : units);
         double t_unit = t_total / (double)units;
         if (t_wall < t_unit) t_wall = t_unit;
@@ -159,7 +160,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double out = 8 * n * T; /* tokens + clean ce */
         for (size_t i = 0; i < K; i++) {
             for (int iv = 0; iv < IV_COUNT; iv++)
-                if (mask >> iv & 1) out += 2 * 4 * n * Wk * (iv_is_random((Intervention)iv) ? S : 1);
+                if (mask >> iv & 1) out += 2 * 4 * n * Wk * (double)iv_samples((Intervention)iv, S);
             out += 7 * 4 * n * T + 8 * (double)saes[i].d_sae;
             out += (double)n_blocks * (16 * (28 + (double)saes[i].d_in) + 8 * 24 + 4 * (double)saes[i].d_sae);
         }

@@ -59,16 +59,27 @@ static void add_op(void *in, void *inout, int *len, MPI_Datatype *dt) {
 int repro_allreduce(ReproSum *acc, size_t n, MPI_Comm comm) {
     MPI_Datatype t;
     MPI_Op op;
-    if (MPI_Type_contiguous((int)sizeof(ReproSum), MPI_BYTE, &t) != MPI_SUCCESS || MPI_Type_commit(&t) != MPI_SUCCESS ||
-        MPI_Op_create(add_op, 1, &op) != MPI_SUCCESS)
-        sg_fatal("MPI", "cannot create the reproducible-sum reduction");
+    SG_MPI(MPI_Type_contiguous((int)sizeof(ReproSum), MPI_BYTE, &t), "cannot create the reproducible-sum type");
+    SG_MPI(MPI_Type_commit(&t), "cannot create the reproducible-sum type");
+    SG_MPI(MPI_Op_create(add_op, 1, &op), "cannot create the reproducible-sum reduction");
     const size_t chunk = 1 << 20;
     for (size_t i = 0; i < n; i += chunk) {
         int c = (int)(n - i < chunk ? n - i : chunk);
-        if (MPI_Allreduce(MPI_IN_PLACE, acc + i, c, t, op, comm) != MPI_SUCCESS)
-            sg_fatal("MPI", "MPI_Allreduce of %d sums failed", c);
+        SG_MPI(MPI_Allreduce(MPI_IN_PLACE, acc + i, c, t, op, comm), "MPI_Allreduce of %d sums failed", c);
     }
-    MPI_Op_free(&op);
-    MPI_Type_free(&t);
+    SG_MPI(MPI_Op_free(&op), "MPI_Op_free failed");
+    SG_MPI(MPI_Type_free(&t), "MPI_Type_free failed");
     return repro_first_overflow(acc, n) < n ? -1 : 0;
+}
+
+void repro_pack(int64_t *pairs, const ReproSum *acc, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned __int128 u = (unsigned __int128)acc[i];
+        pairs[2 * i] = (int64_t)(uint64_t)u, pairs[2 * i + 1] = (int64_t)(uint64_t)(u >> 64);
+    }
+}
+
+void repro_unpack(ReproSum *acc, const int64_t *pairs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        acc[i] = (ReproSum)(((unsigned __int128)(uint64_t)pairs[2 * i + 1] << 64) | (uint64_t)pairs[2 * i]);
 }

@@ -27,10 +27,10 @@ static int configure_threads(const Options *o, MPI_Comm comm) {
     else {
         MPI_Comm node;
         int on_node = 1;
-        if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-            MPI_Comm_size(node, &on_node);
-            MPI_Comm_free(&node);
-        }
+        SG_MPI(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+               "finding the ranks on this node (MPI_Comm_split_type) failed");
+        SG_MPI(MPI_Comm_size(node, &on_node), "MPI_Comm_size failed");
+        SG_MPI(MPI_Comm_free(&node), "MPI_Comm_free failed");
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cores > on_node ? (int)(cores / on_node) : 1;
     }
@@ -41,7 +41,7 @@ static int configure_threads(const Options *o, MPI_Comm comm) {
     int avail = threads;
     if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) avail = CPU_COUNT(&set);
     int want = threads, fewest = avail;
-    if (MPI_Allreduce(MPI_IN_PLACE, &fewest, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) fewest = avail;
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, &fewest, 1, MPI_INT, MPI_MIN, comm), "agreeing on the cores per rank failed");
     if (threads > avail) threads = avail;
     if (want > fewest)
         sg_warnf("%d thread(s) per rank asked, but a rank may run on only %d core(s) (its CPU affinity: mpirun "
@@ -54,9 +54,9 @@ static int configure_threads(const Options *o, MPI_Comm comm) {
 
 int saegap_run(int argc, char **argv, MPI_Comm comm) {
     int rank;
-    MPI_Comm_rank(comm, &rank);
-    /* MPI calls on this communicator return codes instead of aborting: each is checked. */
-    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
+    /* MPI calls on this communicator return codes instead of aborting: each is checked (SG_MPI). */
+    SG_MPI(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler failed");
     sg_error_clear();
     Options o;
     int rc = cli_parse(&o, argc, argv);

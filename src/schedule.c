@@ -1,4 +1,4 @@
-/* schedule.c: unit layout and the dynamic unit queue (see schedule.h). */
+/* schedule.c: batch size, static split, unit layout and the dynamic unit queue (see schedule.h). */
 #include "schedule.h"
 
 #include "error.h"
@@ -6,6 +6,22 @@
 #include <string.h>
 
 #define MAX_BLOCKS 128
+
+static size_t batch_of(size_t T, size_t tokens) {
+    size_t B = T >= tokens ? 1 : tokens / T;
+    return B > 8 ? 8 : B;
+}
+
+size_t schedule_batch_contexts(size_t T) { return batch_of(T, 256); }
+size_t schedule_dump_batch_contexts(size_t T) { return batch_of(T, 512); }
+
+void schedule_static_range(size_t n, size_t B, int rank, int size, size_t *lo, size_t *hi) {
+    size_t nb = (n + B - 1) / B;
+    *lo = nb * (size_t)rank / (size_t)size * B;
+    *hi = nb * (size_t)(rank + 1) / (size_t)size * B;
+    if (*hi > n) *hi = n;
+    if (*lo > n) *lo = n;
+}
 
 void schedule_layout_from(UnitLayout *u, size_t n, size_t B, size_t K, size_t bpb, size_t G) {
     memset(u, 0, sizeof *u);
@@ -45,35 +61,34 @@ void group_sites(const UnitLayout *u, size_t g, size_t *s0, size_t *s1) {
 
 void queue_open(UnitQueue *q, size_t n_pending, MPI_Comm comm) {
     int rank;
-    MPI_Comm_rank(comm, &rank);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
     q->n_pending = n_pending;
     MPI_Aint bytes = rank == 0 ? 2 * (MPI_Aint)sizeof(int) : 0;
-    if (MPI_Win_allocate(bytes, sizeof(int), MPI_INFO_NULL, comm, &q->base, &q->win) != MPI_SUCCESS)
-        sg_fatal("MPI", "cannot create the unit queue window");
+    SG_MPI(MPI_Win_allocate(bytes, sizeof(int), MPI_INFO_NULL, comm, &q->base, &q->win),
+           "cannot create the unit queue window");
     if (rank == 0) q->base[0] = 0, q->base[1] = 0;
-    if (MPI_Barrier(comm) != MPI_SUCCESS) sg_fatal("MPI", "barrier after creating the unit queue failed");
+    SG_MPI(MPI_Barrier(comm), "barrier after creating the unit queue failed");
 }
 
 long queue_next(UnitQueue *q) {
     int one = 1, next = 0, stop = 0, dummy = 0;
-    if (MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, q->win) != MPI_SUCCESS ||
-        MPI_Fetch_and_op(&dummy, &stop, MPI_INT, 0, 1, MPI_NO_OP, q->win) != MPI_SUCCESS ||
-        MPI_Fetch_and_op(&one, &next, MPI_INT, 0, 0, MPI_SUM, q->win) != MPI_SUCCESS ||
-        MPI_Win_unlock(0, q->win) != MPI_SUCCESS)
-        sg_fatal("MPI", "taking the next unit from rank 0 failed");
+    const char *what = "taking the next unit from rank 0 failed";
+    SG_MPI(MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, q->win), "%s", what);
+    SG_MPI(MPI_Fetch_and_op(&dummy, &stop, MPI_INT, 0, 1, MPI_NO_OP, q->win), "%s", what);
+    SG_MPI(MPI_Fetch_and_op(&one, &next, MPI_INT, 0, 0, MPI_SUM, q->win), "%s", what);
+    SG_MPI(MPI_Win_unlock(0, q->win), "%s", what);
     if (stop || next < 0 || (size_t)next >= q->n_pending) return -1;
     return next;
 }
 
 void queue_request_stop(UnitQueue *q) {
     int one = 1, old = 0;
-    if (MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, q->win) != MPI_SUCCESS ||
-        MPI_Fetch_and_op(&one, &old, MPI_INT, 0, 1, MPI_REPLACE, q->win) != MPI_SUCCESS ||
-        MPI_Win_unlock(0, q->win) != MPI_SUCCESS)
-        sg_fatal("MPI", "requesting a stop failed");
+    SG_MPI(MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, q->win), "requesting a stop failed");
+    SG_MPI(MPI_Fetch_and_op(&one, &old, MPI_INT, 0, 1, MPI_REPLACE, q->win), "requesting a stop failed");
+    SG_MPI(MPI_Win_unlock(0, q->win), "requesting a stop failed");
 }
 
 void queue_close(UnitQueue *q) {
-    MPI_Win_free(&q->win);
+    SG_MPI(MPI_Win_free(&q->win), "freeing the unit queue window failed");
     memset(q, 0, sizeof *q);
 }

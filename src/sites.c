@@ -184,6 +184,19 @@ ForwardStage site_restart(Site s, size_t *layer) {
     sg_fatal("sites", "no restart point for site kind %d", (int)s.kind);
 }
 
+ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
+                                     size_t *layer) {
+    ForwardStage stage = site_restart(s, layer);
+    work->B = clean->B, work->T = clean->T;
+    size_t rows = clean->B * clean->T, ND = rows * clean->D;
+    memcpy(site_buffer(work, s), site_buffer(clean, s), rows * site_width(s, c) * sizeof(float));
+    if (*layer < c->n_layer) {
+        memcpy(work->resid + *layer * ND, clean->resid + *layer * ND, ND * sizeof(float));
+        memcpy(work->resid_mid + *layer * ND, clean->resid_mid + *layer * ND, ND * sizeof(float));
+    }
+    return stage;
+}
+
 size_t site_index(Site s) {
     for (size_t i = 0;; i++) {
         Site t = site_at(i);

@@ -59,8 +59,7 @@ void sitestats_add(SiteStats *s, const float *x, const unsigned char *mask, size
 
 void sitestats_reduce(SiteStats *s, MPI_Comm comm) {
     int64_t c = s->count;
-    if (MPI_Allreduce(MPI_IN_PLACE, &c, 1, MPI_INT64_T, MPI_SUM, comm) != MPI_SUCCESS)
-        sg_fatal("MPI", "reducing token counts failed");
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, &c, 1, MPI_INT64_T, MPI_SUM, comm), "reducing token counts failed");
     s->count = c;
     repro_allreduce(s->sum, s->d, comm);
     repro_allreduce(&s->norm_sum, 1, comm);

@@ -1,12 +1,16 @@
-/* verify.c: `saegap verify`: re-reads every finished unit's rows in the order `run` wrote
- * them and compares their FNV-1a checksum with the one the unit recorded (run.c put_rows).
+/* verify.c: `saegap verify`: re-reads every finished unit's rows through resultfile.h's
+ * unit-rows walk (the order `run` wrote and checksummed them in) and compares their FNV-1a
+ * checksum with the one the unit recorded.
  * Complete: exit 0; resumable: SAEGAP_VERIFY_RESUMABLE; damaged: SAEGAP_VERIFY_DAMAGED. */
 #include "verify.h"
 
 #include "checksum.h"
 #include "error.h"
 #include "h5out.h"
+#include "outfile.h"
 #include "interventions.h"
+#include "resultfile.h"
+#include "schedule.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -46,80 +50,39 @@ static int fold(V *v, uint64_t *ck, const char *name, size_t c0, size_t nb, floa
     return 0;
 }
 
+typedef struct {
+    V *v;
+    uint64_t h64;
+    float *buf;
+    size_t cap;
+} Refold;
+
+static int refold(void *ctx, const RfRows *rows) {
+    Refold *f = ctx;
+    return fold(f->v, &f->h64, rows->name, rows->c0, rows->nb, &f->buf, &f->cap);
+}
+
 static int verify_file(V *v, size_t *left, size_t *total) {
     H5Out *h = v->h;
-    int64_t complete = 0, n = 0, T = 0, S = 0, B = 0, bpb = 0, G = 0, Wk = 0;
-    char sites[4096] = "", ivs[512] = "", scope[32] = "";
-    if (h5out_get_attr_i64(h, "/", "complete", &complete) || h5out_get_attr_i64(h, "/", "n_contexts", &n) ||
-        h5out_get_attr_i64(h, "/", "ctx", &T) || h5out_get_attr_i64(h, "/", "samples", &S) ||
-        h5out_get_attr_i64(h, "/", "unit_batch_contexts", &B) || h5out_get_attr_i64(h, "/", "unit_batches_per_block", &bpb) ||
-        h5out_get_attr_i64(h, "/", "unit_site_groups", &G) || h5out_get_attr_str(h, "/", "job_sites", sites, sizeof sites) ||
-        h5out_get_attr_str(h, "/", "job_interventions", ivs, sizeof ivs) ||
-        h5out_get_attr_str(h, "/", "job_scope", scope, sizeof scope))
-        return damaged(v, "%s", "the saegap run attributes are missing (not a run file, or its metadata is damaged)");
-    int position = !strcmp(scope, "position");
-    if (position && h5out_get_attr_i64(h, "/", "window", &Wk))
-        return damaged(v, "%s", "attribute window is missing");
-    if (!position) Wk = T;
-    if (n <= 0 || T <= 0 || B <= 0 || bpb <= 0 || G <= 0 || S <= 0)
-        return damaged(v, "%s", "the unit layout attributes are not positive");
-    uint32_t mask;
-    if (iv_parse_list(&mask, ivs)) return damaged(v, "unknown interventions '%s'", ivs);
-    /* sites, in run order */
-    char *names[256];
-    size_t K = 0;
-    for (char *save = NULL, *t = strtok_r(sites, ",", &save); t && K < 256; t = strtok_r(NULL, ",", &save)) names[K++] = t;
-    size_t n_batches = ((size_t)n + (size_t)B - 1) / (size_t)B, n_blocks = (n_batches + (size_t)bpb - 1) / (size_t)bpb;
-    if ((size_t)G > K) G = (int64_t)K;
-    size_t n_units = n_blocks * (size_t)G;
-    int nd;
-    uint64_t dims[8];
-    int ds_done = h5out_find_dataset(h, "progress/unit_done", H5OUT_I32, &nd, dims);
-    int ds_ck = h5out_find_dataset(h, "progress/unit_checksum", H5OUT_I64, &nd, dims);
-    if (ds_done < 0 || ds_ck < 0 || dims[0] != n_units) return damaged(v, "%s", "the progress record is missing");
-    int32_t *done = sg_xcalloc(n_units, sizeof(int32_t));
-    int64_t *ck = sg_xcalloc(n_units, sizeof(int64_t));
-    if (h5out_try_read_rows(h, ds_done, 0, n_units, done) || h5out_try_read_rows(h, ds_ck, 0, n_units, ck)) {
-        free(done), free(ck);
-        return damaged(v, "%s", "the progress record is unreadable");
-    }
-    int zscore = position && S > 1 && (mask & (1u << IV_SAE)) && (mask & (1u << IV_EPS_RANDOM));
-    static const char *const recon[] = {"l2_norm_in", "l2_norm_out", "eps_norm", "cossim", "mse", "l0", "l1"};
-    float *buf = NULL;
-    size_t cap = 0, n_left = 0, bad = 0;
-    char name[512];
+    RfFileJob job;
+    if (rf_read_file_job(h, &job, v->why, sizeof v->why)) return SAEGAP_VERIFY_DAMAGED;
+    const int64_t complete = job.complete;
+    size_t n_units = job.shape.layout.n_units;
+    int32_t *done = NULL;
+    int64_t *ck = NULL;
+    int rc = rf_read_progress(h, n_units, &done, &ck);
+    if (rc == -1) return damaged(v, "%s", "the progress record is missing");
+    if (rc != 0) return damaged(v, "%s", "the progress record is unreadable");
+    /* every finished unit's rows, re-read in the order run wrote them (resultfile.h's walk) */
+    Refold f = {.v = v};
+    size_t n_left = 0, bad = 0;
     for (size_t u = 0; u < n_units; u++) {
         if (done[u] != 1) { n_left++; continue; }
-        size_t block = u / (size_t)G, g = u % (size_t)G, s0 = K * g / (size_t)G, s1 = K * (g + 1) / (size_t)G;
-        size_t c0 = block * (size_t)bpb * (size_t)B, c1 = c0 + (size_t)bpb * (size_t)B;
-        if (c1 > (size_t)n) c1 = (size_t)n;
-        uint64_t h64 = 1469598103934665603ull;
-        int err = 0;
-        for (size_t c = c0; c < c1 && !err; c += (size_t)B) {
-            size_t nb = c1 - c < (size_t)B ? c1 - c : (size_t)B;
-            if (g == 0) err |= fold(v, &h64, "clean/ce", c, nb, &buf, &cap);
-            for (size_t si = s0; si < s1 && !err; si++) {
-                for (int iv = 0; iv < IV_COUNT; iv++) {
-                    if (!(mask & (1u << iv))) continue;
-                    snprintf(name, sizeof name, "sites/%s/kl/%s", names[si], iv_name((Intervention)iv));
-                    err |= fold(v, &h64, name, c, nb, &buf, &cap);
-                    snprintf(name, sizeof name, "sites/%s/ce/%s", names[si], iv_name((Intervention)iv));
-                    err |= fold(v, &h64, name, c, nb, &buf, &cap);
-                }
-                if (zscore) {
-                    snprintf(name, sizeof name, "sites/%s/sae_kl_zscore", names[si]);
-                    err |= fold(v, &h64, name, c, nb, &buf, &cap);
-                }
-                for (int k = 0; k < 7; k++) {
-                    snprintf(name, sizeof name, "sites/%s/recon/%s", names[si], recon[k]);
-                    err |= fold(v, &h64, name, c, nb, &buf, &cap);
-                }
-            }
-        }
-        if (err || (int64_t)h64 != ck[u]) bad++;
+        f.h64 = FNV1A_INIT;
+        int err = rf_unit_walk(&job.shape, (const char *const *)job.names, u, refold, &f);
+        if (err || (int64_t)f.h64 != ck[u]) bad++;
     }
-    free(buf), free(done), free(ck);
-    (void)Wk;
+    free(f.buf), free(done), free(ck);
     *left = n_left, *total = n_units;
     if (bad) {
         char tmp[64];
@@ -129,7 +92,7 @@ static int verify_file(V *v, size_t *left, size_t *total) {
     if (complete == 1 && n_left == 0) {
         char want[64] = "", got[64];
         h5out_get_attr_str(h, "/", "final_checksum", want, sizeof want);
-        snprintf(got, sizeof got, "fnv1a64:%016llx", (unsigned long long)h5out_checksum_final(h, v->path));
+        snprintf(got, sizeof got, "fnv1a64:%016llx", (unsigned long long)h5out_checksum_final(h, rf_in_final_checksum));
         if (strcmp(want, got) != 0)
             return damaged(v, "%s", "tokens, aggregate records, feature densities or correlations fail their checksum");
         return 0;
@@ -140,7 +103,7 @@ static int verify_file(V *v, size_t *left, size_t *total) {
 
 int verify_command(const Options *o, MPI_Comm comm) {
     int rank;
-    MPI_Comm_rank(comm, &rank);
+    SG_MPI(MPI_Comm_rank(comm, &rank), "rank");
     int status = 0;
     if (!o->positional) {
         if (rank == 0) fprintf(stderr, "saegap: error: command line: verify needs a result file: saegap verify RESULT.h5\n");
@@ -169,6 +132,9 @@ int verify_command(const Options *o, MPI_Comm comm) {
         }
         if (status == 0)
             printf("%s: complete: all %zu units written and their checksums verified\n", o->positional, total);
+        else if (status == SAEGAP_VERIFY_RESUMABLE && left == 0)
+            printf("%s: resumable: all %zu units written, the run was interrupted while finishing the aggregates (the "
+                   "same saegap run command with --resume finishes it)\n", o->positional, total);
         else if (status == SAEGAP_VERIFY_RESUMABLE)
             printf("%s: resumable: %zu of %zu units left (the same saegap run command with --resume finishes it)\n",
                    o->positional, left, total);
@@ -178,6 +144,6 @@ int verify_command(const Options *o, MPI_Comm comm) {
             printf("%s: damaged: %s\n", o->positional, v.why);
         fflush(stdout);
     }
-    if (MPI_Bcast(&status, 1, MPI_INT, 0, comm) != MPI_SUCCESS) return 1;
+    SG_MPI(MPI_Bcast(&status, 1, MPI_INT, 0, comm), "broadcasting the verdict");
     return status;
 }

@@ -43,7 +43,7 @@ layout, not from saegap's C code:
 
 Stream facts that docs/output-schema.md and include/rng.h do not state and
 that were taken from saegap's C code (src/rng.c, src/interventions.c,
-src/run.c) as the specification (see STREAM_FACTS_FROM_C):
+src/sweep.c) as the specification (see STREAM_FACTS_FROM_C):
   - which of u1, u2 gives the radius (u1, from v0 v1) and the angle, and that
     g[2j] takes the cosine;
   - every random intervention draws from the stream keyed by its OWN enum

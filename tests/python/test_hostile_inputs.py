@@ -748,6 +748,6 @@ def test_run_sum_overflow_names_site_and_metric(world, tmp_path):
     args = run_args(world, world["sae_std"], out)
     args[args.index("--model") + 1] = m
     r = run_saegap(args)
-    # the metric as run.c names the poisoned sum (the first in slot order: the sums of
+    # the metric as sitemetrics.c names the poisoned sum (the first in slot order: the sums of
     # explained_variance, ||x - x_hat||^2 and ||x||^2, overflow here)
     assert_one_error(r, out, SITE, ("explained_variance", "||x", "x_hat", "sum of x"))

@@ -1,0 +1,157 @@
+/* resultfile.h: the `saegap run` result file (layout: docs/output-schema.md, CONTRACT.md).
+ *
+ * The one place that knows the file's dataset and attribute names:
+ *   - the schema, created (or, with --resume, opened and checked) from an RfShape;
+ *   - the job identity that --resume compares item by item;
+ *   - the unit-rows walk: the row sets a unit writes, in the order they are written and
+ *     folded into the unit's checksum. `run` writes through it, `verify` reads through it,
+ *     so the two cannot drift apart;
+ *   - the per-unit records, done flags and checksums; the aggregate attributes; the
+ *     correlation matrices; which datasets the final checksum covers.
+ * HDF5 itself is behind h5out.h; this module decides what goes where. */
+#ifndef SAEGAP_RESULTFILE_H
+#define SAEGAP_RESULTFILE_H
+
+#include "h5out.h"
+#include "interventions.h"
+#include "reprosum.h"
+#include "sae.h"
+#include "schedule.h"
+#include "sitemetrics.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define RF_EXAMPLE_TOPK 25 /* top next-token log-probs kept per example context */
+
+/* What the schema follows from: the job's sizes and options. */
+typedef struct {
+    size_t n_contexts, ctx, n_sites;
+    uint32_t iv_mask;
+    size_t samples;             /* draws of each random intervention */
+    int scope_position;
+    size_t position, window;    /* --scope position */
+    size_t Wk;                  /* positions recorded per context: ctx, or window */
+    size_t n_examples, example_pos;
+    UnitLayout layout;
+} RfShape;
+
+size_t rf_samples_of(const RfShape *s, Intervention iv); /* samples for random ones, else 1 */
+int rf_has_iv(const RfShape *s, Intervention iv);
+int rf_has_zscore(const RfShape *s); /* sae_kl_zscore: --scope position, samples > 1, sae and eps_random */
+
+/* One site as the schema sees it. */
+typedef struct {
+    const char *name;
+    const Sae *sae;             /* its attributes (NULL: none written) */
+    size_t n_sums;              /* columns of its aggregate record (sitemetrics.h) */
+} RfSite;
+
+/* Dataset handles of one site. */
+typedef struct {
+    int kl[IV_COUNT], ce[IV_COUNT], recon[RC_COUNT], zscore, density;
+    int rec_sums, rec_counts, rec_fire;
+    int ex_lp[IV_COUNT], ex_kl[IV_COUNT]; /* examples: -1 where the intervention writes none */
+    size_t n_sums, F;
+} RfSiteSets;
+
+typedef struct {
+    H5Out *h;
+    RfShape shape;
+    int tokens, clean_ce, done, unit_checksum, ex_contexts, ex_position, ex_clean_ids, ex_clean_lp;
+    int corr[IV_COUNT][3];      /* pearson, spearman, sites; -1 when not written */
+    RfSiteSets *sites;
+} ResultFile;
+
+/* The job's identity: every item is written as attribute job_<name> and compared by --resume. */
+typedef struct { const char *name; char value[4096]; } RfJobItem;
+#define RF_JOB_ITEMS_MAX 32
+typedef struct {
+    const char *model_checksum, *tokens_checksum;
+    long long seed;
+    int bos_include;
+    double latent_noise;
+    const RfSite *sites;
+    uint64_t saes_checksum;     /* of every SAE's weights, basis and normalisation factor */
+} RfJob;
+size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
+
+/* Collective. Creates every dataset of the schema (or opens them when h is resuming) and, on
+ * a new file, the root and site attributes. Works on an h5out_dry() handle (size only). */
+typedef struct {
+    const char *command_line, *model, *tokens_file;
+    int64_t bos_token_id;
+    int ranks;
+} RfProvenance;
+void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,
+               const RfProvenance *prov);
+void rf_free(ResultFile *rf);
+
+/* --resume: 0 when the file records this job (every item equal); -1 with a pending error naming
+ * the first item that differs. Then reads the stored unit layout into *layout (B must match). */
+int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob *job);
+int rf_read_layout(H5Out *h, const char *path, size_t n, size_t B, size_t n_sites, UnitLayout *layout);
+
+/* ---- the unit-rows walk -------------------------------------------------------------------- */
+
+typedef enum { RF_ROWS_CLEAN_CE, RF_ROWS_KL, RF_ROWS_CE, RF_ROWS_ZSCORE, RF_ROWS_RECON } RfRowsKind;
+typedef struct {
+    RfRowsKind kind;
+    int which;                  /* the intervention (KL, CE) or the recon metric */
+    long site;                  /* -1 for clean/ce */
+    size_t c0, nb;              /* the batch: contexts [c0, c0 + nb) */
+    size_t per_context;         /* float32 values per context */
+    size_t index;               /* 0 for the first row set of a batch (clean) or of a site */
+    int spec;                   /* the schema entry (resultfile.c) */
+    const RfShape *shape;
+    char name[320];             /* dataset path */
+} RfRows;
+/* Calls visit for every row set unit `unit` writes, in order: per batch of its block, clean/ce
+ * (first site group only), then for each site of its group: kl and ce of every intervention in
+ * enum order, the z-score, the recon metrics. Stops at the first non-zero return, returned. */
+typedef int (*RfVisit)(void *ctx, const RfRows *rows);
+int rf_unit_walk(const RfShape *s, const char *const *site_names, size_t unit, RfVisit visit, void *ctx);
+int rf_rows_ds(const ResultFile *rf, const RfRows *rows); /* the dataset handle of a row set */
+
+/* ---- per-unit progress ----------------------------------------------------------------------- */
+
+/* Independent. The site's aggregate record of a block: sums (packed, reprosum.h), counts,
+ * latent firing counts. */
+void rf_write_record(ResultFile *rf, size_t site, size_t block, const ReproSum *sums, const int64_t *counts,
+                     const int32_t *fire);
+void rf_read_record(ResultFile *rf, size_t site, size_t block, ReproSum *sums, int64_t *counts, int32_t *fire);
+void rf_mark_done(ResultFile *rf, size_t unit, uint64_t checksum); /* checksum, then the done flag */
+void rf_read_done(ResultFile *rf, int32_t *done);                  /* n_units flags */
+
+/* ---- reading a result without the job (verify, info) -------------------------------------- */
+
+typedef struct {
+    RfShape shape;
+    int64_t complete;
+    char sites[4096];           /* job_sites, cut into names */
+    char *names[256];
+} RfFileJob;
+/* The shape and site names from the root attributes. 0, or -1 with `why` (a sentence saying
+ * which attribute is missing or out of range). */
+int rf_read_file_job(H5Out *h, RfFileJob *j, char *why, size_t cap);
+/* n_units done flags and unit checksums (checksums may be NULL): 0; -1 when the progress
+ * datasets are missing or of another length; -2 when unreadable. Allocates *done (*checksums). */
+int rf_read_progress(H5Out *h, size_t n_units, int32_t **done, int64_t **checksums);
+/* The number of units and how many are done, for `info`: -1 when the file has no progress record. */
+int rf_count_done(H5Out *h, size_t *n_units, size_t *n_done);
+
+/* ---- the end ---------------------------------------------------------------------------------- */
+
+/* Collective. The site's aggregate attributes (every rank the same values). */
+void rf_write_site_summary(ResultFile *rf, size_t site, const char *site_name, const SiteSummary *v, int scores);
+void rf_write_density(ResultFile *rf, size_t site, const double *density); /* rank 0 */
+/* The correlation datasets of intervention iv (rank 0) and their token count (collective). */
+void rf_write_correlation(ResultFile *rf, Intervention iv, const double *pearson, const double *spearman,
+                          const char *const *site_names, long tokens, int rank);
+/* Collective. final_checksum over the datasets written after the units, then complete = 1. */
+void rf_complete(ResultFile *rf, MPI_Comm comm, int rank);
+/* The final checksum's scope: tokens, progress/ (not unit_done/unit_checksum), correlation/,
+ * examples/ and feature densities. */
+int rf_in_final_checksum(const char *dataset);
+
+#endif

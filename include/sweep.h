@@ -1,0 +1,90 @@
+/* sweep.h: the compute path of `saegap run` for one batch of contexts. No file I/O here:
+ * results land in the Work buffers (planned once by work_alloc, as acts_alloc plans the
+ * forward pass's), and run.c writes them through resultfile.h.
+ *
+ * sweep_clean_batch: one clean forward pass (cached: reused by every site of the unit), its
+ *   logits, the clean CE and the examples' clean top-25.
+ * sweep_site_batch: for one SAE site, on the cached batch: the SAE once per token, the recon
+ *   metrics, and every intervention (x samples) as a pass restarted at the site from the clean
+ *   state, reduced block by block to KL and CE; then SAELens's score passes and the z-score.
+ *   Sums go into the site's record (sitemetrics.h). */
+#ifndef SAEGAP_SWEEP_H
+#define SAEGAP_SWEEP_H
+
+#include "forward.h"
+#include "interventions.h"
+#include "model.h"
+#include "resultfile.h"
+#include "sae.h"
+#include "sitemetrics.h"
+#include "tokens.h"
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LOGIT_BLOCK 64 /* rows per unembedding block: logits stay in cache (PLATFORM-NOTES) */
+
+/* One SAE site of the job. */
+typedef struct {
+    Sae sae;
+    char name[128];
+    size_t d, F, site_id;
+    double *mean, *chol;          /* statistics pass (when needed) */
+    SiteRecord rec;               /* this unit's record */
+} SiteRun;
+
+/* What the compute path reads of the job. */
+typedef struct {
+    const Gpt2Model *model;
+    const TokenSet *ts;
+    SiteRun *sites;
+    size_t n_sites;
+    const RfShape *shape;         /* interventions, samples, scope, window, examples */
+    size_t B;                     /* contexts per forward batch */
+    int bos_include;
+    int scores;                   /* sae and zero_ablation run: SAELens's scores are computed */
+    double latent_noise;
+    uint64_t seed;
+    volatile sig_atomic_t *stop;  /* set by a signal: abandon the batch */
+} SweepJob;
+
+/* Whether a token is measured (BOS only with --bos include). */
+int sweep_is_measured(const SweepJob *j, int32_t tok);
+/* SAELens's SAE pass is saegap's sae pass at this site (no score pass of its own). */
+int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s);
+
+typedef struct {
+    Activations clean, work;
+    size_t cached_c0, cached_nb;  /* the batch the clean cache holds (nb 0: none) */
+    float *logits_clean;  /* (N, V) */
+    float *p_clean;       /* (N, V) */
+    double *lse_clean, *p_sum; /* (N) */
+    float *logits_block;  /* (LOGIT_BLOCK, Vp) */
+    int32_t *next;        /* (N) next token or -1 */
+    unsigned char *measured, *active, *score_active; /* (N) */
+    uint32_t *context, *position;     /* (N) */
+    float *x, *x_hat, *f, *out, *x_scratch, *f_scratch; /* (N, d) / (N, F) */
+    double *g, *g2;
+    /* outputs of the last site batch */
+    float *kl_out[IV_COUNT], *ce_out[IV_COUNT]; /* (nb, Wk, S) */
+    float *zscore;           /* (nb, W) */
+    float *recon;            /* (RC_COUNT, N) */
+    float *ex_lp[IV_COUNT];  /* (B, 25) example contexts' top-25 log-probs under the intervention */
+    float *ex_kl[IV_COUNT];  /* (B) their KL */
+    unsigned char *ex_set[IV_COUNT]; /* (B) 1 where the example row was measured (else not written) */
+    /* outputs of the last clean batch */
+    float *ce_clean_out;     /* (N) */
+    int32_t *ex_ids;         /* (B, 25) clean top ids of example contexts in the cached batch */
+    float *ex_lp_clean;      /* (B, 25) */
+    SaeScratch *sae_work;    /* per site */
+} Work;
+
+void work_alloc(Work *w, const SweepJob *j);
+void work_free(Work *w, const SweepJob *j);
+
+void sweep_clean_batch(const SweepJob *j, Work *w, size_t c0, size_t nb);
+/* 0, or -1 when a stop was requested mid-way (the batch is abandoned). */
+int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb);
+
+#endif

@@ -1,0 +1,536 @@
+/* resultfile.c: the run result file's schema, job identity, unit-rows walk and records
+ * (resultfile.h). */
+#include "resultfile.h"
+
+#include "checksum.h"
+#include "error.h"
+#include "sites.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int rf_has_iv(const RfShape *s, Intervention iv) { return (s->iv_mask >> iv) & 1u; }
+size_t rf_samples_of(const RfShape *s, Intervention iv) { return iv_samples(iv, s->samples); }
+int rf_has_zscore(const RfShape *s) {
+    return s->scope_position && s->samples > 1 && rf_has_iv(s, IV_SAE) && rf_has_iv(s, IV_EPS_RANDOM);
+}
+
+/* ---- job identity ------------------------------------------------------------------------------ */
+
+size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *it) {
+    size_t n = 0;
+#define ITEM(nm, ...) (it[n].name = (nm), snprintf(it[n].value, sizeof it[n].value, __VA_ARGS__), n++)
+    ITEM("model_checksum", "%s", job->model_checksum);
+    ITEM("n_contexts", "%zu", s->n_contexts);
+    ITEM("ctx", "%zu", s->ctx);
+    ITEM("tokens_checksum", "%s", job->tokens_checksum); /* after the counts: name the plainer difference */
+    ITEM("seed", "%lld", job->seed);
+    char ivs[256] = "";
+    for (int iv = 0; iv < IV_COUNT; iv++)
+        if (rf_has_iv(s, (Intervention)iv))
+            snprintf(ivs + strlen(ivs), sizeof ivs - strlen(ivs), "%s%s", ivs[0] ? "," : "", iv_name((Intervention)iv));
+    ITEM("interventions", "%s", ivs);
+    ITEM("scope", "%s", s->scope_position ? "position" : "all");
+    ITEM("position", "%zd", s->scope_position ? (ssize_t)s->position : (ssize_t)-1);
+    ITEM("window", "%zd", s->scope_position ? (ssize_t)s->window : (ssize_t)-1);
+    ITEM("samples", "%zu", s->samples);
+    ITEM("bos", "%s", job->bos_include ? "include" : "exclude");
+    ITEM("latent_noise_sigma", "%.17g", job->latent_noise);
+    ITEM("examples", "%zu", s->n_examples);
+    char sites[4000] = "";
+    for (size_t i = 0; i < s->n_sites; i++)
+        snprintf(sites + strlen(sites), sizeof sites - strlen(sites), "%s%s", i ? "," : "", job->sites[i].name);
+    ITEM("sites", "%s", sites);
+    ITEM("saes_checksum", "fnv1a64:%016llx (weights, basis, normalisation factor)", (unsigned long long)job->saes_checksum);
+#undef ITEM
+    return n;
+}
+
+int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob *job) {
+    RfJobItem it[RF_JOB_ITEMS_MAX];
+    size_t ni = rf_job_items(s, job, it);
+    for (size_t i = 0; i < ni; i++) {
+        char have[4096] = "", key[96];
+        snprintf(key, sizeof key, "job_%s", it[i].name);
+        if (h5out_get_attr_str(h, "/", key, have, sizeof have) != 0)
+            return sg_errorf(path, "--resume: the file has no '%s' record: not a saegap run file", key);
+        if (strcmp(have, it[i].value) != 0)
+            return sg_errorf(path, "--resume: this file is from a different job: %s is '%s' in the file but '%s' now",
+                             it[i].name, have, it[i].value);
+    }
+    return 0;
+}
+
+int rf_read_layout(H5Out *h, const char *path, size_t n, size_t B, size_t n_sites, UnitLayout *layout) {
+    int64_t bc = 0, bpb = 0, groups = 0;
+    if (h5out_get_attr_i64(h, "/", "unit_batch_contexts", &bc) || h5out_get_attr_i64(h, "/", "unit_batches_per_block", &bpb) ||
+        h5out_get_attr_i64(h, "/", "unit_site_groups", &groups) || (size_t)bc != B || bpb <= 0 || groups <= 0)
+        return sg_errorf(path, "--resume: the file's unit layout is missing or differs (not this job's file)");
+    schedule_layout_from(layout, n, B, n_sites, (size_t)bpb, (size_t)groups);
+    return 0;
+}
+
+/* ---- the schema ----------------------------------------------------------------------------------- */
+
+static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const RfProvenance *prov) {
+    h5out_attr_provenance(h, prov->command_line);
+    h5out_attr_str(h, "/", "model", prov->model);
+    h5out_attr_str(h, "/", "tokens_file", prov->tokens_file);
+    h5out_attr_i64(h, "/", "bos_token_id", prov->bos_token_id);
+    h5out_attr_i64(h, "/", "ranks", prov->ranks);
+    h5out_attr_i64(h, "/", "complete", 0);
+    h5out_attr_i64(h, "/", "unit_batch_contexts", (int64_t)s->layout.B);
+    h5out_attr_i64(h, "/", "unit_batches_per_block", (int64_t)s->layout.batches_per_block);
+    h5out_attr_i64(h, "/", "unit_site_groups", (int64_t)s->layout.n_groups);
+    RfJobItem it[RF_JOB_ITEMS_MAX];
+    size_t ni = rf_job_items(s, job, it);
+    for (size_t i = 0; i < ni; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "job_%s", it[i].name); /* exact text, compared by --resume */
+        h5out_attr_str(h, "/", key, it[i].value);
+        /* numbers as numbers where CONTRACT lists them */
+        if (!strcmp(it[i].name, "n_contexts") || !strcmp(it[i].name, "ctx") || !strcmp(it[i].name, "seed") ||
+            !strcmp(it[i].name, "position") || !strcmp(it[i].name, "window") || !strcmp(it[i].name, "samples"))
+            h5out_attr_i64(h, "/", it[i].name, atoll(it[i].value));
+        else if (!strcmp(it[i].name, "latent_noise_sigma"))
+            h5out_attr_f64(h, "/", it[i].name, atof(it[i].value));
+        else
+            h5out_attr_str(h, "/", it[i].name, it[i].value);
+    }
+}
+
+static void site_attributes(H5Out *h, const char *g, const Sae *a) {
+    h5out_attr_str(h, g, "sae_path", a->dir);
+    h5out_attr_str(h, g, "hook_name", a->hook_name);
+    h5out_attr_str(h, g, "sae_model_name", a->model_name);
+    h5out_attr_str(h, g, "architecture", sae_arch_name(a->arch));
+    h5out_attr_i64(h, g, "d_in", (int64_t)a->d_in);
+    h5out_attr_i64(h, g, "d_sae", (int64_t)a->d_sae);
+    if (a->arch == SAE_TOPK) h5out_attr_i64(h, g, "k", (int64_t)a->k);
+    h5out_attr_str(h, g, "cfg_generation", sae_generation_name(a->generation));
+    h5out_attr_str(h, g, "normalize_activations", sae_norm_name(a->norm));
+    h5out_attr_i64(h, g, "apply_b_dec_to_input", a->apply_b_dec_to_input);
+    h5out_attr_str(h, g, "basis", basis_name(a->basis));
+    h5out_attr_str(h, g, "basis_source", a->basis_source);
+    for (int f = 0; f < SG_BASIS_FLAG_COUNT; f++) {
+        char key[64];
+        snprintf(key, sizeof key, "basis_%s", basis_flag_name(f));
+        h5out_attr_i64(h, g, key, (a->basis & basis_flag_bit(f)) != 0);
+    }
+    if (a->norm == SAE_NORM_EXPECTED_AVERAGE) {
+        h5out_attr_f64(h, g, "norm_scaling_factor", a->norm_scaling_factor);
+        h5out_attr_str(h, g, "norm_scaling_factor_source", a->norm_scaling_factor_source);
+    }
+}
+
+/* ---- the schema, as a table ------------------------------------------------------------------ */
+
+/* What a dataset repeats over: once, per site, per site and intervention, per site and recon
+ * metric, per intervention (correlations). */
+typedef enum { EACH_FILE, EACH_SITE, EACH_SITE_IV, EACH_SITE_METRIC, EACH_IV } Each;
+/* Its dimensions, from the shape (D_SAMPLES is left out when an intervention draws once). */
+typedef enum { D_END, D_CONTEXTS, D_CTX, D_UNITS, D_WK, D_SAMPLES, D_WINDOW, D_LATENTS, D_BLOCKS, D_SUMS2, D_COUNTS,
+               D_SITES, D_EXAMPLES, D_TOPK } Dim;
+/* Which checksum covers it: a unit's (in the unit-rows walk's order) or the final one. */
+typedef enum { CK_NONE, CK_UNIT, CK_FINAL } Checksum;
+
+/* Which part of the file it belongs to: the parts are created in this order (and, inside a
+ * part, site by site, each site's datasets by intervention or metric, then its own), which
+ * keeps the file's layout as it has always been. */
+typedef enum { PART_MAIN, PART_SITES, PART_CORRELATION, PART_EXAMPLES, PART_COUNT } Part;
+
+typedef struct {
+    Part part;
+    const char *path;           /* %s: the site, then the intervention or metric (EACH_IV: the intervention) */
+    H5OutType type;
+    int strings;                /* fixed-length strings, one per site (h5out_dataset_strings) */
+    Each each;
+    Dim dims[3];
+    Checksum checksum;
+    RfRowsKind rows;            /* CK_UNIT: which buffer of a batch it holds */
+    int (*when)(const RfShape *s, int iv); /* NULL: always */
+    size_t handle;              /* offset of its handle in ResultFile (EACH_FILE, EACH_IV) or RfSiteSets */
+    size_t stride;              /* bytes between the handles of consecutive interventions or metrics */
+} DatasetSpec;
+
+static int when_iv(const RfShape *s, int iv) { return rf_has_iv(s, (Intervention)iv); }
+static int when_zscore(const RfShape *s, int iv) { return (void)iv, rf_has_zscore(s); }
+static int when_correlated(const RfShape *s, int iv) {
+    return rf_has_iv(s, (Intervention)iv) && iv_is_correlated((Intervention)iv) && rf_has_iv(s, IV_EPS_RANDOM);
+}
+static int when_examples(const RfShape *s, int iv) { return (void)iv, s->n_examples > 0; }
+static int when_example_iv(const RfShape *s, int iv) {
+    return s->n_examples > 0 && iv_writes_examples((Intervention)iv) && rf_has_iv(s, (Intervention)iv);
+}
+
+#define IN_FILE(f) offsetof(ResultFile, f), 0
+#define IN_SITE(f) offsetof(RfSiteSets, f), sizeof(int)
+#define IN_CORR(k) offsetof(ResultFile, corr) + (k) * sizeof(int), 3 * sizeof(int)
+static const DatasetSpec SCHEMA[] = {
+    {PART_MAIN, "tokens", H5OUT_I32, 0, EACH_FILE, {D_CONTEXTS, D_CTX}, CK_FINAL, 0, NULL, IN_FILE(tokens)},
+    {PART_MAIN, "clean/ce", H5OUT_F32, 0, EACH_FILE, {D_CONTEXTS, D_CTX}, CK_UNIT, RF_ROWS_CLEAN_CE, NULL, IN_FILE(clean_ce)},
+    {PART_MAIN, "progress/unit_done", H5OUT_I32, 0, EACH_FILE, {D_UNITS}, CK_NONE, 0, NULL, IN_FILE(done)},
+    {PART_MAIN, "progress/unit_checksum", H5OUT_I64, 0, EACH_FILE, {D_UNITS}, CK_NONE, 0, NULL, IN_FILE(unit_checksum)},
+    {PART_SITES, "sites/%s/kl/%s", H5OUT_F32, 0, EACH_SITE_IV, {D_CONTEXTS, D_WK, D_SAMPLES}, CK_UNIT, RF_ROWS_KL, when_iv, IN_SITE(kl)},
+    {PART_SITES, "sites/%s/ce/%s", H5OUT_F32, 0, EACH_SITE_IV, {D_CONTEXTS, D_WK, D_SAMPLES}, CK_UNIT, RF_ROWS_CE, when_iv, IN_SITE(ce)},
+    {PART_SITES, "sites/%s/sae_kl_zscore", H5OUT_F32, 0, EACH_SITE, {D_CONTEXTS, D_WINDOW}, CK_UNIT, RF_ROWS_ZSCORE, when_zscore,
+     IN_SITE(zscore)},
+    {PART_SITES, "sites/%s/recon/%s", H5OUT_F32, 0, EACH_SITE_METRIC, {D_CONTEXTS, D_CTX}, CK_UNIT, RF_ROWS_RECON, NULL,
+     IN_SITE(recon)},
+    {PART_SITES, "sites/%s/feature_density", H5OUT_F64, 0, EACH_SITE, {D_LATENTS}, CK_FINAL, 0, NULL, IN_SITE(density)},
+    /* per-block aggregate records: what --resume and the final sums read */
+    {PART_SITES, "progress/%s/sums", H5OUT_I64, 0, EACH_SITE, {D_BLOCKS, D_SUMS2}, CK_FINAL, 0, NULL, IN_SITE(rec_sums)},
+    {PART_SITES, "progress/%s/counts", H5OUT_I64, 0, EACH_SITE, {D_BLOCKS, D_COUNTS}, CK_FINAL, 0, NULL, IN_SITE(rec_counts)},
+    {PART_SITES, "progress/%s/fire", H5OUT_I32, 0, EACH_SITE, {D_BLOCKS, D_LATENTS}, CK_FINAL, 0, NULL, IN_SITE(rec_fire)},
+    {PART_CORRELATION, "correlation/%s_minus_eps_random/pearson", H5OUT_F64, 0, EACH_IV, {D_SITES, D_SITES}, CK_FINAL, 0,
+     when_correlated, IN_CORR(0)},
+    {PART_CORRELATION, "correlation/%s_minus_eps_random/spearman", H5OUT_F64, 0, EACH_IV, {D_SITES, D_SITES}, CK_FINAL, 0,
+     when_correlated, IN_CORR(1)},
+    {PART_CORRELATION, "correlation/%s_minus_eps_random/sites", H5OUT_I32, 1, EACH_IV, {D_SITES}, CK_FINAL, 0, when_correlated,
+     IN_CORR(2)},
+    {PART_EXAMPLES, "examples/contexts", H5OUT_I32, 0, EACH_FILE, {D_EXAMPLES}, CK_FINAL, 0, when_examples, IN_FILE(ex_contexts)},
+    {PART_EXAMPLES, "examples/position", H5OUT_I32, 0, EACH_FILE, {D_EXAMPLES}, CK_FINAL, 0, when_examples, IN_FILE(ex_position)},
+    {PART_EXAMPLES, "examples/clean/token_ids", H5OUT_I32, 0, EACH_FILE, {D_EXAMPLES, D_TOPK}, CK_FINAL, 0, when_examples,
+     IN_FILE(ex_clean_ids)},
+    {PART_EXAMPLES, "examples/clean/logprobs", H5OUT_F32, 0, EACH_FILE, {D_EXAMPLES, D_TOPK}, CK_FINAL, 0, when_examples,
+     IN_FILE(ex_clean_lp)},
+    {PART_EXAMPLES, "examples/%s/%s/logprobs", H5OUT_F32, 0, EACH_SITE_IV, {D_EXAMPLES, D_TOPK}, CK_FINAL, 0, when_example_iv,
+     IN_SITE(ex_lp)},
+    {PART_EXAMPLES, "examples/%s/%s/kl", H5OUT_F32, 0, EACH_SITE_IV, {D_EXAMPLES}, CK_FINAL, 0, when_example_iv, IN_SITE(ex_kl)},
+};
+#define N_SCHEMA (sizeof SCHEMA / sizeof SCHEMA[0])
+
+static int *handle_of(ResultFile *rf, const DatasetSpec *d, size_t site, int which) {
+    char *base = d->each == EACH_FILE || d->each == EACH_IV ? (char *)rf : (char *)&rf->sites[site];
+    return (int *)(base + d->handle + (size_t)which * d->stride);
+}
+
+static size_t dim_value(const RfShape *s, const RfSiteSets *ss, Dim d, int iv) {
+    switch (d) {
+    case D_CONTEXTS: return s->n_contexts;
+    case D_CTX: return s->ctx;
+    case D_UNITS: return s->layout.n_units;
+    case D_WK: return s->Wk;
+    case D_SAMPLES: return rf_samples_of(s, (Intervention)iv);
+    case D_WINDOW: return s->window;
+    case D_LATENTS: return ss->F;
+    case D_BLOCKS: return s->layout.n_blocks;
+    case D_SUMS2: return 2 * ss->n_sums;
+    case D_COUNTS: return CN_COUNT;
+    case D_SITES: return s->n_sites;
+    case D_EXAMPLES: return s->n_examples;
+    case D_TOPK: return RF_EXAMPLE_TOPK;
+    default: return 0;
+    }
+}
+
+/* The dataset's path for (site, which): which is the intervention or the recon metric. */
+static void spec_path(char *buf, size_t cap, const DatasetSpec *d, const char *site, int which) {
+    switch (d->each) {
+    case EACH_FILE: snprintf(buf, cap, "%s", d->path); break;
+    case EACH_SITE: snprintf(buf, cap, d->path, site); break;
+    case EACH_SITE_IV: snprintf(buf, cap, d->path, site, iv_name((Intervention)which)); break;
+    case EACH_SITE_METRIC: snprintf(buf, cap, d->path, site, recon_name(which)); break;
+    case EACH_IV: snprintf(buf, cap, d->path, iv_name((Intervention)which)); break;
+    }
+}
+
+static size_t each_count(Each e) { return e == EACH_SITE_IV || e == EACH_IV ? IV_COUNT : e == EACH_SITE_METRIC ? RC_COUNT : 1; }
+
+static void create_dataset(ResultFile *rf, H5Out *h, const DatasetSpec *d, size_t site, const char *site_name, int which) {
+    const RfShape *s = &rf->shape;
+    int *handle = handle_of(rf, d, site, which);
+    *handle = -1;
+    if (d->when && !d->when(s, which)) return;
+    char path[320];
+    spec_path(path, sizeof path, d, site_name, which);
+    uint64_t dims[3];
+    int nd = 0;
+    for (int k = 0; k < 3 && d->dims[k] != D_END; k++) {
+        uint64_t v = dim_value(s, &rf->sites[site], d->dims[k], which);
+        if (d->dims[k] == D_SAMPLES && v == 1) continue; /* one draw: [n, Wk] */
+        dims[nd++] = v;
+    }
+    *handle = d->strings ? h5out_dataset_strings(h, path, dims[0]) : h5out_dataset(h, path, d->type, nd, dims);
+}
+
+void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,
+               const RfProvenance *prov) {
+    memset(rf, 0, sizeof *rf);
+    rf->h = h;
+    rf->shape = *s;
+    rf->sites = sg_xcalloc(s->n_sites ? s->n_sites : 1, sizeof *rf->sites);
+    for (size_t i = 0; i < s->n_sites; i++)
+        rf->sites[i].n_sums = sites[i].n_sums, rf->sites[i].F = sites[i].sae ? sites[i].sae->d_sae : 0;
+    const int fresh = !h5out_resuming(h);
+    if (fresh) root_attributes(h, s, job, prov);
+    static const Each site_order[] = {EACH_SITE_IV, EACH_SITE_METRIC, EACH_SITE};
+    for (Part part = PART_MAIN; part < PART_COUNT; part++) {
+        for (size_t k = 0; k < N_SCHEMA; k++)
+            if (SCHEMA[k].part == part && SCHEMA[k].each == EACH_FILE) create_dataset(rf, h, &SCHEMA[k], 0, NULL, 0);
+        for (size_t i = 0; i < s->n_sites; i++) {
+            for (size_t o = 0; o < sizeof site_order / sizeof site_order[0]; o++)
+                for (int w = 0; w < (int)each_count(site_order[o]); w++)
+                    for (size_t k = 0; k < N_SCHEMA; k++)
+                        if (SCHEMA[k].part == part && SCHEMA[k].each == site_order[o])
+                            create_dataset(rf, h, &SCHEMA[k], i, sites[i].name, w);
+            if (part == PART_SITES && fresh && sites[i].sae) {
+                char g[256];
+                snprintf(g, sizeof g, "sites/%s", sites[i].name);
+                site_attributes(h, g, sites[i].sae);
+            }
+        }
+        for (int w = 0; w < IV_COUNT; w++)
+            for (size_t k = 0; k < N_SCHEMA; k++)
+                if (SCHEMA[k].part == part && SCHEMA[k].each == EACH_IV) create_dataset(rf, h, &SCHEMA[k], 0, NULL, w);
+    }
+    if (fresh && s->n_examples && sg_rank() == 0) { /* which contexts and position the examples are */
+        int32_t *v = sg_xcalloc(s->n_examples, sizeof(int32_t));
+        for (size_t k = 0; k < s->n_examples; k++) v[k] = (int32_t)k;
+        h5out_write_rows(h, rf->ex_contexts, 0, s->n_examples, v);
+        for (size_t k = 0; k < s->n_examples; k++) v[k] = (int32_t)s->example_pos;
+        h5out_write_rows(h, rf->ex_position, 0, s->n_examples, v);
+        free(v);
+    }
+}
+
+void rf_free(ResultFile *rf) {
+    free(rf->sites);
+    rf->sites = NULL;
+}
+
+/* ---- the unit-rows walk -------------------------------------------------------------------- */
+
+static int visit_spec(RfVisit visit, void *ctx, RfRows *r, int k, const char *site, int which) {
+    const DatasetSpec *d = &SCHEMA[k];
+    r->spec = k, r->kind = d->rows, r->which = which;
+    spec_path(r->name, sizeof r->name, d, site, which);
+    r->per_context = 1;
+    for (int j = 1; j < 3 && d->dims[j] != D_END; j++) {
+        switch (d->dims[j]) {
+        case D_CTX: r->per_context *= r->shape->ctx; break;
+        case D_WK: r->per_context *= r->shape->Wk; break;
+        case D_SAMPLES: r->per_context *= rf_samples_of(r->shape, (Intervention)which); break;
+        case D_WINDOW: r->per_context *= r->shape->window; break;
+        default: sg_fatal("resultfile", "dimension %d in a unit's rows", (int)d->dims[j]);
+        }
+    }
+    int rc = visit(ctx, r);
+    r->index++;
+    return rc;
+}
+
+/* The order: per batch, the per-file unit datasets (first site group only); then per site, the
+ * per-intervention ones (every intervention in enum order, the table's order within it), the
+ * per-site ones, the per-metric ones. */
+int rf_unit_walk(const RfShape *s, const char *const *site_names, size_t unit, RfVisit visit, void *ctx) {
+    size_t block, group, c0, c1, s0, s1;
+    unit_parts(&s->layout, unit, &block, &group);
+    block_contexts(&s->layout, block, &c0, &c1);
+    group_sites(&s->layout, group, &s0, &s1);
+    const size_t B = s->layout.B;
+    int rc = 0;
+    for (size_t c = c0; c < c1 && rc == 0; c += B) {
+        RfRows r;
+        memset(&r, 0, sizeof r);
+        r.shape = s, r.c0 = c, r.nb = c1 - c < B ? c1 - c : B;
+        r.site = -1;
+        for (size_t k = 0; k < N_SCHEMA && rc == 0 && group == 0; k++)
+            if (SCHEMA[k].checksum == CK_UNIT && SCHEMA[k].each == EACH_FILE) rc = visit_spec(visit, ctx, &r, (int)k, NULL, 0);
+        for (size_t si = s0; si < s1 && rc == 0; si++) {
+            r.site = (long)si, r.index = 0;
+            static const Each order[] = {EACH_SITE_IV, EACH_SITE, EACH_SITE_METRIC};
+            for (size_t o = 0; o < sizeof order / sizeof order[0] && rc == 0; o++) {
+                int n_which = order[o] == EACH_SITE_IV ? IV_COUNT : order[o] == EACH_SITE_METRIC ? RC_COUNT : 1;
+                for (int w = 0; w < n_which && rc == 0; w++)
+                    for (size_t k = 0; k < N_SCHEMA && rc == 0; k++) {
+                        const DatasetSpec *d = &SCHEMA[k];
+                        if (d->checksum != CK_UNIT || d->each != order[o] || (d->when && !d->when(s, w))) continue;
+                        rc = visit_spec(visit, ctx, &r, (int)k, site_names[si], w);
+                    }
+            }
+        }
+    }
+    return rc;
+}
+
+int rf_rows_ds(const ResultFile *rf, const RfRows *r) {
+    return *handle_of((ResultFile *)rf, &SCHEMA[r->spec], r->site < 0 ? 0 : (size_t)r->site, r->which);
+}
+
+/* ---- per-unit progress ------------------------------------------------------------------------- */
+
+void rf_write_record(ResultFile *rf, size_t site, size_t block, const ReproSum *sums, const int64_t *counts,
+                     const int32_t *fire) {
+    RfSiteSets *ss = &rf->sites[site];
+    int64_t *pairs = sg_xcalloc(2 * ss->n_sums, sizeof(int64_t));
+    repro_pack(pairs, sums, ss->n_sums);
+    h5out_write_rows(rf->h, ss->rec_sums, block, 1, pairs);
+    h5out_write_rows(rf->h, ss->rec_counts, block, 1, counts);
+    h5out_write_rows(rf->h, ss->rec_fire, block, 1, fire);
+    free(pairs);
+}
+
+void rf_read_record(ResultFile *rf, size_t site, size_t block, ReproSum *sums, int64_t *counts, int32_t *fire) {
+    RfSiteSets *ss = &rf->sites[site];
+    int64_t *pairs = sg_xcalloc(2 * ss->n_sums, sizeof(int64_t));
+    h5out_read_rows(rf->h, ss->rec_sums, block, 1, pairs);
+    h5out_read_rows(rf->h, ss->rec_counts, block, 1, counts);
+    h5out_read_rows(rf->h, ss->rec_fire, block, 1, fire);
+    repro_unpack(sums, pairs, ss->n_sums);
+    free(pairs);
+}
+
+void rf_mark_done(ResultFile *rf, size_t unit, uint64_t checksum) {
+    int64_t ck = (int64_t)checksum;
+    int32_t one = 1;
+    h5out_write_rows(rf->h, rf->unit_checksum, unit, 1, &ck);
+    h5out_write_rows(rf->h, rf->done, unit, 1, &one);
+}
+
+void rf_read_done(ResultFile *rf, int32_t *done) { h5out_read_rows(rf->h, rf->done, 0, rf->shape.layout.n_units, done); }
+
+/* ---- reading a result without the job ------------------------------------------------------ */
+
+int rf_read_file_job(H5Out *h, RfFileJob *j, char *why, size_t cap) {
+    memset(j, 0, sizeof *j);
+    int64_t n = 0, T = 0, S = 0, B = 0, bpb = 0, G = 0, Wk = 0;
+    char ivs[512] = "", scope[32] = "";
+    if (h5out_get_attr_i64(h, "/", "complete", &j->complete) || h5out_get_attr_i64(h, "/", "n_contexts", &n) ||
+        h5out_get_attr_i64(h, "/", "ctx", &T) || h5out_get_attr_i64(h, "/", "samples", &S) ||
+        h5out_get_attr_i64(h, "/", "unit_batch_contexts", &B) || h5out_get_attr_i64(h, "/", "unit_batches_per_block", &bpb) ||
+        h5out_get_attr_i64(h, "/", "unit_site_groups", &G) ||
+        h5out_get_attr_str(h, "/", "job_sites", j->sites, sizeof j->sites) ||
+        h5out_get_attr_str(h, "/", "job_interventions", ivs, sizeof ivs) ||
+        h5out_get_attr_str(h, "/", "job_scope", scope, sizeof scope)) {
+        snprintf(why, cap, "the saegap run attributes are missing (not a run file, or its metadata is damaged)");
+        return -1;
+    }
+    int position = !strcmp(scope, "position");
+    if (position && h5out_get_attr_i64(h, "/", "window", &Wk)) {
+        snprintf(why, cap, "attribute window is missing");
+        return -1;
+    }
+    if (!position) Wk = T;
+    if (n <= 0 || T <= 0 || B <= 0 || bpb <= 0 || G <= 0 || S <= 0) {
+        snprintf(why, cap, "the unit layout attributes are not positive");
+        return -1;
+    }
+    RfShape *s = &j->shape;
+    if (iv_parse_list(&s->iv_mask, ivs)) {
+        sg_error_clear();
+        snprintf(why, cap, "unknown interventions '%s'", ivs);
+        return -1;
+    }
+    size_t K = 0; /* sites, in run order */
+    for (char *save = NULL, *t = strtok_r(j->sites, ",", &save); t && K < 256; t = strtok_r(NULL, ",", &save))
+        j->names[K++] = t;
+    s->n_contexts = (size_t)n, s->ctx = (size_t)T, s->n_sites = K, s->samples = (size_t)S;
+    s->scope_position = position, s->window = (size_t)Wk, s->Wk = (size_t)Wk;
+    schedule_layout_from(&s->layout, (size_t)n, (size_t)B, K, (size_t)bpb, (size_t)G);
+    return 0;
+}
+
+int rf_read_progress(H5Out *h, size_t n_units, int32_t **done, int64_t **checksums) {
+    int nd;
+    uint64_t dims[8], dims2[8];
+    int ds_done = h5out_find_dataset(h, "progress/unit_done", H5OUT_I32, &nd, dims);
+    int ds_ck = checksums ? h5out_find_dataset(h, "progress/unit_checksum", H5OUT_I64, &nd, dims2) : 0;
+    if (ds_done < 0 || ds_ck < 0 || dims[0] != n_units || (checksums && dims2[0] != n_units)) return -1;
+    *done = sg_xcalloc(n_units, sizeof(int32_t));
+    if (checksums) *checksums = sg_xcalloc(n_units, sizeof(int64_t));
+    if (h5out_try_read_rows(h, ds_done, 0, n_units, *done) ||
+        (checksums && h5out_try_read_rows(h, ds_ck, 0, n_units, *checksums))) {
+        free(*done), *done = NULL;
+        if (checksums) free(*checksums), *checksums = NULL;
+        return -2;
+    }
+    return 0;
+}
+
+int rf_count_done(H5Out *h, size_t *n_units, size_t *n_done) {
+    int nd;
+    uint64_t dims[8];
+    int ds = h5out_find_dataset(h, "progress/unit_done", H5OUT_I32, &nd, dims);
+    if (ds < 0) return -1;
+    int32_t *done = sg_xcalloc(dims[0], sizeof(int32_t));
+    *n_units = dims[0], *n_done = 0;
+    if (h5out_try_read_rows(h, ds, 0, dims[0], done) == 0)
+        for (uint64_t u = 0; u < dims[0]; u++) *n_done += done[u] == 1;
+    free(done);
+    return 0;
+}
+
+/* ---- the end ------------------------------------------------------------------------------------- */
+
+void rf_write_site_summary(ResultFile *rf, size_t site, const char *site_name, const SiteSummary *v, int scores) {
+    H5Out *h = rf->h;
+    (void)site;
+    char g[256], key[64];
+    snprintf(g, sizeof g, "sites/%s", site_name);
+    h5out_attr_f64(h, g, "explained_variance", v->explained_variance);
+    h5out_attr_f64(h, g, "relative_reconstruction_bias", v->relative_reconstruction_bias);
+    h5out_attr_f64(h, g, "mean_l0", v->mean_l0);
+    h5out_attr_i64(h, g, "measured_tokens", (int64_t)v->measured_tokens);
+    h5out_attr_i64(h, g, "dead_latents", (int64_t)v->dead_latents);
+    h5out_attr_f64(h, g, "mean_ce_clean", v->mean_ce_clean);
+    for (int i = 0; i < IV_COUNT; i++) {
+        if (!rf_has_iv(&rf->shape, (Intervention)i)) continue;
+        snprintf(key, sizeof key, "mean_kl_%s", iv_name((Intervention)i));
+        h5out_attr_f64(h, g, key, v->mean_kl[i]);
+        snprintf(key, sizeof key, "mean_ce_%s", iv_name((Intervention)i));
+        h5out_attr_f64(h, g, key, v->mean_ce[i]);
+    }
+    if (scores) {
+        /* SAELens's names for SAELens's numbers (sae_lens/evals.py) */
+        h5out_attr_f64(h, g, "kl_div_score", v->kl_div_score);
+        h5out_attr_f64(h, g, "ce_loss_score", v->ce_loss_score);
+        for (int k = 0; k < SC_COUNT; k++) h5out_attr_f64(h, g, score_name(k), v->score[k]);
+    }
+}
+
+void rf_write_density(ResultFile *rf, size_t site, const double *density) {
+    h5out_write_rows(rf->h, rf->sites[site].density, 0, rf->sites[site].F, density);
+}
+
+void rf_write_correlation(ResultFile *rf, Intervention iv, const double *pearson, const double *spearman,
+                          const char *const *site_names, long tokens, int rank) {
+    size_t K = rf->shape.n_sites;
+    if (rank == 0) {
+        h5out_write_rows(rf->h, rf->corr[iv][0], 0, K, pearson);
+        h5out_write_rows(rf->h, rf->corr[iv][1], 0, K, spearman);
+        h5out_write_strings(rf->h, rf->corr[iv][2], site_names, K);
+    }
+    char g[128];
+    snprintf(g, sizeof g, "correlation/%s_minus_eps_random", iv_name(iv));
+    h5out_attr_i64(rf->h, g, "tokens", tokens);
+}
+
+/* name matches pattern, where each %s stands for one path segment's worth of characters
+ * (at least one, no '/'). */
+static int path_matches(const char *pat, const char *name) {
+    if (!*pat) return !*name;
+    if (pat[0] == '%' && pat[1] == 's') {
+        for (const char *p = name; *p && *p != '/'; p++)
+            if (path_matches(pat + 2, p + 1)) return 1;
+        return 0;
+    }
+    return *pat == *name && path_matches(pat + 1, name + 1);
+}
+
+int rf_in_final_checksum(const char *name) {
+    for (size_t k = 0; k < N_SCHEMA; k++)
+        if (SCHEMA[k].checksum == CK_FINAL && path_matches(SCHEMA[k].path, name)) return 1;
+    return 0;
+}
+
+void rf_complete(ResultFile *rf, MPI_Comm comm, int rank) {
+    char ck[64] = "";
+    if (rank == 0)
+        snprintf(ck, sizeof ck, "fnv1a64:%016llx", (unsigned long long)h5out_checksum_final(rf->h, rf_in_final_checksum));
+    SG_MPI(MPI_Bcast(ck, sizeof ck, MPI_CHAR, 0, comm), "broadcasting the final checksum");
+    h5out_attr_str(rf->h, "/", "final_checksum", ck);
+    h5out_attr_i64(rf->h, "/", "complete", 1);
+}

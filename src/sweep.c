@@ -1,0 +1,268 @@
+/* sweep.c: the compute path of one batch: clean pass, SAE, interventions, KL/CE (sweep.h). */
+#include "sweep.h"
+
+#include "error.h"
+#include "gemm.h"
+#include "metrics.h"
+#include "sites.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sweep_is_measured(const SweepJob *j, int32_t tok) {
+    return j->bos_include || tok != j->model->cfg.bos_token_id;
+}
+
+/* SAELens's SAE pass leaves special tokens clean, except at attn.hook_z, whose
+ * all_head_replacement_hook substitutes every position. With --scope all and BOS excluded,
+ * saegap's sae pass is that pass elsewhere: its values are reused, no pass of its own. */
+int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s) {
+    return !j->shape->scope_position && !j->bos_include && s->sae.site.kind != SG_SITE_ATTN_Z;
+}
+
+void work_alloc(Work *w, const SweepJob *j) {
+    const Gpt2Config *c = &j->model->cfg;
+    const RfShape *sh = j->shape;
+    const size_t T = j->ts->ctx, B = j->B, N = B * T, V = c->vocab_size, Vp = j->model->vocab_padded;
+    size_t maxd = 0, maxF = 0;
+    for (size_t i = 0; i < j->n_sites; i++) {
+        maxd = j->sites[i].d > maxd ? j->sites[i].d : maxd;
+        maxF = j->sites[i].F > maxF ? j->sites[i].F : maxF;
+    }
+    memset(w, 0, sizeof *w);
+    acts_alloc(&w->clean, c, B, T);
+    acts_alloc(&w->work, c, B, T);
+    w->logits_clean = sg_xcalloc(N * V, sizeof(float));
+    w->p_clean = sg_xcalloc(N * V, sizeof(float));
+    w->lse_clean = sg_xcalloc(N, sizeof(double));
+    w->p_sum = sg_xcalloc(N, sizeof(double));
+    w->logits_block = sg_xcalloc(LOGIT_BLOCK * Vp, sizeof(float));
+    w->next = sg_xcalloc(N, sizeof(int32_t));
+    w->measured = sg_xcalloc(N, 1);
+    w->active = sg_xcalloc(N, 1);
+    w->score_active = sg_xcalloc(N, 1);
+    w->context = sg_xcalloc(N, sizeof(uint32_t));
+    w->position = sg_xcalloc(N, sizeof(uint32_t));
+    w->x = sg_xcalloc(N * maxd, sizeof(float));
+    w->x_hat = sg_xcalloc(N * maxd, sizeof(float));
+    w->out = sg_xcalloc(N * maxd, sizeof(float));
+    w->x_scratch = sg_xcalloc(N * maxd, sizeof(float));
+    w->f = sg_xcalloc(N * maxF, sizeof(float));
+    w->f_scratch = sg_xcalloc(N * maxF, sizeof(float));
+    w->g = sg_xcalloc(maxd > maxF ? maxd : maxF, sizeof(double));
+    w->g2 = sg_xcalloc(maxd, sizeof(double));
+    for (int iv = 0; iv < IV_COUNT; iv++) {
+        w->kl_out[iv] = sg_xcalloc(B * sh->Wk * sh->samples, sizeof(float));
+        w->ce_out[iv] = sg_xcalloc(B * sh->Wk * sh->samples, sizeof(float));
+        w->ex_lp[iv] = sg_xcalloc(B * RF_EXAMPLE_TOPK, sizeof(float));
+        w->ex_kl[iv] = sg_xcalloc(B, sizeof(float));
+        w->ex_set[iv] = sg_xcalloc(B, 1);
+    }
+    w->zscore = sg_xcalloc(B * sh->window, sizeof(float));
+    w->recon = sg_xcalloc(RC_COUNT * N, sizeof(float));
+    w->ce_clean_out = sg_xcalloc(N, sizeof(float));
+    w->sae_work = sg_xcalloc(j->n_sites, sizeof *w->sae_work);
+    for (size_t i = 0; i < j->n_sites; i++) sae_scratch_alloc(&w->sae_work[i], &j->sites[i].sae, N);
+    w->ex_ids = sg_xcalloc(B * RF_EXAMPLE_TOPK, sizeof(int32_t));
+    w->ex_lp_clean = sg_xcalloc(B * RF_EXAMPLE_TOPK, sizeof(float));
+}
+
+void work_free(Work *w, const SweepJob *j) {
+    acts_free(&w->clean);
+    acts_free(&w->work);
+    void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_block, w->next, w->measured,
+                    w->active, w->score_active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f,
+                    w->f_scratch, w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp_clean};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+    for (int iv = 0; iv < IV_COUNT; iv++) free(w->kl_out[iv]), free(w->ce_out[iv]), free(w->ex_lp[iv]), free(w->ex_kl[iv]), free(w->ex_set[iv]);
+    for (size_t i = 0; i < j->n_sites; i++) sae_scratch_free(&w->sae_work[i]);
+    free(w->sae_work);
+}
+
+/* logits (n, V) of rows [row0, row0+n), n <= LOGIT_BLOCK, through the padded block */
+static void logits_rows(float *dst, Work *w, const Activations *a, const Gpt2Model *m, size_t row0, size_t n) {
+    gpt2_logits(w->logits_block, a, m, row0, n);
+    if (dst != w->logits_block) memcpy(dst, w->logits_block, n * m->cfg.vocab_size * sizeof(float));
+}
+
+/* ids (k) of the k largest logits, descending (ties: lower id first) */
+static void top_ids(int32_t *ids, const float *logits, size_t V, size_t k) {
+    for (size_t i = 0; i < k; i++) ids[i] = -1;
+    for (size_t v = 0; v < V; v++) {
+        size_t pos = k;
+        while (pos > 0 && (ids[pos - 1] < 0 || logits[v] > logits[ids[pos - 1]])) pos--;
+        if (pos >= k) continue;
+        memmove(ids + pos + 1, ids + pos, (k - pos - 1) * sizeof *ids);
+        ids[pos] = (int32_t)v;
+    }
+}
+
+void sweep_clean_batch(const SweepJob *j, Work *w, size_t c0, size_t nb) {
+    if (w->cached_nb == nb && w->cached_c0 == c0) return; /* reused by every site of the block */
+    const Gpt2Model *m = j->model;
+    const RfShape *sh = j->shape;
+    const size_t T = j->ts->ctx, N = nb * T, V = m->cfg.vocab_size;
+    const int32_t *ids = j->ts->ids + c0 * T;
+    gpt2_forward(&w->clean, m, ids, nb, T);
+    for (size_t r = 0; r < N; r++) {
+        size_t t = r % T;
+        w->next[r] = t + 1 < T ? ids[r + 1] : -1;
+        w->measured[r] = (unsigned char)sweep_is_measured(j, ids[r]);
+        w->active[r] = (unsigned char)(w->measured[r] && (!sh->scope_position || t == sh->position));
+        w->context[r] = (uint32_t)(c0 + r / T), w->position[r] = (uint32_t)t;
+    }
+    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
+        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
+        logits_rows(w->logits_clean + r0 * V, w, &w->clean, m, r0, nr);
+    }
+    metrics_clean(w->lse_clean, w->p_clean, w->p_sum, w->logits_clean, N, V);
+    for (size_t r = 0; r < N; r++)
+        w->ce_clean_out[r] =
+            w->next[r] >= 0 && w->measured[r] ? (float)(w->lse_clean[r] - w->logits_clean[r * V + w->next[r]]) : NAN;
+    w->cached_c0 = c0, w->cached_nb = nb;
+    /* --examples: the clean top-25 at the example position of each example context here */
+    for (size_t b = 0; b < nb; b++) {
+        size_t c = c0 + b, r = b * T + sh->example_pos;
+        if (c >= sh->n_examples) continue;
+        int32_t *top = w->ex_ids + b * RF_EXAMPLE_TOPK;
+        top_ids(top, w->logits_clean + r * V, V, RF_EXAMPLE_TOPK);
+        for (int k = 0; k < RF_EXAMPLE_TOPK; k++)
+            w->ex_lp_clean[b * RF_EXAMPLE_TOPK + k] = (float)(w->logits_clean[r * V + top[k]] - w->lse_clean[r]);
+    }
+}
+
+/* SAELens's ignore_tokens: the tokenizer's pad, eos and bos ids */
+static int is_special(const SweepJob *j, int32_t tok) {
+    const Gpt2Config *c = &j->model->cfg;
+    return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
+}
+
+/* One of SAELens's score passes on the cached batch: x_rep written at the rows with active != 0,
+ * KL and CE of every row whose token is not special added to score slots kl_slot and kl_slot+1. */
+static void score_pass(const SweepJob *j, Work *w, SiteRun *s, const float *x_rep, const unsigned char *active,
+                       int kl_slot, size_t c0, size_t nb) {
+    const Gpt2Model *m = j->model;
+    const size_t T = j->ts->ctx, N = nb * T, V = m->cfg.vocab_size;
+    const int32_t *ids = j->ts->ids + c0 * T;
+    ReproSum *sums = s->rec.sums;
+    size_t layer;
+    ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, s->sae.site, &m->cfg, &layer);
+    site_write(&w->work, m, s->sae.site, s->sae.basis, x_rep, active, N);
+    gpt2_forward_from(&w->work, m, layer, stage);
+    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
+        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
+        double kl[LOGIT_BLOCK], ce[LOGIT_BLOCK];
+        logits_rows(w->logits_block, w, &w->work, m, r0, nr);
+        metrics_kl_ce_threads(gemm_get_threads(), kl, ce, w->logits_clean + r0 * V, w->p_clean + r0 * V,
+                              &w->lse_clean[r0], &w->p_sum[r0], w->logits_block, &w->next[r0], nr, V);
+        for (size_t q = 0; q < nr; q++) {
+            size_t r = r0 + q;
+            if (is_special(j, ids[r])) continue;
+            repro_add_checked(&sums[AG_SCORE + kl_slot], kl[q]), s->rec.counts[CN_SCORE + kl_slot]++;
+            if (w->next[r] >= 0)
+                repro_add_checked(&sums[AG_SCORE + kl_slot + 1], ce[q]), s->rec.counts[CN_SCORE + kl_slot + 1]++;
+        }
+    }
+}
+
+/* SAELens's scores need the zero-ablation pass of every position, and, unless the sae pass
+ * already is SAELens's, the SAE pass with special tokens clean and the clean CE over every
+ * position (docs/output-schema.md). */
+static void score_passes(const SweepJob *j, Work *w, SiteRun *s, size_t c0, size_t nb) {
+    const size_t T = j->ts->ctx, N = nb * T;
+    const int32_t *ids = j->ts->ids + c0 * T;
+    unsigned char *active = w->score_active;
+    memset(active, 1, N);
+    memset(w->out, 0, N * s->d * sizeof(float));
+    score_pass(j, w, s, w->out, active, SC_KL_ZERO, c0, nb);
+    if (sweep_sae_pass_is_saelens(j, s)) return;
+    const int every_position = s->sae.site.kind == SG_SITE_ATTN_Z;
+    for (size_t r = 0; r < N; r++) {
+        active[r] = (unsigned char)(every_position || !is_special(j, ids[r]));
+        if (!is_special(j, ids[r]) && w->next[r] >= 0) {
+            repro_add_checked(&s->rec.sums[AG_SCORE + SC_CE_CLEAN],
+                              w->lse_clean[r] - w->logits_clean[r * j->model->cfg.vocab_size + w->next[r]]);
+            s->rec.counts[CN_SCORE + SC_CE_CLEAN]++;
+        }
+    }
+    score_pass(j, w, s, w->x_hat, active, SC_KL_SAE, c0, nb);
+}
+
+int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb) {
+    const Gpt2Model *m = j->model;
+    const RfShape *sh = j->shape;
+    const size_t T = j->ts->ctx, N = nb * T, V = m->cfg.vocab_size;
+    SiteRun *s = &j->sites[si];
+    const Sae *sae = &s->sae;
+    ReproSum *sums = s->rec.sums;
+    site_read(w->x, &w->clean, m, sae->site, sae->basis, 0, N);
+    sae_forward(w->f, w->x_hat, sae, &w->sae_work[si], w->x, N);
+    recon_rows(w->recon, &s->rec, w->x, w->x_hat, w->f, w->measured, N);
+    const size_t t0 = sh->scope_position ? sh->position : 0, Wk = sh->Wk; /* recorded rows: [t0, t0 + Wk) */
+    for (size_t b = 0; b < nb; b++)
+        for (size_t t = t0; t < t0 + Wk; t++) {
+            size_t r = b * T + t;
+            if (w->measured[r] && w->next[r] >= 0)
+                repro_add_checked(&sums[AG_CE_CLEAN], w->ce_clean_out[r]), s->rec.counts[CN_CE_CLEAN]++;
+        }
+    IvBatch ib = {.N = N, .d = s->d, .d_sae = s->F, .x = w->x, .x_hat = w->x_hat, .f = w->f, .mean = s->mean,
+                  .chol = s->chol, .latent_sigma = j->latent_noise, .sae = sae, .sae_work = &w->sae_work[si],
+                  .context = w->context, .position = w->position, .active = w->active,
+                  .seed = j->seed, .site_id = (uint32_t)s->site_id, .f_scratch = w->f_scratch,
+                  .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
+    for (int ivi = 0; ivi < IV_COUNT; ivi++) {
+        Intervention iv = (Intervention)ivi;
+        if (!rf_has_iv(sh, iv)) continue;
+        if (*j->stop) return -1;
+        const size_t S = rf_samples_of(sh, iv);
+        memset(w->ex_set[iv], 0, j->B);
+        float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
+        for (size_t smp = 0; smp < S; smp++) {
+            ib.sample = (uint32_t)smp;
+            iv_apply(iv, w->out, &ib);
+            size_t layer;
+            ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, &layer);
+            site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, N);
+            gpt2_forward_from(&w->work, m, layer, stage);
+            for (size_t b = 0; b < nb; b++)
+                for (size_t r0 = b * T + t0; r0 < b * T + t0 + Wk; r0 += LOGIT_BLOCK) {
+                    size_t nr = b * T + t0 + Wk - r0;
+                    if (nr > LOGIT_BLOCK) nr = LOGIT_BLOCK;
+                    logits_rows(w->logits_block, w, &w->work, m, r0, nr);
+                    /* the block's rows on the rank's threads (unmeasured rows too: cheaper than
+                     * splitting the block); then the records in row order */
+                    double kl_blk[LOGIT_BLOCK], ce_blk[LOGIT_BLOCK];
+                    metrics_kl_ce_threads(gemm_get_threads(), kl_blk, ce_blk, w->logits_clean + r0 * V,
+                                          w->p_clean + r0 * V, &w->lse_clean[r0], &w->p_sum[r0], w->logits_block,
+                                          &w->next[r0], nr, V);
+                    for (size_t q = 0; q < nr; q++) {
+                        size_t r = r0 + q, o = (b * Wk + (r - b * T - t0)) * S + smp;
+                        if (!w->measured[r]) {
+                            kl_out[o] = ce_out[o] = NAN;
+                            continue;
+                        }
+                        double kl = kl_blk[q], ce = ce_blk[q];
+                        kl_out[o] = (float)kl, ce_out[o] = (float)ce;
+                        /* --examples: this intervention's log-probs of the clean top-25 */
+                        if (smp == 0 && iv_writes_examples(iv) && c0 + b < sh->n_examples && r - b * T == sh->example_pos) {
+                            const float *li = w->logits_block + q * V;
+                            double lse_i = metrics_lse(li, V);
+                            for (int k = 0; k < RF_EXAMPLE_TOPK; k++)
+                                w->ex_lp[iv][b * RF_EXAMPLE_TOPK + k] =
+                                    (float)(li[w->ex_ids[b * RF_EXAMPLE_TOPK + k]] - lse_i);
+                            w->ex_kl[iv][b] = (float)kl, w->ex_set[iv][b] = 1;
+                        }
+                        repro_add_checked(&sums[AG_KL0 + iv], kl), s->rec.counts[CN_KL0 + iv]++;
+                        if (w->next[r] >= 0) repro_add_checked(&sums[AG_CE0 + iv], ce), s->rec.counts[CN_CE0 + iv]++;
+                    }
+                }
+        }
+    }
+    if (j->scores) {
+        if (*j->stop) return -1;
+        score_passes(j, w, s, c0, nb);
+    }
+    if (rf_has_zscore(sh)) zscore_rows(w->zscore, w->kl_out[IV_SAE], w->kl_out[IV_EPS_RANDOM], nb * sh->window, sh->samples);
+    return 0;
+}
