@@ -23,7 +23,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LOGIT_BLOCK 64 /* rows per unembedding block: logits stay in cache (PLATFORM-NOTES) */
 
 /* One SAE site of the job. */
 typedef struct {
@@ -60,7 +59,8 @@ typedef struct {
     float *logits_clean;  /* (N, V) */
     float *p_clean;       /* (N, V) */
     double *lse_clean, *p_sum; /* (N) */
-    float *logits_block;  /* (LOGIT_BLOCK, Vp) */
+    float *logits_iv;     /* (N, Vp) logits of the rows of a pass, one GEMM (compacted to V in place) */
+    double *kl_rows, *ce_rows; /* (N) their KL and CE against the clean rows */
     int32_t *next;        /* (N) next token or -1 */
     unsigned char *measured, *active, *score_active; /* (N) */
     uint32_t *context, *position;     /* (N) */

@@ -150,7 +150,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double N = (double)B * T, mem = 0, maxF = 0, maxd = 0;
         mem += V * D * 4 * 2 + (L * 12 * D * D + T * D) * 4; /* weights (F32 view or converted) + padded wte */
         mem += 2 * 4 * N * (L * (15 * D + 4 * (double)c.n_head * T) + 3 * D); /* clean + work activations */
-        mem += 2 * 4 * N * V + 4 * 64 * Vp;                                    /* clean logits + probs, block */
+        mem += 2 * 4 * N * V + 4 * N * Vp;                                      /* clean logits + probs, a pass's logits */
         for (size_t i = 0; i < K; i++) {
             mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae + 4.0 * 3 * N * (double)saes[i].d_sae;
             maxF = fmax(maxF, (double)saes[i].d_sae), maxd = fmax(maxd, (double)saes[i].d_in);

@@ -37,7 +37,9 @@ void work_alloc(Work *w, const SweepJob *j) {
     w->p_clean = sg_xcalloc(N * V, sizeof(float));
     w->lse_clean = sg_xcalloc(N, sizeof(double));
     w->p_sum = sg_xcalloc(N, sizeof(double));
-    w->logits_block = sg_xcalloc(LOGIT_BLOCK * Vp, sizeof(float));
+    w->logits_iv = sg_xcalloc(N * Vp, sizeof(float));
+    w->kl_rows = sg_xcalloc(N, sizeof(double));
+    w->ce_rows = sg_xcalloc(N, sizeof(double));
     w->next = sg_xcalloc(N, sizeof(int32_t));
     w->measured = sg_xcalloc(N, 1);
     w->active = sg_xcalloc(N, 1);
@@ -71,7 +73,7 @@ void work_alloc(Work *w, const SweepJob *j) {
 void work_free(Work *w, const SweepJob *j) {
     acts_free(&w->clean);
     acts_free(&w->work);
-    void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_block, w->next, w->measured,
+    void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_iv, w->kl_rows, w->ce_rows, w->next, w->measured,
                     w->active, w->score_active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f,
                     w->f_scratch, w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp_clean};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
@@ -80,10 +82,16 @@ void work_free(Work *w, const SweepJob *j) {
     free(w->sae_work);
 }
 
-/* logits (n, V) of rows [row0, row0+n), n <= LOGIT_BLOCK, through the padded block */
-static void logits_rows(float *dst, Work *w, const Activations *a, const Gpt2Model *m, size_t row0, size_t n) {
-    gpt2_logits(w->logits_block, a, m, row0, n);
-    if (dst != w->logits_block) memcpy(dst, w->logits_block, n * m->cfg.vocab_size * sizeof(float));
+/* Logits of rows [row0, row0+n) of the work pass in one GEMM (BLIS packs the vocabulary matrix
+ * once per call: in 64-row blocks that packing cost a third of the unembedding's time), then
+ * each row's KL and CE against the cached clean row, into kl_rows/ce_rows [0, n). */
+static void work_kl_ce(const SweepJob *j, Work *w, size_t row0, size_t n) {
+    const Gpt2Model *m = j->model;
+    const size_t V = m->cfg.vocab_size;
+    gpt2_logits(w->logits_iv, &w->work, m, row0, n);
+    metrics_kl_ce_threads(gemm_get_threads(), w->kl_rows, w->ce_rows, w->logits_clean + row0 * V,
+                          w->p_clean + row0 * V, &w->lse_clean[row0], &w->p_sum[row0], w->logits_iv, &w->next[row0],
+                          n, V);
 }
 
 /* ids (k) of the k largest logits, descending (ties: lower id first) */
@@ -112,10 +120,8 @@ void sweep_clean_batch(const SweepJob *j, Work *w, size_t c0, size_t nb) {
         w->active[r] = (unsigned char)(w->measured[r] && (!sh->scope_position || t == sh->position));
         w->context[r] = (uint32_t)(c0 + r / T), w->position[r] = (uint32_t)t;
     }
-    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
-        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
-        logits_rows(w->logits_clean + r0 * V, w, &w->clean, m, r0, nr);
-    }
+    gpt2_logits(w->logits_iv, &w->clean, m, 0, N); /* one GEMM, then into the clean cache */
+    memcpy(w->logits_clean, w->logits_iv, N * V * sizeof(float));
     metrics_clean(w->lse_clean, w->p_clean, w->p_sum, w->logits_clean, N, V);
     for (size_t r = 0; r < N; r++)
         w->ce_clean_out[r] =
@@ -143,26 +149,19 @@ static int is_special(const SweepJob *j, int32_t tok) {
 static void score_pass(const SweepJob *j, Work *w, SiteRun *s, const float *x_rep, const unsigned char *active,
                        int kl_slot, size_t c0, size_t nb) {
     const Gpt2Model *m = j->model;
-    const size_t T = j->ts->ctx, N = nb * T, V = m->cfg.vocab_size;
+    const size_t T = j->ts->ctx, N = nb * T;
     const int32_t *ids = j->ts->ids + c0 * T;
     ReproSum *sums = s->rec.sums;
     size_t layer;
     ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, s->sae.site, &m->cfg, &layer);
     site_write(&w->work, m, s->sae.site, s->sae.basis, x_rep, active, N);
     gpt2_forward_from(&w->work, m, layer, stage);
-    for (size_t r0 = 0; r0 < N; r0 += LOGIT_BLOCK) {
-        size_t nr = N - r0 < LOGIT_BLOCK ? N - r0 : LOGIT_BLOCK;
-        double kl[LOGIT_BLOCK], ce[LOGIT_BLOCK];
-        logits_rows(w->logits_block, w, &w->work, m, r0, nr);
-        metrics_kl_ce_threads(gemm_get_threads(), kl, ce, w->logits_clean + r0 * V, w->p_clean + r0 * V,
-                              &w->lse_clean[r0], &w->p_sum[r0], w->logits_block, &w->next[r0], nr, V);
-        for (size_t q = 0; q < nr; q++) {
-            size_t r = r0 + q;
-            if (is_special(j, ids[r])) continue;
-            repro_add_checked(&sums[AG_SCORE + kl_slot], kl[q]), s->rec.counts[CN_SCORE + kl_slot]++;
-            if (w->next[r] >= 0)
-                repro_add_checked(&sums[AG_SCORE + kl_slot + 1], ce[q]), s->rec.counts[CN_SCORE + kl_slot + 1]++;
-        }
+    work_kl_ce(j, w, 0, N);
+    for (size_t r = 0; r < N; r++) {
+        if (is_special(j, ids[r])) continue;
+        repro_add_checked(&sums[AG_SCORE + kl_slot], w->kl_rows[r]), s->rec.counts[CN_SCORE + kl_slot]++;
+        if (w->next[r] >= 0)
+            repro_add_checked(&sums[AG_SCORE + kl_slot + 1], w->ce_rows[r]), s->rec.counts[CN_SCORE + kl_slot + 1]++;
     }
 }
 
@@ -225,38 +224,32 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
             ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, &layer);
             site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, N);
             gpt2_forward_from(&w->work, m, layer, stage);
-            for (size_t b = 0; b < nb; b++)
-                for (size_t r0 = b * T + t0; r0 < b * T + t0 + Wk; r0 += LOGIT_BLOCK) {
-                    size_t nr = b * T + t0 + Wk - r0;
-                    if (nr > LOGIT_BLOCK) nr = LOGIT_BLOCK;
-                    logits_rows(w->logits_block, w, &w->work, m, r0, nr);
-                    /* the block's rows on the rank's threads (unmeasured rows too: cheaper than
-                     * splitting the block); then the records in row order */
-                    double kl_blk[LOGIT_BLOCK], ce_blk[LOGIT_BLOCK];
-                    metrics_kl_ce_threads(gemm_get_threads(), kl_blk, ce_blk, w->logits_clean + r0 * V,
-                                          w->p_clean + r0 * V, &w->lse_clean[r0], &w->p_sum[r0], w->logits_block,
-                                          &w->next[r0], nr, V);
-                    for (size_t q = 0; q < nr; q++) {
-                        size_t r = r0 + q, o = (b * Wk + (r - b * T - t0)) * S + smp;
-                        if (!w->measured[r]) {
-                            kl_out[o] = ce_out[o] = NAN;
-                            continue;
-                        }
-                        double kl = kl_blk[q], ce = ce_blk[q];
-                        kl_out[o] = (float)kl, ce_out[o] = (float)ce;
-                        /* --examples: this intervention's log-probs of the clean top-25 */
-                        if (smp == 0 && iv_writes_examples(iv) && c0 + b < sh->n_examples && r - b * T == sh->example_pos) {
-                            const float *li = w->logits_block + q * V;
-                            double lse_i = metrics_lse(li, V);
-                            for (int k = 0; k < RF_EXAMPLE_TOPK; k++)
-                                w->ex_lp[iv][b * RF_EXAMPLE_TOPK + k] =
-                                    (float)(li[w->ex_ids[b * RF_EXAMPLE_TOPK + k]] - lse_i);
-                            w->ex_kl[iv][b] = (float)kl, w->ex_set[iv][b] = 1;
-                        }
-                        repro_add_checked(&sums[AG_KL0 + iv], kl), s->rec.counts[CN_KL0 + iv]++;
-                        if (w->next[r] >= 0) repro_add_checked(&sums[AG_CE0 + iv], ce), s->rec.counts[CN_CE0 + iv]++;
+            /* the recorded rows: all of the batch at --scope all (one unembedding GEMM), else
+             * each context's window */
+            const size_t n_chunks = Wk == T ? 1 : nb, chunk = Wk == T ? N : Wk;
+            for (size_t k = 0; k < n_chunks; k++) {
+                const size_t row0 = Wk == T ? 0 : k * T + t0;
+                work_kl_ce(j, w, row0, chunk);
+                for (size_t q = 0; q < chunk; q++) {
+                    size_t r = row0 + q, b = r / T, o = (b * Wk + (r - b * T - t0)) * S + smp;
+                    if (!w->measured[r]) {
+                        kl_out[o] = ce_out[o] = NAN;
+                        continue;
                     }
+                    double kl = w->kl_rows[q], ce = w->ce_rows[q];
+                    kl_out[o] = (float)kl, ce_out[o] = (float)ce;
+                    /* --examples: this intervention's log-probs of the clean top-25 */
+                    if (smp == 0 && iv_writes_examples(iv) && c0 + b < sh->n_examples && r - b * T == sh->example_pos) {
+                        const float *li = w->logits_iv + q * V;
+                        double lse_i = metrics_lse(li, V);
+                        for (int e = 0; e < RF_EXAMPLE_TOPK; e++)
+                            w->ex_lp[iv][b * RF_EXAMPLE_TOPK + e] = (float)(li[w->ex_ids[b * RF_EXAMPLE_TOPK + e]] - lse_i);
+                        w->ex_kl[iv][b] = (float)kl, w->ex_set[iv][b] = 1;
+                    }
+                    repro_add_checked(&sums[AG_KL0 + iv], kl), s->rec.counts[CN_KL0 + iv]++;
+                    if (w->next[r] >= 0) repro_add_checked(&sums[AG_CE0 + iv], ce), s->rec.counts[CN_CE0 + iv]++;
                 }
+            }
         }
     }
     if (j->scores) {
