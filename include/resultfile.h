@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define RF_EXAMPLE_TOPK 25 /* top next-token log-probs kept per example context */
 
@@ -137,8 +138,9 @@ int rf_read_file_job(H5Out *h, RfFileJob *j, char *why, size_t cap);
 /* n_units done flags and unit checksums (checksums may be NULL): 0; -1 when the progress
  * datasets are missing or of another length; -2 when unreadable. Allocates *done (*checksums). */
 int rf_read_progress(H5Out *h, size_t n_units, int32_t **done, int64_t **checksums);
-/* The number of units and how many are done, for `info`: -1 when the file has no progress record. */
-int rf_count_done(H5Out *h, size_t *n_units, size_t *n_done);
+/* `saegap info` of a run result: its provenance, job and state, printed to out. 1 (nothing
+ * printed) when h is not a run result. */
+int rf_describe(H5Out *h, const char *path, FILE *out);
 
 /* ---- the end ---------------------------------------------------------------------------------- */
 

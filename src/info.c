@@ -61,41 +61,23 @@ static int info_sae(const char *dir) {
 static int info_result(const char *path) {
     H5Out *h = h5out_open_readonly(path);
     if (!h) return -1;
+    if (rf_describe(h, path, stdout) == 0) { /* a saegap run result */
+        h5out_close(h);
+        return 0;
+    }
+    /* a dump file (dump.c's attributes) or a token file */
     char buf[4096] = "";
     int64_t v = 0;
-    if (h5out_get_attr_str(h, "/", "job_sites", buf, sizeof buf) != 0) {
-        /* a dump file or a token file */
-        if (h5out_get_attr_str(h, "/", "basis", buf, sizeof buf) == 0) {
-            printf("%s: saegap dump file (basis %s)", path, buf);
-            if (h5out_get_attr_i64(h, "/", "n_contexts", &v) == 0) printf(", %lld contexts", (long long)v);
-            if (h5out_get_attr_i64(h, "/", "complete", &v) == 0) printf(", %s", v == 1 ? "complete" : "INCOMPLETE");
-            printf("\n");
-            h5out_close(h);
-            return 0;
-        }
+    if (h5out_get_attr_str(h, "/", "basis", buf, sizeof buf) == 0) {
+        printf("%s: saegap dump file (basis %s)", path, buf);
+        if (h5out_get_attr_i64(h, "/", "n_contexts", &v) == 0) printf(", %lld contexts", (long long)v);
+        if (h5out_get_attr_i64(h, "/", "complete", &v) == 0) printf(", %s", v == 1 ? "complete" : "INCOMPLETE");
+        printf("\n");
         h5out_close(h);
-        return 1; /* not ours: try as a token file */
+        return 0;
     }
-    printf("%s: saegap run result\n", path);
-    static const char *const keys[] = {"saegap_version", "created", "model", "model_checksum", "tokens_file", "scope",
-                                       "bos", "interventions"};
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-        char val[1024] = "?";
-        h5out_get_attr_str(h, "/", keys[i], val, sizeof val);
-        printf("  %-15s %s\n", keys[i], val);
-    }
-    static const char *const nums[] = {"n_contexts", "ctx", "seed", "samples", "ranks"};
-    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
-        if (h5out_get_attr_i64(h, "/", nums[i], &v) == 0) printf("  %-15s %lld\n", nums[i], (long long)v);
-    printf("  %-15s %s\n", "sites", buf);
-    int64_t complete = 0;
-    h5out_get_attr_i64(h, "/", "complete", &complete);
-    size_t n_units = 0, n_done = 0;
-    if (rf_count_done(h, &n_units, &n_done) == 0)
-        printf("  %-15s %s (%zu of %zu units done; saegap verify checks the data)\n", "state",
-               complete == 1 ? "complete" : "incomplete", n_done, n_units);
     h5out_close(h);
-    return 0;
+    return 1; /* not ours: try as a token file */
 }
 
 static int info_tokens(const char *path) {

@@ -450,16 +450,36 @@ int rf_read_progress(H5Out *h, size_t n_units, int32_t **done, int64_t **checksu
     return 0;
 }
 
-int rf_count_done(H5Out *h, size_t *n_units, size_t *n_done) {
+int rf_describe(H5Out *h, const char *path, FILE *out) {
+    char sites[4096] = "";
+    int64_t v = 0;
+    if (h5out_get_attr_str(h, "/", "job_sites", sites, sizeof sites) != 0) return 1;
+    fprintf(out, "%s: saegap run result\n", path);
+    static const char *const keys[] = {"saegap_version", "created", "model", "model_checksum", "tokens_file", "scope",
+                                       "bos", "interventions"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char val[1024] = "?";
+        h5out_get_attr_str(h, "/", keys[i], val, sizeof val);
+        fprintf(out, "  %-15s %s\n", keys[i], val);
+    }
+    static const char *const nums[] = {"n_contexts", "ctx", "seed", "samples", "ranks"};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (h5out_get_attr_i64(h, "/", nums[i], &v) == 0) fprintf(out, "  %-15s %lld\n", nums[i], (long long)v);
+    fprintf(out, "  %-15s %s\n", "sites", sites);
+    int64_t complete = 0;
+    h5out_get_attr_i64(h, "/", "complete", &complete);
     int nd;
     uint64_t dims[8];
     int ds = h5out_find_dataset(h, "progress/unit_done", H5OUT_I32, &nd, dims);
-    if (ds < 0) return -1;
-    int32_t *done = sg_xcalloc(dims[0], sizeof(int32_t));
-    *n_units = dims[0], *n_done = 0;
-    if (h5out_try_read_rows(h, ds, 0, dims[0], done) == 0)
-        for (uint64_t u = 0; u < dims[0]; u++) *n_done += done[u] == 1;
-    free(done);
+    if (ds >= 0) {
+        int32_t *done = sg_xcalloc(dims[0], sizeof(int32_t));
+        size_t n_done = 0;
+        if (h5out_try_read_rows(h, ds, 0, dims[0], done) == 0)
+            for (uint64_t u = 0; u < dims[0]; u++) n_done += done[u] == 1;
+        free(done);
+        fprintf(out, "  %-15s %s (%zu of %llu units done; saegap verify checks the data)\n", "state",
+                complete == 1 ? "complete" : "incomplete", n_done, (unsigned long long)dims[0]);
+    }
     return 0;
 }
 
