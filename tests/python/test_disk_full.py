@@ -81,14 +81,20 @@ def datasets(path):
 
 
 def fill(d):
-    """Fills the tmpfs to the last byte with another file."""
-    with open(os.path.join(d, "filler"), "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError:
-            pass
+    """Fills the tmpfs to the last byte with another file. Unbuffered writes, halving the
+    chunk on ENOSPC: a buffered file would keep the bytes a short write left over and raise
+    ENOSPC again when closed (CI saw that whenever the run's reservation left free space
+    that is not a whole number of MB)."""
+    fd = os.open(os.path.join(d, "filler"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError:
+                chunk //= 2
+    finally:
+        os.close(fd)
 
 
 def free_space(d):
