@@ -14,6 +14,7 @@
 static double now(void) { return MPI_Wtime(); }
 
 int main(int argc, char **argv) {
+    gemm_select_kernels(); /* as saegap's main does */
     MPI_Init(&argc, &argv);
     if (argc < 2) {
         fprintf(stderr, "usage: bench_forward MODEL_DIR [T=128] [B=2] [threads=1]\n");

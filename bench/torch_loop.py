@@ -75,6 +75,22 @@ ARGS = parse_args()
 for v in ("OMP_NUM_THREADS", "BLIS_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[v] = str(ARGS.threads)
 
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+# The same BLIS kernels saegap runs (src/gemm.c, gemm_select_kernels): BLIS 0.9 does not know
+# CPUs newer than its release and falls back to its 'generic' kernels (5x slower on AMD Zen 4);
+# on a CPU with AVX-512 F/DQ/BW/VL saegap selects 'skx', number 0 of BLIS 0.9's arch_t. Without
+# this the loop would run on slower kernels than saegap: a straw man.
+if "BLIS_ARCH_TYPE" not in os.environ and {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu_flags():
+    os.environ["BLIS_ARCH_TYPE"] = "0"
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -338,6 +354,7 @@ def main():
               "bash env/setup-bench-debian.sh" % ("the reference BLAS" if verdict == "reference"
                                                    else "not identifiable", desc), file=sys.stderr)
         return 2
+    print("torch_loop: BLAS %s, BLIS_ARCH_TYPE=%s" % (desc, os.environ.get("BLIS_ARCH_TYPE", "(unset)")))
     torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     t_start = time.perf_counter()

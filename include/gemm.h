@@ -5,6 +5,18 @@
 
 #include <stddef.h>
 
+/* Chooses BLIS's kernels before BLIS starts (call first in main, before any thread exists).
+ * BLIS 0.9.0 (Debian 12) does not know CPUs newer than its release: on an AMD Zen 4 it falls
+ * back to its portable 'generic' kernels, measured at 32 GFLOP/s per core there against 150
+ * for its 'skx' AVX-512 kernels, which such a CPU runs. On a CPU with AVX-512 F/DQ/BW/VL this
+ * selects 'skx' (what BLIS picks itself on the Intel CPUs it knows) through BLIS_ARCH_TYPE,
+ * unless the user set BLIS_ARCH_TYPE. */
+void gemm_select_kernels(void);
+/* The kernels BLIS runs ("skx", "haswell", "zen3", "generic", ...); a note for the log when
+ * they are BLIS's portable fallback on a CPU with AVX2 and FMA ("" otherwise). */
+const char *gemm_kernels(void);
+const char *gemm_kernels_warning(void);
+
 /* Threads BLIS may use in this process (ranks x threads should not exceed the cores). */
 void gemm_set_threads(int n);
 int gemm_get_threads(void);

@@ -2,7 +2,35 @@
 #include "gemm.h"
 
 #include <blis.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+void gemm_select_kernels(void) {
+    if (getenv("BLIS_ARCH_TYPE")) return; /* the user's choice */
+#if defined(__x86_64__) && defined(BLIS_CONFIG_SKX)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+        char id[16]; /* BLIS 0.9 reads the arch_t number of the configuration */
+        snprintf(id, sizeof id, "%d", (int)BLIS_ARCH_SKX);
+        setenv("BLIS_ARCH_TYPE", id, 0);
+    }
+#endif
+}
+
+const char *gemm_kernels(void) { return bli_arch_string(bli_arch_query_id()); }
+
+const char *gemm_kernels_warning(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (bli_arch_query_id() == BLIS_ARCH_GENERIC && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "BLIS runs its portable 'generic' kernels on this CPU (it does not recognise it), several times "
+               "slower than its AVX2 kernels: set BLIS_ARCH_TYPE to the number of BLIS's 'haswell' configuration "
+               "(3 in BLIS 0.9) in the job's environment";
+#endif
+    return "";
+}
 
 void gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
 int gemm_get_threads(void) { return (int)bli_thread_get_num_threads(); }

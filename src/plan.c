@@ -170,8 +170,9 @@ int plan_command(const Options *o, MPI_Comm comm) {
                ts.n, ts.ctx, K, n_passes, units);
         printf("  FLOPs: clean passes %.3g, intervened passes %.3g, unembedding (intervened) %.3g, SAEs %.3g, "
                "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);
-        printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank, KL/CE %.2f ns per vocabulary entry\n",
-               rate, threads, kl_ns);
+        printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank (BLIS kernels '%s'), KL/CE %.2f ns per "
+               "vocabulary entry\n", rate, threads, gemm_kernels(), kl_ns);
+        if (*gemm_kernels_warning()) sg_warnf("%s", gemm_kernels_warning());
         printf("  expected wall time on %zu rank(s) x %d thread(s): %s (GEMMs %s, KL/CE %s in all); "
                "this machine's rate assumed for every node\n",
                ranks, threads, duration(t_wall, b1, sizeof b1), duration(t_gemm, b2, sizeof b2),

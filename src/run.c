@@ -520,8 +520,9 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     free(done);
     if (rank == 0 && !sg_quiet())
         fprintf(stderr, "saegap run: %zu contexts x %zu tokens, %zu site(s), %zu units (%zu pending%s), %d rank(s) x %d "
-                        "BLIS thread(s)\n",
-                r.ts.n, r.ts.ctx, r.n_sites, n_units, n_pending, resuming ? ", resumed" : "", size, gemm_get_threads());
+                        "BLIS thread(s), BLIS kernels '%s'\n",
+                r.ts.n, r.ts.ctx, r.n_sites, n_units, n_pending, resuming ? ", resumed" : "", size, gemm_get_threads(),
+                gemm_kernels());
 
     Work w;
     work_alloc(&w, &r.job);

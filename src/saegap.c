@@ -49,6 +49,7 @@ static int configure_threads(const Options *o, MPI_Comm comm) {
                  "its cores: mpirun --map-by slot:PE=%d (or --bind-to none)",
                  want, fewest, want);
     gemm_set_threads(threads);
+    if (*gemm_kernels_warning()) sg_warnf("%s", gemm_kernels_warning());
     return threads;
 }
 
