@@ -33,47 +33,48 @@ int main(int argc, char **argv) {
     /* BLIS alone: the MLP up-projection shape (N x D x 4D) */
     float *a = calloc(N * 4 * D, 4), *w = calloc(4 * D * D, 4), *o = calloc(N * 4 * D, 4);
     gemm_xw_bias(o, a, w, NULL, N, D, 4 * D);
-    double t0 = now();
-    int reps = 0;
-    while (now() - t0 < 1.0) gemm_xw_bias(o, a, w, NULL, N, D, 4 * D), reps++;
-    double blis = 2.0 * N * D * 4 * D * reps / (now() - t0) / 1e9;
+    /* every rate below is the best of three timings: the machine's limit, on a shared machine */
+    double blis = 0, t0;
+    int reps;
+    for (int trial = 0; trial < 3; trial++) {
+        t0 = now(), reps = 0;
+        while (now() - t0 < 0.7) gemm_xw_bias(o, a, w, NULL, N, D, 4 * D), reps++;
+        double r = 2.0 * N * D * 4 * D * reps / (now() - t0) / 1e9;
+        blis = r > blis ? r : blis;
+    }
     Activations act;
     acts_alloc(&act, c, B, T);
     int32_t *tok = calloc(N, 4);
     for (size_t i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919) % c->vocab_size);
-    float *logits = calloc(64 * Vp, 4);
+    float *logits = calloc(64 * Vp, 4), *all = calloc(N * Vp, 4);
     double flop_layer = 24.0 * D * D + 4.0 * T * D, flop_unembed = 2.0 * D * Vp;
-    /* clean pass + unembedding */
-    gpt2_forward(&act, &m, tok, B, T);
-    t0 = now();
-    reps = 0;
-    while (now() - t0 < 2.0 || reps < 2) {
-        gpt2_forward(&act, &m, tok, B, T);
-        for (size_t r = 0; r < N; r += 64) gpt2_logits(logits, &act, &m, r, N - r < 64 ? N - r : 64);
-        reps++;
-    }
-    double dt = (now() - t0) / reps, flops = N * (L * flop_layer + flop_unembed);
-    printf("model %s: L %zu, D %zu, V %zu; batch %zu x %zu tokens; %d BLIS thread(s)\n", argv[1], L, D,
-           c->vocab_size, B, T, threads);
-    printf("  BLIS sgemm alone (%zu x %zu x %zu): %.1f GFLOP/s\n", N, D, 4 * D, blis);
-    printf("  clean pass + unembedding: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n", N / dt, flops / dt / 1e9,
-           100 * flops / dt / 1e9 / blis);
-    /* intervened pass from the middle layer (what each intervention costs) */
+    /* clean pass + unembedding (all N rows in one GEMM, as saegap does), then an intervened
+     * pass from the middle layer (what each intervention costs) */
     size_t mid = L / 2;
-    t0 = now();
-    reps = 0;
-    while (now() - t0 < 2.0 || reps < 2) {
-        gpt2_forward_from(&act, &m, mid, SG_STAGE_ATTN);
-        for (size_t r = 0; r < N; r += 64) gpt2_logits(logits, &act, &m, r, N - r < 64 ? N - r : 64);
-        reps++;
-    }
-    dt = (now() - t0) / reps;
-    flops = N * ((L - mid) * flop_layer + flop_unembed);
-    printf("  intervened pass from layer %zu: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n", mid, N / dt,
-           flops / dt / 1e9, 100 * flops / dt / 1e9 / blis);
+    double best[2] = {0, 0};
+    gpt2_forward(&act, &m, tok, B, T);
+    for (int trial = 0; trial < 3; trial++)
+        for (int kind = 0; kind < 2; kind++) {
+            t0 = now(), reps = 0;
+            while (now() - t0 < 1.0 || reps < 2) {
+                if (kind == 0) gpt2_forward(&act, &m, tok, B, T);
+                else gpt2_forward_from(&act, &m, mid, SG_STAGE_ATTN);
+                gpt2_logits(all, &act, &m, 0, N);
+                reps++;
+            }
+            double flops = N * ((kind == 0 ? L : L - mid) * flop_layer + flop_unembed);
+            double r = flops * reps / (now() - t0) / 1e9;
+            best[kind] = r > best[kind] ? r : best[kind];
+        }
+    printf("model %s: L %zu, D %zu, V %zu; batch %zu x %zu tokens; %d BLIS thread(s) (kernels '%s')\n", argv[1], L,
+           D, c->vocab_size, B, T, threads, gemm_kernels());
+    printf("  BLIS sgemm alone (%zu x %zu x %zu): %.1f GFLOP/s\n", N, D, 4 * D, blis);
+    printf("  clean pass + unembedding: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n",
+           best[0] * 1e9 / (L * flop_layer + flop_unembed), best[0], 100 * best[0] / blis);
+    printf("  intervened pass from layer %zu: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n", mid,
+           best[1] * 1e9 / ((L - mid) * flop_layer + flop_unembed), best[1], 100 * best[1] / blis);
     /* the unembedding alone: 64-row blocks (what run does today: the logits stay in cache, but
      * BLIS packs the vocabulary matrix again for every block) against one GEMM of all N rows */
-    float *all = calloc(N * Vp, 4);
     double rate[2];
     for (int mode = 0; mode < 2; mode++) {
         t0 = now();

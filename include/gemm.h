@@ -32,6 +32,13 @@ void gemm_xwt(float *out, const float *x, const float *w, size_t M, size_t K, si
 void gemm_strided(size_t M, size_t N, size_t K, float alpha, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
                   const float *B, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc);
 
+/* gemm_strided on the calling thread only: for many small GEMMs run side by side on the rank's
+ * threads (per-head attention). BLIS never splits the K loop, so the values are the same as
+ * with any thread count. */
+void gemm_strided_serial(size_t M, size_t N, size_t K, float alpha, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                         const float *B, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc,
+                         ptrdiff_t csc);
+
 /* out (d,d) = X^T X for X (m,d) row-major, double: covariance partial sums. */
 void gemm_d_xtx(double *out, const double *X, size_t m, size_t d);
 

@@ -3,6 +3,7 @@
 #include "forward.h"
 
 #include "error.h"
+#include "fastexp.h"
 #include "gemm.h"
 
 #include <math.h>
@@ -10,6 +11,11 @@
 #include <string.h>
 
 /* ---- ops ------------------------------------------------------------------------------- */
+
+/* Rows [0, n) split over the rank's threads, i.e. the OpenMP team BLIS runs its GEMMs on (its
+ * threads would otherwise spin while one thread works). Every element and row is computed on
+ * its own, so values do not depend on the thread count. */
+#define SG_ROWS_ON_TEAM _Pragma("omp parallel for num_threads(gemm_get_threads()) schedule(static)")
 
 /* embed, pos_embed, resid (N=B*T rows, D): token and position rows, and their sum. */
 static void encoder_forward(float *embed, float *pos_embed, float *resid, const int32_t *tokens, const float *wte,
@@ -42,31 +48,49 @@ static void layernorm_forward(float *out, const float *inp, const float *w, cons
     }
 }
 
-/* z (B,T,D) head-major from qkv (B,T,3D); att (B,NH,T,T) causal softmax probabilities. */
+/* Causal softmax of the T x T scores of one head, in place: row t over columns [0, t], zero
+ * after. The sums are taken in double in eight lanes of a fixed order. */
+SG_VECTOR_CLONES static void softmax_causal(float *A, size_t T) {
+    for (size_t t = 0; t < T; t++) {
+        float *row = A + t * T;
+        const size_t n = t + 1;
+        float mx = row[0];
+#pragma omp simd reduction(max : mx)
+        for (size_t s = 0; s < n; s++) mx = row[s] > mx ? row[s] : mx;
+#pragma omp simd
+        for (size_t s = 0; s < n; s++) row[s] = sg_expf(row[s] - mx);
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        size_t s = 0;
+        for (; s + 8 <= n; s += 8)
+            for (int k = 0; k < 8; k++) acc[k] += row[s + k];
+        for (; s < n; s++) acc[0] += row[s];
+        const float inv = (float)(1.0 / (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))));
+#pragma omp simd
+        for (size_t q = 0; q < n; q++) row[q] *= inv;
+        for (size_t q = n; q < T; q++) row[q] = 0.0f;
+    }
+}
+
+/* z (B,T,D) head-major from qkv (B,T,3D); att (B,NH,T,T) causal softmax probabilities. The
+ * B x NH heads are small GEMMs (T x T x Dh): one head per thread of the rank's team, each on
+ * a single-threaded BLIS call, instead of every head split over all threads. */
 static void attention_forward(float *z, float *att, const float *qkv, size_t B, size_t T, size_t D, size_t NH,
                               float scale) {
-    size_t Dh = D / NH, C3 = 3 * D;
-    for (size_t b = 0; b < B; b++)
-        for (size_t h = 0; h < NH; h++) {
-            const float *q = qkv + b * T * C3 + h * Dh;
-            const float *k = q + D, *v = q + 2 * D;
-            float *A = att + (b * NH + h) * T * T;
-            /* scores (T,T) = scale * q (T,Dh) @ k^T (Dh,T) */
-            gemm_strided(T, T, Dh, scale, q, (ptrdiff_t)C3, 1, k, 1, (ptrdiff_t)C3, 0.0f, A, (ptrdiff_t)T, 1);
-            for (size_t t = 0; t < T; t++) {
-                float *row = A + t * T;
-                float mx = -INFINITY;
-                for (size_t s = 0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
-                double sum = 0;
-                for (size_t s = 0; s <= t; s++) { float e = expf(row[s] - mx); row[s] = e; sum += e; }
-                float inv = (float)(1.0 / sum);
-                for (size_t s = 0; s <= t; s++) row[s] *= inv;
-                for (size_t s = t + 1; s < T; s++) row[s] = 0.0f;
-            }
-            /* z head h (T,Dh) = att (T,T) @ v (T,Dh) */
-            gemm_strided(T, Dh, T, 1.0f, A, (ptrdiff_t)T, 1, v, (ptrdiff_t)C3, 1, 0.0f, z + b * T * D + h * Dh,
-                         (ptrdiff_t)D, 1);
-        }
+    const size_t Dh = D / NH, C3 = 3 * D;
+    const long heads = (long)(B * NH);
+    SG_ROWS_ON_TEAM
+    for (long bh = 0; bh < heads; bh++) {
+        const size_t b = (size_t)bh / NH, h = (size_t)bh % NH;
+        const float *q = qkv + b * T * C3 + h * Dh;
+        const float *k = q + D, *v = q + 2 * D;
+        float *A = att + (size_t)bh * T * T;
+        /* scores (T,T) = scale * q (T,Dh) @ k^T (Dh,T) */
+        gemm_strided_serial(T, T, Dh, scale, q, (ptrdiff_t)C3, 1, k, 1, (ptrdiff_t)C3, 0.0f, A, (ptrdiff_t)T, 1);
+        softmax_causal(A, T);
+        /* z head h (T,Dh) = att (T,T) @ v (T,Dh) */
+        gemm_strided_serial(T, Dh, T, 1.0f, A, (ptrdiff_t)T, 1, v, (ptrdiff_t)C3, 1, 0.0f, z + b * T * D + h * Dh,
+                            (ptrdiff_t)D, 1);
+    }
 }
 
 /* out (N) = a + b */
@@ -74,17 +98,32 @@ static void residual_forward(float *out, const float *a, const float *b, size_t 
     for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
 }
 
-/* out (N) = act(inp); gelu_new is the tanh approximation GPT-2 was trained with. */
-static void activation_forward(float *out, const float *inp, size_t N, Gpt2Activation act) {
+/* out (n) = act(inp) for one slice. gelu_new, the tanh approximation GPT-2 was trained with,
+ * as 0.5 x (1 + tanh u) = x / (1 + exp(-2u)): the same function, one exp, no cancellation. */
+SG_VECTOR_CLONES static void activation_slice(float *out, const float *inp, size_t n, Gpt2Activation act) {
     const float s = 0.7978845608028654f; /* sqrt(2/pi) */
-    for (size_t i = 0; i < N; i++) {
-        float x = inp[i];
-        switch (act) {
-        case SG_ACT_GELU_TANH: out[i] = 0.5f * x * (1.0f + tanhf(s * (x + 0.044715f * x * x * x))); break;
-        case SG_ACT_GELU_ERF: out[i] = 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); break;
-        case SG_ACT_RELU: out[i] = x > 0 ? x : 0.0f; break;
+    switch (act) {
+    case SG_ACT_GELU_TANH:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i];
+            out[i] = x / (1.0f + sg_expf(-2.0f * (s * (x + 0.044715f * x * x * x))));
         }
+        break;
+    case SG_ACT_GELU_ERF:
+        for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * 0.7071067811865476f));
+        break;
+    case SG_ACT_RELU:
+        for (size_t i = 0; i < n; i++) out[i] = inp[i] > 0 ? inp[i] : 0.0f;
+        break;
     }
+}
+
+/* out (N rows of C) = act(inp), rows on the rank's threads */
+static void activation_forward(float *out, const float *inp, size_t N, size_t C, Gpt2Activation act) {
+    const long rows = (long)N;
+    SG_ROWS_ON_TEAM
+    for (long r = 0; r < rows; r++) activation_slice(out + (size_t)r * C, inp + (size_t)r * C, C, act);
 }
 
 /* ---- buffers ---------------------------------------------------------------------------- */
@@ -142,7 +181,7 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
         case SG_STAGE_MLP:
             layernorm_forward(ln2, resid_mid, w->ln2_w, w->ln2_b, N, D, c->layer_norm_epsilon);
             gemm_xw_bias(fc, ln2, w->fc_w, w->fc_b, N, D, 4 * D);
-            activation_forward(fc_act, fc, N * 4 * D, c->activation);
+            activation_forward(fc_act, fc, N, 4 * D, c->activation);
             /* fall through */
         case SG_STAGE_MLP_PROJ:
             gemm_xw_bias(mlp_out, fc_act, w->mlp_proj_w, w->mlp_proj_b, N, 4 * D, D);

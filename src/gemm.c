@@ -43,6 +43,18 @@ void gemm_strided(size_t M, size_t N, size_t K, float alpha, const float *A, ptr
               (inc_t)csa, (float *)B, (inc_t)rsb, (inc_t)csb, &b, C, (inc_t)rsc, (inc_t)csc);
 }
 
+void gemm_strided_serial(size_t M, size_t N, size_t K, float alpha, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                         const float *B, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc,
+                         ptrdiff_t csc) {
+    if (M == 0 || N == 0) return;
+    float a = alpha, b = beta;
+    rntm_t one;
+    bli_rntm_init(&one);
+    bli_rntm_set_num_threads(1, &one);
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)M, (dim_t)N, (dim_t)K, &a, (float *)A, (inc_t)rsa,
+                 (inc_t)csa, (float *)B, (inc_t)rsb, (inc_t)csb, &b, C, (inc_t)rsc, (inc_t)csc, NULL, &one);
+}
+
 void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N) {
     float beta = 0.0f;
     if (bias) {
