@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
         blis = r > blis ? r : blis;
     }
     Activations act;
-    acts_alloc(&act, c, B, T);
+    acts_alloc(&act, c, B, T, 1);
     int32_t *tok = calloc(N, 4);
     for (size_t i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919) % c->vocab_size);
     float *logits = calloc(64 * Vp, 4), *all = calloc(N * Vp, 4);

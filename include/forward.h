@@ -18,6 +18,9 @@
 typedef struct {
     size_t B_max, T_max, L, D, NH, V;
     size_t B, T;          /* shape of the batch last run */
+    int all_layers;       /* 1: every layer's buffers are kept (the clean cache, dump); 0: a pass's
+                             working set, each layer overwriting the last (resid alternates two
+                             slots): 1/L of the memory, for passes read only at the end (lnf) */
     float *embed;         /* (B,T,D) wte[token]                         hook_embed (HF) */
     float *pos_embed;     /* (B,T,D) wpe[position]                      hook_pos_embed (HF) */
     float *resid;         /* (L+1,B,T,D) resid[l] = blocks.l.hook_resid_pre; resid[L] = last resid_post */
@@ -45,13 +48,23 @@ typedef enum {
     SG_STAGE_MLP_RESID,   /* from mlp_out[l]: resid[l+1] = resid_mid + mlp_out */
 } ForwardStage;
 
-void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max);
+void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers);
+
+/* Layer l of a per-layer buffer with `width` floats per row (D, 3D, 4D; NH*T for att), for the
+ * batch last run, and resid[l] (l <= L). Every access to a layer's buffers goes through these. */
+static inline float *acts_layer(const Activations *a, float *base, size_t l, size_t width) {
+    return base + (a->all_layers ? l : 0) * a->B * a->T * width;
+}
+static inline float *acts_resid(const Activations *a, size_t l) {
+    return a->resid + (a->all_layers ? l : l % 2) * a->B * a->T * a->D;
+}
 void acts_free(Activations *a);
 
 /* Full pass: tokens (B,T) -> every buffer up to lnf. T <= n_positions, ids < V (checked by the caller). */
 void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T);
 
-/* Continues a pass from `stage` of layer `layer` (buffers before that point are left as they are). */
+/* Continues a pass from `stage` of layer `layer` (buffers before that point are left as they are)
+ * on the batch of B x T rows set in a->B, a->T. */
 void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage);
 
 /* logits (n,V) = lnf rows (the buffer must hold n x vocab_padded floats) [row0, row0+n) @ wte^T (raw HF logits; the processed basis only

@@ -81,12 +81,13 @@ void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Bas
 size_t site_count(size_t n_layer);
 Site site_at(size_t i);
 
-/* Writes x (N rows of the site's width, in `basis`) into the site's HF buffer, for the rows
+/* Writes x (N rows of the site's width, in `basis`) into the site's HF buffer at rows
+ * [row0, row0+N), for the rows
  * with mask[r] != 0 only. Residual-stream values are written as they are (the LayerNorms
  * downstream remove the mean, so a centered value gives TransformerLens's result exactly);
  * attn.hook_z adds back the value bias the basis subtracted. */
 void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
-                size_t N);
+                size_t row0, size_t N);
 
 /* Where a pass restarts after the site's buffer changed: layer (n_layer = only ln_f) and stage. */
 ForwardStage site_restart(Site s, size_t *layer);
@@ -94,9 +95,11 @@ ForwardStage site_restart(Site s, size_t *layer);
 /* The intervened pass's restart, in one place: makes `work` hold the clean pass's values of
  * everything the restarted pass reads but does not recompute (the site's own buffer, and the
  * restart layer's residual inputs), and returns the layer and stage to continue from
- * (gpt2_forward_from). The caller then writes the site and continues. */
+ * (gpt2_forward_from). The caller then writes the site and continues. With copies > 1, `work`
+ * holds that many copies of the clean batch one after another (copies x B contexts): several
+ * passes (interventions, samples) run as one, in GEMMs of copies x B x T rows. */
 ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
-                                     size_t *layer);
+                                     size_t copies, size_t *layer);
 
 /* Canonical index of a site in the model (stable: used to key random draws). */
 size_t site_index(Site s);

@@ -53,8 +53,20 @@ int sweep_is_measured(const SweepJob *j, int32_t tok);
 /* SAELens's SAE pass is saegap's sae pass at this site (no score pass of its own). */
 int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s);
 
+/* Passes restarted at a site run this many at a time as one pass (the work buffers hold that
+ * many copies of the batch): the GEMMs get SWEEP_STACK x B x T rows, so BLIS packs each weight
+ * matrix once for all of them. Rows never interact, so the values do not depend on it. */
+enum { SWEEP_STACK = 4 };
+
+/* One intervened pass of a site: which intervention, which sample. */
 typedef struct {
-    Activations clean, work;
+    Intervention iv;
+    uint32_t sample;
+} PassId;
+
+typedef struct {
+    Activations clean, work;  /* work: SWEEP_STACK x B contexts, one layer's buffers */
+    PassId *passes;           /* (IV_COUNT x samples) the site's passes in order */
     size_t cached_c0, cached_nb;  /* the batch the clean cache holds (nb 0: none) */
     float *logits_clean;  /* (N, V) */
     float *p_clean;       /* (N, V) */

@@ -134,7 +134,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     size_t lo, hi;
     schedule_static_range(n, B, rank, size, &lo, &hi);
     Activations acts;
-    acts_alloc(&acts, c, B, T);
+    acts_alloc(&acts, c, B, T, 1);
     size_t max_w = 4 * c->n_embd;
     float *buf = sg_xcalloc(B * T * (max_w > model.vocab_padded ? max_w : model.vocab_padded), sizeof(float));
     if (rank == 0) h5out_write_rows(h, ds_tokens, 0, n, ts.ids);

@@ -128,12 +128,13 @@ static void activation_forward(float *out, const float *inp, size_t N, size_t C,
 
 /* ---- buffers ---------------------------------------------------------------------------- */
 
-void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max) {
+void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers) {
     memset(a, 0, sizeof *a);
     a->B_max = B_max, a->T_max = T_max, a->L = c->n_layer, a->D = c->n_embd, a->NH = c->n_head, a->V = c->vocab_size;
-    size_t N = B_max * T_max, L = a->L, D = a->D, NH = a->NH;
+    a->all_layers = all_layers;
+    size_t N = B_max * T_max, L = all_layers ? a->L : 1, R = all_layers ? a->L + 1 : 2, D = a->D, NH = a->NH;
     size_t sizes[] = {
-        N * D, N * D, (L + 1) * N * D, L * N * D, L * N * 3 * D, L * B_max * NH * T_max * T_max, L * N * D,
+        N * D, N * D, R * N * D, L * N * D, L * N * 3 * D, L * B_max * NH * T_max * T_max, L * N * D,
         L * N * D, L * N * D, L * N * D, L * N * 4 * D, L * N * 4 * D, L * N * D, N * D,
     };
     float **ptrs[] = {&a->embed, &a->pos_embed, &a->resid, &a->ln1, &a->qkv, &a->att, &a->z,
@@ -158,11 +159,14 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
     size_t B = a->B, T = a->T, N = B * T, D = a->D, NH = a->NH, L = a->L;
     for (size_t l = layer; l < L; l++) {
         const Gpt2LayerWeights *w = &m->layers[l];
-        float *resid = a->resid + l * N * D, *resid_next = a->resid + (l + 1) * N * D;
-        float *ln1 = a->ln1 + l * N * D, *qkv = a->qkv + l * N * 3 * D, *att = a->att + l * B * NH * T * T;
-        float *z = a->z + l * N * D, *attn_out = a->attn_out + l * N * D, *resid_mid = a->resid_mid + l * N * D;
-        float *ln2 = a->ln2 + l * N * D, *fc = a->fc + l * N * 4 * D, *fc_act = a->fc_act + l * N * 4 * D;
-        float *mlp_out = a->mlp_out + l * N * D;
+        float *resid = acts_resid(a, l), *resid_next = acts_resid(a, l + 1);
+        float *ln1 = acts_layer(a, a->ln1, l, D), *qkv = acts_layer(a, a->qkv, l, 3 * D);
+        float *att = acts_layer(a, a->att, l, NH * T);
+        float *z = acts_layer(a, a->z, l, D), *attn_out = acts_layer(a, a->attn_out, l, D);
+        float *resid_mid = acts_layer(a, a->resid_mid, l, D);
+        float *ln2 = acts_layer(a, a->ln2, l, D), *fc = acts_layer(a, a->fc, l, 4 * D);
+        float *fc_act = acts_layer(a, a->fc_act, l, 4 * D);
+        float *mlp_out = acts_layer(a, a->mlp_out, l, D);
         float scale = c->scale_attn_weights ? 1.0f / sqrtf((float)(D / NH)) : 1.0f;
         if (c->scale_attn_by_inverse_layer_idx) scale /= (float)(l + 1);
         ForwardStage s = l == layer ? stage : SG_STAGE_ATTN;
@@ -190,7 +194,7 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
             residual_forward(resid_next, resid_mid, mlp_out, N * D);
         }
     }
-    layernorm_forward(a->lnf, a->resid + L * N * D, m->lnf_w, m->lnf_b, N, D, c->layer_norm_epsilon);
+    layernorm_forward(a->lnf, acts_resid(a, L), m->lnf_w, m->lnf_b, N, D, c->layer_norm_epsilon);
 }
 
 void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T) {

@@ -6,6 +6,7 @@
  * Time = GEMM FLOPs / (measured sgemm rate) + elementwise work / (measured rate), divided over
  * ranks (dynamic queue) but never below the largest unit. */
 #include "plan.h"
+#include "sweep.h"
 
 #include "error.h"
 #include "gemm.h"
@@ -30,14 +31,19 @@ static double measure_gemm(size_t D) {
     for (size_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
     for (size_t i = 0; i < K * N; i++) b[i] = (float)(i % 5) * 0.1f;
     gemm_xw_bias(c, a, b, NULL, M, K, N); /* warm-up */
-    double t0 = MPI_Wtime(), flops = 0;
-    int reps = 0;
-    while (MPI_Wtime() - t0 < 0.3 || reps < 3) {
-        gemm_xw_bias(c, a, b, NULL, M, K, N);
-        flops += 2.0 * (double)(M * K * N);
-        reps++;
+    /* the best of three timings: on a shared machine one timing can catch another job's burst */
+    double rate = 0;
+    for (int trial = 0; trial < 3; trial++) {
+        double t0 = MPI_Wtime(), flops = 0;
+        int reps = 0;
+        while (MPI_Wtime() - t0 < 0.15 || reps < 3) {
+            gemm_xw_bias(c, a, b, NULL, M, K, N);
+            flops += 2.0 * (double)(M * K * N);
+            reps++;
+        }
+        double r = flops / (MPI_Wtime() - t0) / 1e9;
+        rate = r > rate ? r : rate;
     }
-    double rate = flops / (MPI_Wtime() - t0) / 1e9;
     free(a), free(b), free(c);
     return rate;
 }
@@ -68,7 +74,8 @@ static const char *human(double bytes, char *buf, size_t cap) {
 }
 
 static const char *duration(double s, char *buf, size_t cap) {
-    if (s < 120) snprintf(buf, cap, "%.0f s", s);
+    if (s < 10) snprintf(buf, cap, "%.1f s", s);
+    else if (s < 120) snprintf(buf, cap, "%.0f s", s);
     else if (s < 7200) snprintf(buf, cap, "%.1f min", s / 60);
     else snprintf(buf, cap, "%.1f h", s / 3600);
     return buf;
@@ -146,10 +153,18 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double t_wall = t_total / (double)(ranks < units ? ranks : units);
         double t_unit = t_total / (double)units;
         if (t_wall < t_unit) t_wall = t_unit;
+        /* start-up, outside the units: MPI and the HDF5 file (about 1 s here), reading and
+         * checksumming the weights (about 0.5 GB/s here). A small job is mostly this. */
+        const double weight_bytes = 4 * (V * D * 2 + L * 12 * D * D + T * D);
+        const double t_start = 1.0 + weight_bytes / 0.5e9;
+        t_wall += t_start;
         /* memory per rank */
         double N = (double)B * T, mem = 0, maxF = 0, maxd = 0;
         mem += V * D * 4 * 2 + (L * 12 * D * D + T * D) * 4; /* weights (F32 view or converted) + padded wte */
-        mem += 2 * 4 * N * (L * (15 * D + 4 * (double)c.n_head * T) + 3 * D); /* clean + work activations */
+        /* activations (forward.c, acts_alloc): the clean cache keeps every layer; the work pass one
+         * layer, for SWEEP_STACK copies of the batch */
+        const double per_layer = 17 * D + (double)c.n_head * T;
+        mem += 4 * N * (3 * D + (L + 1) * D + L * per_layer) + 4 * SWEEP_STACK * N * (3 * D + 2 * D + per_layer);
         mem += 2 * 4 * N * V + 4 * N * Vp;                                      /* clean logits + probs, a pass's logits */
         for (size_t i = 0; i < K; i++) {
             mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae + 4.0 * 3 * N * (double)saes[i].d_sae;
@@ -173,10 +188,10 @@ int plan_command(const Options *o, MPI_Comm comm) {
         printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank (BLIS kernels '%s'), KL/CE %.2f ns per "
                "vocabulary entry\n", rate, threads, gemm_kernels(), kl_ns);
         if (*gemm_kernels_warning()) sg_warnf("%s", gemm_kernels_warning());
-        printf("  expected wall time on %zu rank(s) x %d thread(s): %s (GEMMs %s, KL/CE %s in all); "
+        printf("  expected wall time on %zu rank(s) x %d thread(s): %s (GEMMs %s, KL/CE %s in all, start-up %.1f s); "
                "this machine's rate assumed for every node\n",
                ranks, threads, duration(t_wall, b1, sizeof b1), duration(t_gemm, b2, sizeof b2),
-               duration(t_kl, b3, sizeof b3));
+               duration(t_kl, b3, sizeof b3), t_start);
         printf("  memory per rank: about %s; output file: about %s\n", human(mem, b1, sizeof b1), human(out, b2, sizeof b2));
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         if (ranks > units)

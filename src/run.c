@@ -155,7 +155,7 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
         maxd = r->sites[i].d > maxd ? r->sites[i].d : maxd;
     }
     Activations a;
-    acts_alloc(&a, &r->model.cfg, B, T);
+    acts_alloc(&a, &r->model.cfg, B, T, 1);
     float *x = sg_xcalloc(B * T * maxd, sizeof(float));
     unsigned char *mask = sg_xcalloc(B * T, 1);
     size_t lo, hi;

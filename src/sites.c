@@ -110,17 +110,17 @@ void site_name(char *buf, size_t cap, Site s) {
 size_t site_width(Site s, const Gpt2Config *c) { return s.kind == SG_SITE_MLP_POST ? 4 * c->n_embd : c->n_embd; }
 
 float *site_buffer(const Activations *a, Site s) {
-    size_t ND = a->B * a->T * a->D, l = s.layer;
+    size_t l = s.layer, D = a->D;
     switch (s.kind) {
     case SG_SITE_EMBED: return a->embed;
     case SG_SITE_POS_EMBED: return a->pos_embed;
-    case SG_SITE_RESID_PRE: return a->resid + l * ND;
-    case SG_SITE_RESID_MID: return a->resid_mid + l * ND;
-    case SG_SITE_RESID_POST: return a->resid + (l + 1) * ND;
-    case SG_SITE_ATTN_OUT: return a->attn_out + l * ND;
-    case SG_SITE_MLP_OUT: return a->mlp_out + l * ND;
-    case SG_SITE_ATTN_Z: return a->z + l * ND;
-    case SG_SITE_MLP_POST: return a->fc_act + l * 4 * ND;
+    case SG_SITE_RESID_PRE: return acts_resid(a, l);
+    case SG_SITE_RESID_MID: return acts_layer(a, a->resid_mid, l, D);
+    case SG_SITE_RESID_POST: return acts_resid(a, l + 1);
+    case SG_SITE_ATTN_OUT: return acts_layer(a, a->attn_out, l, D);
+    case SG_SITE_MLP_OUT: return acts_layer(a, a->mlp_out, l, D);
+    case SG_SITE_ATTN_Z: return acts_layer(a, a->z, l, D);
+    case SG_SITE_MLP_POST: return acts_layer(a, a->fc_act, l, 4 * D);
     case SG_SITE_KIND_COUNT: break;
     }
     sg_fatal("sites", "invalid site kind %d", (int)s.kind);
@@ -157,9 +157,9 @@ Site site_at(size_t i) {
 }
 
 void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
-                size_t N) {
+                size_t row0, size_t N) {
     size_t W = site_width(s, &m->cfg);
-    float *dst = site_buffer(a, s);
+    float *dst = site_buffer(a, s) + row0 * W;
     const float *bv = removed_value_bias(m, s, basis);
     for (size_t n = 0; n < N; n++) {
         if (!mask[n]) continue;
@@ -185,14 +185,22 @@ ForwardStage site_restart(Site s, size_t *layer) {
 }
 
 ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
-                                     size_t *layer) {
+                                     size_t copies, size_t *layer) {
     ForwardStage stage = site_restart(s, layer);
-    work->B = clean->B, work->T = clean->T;
-    size_t rows = clean->B * clean->T, ND = rows * clean->D;
-    memcpy(site_buffer(work, s), site_buffer(clean, s), rows * site_width(s, c) * sizeof(float));
-    if (*layer < c->n_layer) {
-        memcpy(work->resid + *layer * ND, clean->resid + *layer * ND, ND * sizeof(float));
-        memcpy(work->resid_mid + *layer * ND, clean->resid_mid + *layer * ND, ND * sizeof(float));
+    if (copies * clean->B > work->B_max || clean->T > work->T_max)
+        sg_fatal("sites", "%zu copies of a batch of %zu x %zu exceed the planned buffers (%zu x %zu)", copies,
+                 clean->B, clean->T, work->B_max, work->T_max);
+    work->B = copies * clean->B, work->T = clean->T;
+    const size_t rows = clean->B * clean->T, D = clean->D, W = site_width(s, c);
+    const float *site = site_buffer(clean, s);
+    const float *resid = *layer < c->n_layer ? acts_resid(clean, *layer) : NULL;
+    const float *resid_mid = *layer < c->n_layer ? acts_layer(clean, clean->resid_mid, *layer, D) : NULL;
+    for (size_t k = 0; k < copies; k++) {
+        memcpy(site_buffer(work, s) + k * rows * W, site, rows * W * sizeof(float));
+        if (resid) {
+            memcpy(acts_resid(work, *layer) + k * rows * D, resid, rows * D * sizeof(float));
+            memcpy(acts_layer(work, work->resid_mid, *layer, D) + k * rows * D, resid_mid, rows * D * sizeof(float));
+        }
     }
     return stage;
 }

@@ -31,8 +31,8 @@ void work_alloc(Work *w, const SweepJob *j) {
         maxF = j->sites[i].F > maxF ? j->sites[i].F : maxF;
     }
     memset(w, 0, sizeof *w);
-    acts_alloc(&w->clean, c, B, T);
-    acts_alloc(&w->work, c, B, T);
+    acts_alloc(&w->clean, c, B, T, 1);
+    acts_alloc(&w->work, c, SWEEP_STACK * B, T, 0); /* read only at its end: one layer's buffers */
     w->logits_clean = sg_xcalloc(N * V, sizeof(float));
     w->p_clean = sg_xcalloc(N * V, sizeof(float));
     w->lse_clean = sg_xcalloc(N, sizeof(double));
@@ -62,6 +62,7 @@ void work_alloc(Work *w, const SweepJob *j) {
         w->ex_set[iv] = sg_xcalloc(B, 1);
     }
     w->zscore = sg_xcalloc(B * sh->window, sizeof(float));
+    w->passes = sg_xcalloc(IV_COUNT * sh->samples, sizeof *w->passes);
     w->recon = sg_xcalloc(RC_COUNT * N, sizeof(float));
     w->ce_clean_out = sg_xcalloc(N, sizeof(float));
     w->sae_work = sg_xcalloc(j->n_sites, sizeof *w->sae_work);
@@ -75,20 +76,21 @@ void work_free(Work *w, const SweepJob *j) {
     acts_free(&w->work);
     void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_iv, w->kl_rows, w->ce_rows, w->next, w->measured,
                     w->active, w->score_active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f,
-                    w->f_scratch, w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp_clean};
+                    w->f_scratch, w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp_clean, w->passes};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
     for (int iv = 0; iv < IV_COUNT; iv++) free(w->kl_out[iv]), free(w->ce_out[iv]), free(w->ex_lp[iv]), free(w->ex_kl[iv]), free(w->ex_set[iv]);
     for (size_t i = 0; i < j->n_sites; i++) sae_scratch_free(&w->sae_work[i]);
     free(w->sae_work);
 }
 
-/* Logits of rows [row0, row0+n) of the work pass in one GEMM (BLIS packs the vocabulary matrix
- * once per call: in 64-row blocks that packing cost a third of the unembedding's time), then
- * each row's KL and CE against the cached clean row, into kl_rows/ce_rows [0, n). */
-static void work_kl_ce(const SweepJob *j, Work *w, size_t row0, size_t n) {
+/* Logits of rows [work_row0, work_row0+n) of the work pass in one GEMM (BLIS packs the
+ * vocabulary matrix once per call: in 64-row blocks that packing cost a third of the
+ * unembedding's time), then each row's KL and CE against clean row row0 + i, into
+ * kl_rows/ce_rows [0, n). */
+static void work_kl_ce(const SweepJob *j, Work *w, size_t work_row0, size_t row0, size_t n) {
     const Gpt2Model *m = j->model;
     const size_t V = m->cfg.vocab_size;
-    gpt2_logits(w->logits_iv, &w->work, m, row0, n);
+    gpt2_logits(w->logits_iv, &w->work, m, work_row0, n);
     metrics_kl_ce_threads(gemm_get_threads(), w->kl_rows, w->ce_rows, w->logits_clean + row0 * V,
                           w->p_clean + row0 * V, &w->lse_clean[row0], &w->p_sum[row0], w->logits_iv, &w->next[row0],
                           n, V);
@@ -153,10 +155,10 @@ static void score_pass(const SweepJob *j, Work *w, SiteRun *s, const float *x_re
     const int32_t *ids = j->ts->ids + c0 * T;
     ReproSum *sums = s->rec.sums;
     size_t layer;
-    ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, s->sae.site, &m->cfg, &layer);
-    site_write(&w->work, m, s->sae.site, s->sae.basis, x_rep, active, N);
+    ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, s->sae.site, &m->cfg, 1, &layer);
+    site_write(&w->work, m, s->sae.site, s->sae.basis, x_rep, active, 0, N);
     gpt2_forward_from(&w->work, m, layer, stage);
-    work_kl_ce(j, w, 0, N);
+    work_kl_ce(j, w, 0, 0, N);
     for (size_t r = 0; r < N; r++) {
         if (is_special(j, ids[r])) continue;
         repro_add_checked(&sums[AG_SCORE + kl_slot], w->kl_rows[r]), s->rec.counts[CN_SCORE + kl_slot]++;
@@ -188,10 +190,47 @@ static void score_passes(const SweepJob *j, Work *w, SiteRun *s, size_t c0, size
     score_pass(j, w, s, w->x_hat, active, SC_KL_SAE, c0, nb);
 }
 
+/* KL and CE of one (intervention, sample) pass whose rows start at work_row0 in the work
+ * buffers: into kl_out/ce_out, the site's sums and the examples. The recorded rows: all of the
+ * batch at --scope all (one unembedding GEMM), else each context's window. */
+static void record_pass(const SweepJob *j, Work *w, SiteRun *s, PassId pass, size_t work_row0, size_t c0, size_t nb) {
+    const RfShape *sh = j->shape;
+    const size_t T = j->ts->ctx, N = nb * T, V = j->model->cfg.vocab_size;
+    const Intervention iv = pass.iv;
+    const size_t S = rf_samples_of(sh, iv), smp = pass.sample;
+    const size_t t0 = sh->scope_position ? sh->position : 0, Wk = sh->Wk; /* recorded rows: [t0, t0 + Wk) */
+    ReproSum *sums = s->rec.sums;
+    float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
+    const size_t n_chunks = Wk == T ? 1 : nb, chunk = Wk == T ? N : Wk;
+    for (size_t k = 0; k < n_chunks; k++) {
+        const size_t row0 = Wk == T ? 0 : k * T + t0;
+        work_kl_ce(j, w, work_row0 + row0, row0, chunk);
+        for (size_t q = 0; q < chunk; q++) {
+            size_t r = row0 + q, b = r / T, o = (b * Wk + (r - b * T - t0)) * S + smp;
+            if (!w->measured[r]) {
+                kl_out[o] = ce_out[o] = NAN;
+                continue;
+            }
+            double kl = w->kl_rows[q], ce = w->ce_rows[q];
+            kl_out[o] = (float)kl, ce_out[o] = (float)ce;
+            /* --examples: this intervention's log-probs of the clean top-25 */
+            if (smp == 0 && iv_writes_examples(iv) && c0 + b < sh->n_examples && r - b * T == sh->example_pos) {
+                const float *li = w->logits_iv + q * V;
+                double lse_i = metrics_lse(li, V);
+                for (int e = 0; e < RF_EXAMPLE_TOPK; e++)
+                    w->ex_lp[iv][b * RF_EXAMPLE_TOPK + e] = (float)(li[w->ex_ids[b * RF_EXAMPLE_TOPK + e]] - lse_i);
+                w->ex_kl[iv][b] = (float)kl, w->ex_set[iv][b] = 1;
+            }
+            repro_add_checked(&sums[AG_KL0 + iv], kl), s->rec.counts[CN_KL0 + iv]++;
+            if (w->next[r] >= 0) repro_add_checked(&sums[AG_CE0 + iv], ce), s->rec.counts[CN_CE0 + iv]++;
+        }
+    }
+}
+
 int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb) {
     const Gpt2Model *m = j->model;
     const RfShape *sh = j->shape;
-    const size_t T = j->ts->ctx, N = nb * T, V = m->cfg.vocab_size;
+    const size_t T = j->ts->ctx, N = nb * T;
     SiteRun *s = &j->sites[si];
     const Sae *sae = &s->sae;
     ReproSum *sums = s->rec.sums;
@@ -210,47 +249,30 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
                   .context = w->context, .position = w->position, .active = w->active,
                   .seed = j->seed, .site_id = (uint32_t)s->site_id, .f_scratch = w->f_scratch,
                   .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
-    for (int ivi = 0; ivi < IV_COUNT; ivi++) {
-        Intervention iv = (Intervention)ivi;
-        if (!rf_has_iv(sh, iv)) continue;
-        if (*j->stop) return -1;
-        const size_t S = rf_samples_of(sh, iv);
-        memset(w->ex_set[iv], 0, j->B);
-        float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
-        for (size_t smp = 0; smp < S; smp++) {
-            ib.sample = (uint32_t)smp;
-            iv_apply(iv, w->out, &ib);
-            size_t layer;
-            ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, &layer);
-            site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, N);
-            gpt2_forward_from(&w->work, m, layer, stage);
-            /* the recorded rows: all of the batch at --scope all (one unembedding GEMM), else
-             * each context's window */
-            const size_t n_chunks = Wk == T ? 1 : nb, chunk = Wk == T ? N : Wk;
-            for (size_t k = 0; k < n_chunks; k++) {
-                const size_t row0 = Wk == T ? 0 : k * T + t0;
-                work_kl_ce(j, w, row0, chunk);
-                for (size_t q = 0; q < chunk; q++) {
-                    size_t r = row0 + q, b = r / T, o = (b * Wk + (r - b * T - t0)) * S + smp;
-                    if (!w->measured[r]) {
-                        kl_out[o] = ce_out[o] = NAN;
-                        continue;
-                    }
-                    double kl = w->kl_rows[q], ce = w->ce_rows[q];
-                    kl_out[o] = (float)kl, ce_out[o] = (float)ce;
-                    /* --examples: this intervention's log-probs of the clean top-25 */
-                    if (smp == 0 && iv_writes_examples(iv) && c0 + b < sh->n_examples && r - b * T == sh->example_pos) {
-                        const float *li = w->logits_iv + q * V;
-                        double lse_i = metrics_lse(li, V);
-                        for (int e = 0; e < RF_EXAMPLE_TOPK; e++)
-                            w->ex_lp[iv][b * RF_EXAMPLE_TOPK + e] = (float)(li[w->ex_ids[b * RF_EXAMPLE_TOPK + e]] - lse_i);
-                        w->ex_kl[iv][b] = (float)kl, w->ex_set[iv][b] = 1;
-                    }
-                    repro_add_checked(&sums[AG_KL0 + iv], kl), s->rec.counts[CN_KL0 + iv]++;
-                    if (w->next[r] >= 0) repro_add_checked(&sums[AG_CE0 + iv], ce), s->rec.counts[CN_CE0 + iv]++;
-                }
-            }
+    /* every (intervention, sample) pass of the site, run SWEEP_STACK at a time as one pass */
+    size_t n_passes = 0;
+    for (int ivi = 0; ivi < IV_COUNT; ivi++)
+        if (rf_has_iv(sh, (Intervention)ivi)) {
+            memset(w->ex_set[ivi], 0, j->B);
+            n_passes += rf_samples_of(sh, (Intervention)ivi);
         }
+    PassId *passes = w->passes;
+    for (int ivi = 0, k = 0; ivi < IV_COUNT; ivi++)
+        if (rf_has_iv(sh, (Intervention)ivi))
+            for (size_t smp = 0; smp < rf_samples_of(sh, (Intervention)ivi); smp++)
+                passes[k++] = (PassId){(Intervention)ivi, (uint32_t)smp};
+    for (size_t p0 = 0; p0 < n_passes; p0 += SWEEP_STACK) {
+        if (*j->stop) return -1;
+        const size_t copies = n_passes - p0 < SWEEP_STACK ? n_passes - p0 : SWEEP_STACK;
+        size_t layer;
+        ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, copies, &layer);
+        for (size_t k = 0; k < copies; k++) {
+            ib.sample = passes[p0 + k].sample;
+            iv_apply(passes[p0 + k].iv, w->out, &ib);
+            site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, k * N, N);
+        }
+        gpt2_forward_from(&w->work, m, layer, stage);
+        for (size_t k = 0; k < copies; k++) record_pass(j, w, s, passes[p0 + k], k * N, c0, nb);
     }
     if (j->scores) {
         if (*j->stop) return -1;
