@@ -81,6 +81,7 @@ size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
  * a new file, the root and site attributes. Works on an h5out_dry() handle (size only). */
 typedef struct {
     const char *command_line, *model, *tokens_file;
+    const char *blis_kernels; /* BLIS's kernels: a result's last bits depend on them */
     int64_t bos_token_id;
     int ranks;
 } RfProvenance;
@@ -92,6 +93,9 @@ void rf_free(ResultFile *rf);
  * the first item that differs. Then reads the stored unit layout into *layout (B must match). */
 int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob *job);
 int rf_read_layout(H5Out *h, const char *path, size_t n, size_t B, size_t n_sites, UnitLayout *layout);
+/* --resume: a warning when the file's units were computed with other BLIS kernels (the values
+ * of the units computed now may then differ in their last bits from an uninterrupted run). */
+void rf_warn_other_kernels(H5Out *h, const char *path, const char *kernels);
 
 /* ---- the unit-rows walk -------------------------------------------------------------------- */
 

@@ -2,6 +2,7 @@
 #include "metrics.h"
 
 #include "fastexp.h"
+#include "gemm.h"
 
 #include <math.h>
 
@@ -44,13 +45,18 @@ SG_VECTOR_CLONES double metrics_lse(const float *l, size_t V) {
 }
 
 void metrics_clean(double *lse, float *p, double *p_sum, const float *logits, size_t n, size_t V) {
-    for (size_t r = 0; r < n; r++) {
-        const float *l = logits + r * V;
+    /* rows on the rank's threads (the OpenMP team BLIS uses, see metrics_kl_ce_threads); each
+     * row's values are computed on their own */
+    const long rows = (long)n;
+#pragma omp parallel for num_threads(gemm_get_threads()) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const float *l = logits + (size_t)r * V;
+        float *pr = p + (size_t)r * V;
         lse[r] = metrics_lse(l, V);
         double s = 0;
         for (size_t v = 0; v < V; v++) {
-            p[r * V + v] = (float)exp((double)l[v] - lse[r]);
-            s += p[r * V + v];
+            pr[v] = (float)exp((double)l[v] - lse[r]);
+            s += pr[v];
         }
         p_sum[r] = s;
     }

@@ -72,6 +72,15 @@ int rf_read_layout(H5Out *h, const char *path, size_t n, size_t B, size_t n_site
     return 0;
 }
 
+void rf_warn_other_kernels(H5Out *h, const char *path, const char *kernels) {
+    char have[64] = "";
+    if (h5out_get_attr_str(h, "/", "blis_kernels", have, sizeof have) != 0) return; /* older files */
+    if (strcmp(have, kernels) != 0)
+        sg_warnf("%s: its units so far were computed with BLIS kernels '%s', this run uses '%s': the units computed "
+                 "now may differ in their last bits from an uninterrupted run (set BLIS_ARCH_TYPE, or resume on "
+                 "the same kind of node)", path, have, kernels);
+}
+
 /* ---- the schema ----------------------------------------------------------------------------------- */
 
 static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const RfProvenance *prov) {
@@ -84,6 +93,7 @@ static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const 
     h5out_attr_i64(h, "/", "unit_batch_contexts", (int64_t)s->layout.B);
     h5out_attr_i64(h, "/", "unit_batches_per_block", (int64_t)s->layout.batches_per_block);
     h5out_attr_i64(h, "/", "unit_site_groups", (int64_t)s->layout.n_groups);
+    if (prov->blis_kernels) h5out_attr_str(h, "/", "blis_kernels", prov->blis_kernels);
     RfJobItem it[RF_JOB_ITEMS_MAX];
     size_t ni = rf_job_items(s, job, it);
     for (size_t i = 0; i < ni; i++) {

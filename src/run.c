@@ -239,7 +239,7 @@ static void describe_job(Run *r) {
 /* Creates (or, resuming, opens) the schema through h: the real file or a dry run. */
 static void create_schema(Run *r, H5Out *h, int size) {
     RfProvenance prov = {.command_line = r->o->command_line, .model = r->o->model, .tokens_file = r->o->tokens,
-                         .bos_token_id = r->model.cfg.bos_token_id, .ranks = size};
+                         .blis_kernels = gemm_kernels(), .bos_token_id = r->model.cfg.bos_token_id, .ranks = size};
     rf_free(&r->rf);
     rf_create(&r->rf, h, &r->shape, r->rf_sites, &r->identity, &prov);
 }
@@ -439,6 +439,7 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         rc = rf_check_same_job(h, o->out, &r->shape, &r->identity);
         if (rc == 0) rc = rf_read_layout(h, o->out, r->ts.n, r->job.B, r->n_sites, &r->shape.layout);
         if (sg_agree(comm, rc)) { h5out_close(h); return NULL; }
+        rf_warn_other_kernels(h, o->out, gemm_kernels());
         return h;
     }
     /* A new file is written as OUT.creating until its schema is on disk (see h5out.h). An OUT

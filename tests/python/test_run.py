@@ -1095,3 +1095,36 @@ def test_error_sae_weights_unreadable(world, tmp_path, run_saegap):
     p = run_saegap(run_args(world, [s["dir"]], tmp_path / "r.h5", DET), check=False)
     assert_user_error(p, None, "sae_weights.safetensors")
     assert "ermission" in p.stderr.decode(errors="replace")
+
+
+# ================================================================ BLIS's kernels
+
+def _cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="BLIS configuration numbers of x86-64")
+def test_blis_kernels_named_recorded_and_resume_warns(world, tmp_path, run_saegap, monkeypatch):
+    """The run names BLIS's kernels and the file records them ('blis_kernels'); on a CPU with
+    AVX-512 saegap selects 'skx' (BLIS 0.9 runs its 'generic' kernels on CPUs newer than
+    itself); resuming with other kernels warns, with the same ones it does not."""
+    build_sae(world, tmp_path / "s", "blocks.1.hook_resid_pre")
+    out = tmp_path / "r.h5"
+    args = run_args(world, [str(tmp_path / "s")], out, interventions="sae,zero_ablation")
+    monkeypatch.delenv("BLIS_ARCH_TYPE", raising=False)
+    err = run_saegap(args).stderr.decode()
+    with h5py.File(str(out), "r") as f:
+        kernels = astr(f.attrs["blis_kernels"])
+    assert "BLIS kernels '%s'" % kernels in err, err
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= _cpu_flags():
+        assert kernels == "skx", kernels
+    monkeypatch.setenv("BLIS_ARCH_TYPE", "5")  # 'penryn' in BLIS 0.9 (SSE: every x86-64 has it)
+    err = run_saegap(args + ["--resume"]).stderr.decode()
+    assert "computed with BLIS kernels '%s', this run uses 'penryn'" % kernels in err, err
+    monkeypatch.delenv("BLIS_ARCH_TYPE")
+    err = run_saegap(args + ["--resume"]).stderr.decode()
+    assert "computed with BLIS kernels" not in err, err
