@@ -58,15 +58,17 @@ int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s);
  * matrix once for all of them. Rows never interact, so the values do not depend on it. */
 enum { SWEEP_STACK = 4 };
 
-/* One intervened pass of a site: which intervention, which sample. */
+/* One intervened pass of a site: which intervention, which sample; or (score >= 0) one of
+ * SAELens's score passes, SC_KL_ZERO or SC_KL_SAE (sitemetrics.h). */
 typedef struct {
     Intervention iv;
     uint32_t sample;
+    int score;
 } PassId;
 
 typedef struct {
     Activations clean, work;  /* work: SWEEP_STACK x B contexts, one layer's buffers */
-    PassId *passes;           /* (IV_COUNT x samples) the site's passes in order */
+    PassId *passes;           /* (IV_COUNT x samples + 2) the site's passes in order */
     size_t cached_c0, cached_nb;  /* the batch the clean cache holds (nb 0: none) */
     float *logits_clean;  /* (N, V) */
     float *p_clean;       /* (N, V) */

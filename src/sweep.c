@@ -62,7 +62,7 @@ void work_alloc(Work *w, const SweepJob *j) {
         w->ex_set[iv] = sg_xcalloc(B, 1);
     }
     w->zscore = sg_xcalloc(B * sh->window, sizeof(float));
-    w->passes = sg_xcalloc(IV_COUNT * sh->samples, sizeof *w->passes);
+    w->passes = sg_xcalloc(IV_COUNT * sh->samples + 2, sizeof *w->passes);
     w->recon = sg_xcalloc(RC_COUNT * N, sizeof(float));
     w->ce_clean_out = sg_xcalloc(N, sizeof(float));
     w->sae_work = sg_xcalloc(j->n_sites, sizeof *w->sae_work);
@@ -146,19 +146,13 @@ static int is_special(const SweepJob *j, int32_t tok) {
     return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
 }
 
-/* One of SAELens's score passes on the cached batch: x_rep written at the rows with active != 0,
- * KL and CE of every row whose token is not special added to score slots kl_slot and kl_slot+1. */
-static void score_pass(const SweepJob *j, Work *w, SiteRun *s, const float *x_rep, const unsigned char *active,
-                       int kl_slot, size_t c0, size_t nb) {
-    const Gpt2Model *m = j->model;
+/* One of SAELens's score passes, run in the stack at work_row0: KL and CE of every row whose
+ * token is not special added to score slots kl_slot and kl_slot + 1. */
+static void record_score(const SweepJob *j, Work *w, SiteRun *s, int kl_slot, size_t work_row0, size_t c0, size_t nb) {
     const size_t T = j->ts->ctx, N = nb * T;
     const int32_t *ids = j->ts->ids + c0 * T;
     ReproSum *sums = s->rec.sums;
-    size_t layer;
-    ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, s->sae.site, &m->cfg, 1, &layer);
-    site_write(&w->work, m, s->sae.site, s->sae.basis, x_rep, active, 0, N);
-    gpt2_forward_from(&w->work, m, layer, stage);
-    work_kl_ce(j, w, 0, 0, N);
+    work_kl_ce(j, w, work_row0, 0, N);
     for (size_t r = 0; r < N; r++) {
         if (is_special(j, ids[r])) continue;
         repro_add_checked(&sums[AG_SCORE + kl_slot], w->kl_rows[r]), s->rec.counts[CN_SCORE + kl_slot]++;
@@ -169,25 +163,46 @@ static void score_pass(const SweepJob *j, Work *w, SiteRun *s, const float *x_re
 
 /* SAELens's scores need the zero-ablation pass of every position, and, unless the sae pass
  * already is SAELens's, the SAE pass with special tokens clean and the clean CE over every
- * position (docs/output-schema.md). */
-static void score_passes(const SweepJob *j, Work *w, SiteRun *s, size_t c0, size_t nb) {
+ * position (docs/output-schema.md). Adds those passes to the site's list; the clean CE here. */
+static size_t add_score_passes(const SweepJob *j, Work *w, SiteRun *s, PassId *passes, size_t c0, size_t nb) {
+    size_t n = 0;
+    passes[n++] = (PassId){IV_SAE, 0, SC_KL_ZERO};
+    if (sweep_sae_pass_is_saelens(j, s)) return n;
+    passes[n++] = (PassId){IV_SAE, 0, SC_KL_SAE};
     const size_t T = j->ts->ctx, N = nb * T;
     const int32_t *ids = j->ts->ids + c0 * T;
-    unsigned char *active = w->score_active;
-    memset(active, 1, N);
-    memset(w->out, 0, N * s->d * sizeof(float));
-    score_pass(j, w, s, w->out, active, SC_KL_ZERO, c0, nb);
-    if (sweep_sae_pass_is_saelens(j, s)) return;
-    const int every_position = s->sae.site.kind == SG_SITE_ATTN_Z;
-    for (size_t r = 0; r < N; r++) {
-        active[r] = (unsigned char)(every_position || !is_special(j, ids[r]));
+    for (size_t r = 0; r < N; r++)
         if (!is_special(j, ids[r]) && w->next[r] >= 0) {
             repro_add_checked(&s->rec.sums[AG_SCORE + SC_CE_CLEAN],
                               w->lse_clean[r] - w->logits_clean[r * j->model->cfg.vocab_size + w->next[r]]);
             s->rec.counts[CN_SCORE + SC_CE_CLEAN]++;
         }
+    return n;
+}
+
+/* Writes one pass's site value into copy k of the work stack: the intervention's, or a score
+ * pass's (zero at every position; the SAE's at every non-special position, every position at
+ * attn.hook_z, whose all_head_replacement_hook substitutes them all). */
+static void write_pass(const SweepJob *j, Work *w, SiteRun *s, IvBatch *ib, PassId pass, size_t k, size_t c0, size_t nb) {
+    const Gpt2Model *m = j->model;
+    const size_t T = j->ts->ctx, N = nb * T;
+    if (pass.score < 0) {
+        ib->sample = pass.sample;
+        iv_apply(pass.iv, w->out, ib);
+        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, w->active, k * N, N);
+        return;
     }
-    score_pass(j, w, s, w->x_hat, active, SC_KL_SAE, c0, nb);
+    unsigned char *active = w->score_active;
+    if (pass.score == SC_KL_ZERO) {
+        memset(active, 1, N);
+        memset(w->out, 0, N * s->d * sizeof(float));
+        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, active, k * N, N);
+        return;
+    }
+    const int32_t *ids = j->ts->ids + c0 * T;
+    const int every_position = s->sae.site.kind == SG_SITE_ATTN_Z;
+    for (size_t r = 0; r < N; r++) active[r] = (unsigned char)(every_position || !is_special(j, ids[r]));
+    site_write(&w->work, m, s->sae.site, s->sae.basis, w->x_hat, active, k * N, N);
 }
 
 /* KL and CE of one (intervention, sample) pass whose rows start at work_row0 in the work
@@ -249,7 +264,8 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
                   .context = w->context, .position = w->position, .active = w->active,
                   .seed = j->seed, .site_id = (uint32_t)s->site_id, .f_scratch = w->f_scratch,
                   .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
-    /* every (intervention, sample) pass of the site, run SWEEP_STACK at a time as one pass */
+    /* every (intervention, sample) pass of the site, then SAELens's score passes, run
+     * SWEEP_STACK at a time as one pass */
     size_t n_passes = 0;
     for (int ivi = 0; ivi < IV_COUNT; ivi++)
         if (rf_has_iv(sh, (Intervention)ivi)) {
@@ -260,23 +276,19 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
     for (int ivi = 0, k = 0; ivi < IV_COUNT; ivi++)
         if (rf_has_iv(sh, (Intervention)ivi))
             for (size_t smp = 0; smp < rf_samples_of(sh, (Intervention)ivi); smp++)
-                passes[k++] = (PassId){(Intervention)ivi, (uint32_t)smp};
+                passes[k++] = (PassId){(Intervention)ivi, (uint32_t)smp, -1};
+    if (j->scores) n_passes += add_score_passes(j, w, s, passes + n_passes, c0, nb);
     for (size_t p0 = 0; p0 < n_passes; p0 += SWEEP_STACK) {
         if (*j->stop) return -1;
         const size_t copies = n_passes - p0 < SWEEP_STACK ? n_passes - p0 : SWEEP_STACK;
         size_t layer;
         ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, copies, &layer);
-        for (size_t k = 0; k < copies; k++) {
-            ib.sample = passes[p0 + k].sample;
-            iv_apply(passes[p0 + k].iv, w->out, &ib);
-            site_write(&w->work, m, sae->site, sae->basis, w->out, w->active, k * N, N);
-        }
+        for (size_t k = 0; k < copies; k++) write_pass(j, w, s, &ib, passes[p0 + k], k, c0, nb);
         gpt2_forward_from(&w->work, m, layer, stage);
-        for (size_t k = 0; k < copies; k++) record_pass(j, w, s, passes[p0 + k], k * N, c0, nb);
-    }
-    if (j->scores) {
-        if (*j->stop) return -1;
-        score_passes(j, w, s, c0, nb);
+        for (size_t k = 0; k < copies; k++) {
+            if (passes[p0 + k].score >= 0) record_score(j, w, s, passes[p0 + k].score, k * N, c0, nb);
+            else record_pass(j, w, s, passes[p0 + k], k * N, c0, nb);
+        }
     }
     if (rf_has_zscore(sh)) zscore_rows(w->zscore, w->kl_out[IV_SAE], w->kl_out[IV_EPS_RANDOM], nb * sh->window, sh->samples);
     return 0;
