@@ -81,8 +81,8 @@ void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Bas
 size_t site_count(size_t n_layer);
 Site site_at(size_t i);
 
-/* Writes x (N rows of the site's width, in `basis`) into the site's HF buffer at rows
- * [row0, row0+N), for the rows
+/* Writes x (N rows of the site's width, in `basis`: whole contexts of P + T positions) into
+ * the site's HF buffer from row row0 on (of a suffix pass: positions >= P only), for the rows
  * with mask[r] != 0 only. Residual-stream values are written as they are (the LayerNorms
  * downstream remove the mean, so a centered value gives TransformerLens's result exactly);
  * attn.hook_z adds back the value bias the basis subtracted. */
@@ -97,9 +97,11 @@ ForwardStage site_restart(Site s, size_t *layer);
  * restart layer's residual inputs), and returns the layer and stage to continue from
  * (gpt2_forward_from). The caller then writes the site and continues. With copies > 1, `work`
  * holds that many copies of the clean batch one after another (copies x B contexts): several
- * passes (interventions, samples) run as one, in GEMMs of copies x B x T rows. */
+ * passes (interventions, samples) run as one, in GEMMs of copies x B x T rows. With P > 0 the
+ * pass is a suffix pass (forward.h): only positions [P, T) of each context, for a change made
+ * at positions >= P only. */
 ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
-                                     size_t copies, size_t *layer);
+                                     size_t copies, size_t P, size_t *layer);
 
 /* Canonical index of a site in the model (stable: used to key random draws). */
 size_t site_index(Site s);

@@ -48,12 +48,12 @@ static void layernorm_forward(float *out, const float *inp, const float *w, cons
     }
 }
 
-/* Causal softmax of the T x T scores of one head, in place: row t over columns [0, t], zero
- * after. The sums are taken in double in eight lanes of a fixed order. */
-SG_VECTOR_CLONES static void softmax_causal(float *A, size_t T) {
-    for (size_t t = 0; t < T; t++) {
-        float *row = A + t * T;
-        const size_t n = t + 1;
+/* Causal softmax of the Tq x T scores of one head, in place: row i (position P + i) over columns
+ * [0, P + i], zero after. The sums are taken in double in eight lanes of a fixed order. */
+SG_VECTOR_CLONES static void softmax_causal(float *A, size_t Tq, size_t T, size_t P) {
+    for (size_t i = 0; i < Tq; i++) {
+        float *row = A + i * T;
+        const size_t n = P + i + 1;
         float mx = row[0];
 #pragma omp simd reduction(max : mx)
         for (size_t s = 0; s < n; s++) mx = row[s] > mx ? row[s] : mx;
@@ -71,24 +71,40 @@ SG_VECTOR_CLONES static void softmax_causal(float *A, size_t T) {
     }
 }
 
-/* z (B,T,D) head-major from qkv (B,T,3D); att (B,NH,T,T) causal softmax probabilities. The
- * B x NH heads are small GEMMs (T x T x Dh): one head per thread of the rank's team, each on
- * a single-threaded BLIS call, instead of every head split over all threads. */
-static void attention_forward(float *z, float *att, const float *qkv, size_t B, size_t T, size_t D, size_t NH,
-                              float scale) {
-    const size_t Dh = D / NH, C3 = 3 * D;
+/* z (B,Tq,D) head-major from qkv (B,Tq,3D); att (B,NH,Tq,T) causal softmax probabilities, for
+ * positions [P, P + Tq) of contexts of T = P + Tq positions. With P > 0 the keys and values of
+ * positions [0, P) come from pre_qkv (pre_B,T,3D), the same layer of the full clean pass (context
+ * b of the batch is its context b % pre_B: the batch may hold several copies of it): each head's
+ * keys and values are gathered into kv (T rows, as the full pass has them), so every GEMM has the
+ * full pass's operands and K and gives its values bit for bit.
+ * The B x NH heads are small GEMMs: one head per thread of the rank's team, each on a
+ * single-threaded BLIS call, instead of every head split over all threads. */
+static void attention_forward(float *z, float *att, const float *qkv, const float *pre_qkv, size_t pre_B, float *kv,
+                              size_t B, size_t Tq, size_t P, size_t D, size_t NH, float scale) {
+    const size_t Dh = D / NH, C3 = 3 * D, T = P + Tq;
     const long heads = (long)(B * NH);
     SG_ROWS_ON_TEAM
     for (long bh = 0; bh < heads; bh++) {
         const size_t b = (size_t)bh / NH, h = (size_t)bh % NH;
-        const float *q = qkv + b * T * C3 + h * Dh;
+        const float *q = qkv + b * Tq * C3 + h * Dh;
         const float *k = q + D, *v = q + 2 * D;
-        float *A = att + (size_t)bh * T * T;
-        /* scores (T,T) = scale * q (T,Dh) @ k^T (Dh,T) */
-        gemm_strided_serial(T, T, Dh, scale, q, (ptrdiff_t)C3, 1, k, 1, (ptrdiff_t)C3, 0.0f, A, (ptrdiff_t)T, 1);
-        softmax_causal(A, T);
-        /* z head h (T,Dh) = att (T,T) @ v (T,Dh) */
-        gemm_strided_serial(T, Dh, T, 1.0f, A, (ptrdiff_t)T, 1, v, (ptrdiff_t)C3, 1, 0.0f, z + b * T * D + h * Dh,
+        ptrdiff_t rs_kv = (ptrdiff_t)C3;
+        if (P > 0) {
+            float *kh = kv + (size_t)bh * 2 * T * Dh, *vh = kh + T * Dh;
+            const float *pk = pre_qkv + (b % pre_B) * T * C3 + D + h * Dh; /* copies of the batch share it */
+            for (size_t t = 0; t < T; t++) {
+                const float *src = t < P ? pk + t * C3 : k + (t - P) * C3;
+                memcpy(kh + t * Dh, src, Dh * sizeof(float));
+                memcpy(vh + t * Dh, src + D, Dh * sizeof(float));
+            }
+            k = kh, v = vh, rs_kv = (ptrdiff_t)Dh;
+        }
+        float *A = att + (size_t)bh * Tq * T;
+        /* scores (Tq,T) = scale * q (Tq,Dh) @ k^T (Dh,T) */
+        gemm_strided_serial(Tq, T, Dh, scale, q, (ptrdiff_t)C3, 1, k, 1, rs_kv, 0.0f, A, (ptrdiff_t)T, 1);
+        softmax_causal(A, Tq, T, P);
+        /* z head h (Tq,Dh) = att (Tq,T) @ v (T,Dh) */
+        gemm_strided_serial(Tq, Dh, T, 1.0f, A, (ptrdiff_t)T, 1, v, rs_kv, 1, 0.0f, z + b * Tq * D + h * Dh,
                             (ptrdiff_t)D, 1);
     }
 }
@@ -136,9 +152,10 @@ void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max,
     size_t sizes[] = {
         N * D, N * D, R * N * D, L * N * D, L * N * 3 * D, L * B_max * NH * T_max * T_max, L * N * D,
         L * N * D, L * N * D, L * N * D, L * N * 4 * D, L * N * 4 * D, L * N * D, N * D,
+        all_layers ? 0 : 2 * N * D, /* kv: suffix passes only (work buffers) */
     };
     float **ptrs[] = {&a->embed, &a->pos_embed, &a->resid, &a->ln1, &a->qkv, &a->att, &a->z,
-                      &a->attn_out, &a->resid_mid, &a->ln2, &a->fc, &a->fc_act, &a->mlp_out, &a->lnf};
+                      &a->attn_out, &a->resid_mid, &a->ln2, &a->fc, &a->fc_act, &a->mlp_out, &a->lnf, &a->kv};
     _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "size table out of sync");
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) / 16 * 16;
@@ -161,7 +178,7 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
         const Gpt2LayerWeights *w = &m->layers[l];
         float *resid = acts_resid(a, l), *resid_next = acts_resid(a, l + 1);
         float *ln1 = acts_layer(a, a->ln1, l, D), *qkv = acts_layer(a, a->qkv, l, 3 * D);
-        float *att = acts_layer(a, a->att, l, NH * T);
+        float *att = acts_layer(a, a->att, l, NH * (a->P + T));
         float *z = acts_layer(a, a->z, l, D), *attn_out = acts_layer(a, a->attn_out, l, D);
         float *resid_mid = acts_layer(a, a->resid_mid, l, D);
         float *ln2 = acts_layer(a, a->ln2, l, D), *fc = acts_layer(a, a->fc, l, 4 * D);
@@ -174,7 +191,8 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
         case SG_STAGE_ATTN:
             layernorm_forward(ln1, resid, w->ln1_w, w->ln1_b, N, D, c->layer_norm_epsilon);
             gemm_xw_bias(qkv, ln1, w->qkv_w, w->qkv_b, N, D, 3 * D);
-            attention_forward(z, att, qkv, B, T, D, NH, scale);
+            attention_forward(z, att, qkv, a->prefix ? acts_layer(a->prefix, a->prefix->qkv, l, 3 * D) : NULL,
+                              a->prefix ? a->prefix->B : 1, a->kv, B, T, a->P, D, NH, scale);
             /* fall through */
         case SG_STAGE_ATTN_PROJ:
             gemm_xw_bias(attn_out, z, w->attn_proj_w, w->attn_proj_b, N, D, D);
@@ -200,7 +218,7 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
 void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T) {
     if (B > a->B_max || T > a->T_max)
         sg_fatal("forward", "batch (B=%zu, T=%zu) exceeds the planned buffers (B=%zu, T=%zu)", B, T, a->B_max, a->T_max);
-    a->B = B, a->T = T;
+    a->B = B, a->T = T, a->prefix = NULL, a->P = 0;
     encoder_forward(a->embed, a->pos_embed, a->resid, tokens, m->wte, m->wpe, B, T, a->D);
     gpt2_forward_from(a, m, 0, SG_STAGE_ATTN);
 }

@@ -158,12 +158,14 @@ Site site_at(size_t i) {
 
 void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
                 size_t row0, size_t N) {
-    size_t W = site_width(s, &m->cfg);
+    size_t W = site_width(s, &m->cfg), P = a->P, T = a->P + a->T;
     float *dst = site_buffer(a, s) + row0 * W;
     const float *bv = removed_value_bias(m, s, basis);
     for (size_t n = 0; n < N; n++) {
         if (!mask[n]) continue;
-        for (size_t i = 0; i < W; i++) dst[n * W + i] = bv ? x[n * W + i] + bv[i] : x[n * W + i];
+        const size_t t = n % T, r = n / T * a->T + (t - P); /* row n's place in the pass */
+        if (t < P) sg_fatal("sites", "a suffix pass from position %zu cannot change position %zu", P, t);
+        for (size_t i = 0; i < W; i++) dst[r * W + i] = bv ? x[n * W + i] + bv[i] : x[n * W + i];
     }
     if (s.kind == SG_SITE_EMBED || s.kind == SG_SITE_POS_EMBED)
         sg_fatal("sites", "writing %s is not supported", s.kind == SG_SITE_EMBED ? "hook_embed" : "hook_pos_embed");
@@ -185,23 +187,30 @@ ForwardStage site_restart(Site s, size_t *layer) {
 }
 
 ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
-                                     size_t copies, size_t *layer) {
+                                     size_t copies, size_t P, size_t *layer) {
     ForwardStage stage = site_restart(s, layer);
-    if (copies * clean->B > work->B_max || clean->T > work->T_max)
-        sg_fatal("sites", "%zu copies of a batch of %zu x %zu exceed the planned buffers (%zu x %zu)", copies,
-                 clean->B, clean->T, work->B_max, work->T_max);
-    work->B = copies * clean->B, work->T = clean->T;
-    const size_t rows = clean->B * clean->T, D = clean->D, W = site_width(s, c);
+    const size_t T = clean->T, B = clean->B;
+    if (copies * B > work->B_max || T > work->T_max || P >= T)
+        sg_fatal("sites", "%zu copies of a batch of %zu x %zu from position %zu exceed the planned buffers (%zu x %zu)",
+                 copies, B, T, P, work->B_max, work->T_max);
+    if (P > 0 && !clean->all_layers) sg_fatal("sites", "a suffix pass needs a prefix pass with every layer kept");
+    work->B = copies * B, work->T = T - P, work->P = P, work->prefix = P > 0 ? clean : NULL;
+    const size_t Tq = T - P, D = clean->D, W = site_width(s, c);
     const float *site = site_buffer(clean, s);
     const float *resid = *layer < c->n_layer ? acts_resid(clean, *layer) : NULL;
     const float *resid_mid = *layer < c->n_layer ? acts_layer(clean, clean->resid_mid, *layer, D) : NULL;
-    for (size_t k = 0; k < copies; k++) {
-        memcpy(site_buffer(work, s) + k * rows * W, site, rows * W * sizeof(float));
-        if (resid) {
-            memcpy(acts_resid(work, *layer) + k * rows * D, resid, rows * D * sizeof(float));
-            memcpy(acts_layer(work, work->resid_mid, *layer, D) + k * rows * D, resid_mid, rows * D * sizeof(float));
+    float *w_site = site_buffer(work, s), *w_resid = resid ? acts_resid(work, *layer) : NULL;
+    float *w_resid_mid = resid ? acts_layer(work, work->resid_mid, *layer, D) : NULL;
+    /* positions [P, T) of every context, in every copy */
+    for (size_t k = 0; k < copies; k++)
+        for (size_t b = 0; b < B; b++) {
+            const size_t from = b * T + P, to = (k * B + b) * Tq;
+            memcpy(w_site + to * W, site + from * W, Tq * W * sizeof(float));
+            if (resid) {
+                memcpy(w_resid + to * D, resid + from * D, Tq * D * sizeof(float));
+                memcpy(w_resid_mid + to * D, resid_mid + from * D, Tq * D * sizeof(float));
+            }
         }
-    }
     return stage;
 }
 

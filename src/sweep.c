@@ -180,29 +180,35 @@ static size_t add_score_passes(const SweepJob *j, Work *w, SiteRun *s, PassId *p
     return n;
 }
 
-/* Writes one pass's site value into copy k of the work stack: the intervention's, or a score
+/* The first position a pass changes: --scope position's interventions change position P only. */
+static size_t pass_start(const SweepJob *j, PassId pass) {
+    return pass.score < 0 && j->shape->scope_position ? j->shape->position : 0;
+}
+
+/* Writes one pass's site value into the work stack's copy that starts at work_row0: the intervention's, or a score
  * pass's (zero at every position; the SAE's at every non-special position, every position at
  * attn.hook_z, whose all_head_replacement_hook substitutes them all). */
-static void write_pass(const SweepJob *j, Work *w, SiteRun *s, IvBatch *ib, PassId pass, size_t k, size_t c0, size_t nb) {
+static void write_pass(const SweepJob *j, Work *w, SiteRun *s, IvBatch *ib, PassId pass, size_t work_row0, size_t c0,
+                       size_t nb) {
     const Gpt2Model *m = j->model;
     const size_t T = j->ts->ctx, N = nb * T;
     if (pass.score < 0) {
         ib->sample = pass.sample;
         iv_apply(pass.iv, w->out, ib);
-        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, w->active, k * N, N);
+        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, w->active, work_row0, N);
         return;
     }
     unsigned char *active = w->score_active;
     if (pass.score == SC_KL_ZERO) {
         memset(active, 1, N);
         memset(w->out, 0, N * s->d * sizeof(float));
-        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, active, k * N, N);
+        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, active, work_row0, N);
         return;
     }
     const int32_t *ids = j->ts->ids + c0 * T;
     const int every_position = s->sae.site.kind == SG_SITE_ATTN_Z;
     for (size_t r = 0; r < N; r++) active[r] = (unsigned char)(every_position || !is_special(j, ids[r]));
-    site_write(&w->work, m, s->sae.site, s->sae.basis, w->x_hat, active, k * N, N);
+    site_write(&w->work, m, s->sae.site, s->sae.basis, w->x_hat, active, work_row0, N);
 }
 
 /* KL and CE of one (intervention, sample) pass whose rows start at work_row0 in the work
@@ -219,7 +225,10 @@ static void record_pass(const SweepJob *j, Work *w, SiteRun *s, PassId pass, siz
     const size_t n_chunks = Wk == T ? 1 : nb, chunk = Wk == T ? N : Wk;
     for (size_t k = 0; k < n_chunks; k++) {
         const size_t row0 = Wk == T ? 0 : k * T + t0;
-        work_kl_ce(j, w, work_row0 + row0, row0, chunk);
+        /* clean row row0 is row (row0 / T) x Tq + (row0 % T - P) of the pass (a suffix pass has
+         * Tq = T - P positions per context) */
+        const size_t P = w->work.P, Tq = w->work.T;
+        work_kl_ce(j, w, work_row0 + row0 / T * Tq + (row0 % T - P), row0, chunk);
         for (size_t q = 0; q < chunk; q++) {
             size_t r = row0 + q, b = r / T, o = (b * Wk + (r - b * T - t0)) * S + smp;
             if (!w->measured[r]) {
@@ -278,16 +287,22 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
             for (size_t smp = 0; smp < rf_samples_of(sh, (Intervention)ivi); smp++)
                 passes[k++] = (PassId){(Intervention)ivi, (uint32_t)smp, -1};
     if (j->scores) n_passes += add_score_passes(j, w, s, passes + n_passes, c0, nb);
-    for (size_t p0 = 0; p0 < n_passes; p0 += SWEEP_STACK) {
+    for (size_t p0 = 0, copies; p0 < n_passes; p0 += copies) {
         if (*j->stop) return -1;
-        const size_t copies = n_passes - p0 < SWEEP_STACK ? n_passes - p0 : SWEEP_STACK;
+        /* a stack of passes that restart at the same position: the interventions at --scope
+         * position change only position P, so their passes compute positions [P, T) only (a
+         * suffix pass); the score passes change every position */
+        const size_t P = pass_start(j, passes[p0]);
+        for (copies = 1; copies < SWEEP_STACK && p0 + copies < n_passes && pass_start(j, passes[p0 + copies]) == P;)
+            copies++;
         size_t layer;
-        ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, copies, &layer);
-        for (size_t k = 0; k < copies; k++) write_pass(j, w, s, &ib, passes[p0 + k], k, c0, nb);
+        ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, copies, P, &layer);
+        const size_t copy_rows = nb * w->work.T;
+        for (size_t k = 0; k < copies; k++) write_pass(j, w, s, &ib, passes[p0 + k], k * copy_rows, c0, nb);
         gpt2_forward_from(&w->work, m, layer, stage);
         for (size_t k = 0; k < copies; k++) {
-            if (passes[p0 + k].score >= 0) record_score(j, w, s, passes[p0 + k].score, k * N, c0, nb);
-            else record_pass(j, w, s, passes[p0 + k], k * N, c0, nb);
+            if (passes[p0 + k].score >= 0) record_score(j, w, s, passes[p0 + k].score, k * copy_rows, c0, nb);
+            else record_pass(j, w, s, passes[p0 + k], k * copy_rows, c0, nb);
         }
     }
     if (rf_has_zscore(sh)) zscore_rows(w->zscore, w->kl_out[IV_SAE], w->kl_out[IV_EPS_RANDOM], nb * sh->window, sh->samples);
