@@ -18,13 +18,16 @@
 typedef struct Activations {
     size_t B_max, T_max, L, D, NH, V;
     size_t B, T;          /* shape of the batch last run */
-    /* A suffix pass (prefix != NULL): the batch holds only positions [P, P + T) of each context;
+    /* A suffix pass (prefix != NULL): the batch holds only positions [P, P + T) of each context
+     * (the positions a change at P can reach that are read: a causal model's later positions
+     * never change earlier ones);
      * attention reads the keys and values of positions [0, P) from the prefix pass (a clean
      * cache of the same contexts, every layer kept), which a change at position >= P cannot
      * alter (the model is causal). Its rows' values are those of the full pass, bit for bit. */
     const struct Activations *prefix;
     size_t P;
-    float *kv;            /* (B_max, NH, 2, T_max, Dh) keys and values of a suffix pass's heads */
+    float *kv;            /* (kv_threads, 2, T_max, Dh) keys and values of a suffix pass's head */
+    int kv_threads;
     int all_layers;       /* 1: every layer's buffers are kept (the clean cache, dump); 0: a pass's
                              working set, each layer overwriting the last (resid alternates two
                              slots): 1/L of the memory, for passes read only at the end (lnf) */

@@ -98,10 +98,10 @@ ForwardStage site_restart(Site s, size_t *layer);
  * (gpt2_forward_from). The caller then writes the site and continues. With copies > 1, `work`
  * holds that many copies of the clean batch one after another (copies x B contexts): several
  * passes (interventions, samples) run as one, in GEMMs of copies x B x T rows. With P > 0 the
- * pass is a suffix pass (forward.h): only positions [P, T) of each context, for a change made
- * at positions >= P only. */
+ * pass is a suffix pass (forward.h): only positions [P, P + Tq) of each context (Tq <= T - P),
+ * for a change made at positions >= P only, read at positions < P + Tq only. */
 ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
-                                     size_t copies, size_t P, size_t *layer);
+                                     size_t copies, size_t P, size_t Tq, size_t *layer);
 
 /* Canonical index of a site in the model (stable: used to key random draws). */
 size_t site_index(Site s);

@@ -55,7 +55,8 @@ int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s);
 
 /* Passes restarted at a site run this many at a time as one pass (the work buffers hold that
  * many copies of the batch): the GEMMs get SWEEP_STACK x B x T rows, so BLIS packs each weight
- * matrix once for all of them. Rows never interact, so the values do not depend on it. */
+ * matrix once for all of them. Rows never interact, so the values do not depend on it. Suffix
+ * passes (--scope position, positions [P, T) only) run SWEEP_STACK x T / (T - P) at a time. */
 enum { SWEEP_STACK = 4 };
 
 /* One intervened pass of a site: which intervention, which sample; or (score >= 0) one of

@@ -7,6 +7,7 @@
 #include "gemm.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,15 +73,15 @@ SG_VECTOR_CLONES static void softmax_causal(float *A, size_t Tq, size_t T, size_
 }
 
 /* z (B,Tq,D) head-major from qkv (B,Tq,3D); att (B,NH,Tq,T) causal softmax probabilities, for
- * positions [P, P + Tq) of contexts of T = P + Tq positions. With P > 0 the keys and values of
- * positions [0, P) come from pre_qkv (pre_B,T,3D), the same layer of the full clean pass (context
+ * positions [P, P + Tq), which attend to T = P + Tq positions. With P > 0 the keys and values of
+ * positions [0, P) come from pre_qkv (pre_B,pre_T,3D), the same layer of the full clean pass (context
  * b of the batch is its context b % pre_B: the batch may hold several copies of it): each head's
- * keys and values are gathered into kv (T rows, as the full pass has them), so every GEMM has the
+ * keys and values are gathered into kv (T rows, as the full pass has them; one buffer per thread), so every GEMM has the
  * full pass's operands and K and gives its values bit for bit.
  * The B x NH heads are small GEMMs: one head per thread of the rank's team, each on a
  * single-threaded BLIS call, instead of every head split over all threads. */
-static void attention_forward(float *z, float *att, const float *qkv, const float *pre_qkv, size_t pre_B, float *kv,
-                              size_t B, size_t Tq, size_t P, size_t D, size_t NH, float scale) {
+static void attention_forward(float *z, float *att, const float *qkv, const float *pre_qkv, size_t pre_B,
+                              size_t pre_T, float *kv, size_t B, size_t Tq, size_t P, size_t D, size_t NH, float scale) {
     const size_t Dh = D / NH, C3 = 3 * D, T = P + Tq;
     const long heads = (long)(B * NH);
     SG_ROWS_ON_TEAM
@@ -90,8 +91,8 @@ static void attention_forward(float *z, float *att, const float *qkv, const floa
         const float *k = q + D, *v = q + 2 * D;
         ptrdiff_t rs_kv = (ptrdiff_t)C3;
         if (P > 0) {
-            float *kh = kv + (size_t)bh * 2 * T * Dh, *vh = kh + T * Dh;
-            const float *pk = pre_qkv + (b % pre_B) * T * C3 + D + h * Dh; /* copies of the batch share it */
+            float *kh = kv + (size_t)omp_get_thread_num() * 2 * T * Dh, *vh = kh + T * Dh; /* this thread's */
+            const float *pk = pre_qkv + (b % pre_B) * pre_T * C3 + D + h * Dh; /* copies of the batch share it */
             for (size_t t = 0; t < T; t++) {
                 const float *src = t < P ? pk + t * C3 : k + (t - P) * C3;
                 memcpy(kh + t * Dh, src, Dh * sizeof(float));
@@ -148,11 +149,13 @@ void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max,
     memset(a, 0, sizeof *a);
     a->B_max = B_max, a->T_max = T_max, a->L = c->n_layer, a->D = c->n_embd, a->NH = c->n_head, a->V = c->vocab_size;
     a->all_layers = all_layers;
+    /* the suffix pass's key/value gather: one (2, T, Dh) buffer per thread of the rank's team */
+    a->kv_threads = gemm_get_threads() > omp_get_max_threads() ? gemm_get_threads() : omp_get_max_threads();
     size_t N = B_max * T_max, L = all_layers ? a->L : 1, R = all_layers ? a->L + 1 : 2, D = a->D, NH = a->NH;
     size_t sizes[] = {
         N * D, N * D, R * N * D, L * N * D, L * N * 3 * D, L * B_max * NH * T_max * T_max, L * N * D,
         L * N * D, L * N * D, L * N * D, L * N * 4 * D, L * N * 4 * D, L * N * D, N * D,
-        all_layers ? 0 : 2 * N * D, /* kv: suffix passes only (work buffers) */
+        all_layers ? 0 : 2 * T_max * (D / NH) * (size_t)a->kv_threads, /* kv: suffix passes (work buffers) */
     };
     float **ptrs[] = {&a->embed, &a->pos_embed, &a->resid, &a->ln1, &a->qkv, &a->att, &a->z,
                       &a->attn_out, &a->resid_mid, &a->ln2, &a->fc, &a->fc_act, &a->mlp_out, &a->lnf, &a->kv};
@@ -173,6 +176,9 @@ void acts_free(Activations *a) {
 
 void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage) {
     const Gpt2Config *c = &m->cfg;
+    if (a->prefix && gemm_get_threads() > a->kv_threads)
+        sg_fatal("forward", "%d threads, but the suffix pass's buffers were planned for %d", gemm_get_threads(),
+                 a->kv_threads);
     size_t B = a->B, T = a->T, N = B * T, D = a->D, NH = a->NH, L = a->L;
     for (size_t l = layer; l < L; l++) {
         const Gpt2LayerWeights *w = &m->layers[l];
@@ -192,7 +198,8 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
             layernorm_forward(ln1, resid, w->ln1_w, w->ln1_b, N, D, c->layer_norm_epsilon);
             gemm_xw_bias(qkv, ln1, w->qkv_w, w->qkv_b, N, D, 3 * D);
             attention_forward(z, att, qkv, a->prefix ? acts_layer(a->prefix, a->prefix->qkv, l, 3 * D) : NULL,
-                              a->prefix ? a->prefix->B : 1, a->kv, B, T, a->P, D, NH, scale);
+                              a->prefix ? a->prefix->B : 1, a->prefix ? a->prefix->T : 0, a->kv, B, T, a->P, D, NH,
+                              scale);
             /* fall through */
         case SG_STAGE_ATTN_PROJ:
             gemm_xw_bias(attn_out, z, w->attn_proj_w, w->attn_proj_b, N, D, D);

@@ -133,9 +133,9 @@ int plan_command(const Options *o, MPI_Comm comm) {
             if ((mask >> IV_SAE & 1) && (mask >> IV_ZERO_ABLATION & 1))
                 score = 1 + (position || ch.bos_include || st.kind == SG_SITE_ATTN_Z);
             n_passes += passes + score;
-            /* at --scope position an intervention's pass computes positions [P, T) only (a
+            /* at --scope position an intervention's pass computes its window [P, P + W) only (a
              * suffix pass, whose attention still spans all T keys); score passes all T */
-            const double Tq = position ? T - (double)ch.position : T;
+            const double Tq = position ? Wk : T;
             f_iv += passes * n * Tq * after * (24 * D * D + 4 * T * D) + score * n * T * after * layer;
             f_unembed_iv += (passes * Wk + score * T) * n * 2 * D * Vp;
             kl_rows += score * n * T;

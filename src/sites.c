@@ -158,13 +158,14 @@ Site site_at(size_t i) {
 
 void site_write(Activations *a, const Gpt2Model *m, Site s, Basis basis, const float *x, const unsigned char *mask,
                 size_t row0, size_t N) {
-    size_t W = site_width(s, &m->cfg), P = a->P, T = a->P + a->T;
+    size_t W = site_width(s, &m->cfg), P = a->P, T = a->prefix ? a->prefix->T : a->T;
     float *dst = site_buffer(a, s) + row0 * W;
     const float *bv = removed_value_bias(m, s, basis);
     for (size_t n = 0; n < N; n++) {
         if (!mask[n]) continue;
         const size_t t = n % T, r = n / T * a->T + (t - P); /* row n's place in the pass */
-        if (t < P) sg_fatal("sites", "a suffix pass from position %zu cannot change position %zu", P, t);
+        if (t < P || t >= P + a->T)
+            sg_fatal("sites", "a pass of positions [%zu, %zu) cannot change position %zu", P, P + a->T, t);
         for (size_t i = 0; i < W; i++) dst[r * W + i] = bv ? x[n * W + i] + bv[i] : x[n * W + i];
     }
     if (s.kind == SG_SITE_EMBED || s.kind == SG_SITE_POS_EMBED)
@@ -187,21 +188,22 @@ ForwardStage site_restart(Site s, size_t *layer) {
 }
 
 ForwardStage site_restart_from_clean(Activations *work, const Activations *clean, Site s, const Gpt2Config *c,
-                                     size_t copies, size_t P, size_t *layer) {
+                                     size_t copies, size_t P, size_t Tq, size_t *layer) {
     ForwardStage stage = site_restart(s, layer);
     const size_t T = clean->T, B = clean->B;
-    if (copies * B > work->B_max || T > work->T_max || P >= T)
+    if (copies * B * Tq > work->B_max * work->T_max || T > work->T_max || Tq == 0 || P + Tq > T)
         sg_fatal("sites", "%zu copies of a batch of %zu x %zu from position %zu exceed the planned buffers (%zu x %zu)",
                  copies, B, T, P, work->B_max, work->T_max);
     if (P > 0 && !clean->all_layers) sg_fatal("sites", "a suffix pass needs a prefix pass with every layer kept");
-    work->B = copies * B, work->T = T - P, work->P = P, work->prefix = P > 0 ? clean : NULL;
-    const size_t Tq = T - P, D = clean->D, W = site_width(s, c);
+    if (P == 0 && Tq != T) sg_fatal("sites", "a pass from position 0 computes every position");
+    work->B = copies * B, work->T = Tq, work->P = P, work->prefix = P > 0 ? clean : NULL;
+    const size_t D = clean->D, W = site_width(s, c);
     const float *site = site_buffer(clean, s);
     const float *resid = *layer < c->n_layer ? acts_resid(clean, *layer) : NULL;
     const float *resid_mid = *layer < c->n_layer ? acts_layer(clean, clean->resid_mid, *layer, D) : NULL;
     float *w_site = site_buffer(work, s), *w_resid = resid ? acts_resid(work, *layer) : NULL;
     float *w_resid_mid = resid ? acts_layer(work, work->resid_mid, *layer, D) : NULL;
-    /* positions [P, T) of every context, in every copy */
+    /* positions [P, P + Tq) of every context, in every copy */
     for (size_t k = 0; k < copies; k++)
         for (size_t b = 0; b < B; b++) {
             const size_t from = b * T + P, to = (k * B + b) * Tq;

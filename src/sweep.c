@@ -290,13 +290,15 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
     for (size_t p0 = 0, copies; p0 < n_passes; p0 += copies) {
         if (*j->stop) return -1;
         /* a stack of passes that restart at the same position: the interventions at --scope
-         * position change only position P, so their passes compute positions [P, T) only (a
-         * suffix pass); the score passes change every position */
-        const size_t P = pass_start(j, passes[p0]);
-        for (copies = 1; copies < SWEEP_STACK && p0 + copies < n_passes && pass_start(j, passes[p0 + copies]) == P;)
+         * position change only position P and are read in the window [P, P + Wk), so their passes
+         * compute those positions only (a suffix pass); the score passes change every position */
+        const size_t P = pass_start(j, passes[p0]), Tq = P > 0 ? sh->Wk : T;
+        /* the work buffers hold SWEEP_STACK x B x T rows: a suffix pass's copies are shorter */
+        const size_t max_copies = SWEEP_STACK * T / Tq;
+        for (copies = 1; copies < max_copies && p0 + copies < n_passes && pass_start(j, passes[p0 + copies]) == P;)
             copies++;
         size_t layer;
-        ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, copies, P, &layer);
+        ForwardStage stage = site_restart_from_clean(&w->work, &w->clean, sae->site, &m->cfg, copies, P, Tq, &layer);
         const size_t copy_rows = nb * w->work.T;
         for (size_t k = 0; k < copies; k++) write_pass(j, w, s, &ib, passes[p0 + k], k * copy_rows, c0, nb);
         gpt2_forward_from(&w->work, m, layer, stage);
