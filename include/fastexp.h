@@ -8,7 +8,8 @@
  * Horner form, with no fused multiply-add (ISO C mode: -ffp-contract=off), so a loop computes
  * the same value whether the compiler makes it scalar, SSE2, AVX2 or AVX-512.
  * Accuracy: within 2 ulp of exp over [-87.3, 88] (tests/c/test_fastexp.c: 1.21 ulp at worst over
- * 2^24 points against double exp; not always monotone at the ulp level); 0 below -87.3 (where expf is subnormal or 0), exp(88) above 88. */
+ * 2^24 points against double exp; not always monotone at the ulp level); 0 below -87.3 (where
+ * expf is subnormal or 0), exp(88) above 88. */
 #ifndef SAEGAP_FASTEXP_H
 #define SAEGAP_FASTEXP_H
 

@@ -13,9 +13,9 @@
 
 /* ---- ops ------------------------------------------------------------------------------- */
 
-/* Rows [0, n) split over the rank's threads, i.e. the OpenMP team BLIS runs its GEMMs on (its
- * threads would otherwise spin while one thread works). Every element and row is computed on
- * its own, so values do not depend on the thread count. */
+/* Put before a for loop: its iterations (rows, heads) split over the rank's threads, i.e. the
+ * OpenMP team BLIS runs its GEMMs on (its threads would otherwise spin while one thread works).
+ * Every iteration is computed on its own, so values do not depend on the thread count. */
 #define SG_ROWS_ON_TEAM _Pragma("omp parallel for num_threads(gemm_get_threads()) schedule(static)")
 
 /* embed, pos_embed, resid (N=B*T rows, D): token and position rows, and their sum. */
@@ -65,7 +65,8 @@ SG_VECTOR_CLONES static void softmax_causal(float *A, size_t Tq, size_t T, size_
         for (; s + 8 <= n; s += 8)
             for (int k = 0; k < 8; k++) acc[k] += row[s + k];
         for (; s < n; s++) acc[0] += row[s];
-        const float inv = (float)(1.0 / (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))));
+        const double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        const float inv = (float)(1.0 / sum);
 #pragma omp simd
         for (size_t q = 0; q < n; q++) row[q] *= inv;
         for (size_t q = n; q < T; q++) row[q] = 0.0f;
@@ -74,14 +75,15 @@ SG_VECTOR_CLONES static void softmax_causal(float *A, size_t Tq, size_t T, size_
 
 /* z (B,Tq,D) head-major from qkv (B,Tq,3D); att (B,NH,Tq,T) causal softmax probabilities, for
  * positions [P, P + Tq), which attend to T = P + Tq positions. With P > 0 the keys and values of
- * positions [0, P) come from pre_qkv (pre_B,pre_T,3D), the same layer of the full clean pass (context
- * b of the batch is its context b % pre_B: the batch may hold several copies of it): each head's
- * keys and values are gathered into kv (T rows, as the full pass has them; one buffer per thread), so every GEMM has the
- * full pass's operands and K and gives its values bit for bit.
+ * positions [0, P) come from pre_qkv (pre_B,pre_T,3D), the same layer of the full clean pass
+ * (context b of the batch is its context b % pre_B: the batch may hold several copies of it):
+ * each head's keys and values are gathered into kv (T rows, as the full pass has them; one
+ * buffer per thread), so every GEMM has the full pass's operands and gives its values bit for bit.
  * The B x NH heads are small GEMMs: one head per thread of the rank's team, each on a
  * single-threaded BLIS call, instead of every head split over all threads. */
 static void attention_forward(float *z, float *att, const float *qkv, const float *pre_qkv, size_t pre_B,
-                              size_t pre_T, float *kv, size_t B, size_t Tq, size_t P, size_t D, size_t NH, float scale) {
+                              size_t pre_T, float *kv, size_t B, size_t Tq, size_t P, size_t D, size_t NH,
+                              float scale) {
     const size_t Dh = D / NH, C3 = 3 * D, T = P + Tq;
     const long heads = (long)(B * NH);
     SG_ROWS_ON_TEAM
