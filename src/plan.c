@@ -136,7 +136,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
             /* at --scope position an intervention's pass computes its window [P, P + W) only (a
              * suffix pass, whose attention still spans all T keys); score passes all T */
             const double Tq = position ? Wk : T;
-            f_iv += passes * n * Tq * after * (24 * D * D + 4 * T * D) + score * n * T * after * layer;
+            f_iv += (passes * Tq + score * T) * n * after * layer;
             f_unembed_iv += (passes * Wk + score * T) * n * 2 * D * Vp;
             kl_rows += score * n * T;
             f_sae += n * T * (4 + 2 * decodes) * (double)saes[i].d_in * (double)saes[i].d_sae;
@@ -158,12 +158,12 @@ int plan_command(const Options *o, MPI_Comm comm) {
         if (t_wall < t_unit) t_wall = t_unit;
         /* start-up, outside the units: MPI and the HDF5 file (about 1 s here), reading and
          * checksumming the weights (about 0.5 GB/s here). A small job is mostly this. */
-        const double weight_bytes = 4 * (V * D * 2 + L * 12 * D * D + T * D);
+        const double weight_bytes = 4 * (V * D * 2 + L * 12 * D * D + T * D); /* + the padded wte */
         const double t_start = 1.0 + weight_bytes / 0.5e9;
         t_wall += t_start;
         /* memory per rank */
         double N = (double)B * T, mem = 0, maxF = 0, maxd = 0;
-        mem += V * D * 4 * 2 + (L * 12 * D * D + T * D) * 4; /* weights (F32 view or converted) + padded wte */
+        mem += weight_bytes; /* weights (F32 view or converted) + padded wte */
         /* activations (forward.c, acts_alloc): the clean cache keeps every layer; the work pass one
          * layer, for SWEEP_STACK copies of the batch */
         const double per_layer = 17 * D + (double)c.n_head * T;
@@ -190,7 +190,8 @@ int plan_command(const Options *o, MPI_Comm comm) {
                "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);
         printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank (BLIS kernels '%s'), KL/CE %.2f ns per "
                "vocabulary entry\n", rate, threads, gemm_kernels(), kl_ns);
-        if (*gemm_kernels_warning()) sg_warnf("%s", gemm_kernels_warning());
+        const char *kernels_warning = gemm_kernels_warning();
+        if (*kernels_warning) sg_warnf("%s", kernels_warning);
         printf("  expected wall time on %zu rank(s) x %d thread(s): %s (GEMMs %s, KL/CE %s in all, start-up %.1f s); "
                "this machine's rate assumed for every node\n",
                ranks, threads, duration(t_wall, b1, sizeof b1), duration(t_gemm, b2, sizeof b2),

@@ -49,7 +49,8 @@ static int configure_threads(const Options *o, MPI_Comm comm) {
                  "its cores: mpirun --map-by slot:PE=%d (or --bind-to none)",
                  want, fewest, want);
     gemm_set_threads(threads);
-    if (*gemm_kernels_warning()) sg_warnf("%s", gemm_kernels_warning());
+    const char *kernels_warning = gemm_kernels_warning();
+    if (*kernels_warning) sg_warnf("%s", kernels_warning);
     return threads;
 }
 

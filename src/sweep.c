@@ -185,8 +185,8 @@ static size_t pass_start(const SweepJob *j, PassId pass) {
     return pass.score < 0 && j->shape->scope_position ? j->shape->position : 0;
 }
 
-/* Writes one pass's site value into the work stack's copy that starts at work_row0: the intervention's, or a score
- * pass's (zero at every position; the SAE's at every non-special position, every position at
+/* Writes one pass's site value into the work stack's copy that starts at work_row0: the
+ * intervention's, or a score pass's (zero at every position; the SAE's at every non-special position, every position at
  * attn.hook_z, whose all_head_replacement_hook substitutes them all). */
 static void write_pass(const SweepJob *j, Work *w, SiteRun *s, IvBatch *ib, PassId pass, size_t work_row0, size_t c0,
                        size_t nb) {
@@ -223,11 +223,11 @@ static void record_pass(const SweepJob *j, Work *w, SiteRun *s, PassId pass, siz
     ReproSum *sums = s->rec.sums;
     float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
     const size_t n_chunks = Wk == T ? 1 : nb, chunk = Wk == T ? N : Wk;
+    /* clean row r is row (r / T) x Tq + (r % T - P) of the pass (a suffix pass holds positions
+     * [P, P + Tq) of each context) */
+    const size_t P = w->work.P, Tq = w->work.T;
     for (size_t k = 0; k < n_chunks; k++) {
         const size_t row0 = Wk == T ? 0 : k * T + t0;
-        /* clean row row0 is row (row0 / T) x Tq + (row0 % T - P) of the pass (a suffix pass has
-         * Tq = T - P positions per context) */
-        const size_t P = w->work.P, Tq = w->work.T;
         work_kl_ce(j, w, work_row0 + row0 / T * Tq + (row0 % T - P), row0, chunk);
         for (size_t q = 0; q < chunk; q++) {
             size_t r = row0 + q, b = r / T, o = (b * Wk + (r - b * T - t0)) * S + smp;
@@ -275,17 +275,14 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
                   .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
     /* every (intervention, sample) pass of the site, then SAELens's score passes, run
      * SWEEP_STACK at a time as one pass */
+    PassId *passes = w->passes;
     size_t n_passes = 0;
     for (int ivi = 0; ivi < IV_COUNT; ivi++)
         if (rf_has_iv(sh, (Intervention)ivi)) {
             memset(w->ex_set[ivi], 0, j->B);
-            n_passes += rf_samples_of(sh, (Intervention)ivi);
-        }
-    PassId *passes = w->passes;
-    for (int ivi = 0, k = 0; ivi < IV_COUNT; ivi++)
-        if (rf_has_iv(sh, (Intervention)ivi))
             for (size_t smp = 0; smp < rf_samples_of(sh, (Intervention)ivi); smp++)
-                passes[k++] = (PassId){(Intervention)ivi, (uint32_t)smp, -1};
+                passes[n_passes++] = (PassId){(Intervention)ivi, (uint32_t)smp, -1};
+        }
     if (j->scores) n_passes += add_score_passes(j, w, s, passes + n_passes, c0, nb);
     for (size_t p0 = 0, copies; p0 < n_passes; p0 += copies) {
         if (*j->stop) return -1;
