@@ -44,8 +44,8 @@ H5Out *h5out_open_readonly(const char *path);
 int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims);
 
 /* FNV-1a of the datasets for which wanted(path) is true, each as its path then its bytes, in
- * name order; 0 when one is unreadable. */
-uint64_t h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset));
+ * name order; -1 when one of them cannot be read. */
+int h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset), uint64_t *sum);
 
 /* Like h5out_read_rows, but returns -1 instead of failing (damaged files). */
 int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data);

@@ -155,9 +155,11 @@ void rf_write_density(ResultFile *rf, size_t site, const double *density); /* ra
 void rf_write_correlation(ResultFile *rf, Intervention iv, const double *pearson, const double *spearman,
                           const char *const *site_names, long tokens, int rank);
 /* Collective. final_checksum over the datasets written after the units, then complete = 1. */
-void rf_complete(ResultFile *rf, MPI_Comm comm, int rank);
-/* The final checksum's scope: tokens, progress/ (not unit_done/unit_checksum), correlation/,
- * examples/ and feature densities. */
-int rf_in_final_checksum(const char *dataset);
+void rf_complete(ResultFile *rf, const char *path, MPI_Comm comm, int rank);
+/* Whether the file's final_checksum matches its datasets again (verify). The checksum's scope:
+ * tokens, progress/ (not unit_done/unit_checksum), correlation/, examples/, feature densities.
+ * NOT_RECORDED: written by the versions that stored a checksum of nothing (resultfile.c). */
+typedef enum { RF_FINAL_OK, RF_FINAL_MISMATCH, RF_FINAL_NOT_RECORDED } RfFinalCheck;
+RfFinalCheck rf_final_checksum_check(H5Out *h);
 
 #endif

@@ -106,11 +106,13 @@ static int stored_enough(hid_t f, hid_t d, hid_t t, size_t n, const char *datase
     }
     if (n == 0) return 0;
     hsize_t stored = H5Dget_storage_size(d), file_bytes = 0;
+    /* the file's size bounds a damaged dataset's claimed storage; the file run has open
+     * for parallel writing reports none (0 or an error from H5Fget_filesize): no bound then */
     if (H5Fget_filesize(f, &file_bytes) < 0) file_bytes = 0;
     hid_t dcpl = H5Dget_create_plist(d);
     int filtered = dcpl >= 0 && H5Pget_nfilters(dcpl) > 0;
     if (dcpl >= 0) H5Pclose(dcpl);
-    uint64_t can_hold = stored > file_bytes ? file_bytes : stored;
+    uint64_t can_hold = file_bytes > 0 && stored > file_bytes ? file_bytes : stored;
     if (filtered) can_hold = can_hold > UINT64_MAX / 1032 ? UINT64_MAX : can_hold * 1032;
     if (stored == 0 || (uint64_t)need > can_hold) {
         snprintf(why, cap,
@@ -668,7 +670,9 @@ void h5out_close(H5Out *h) {
 
 /* ---- final checksum: every dataset written after the units, visited in name order ---- */
 
-typedef struct { uint64_t h; int bad; int (*wanted)(const char *); } FinalSum;
+/* file: stored_enough needs the file's id (H5Fget_filesize); H5Ovisit2 hands the callback the
+ * location it started from, which is not one */
+typedef struct { uint64_t h; int bad; int (*wanted)(const char *); hid_t file; } FinalSum;
 
 static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, void *op) {
     FinalSum *fs = op;
@@ -680,7 +684,7 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     hssize_t npts = H5Sget_simple_extent_npoints(sp);
     size_t tsize = H5Tget_size(t);
     char why[512];
-    if (npts < 0 || tsize == 0 || stored_enough(loc, d, t, (size_t)npts, name, why, sizeof why) != 0) fs->bad = 1;
+    if (npts < 0 || tsize == 0 || stored_enough(fs->file, d, t, (size_t)npts, name, why, sizeof why) != 0) fs->bad = 1;
     else {
         void *buf = sg_xcalloc((size_t)npts + 1, tsize);
         hid_t mt = H5Tget_native_type(t, H5T_DIR_ASCEND);
@@ -698,17 +702,18 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     return 0;
 }
 
-static uint64_t checksum_final(H5Out *h, int (*wanted)(const char *)) {
-    FinalSum fs = {FNV1A_INIT, 0, wanted};
+static int checksum_final(H5Out *h, int (*wanted)(const char *), uint64_t *sum) {
+    FinalSum fs = {FNV1A_INIT, 0, wanted, h->file};
     if (H5Ovisit2(h->file, H5_INDEX_NAME, H5_ITER_INC, fold_dataset, &fs, H5O_INFO_BASIC) < 0) fs.bad = 1;
-    return fs.bad ? 0 : fs.h;
+    *sum = fs.h;
+    return fs.bad ? -1 : 0;
 }
 
-uint64_t h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset)) {
+int h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset), uint64_t *sum) {
     h5guard_enter(h->path, 1);
-    uint64_t r = checksum_final(h, wanted);
+    int rc = checksum_final(h, wanted, sum);
     h5guard_leave();
-    return r;
+    return rc;
 }
 
 void h5out_renamed(H5Out *h, const char *path) {

@@ -550,17 +550,38 @@ static int path_matches(const char *pat, const char *name) {
     return *pat == *name && path_matches(pat + 1, name + 1);
 }
 
-int rf_in_final_checksum(const char *name) {
+static int in_final_checksum(const char *name) {
     for (size_t k = 0; k < N_SCHEMA; k++)
         if (SCHEMA[k].checksum == CK_FINAL && path_matches(SCHEMA[k].path, name)) return 1;
     return 0;
 }
 
-void rf_complete(ResultFile *rf, MPI_Comm comm, int rank) {
+static int final_checksum(H5Out *h, char out[64]) {
+    uint64_t sum = 0;
+    if (h5out_checksum_final(h, in_final_checksum, &sum) != 0) return -1;
+    snprintf(out, 64, "fnv1a64:%016llx", (unsigned long long)sum);
+    return 0;
+}
+
+/* saegap 0.1.0 from commit 3411ebc to this fix computed the final checksum with a file size of
+ * 0, found every dataset "not stored" and wrote this value whatever the file held. */
+#define FINAL_CHECKSUM_NOT_COMPUTED "fnv1a64:0000000000000000"
+
+RfFinalCheck rf_final_checksum_check(H5Out *h) {
+    char want[64] = "", got[64];
+    if (h5out_get_attr_str(h, "/", "final_checksum", want, sizeof want) != 0) return RF_FINAL_MISMATCH;
+    if (strcmp(want, FINAL_CHECKSUM_NOT_COMPUTED) == 0) return RF_FINAL_NOT_RECORDED;
+    if (final_checksum(h, got) != 0) return RF_FINAL_MISMATCH;
+    return strcmp(want, got) == 0 ? RF_FINAL_OK : RF_FINAL_MISMATCH;
+}
+
+void rf_complete(ResultFile *rf, const char *path, MPI_Comm comm, int rank) {
     char ck[64] = "";
-    if (rank == 0)
-        snprintf(ck, sizeof ck, "fnv1a64:%016llx", (unsigned long long)h5out_checksum_final(rf->h, rf_in_final_checksum));
+    if (rank == 0 && final_checksum(rf->h, ck) != 0) ck[0] = '\0';
     SG_MPI(MPI_Bcast(ck, sizeof ck, MPI_CHAR, 0, comm), "broadcasting the final checksum");
+    if (!ck[0]) /* the datasets were just written by this run: not a user's error */
+        sg_fatal(path, "cannot read back the datasets written after the units to checksum them; the file "
+                 "stays incomplete (--resume finishes it)");
     h5out_attr_str(rf->h, "/", "final_checksum", ck);
     h5out_attr_i64(rf->h, "/", "complete", 1);
 }

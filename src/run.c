@@ -568,7 +568,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         write_correlations(&r, comm, rank);
         h5out_flush(h);
         SG_MPI(MPI_Barrier(comm), "barrier before completing the file");
-        rf_complete(&r.rf, comm, rank);
+        rf_complete(&r.rf, o->out, comm, rank);
     }
     h5out_close(h);
     if (reserved) out_release_reserve(o->out, result_slack(&r)); /* the slack past the end, back */

@@ -1,0 +1,100 @@
+"""The result file's integrity checks, as verify reads them.
+
+- Files written by earlier saegap versions keep verifying (the seeds in tests/fuzz/corpus were
+  written before the result-file module existed).
+- The final checksum covers every dataset written after the units: changing one value of any of
+  them makes verify call the file damaged. (saegap 0.1.0 from commit 3411ebc until this test
+  stored a checksum of nothing, "fnv1a64:0000000000000000", and verify agreed with it.)
+"""
+
+import os
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FIX = os.path.join(ROOT, "tests", "fuzz", "fixture")
+OLD = os.path.join(ROOT, "tests", "fuzz", "corpus", "result_verify")
+ZERO = "fnv1a64:0000000000000000"
+
+
+def verify(saegap_bin, path):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    p = subprocess.run([saegap_bin, "verify", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=120, env=env)
+    return p.returncode, p.stdout.strip(), p.stderr.strip()
+
+
+@pytest.mark.parametrize("name,status,says", [
+    ("complete", 0, "complete: all 2 units written and their checksums verified"),
+    ("position-samples", 0, "complete: all 1 units written and their checksums verified"),
+    ("left", 3, "resumable: 1 of 2 units left"),
+    ("none-done", 3, "resumable: 2 of 2 units left"),
+])
+def test_verify_accepts_files_written_by_earlier_versions(saegap_bin, name, status, says):
+    path = os.path.join(OLD, name)
+    rc, out, err = verify(saegap_bin, path)
+    assert rc == status, (name, rc, out, err)
+    assert out.startswith(path + ": " + says), out
+    assert "cannot be verified" not in out, out
+
+
+@pytest.fixture(scope="module")
+def small_result(saegap_bin, tmp_path_factory):
+    """A complete result of the fuzz fixture with every kind of dataset after the units:
+    tokens, records, feature densities, correlations, examples."""
+    out = tmp_path_factory.mktemp("rf") / "complete.h5"
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    subprocess.run([saegap_bin, "run", "--model", os.path.join(FIX, "model"), "--sae", os.path.join(FIX, "saes"),
+                    "--tokens", os.path.join(FIX, "tokens.npy"), "--interventions", "sae,eps_random,zero_ablation",
+                    "--examples", "1", "--threads-per-rank", "1", "--quiet", "--out", str(out)],
+                   check=True, env=env, timeout=300)
+    return out
+
+
+def test_final_checksum_is_recorded(saegap_bin, small_result):
+    with h5py.File(small_result, "r") as f:
+        ck = f.attrs["final_checksum"]
+        ck = ck.decode() if isinstance(ck, bytes) else ck
+        assert f.attrs["complete"] == 1
+    assert ck.startswith("fnv1a64:") and ck != ZERO, ck
+    rc, out, _ = verify(saegap_bin, small_result)
+    assert rc == 0 and "cannot be verified" not in out, out
+
+
+# one dataset of each kind the final checksum covers (resultfile.c: CK_FINAL)
+AFTER_UNITS = ["tokens", "sites/blocks.0.hook_resid_pre/feature_density", "progress/blocks.0.hook_resid_pre/sums",
+               "progress/blocks.1.attn.hook_z/counts", "correlation/sae_minus_eps_random/pearson",
+               "correlation/zero_ablation_minus_eps_random/spearman", "examples/contexts",
+               "examples/clean/logprobs", "examples/blocks.1.attn.hook_z/sae/kl"]
+
+
+@pytest.mark.parametrize("dataset", AFTER_UNITS)
+def test_one_changed_value_after_the_units_is_damage(saegap_bin, small_result, tmp_path, dataset):
+    path = tmp_path / "changed.h5"
+    shutil.copy(small_result, path)
+    with h5py.File(path, "r+") as f:
+        d = f[dataset]
+        v = d[...]
+        flat = v.reshape(-1)
+        bits = flat.view("u%d" % v.dtype.itemsize)
+        bits[0] ^= bits.dtype.type(1)  # the last bit of the first value
+        d[...] = v
+    rc, out, _ = verify(saegap_bin, path)
+    assert rc == 4, (dataset, rc, out)
+    assert "fail their checksum" in out, out
+
+
+def test_unrecorded_final_checksum_is_named(saegap_bin, small_result, tmp_path):
+    """A file from the versions that stored a checksum of nothing: its units still verify, and
+    verify says that what follows them cannot be checked instead of calling it damaged."""
+    path = tmp_path / "old.h5"
+    shutil.copy(small_result, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs.modify("final_checksum", ZERO)  # keeps the attribute's type
+    rc, out, _ = verify(saegap_bin, path)
+    assert rc == 0, out
+    assert "cannot be verified" in out and "recorded no final checksum" in out, out
