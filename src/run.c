@@ -63,7 +63,6 @@ typedef struct {
     uint64_t file_bytes;          /* a new result's size (datasets + metadata reserve): check_space */
 } Run;
 
-static int has_iv(const Run *r, Intervention iv) { return (r->iv_mask >> iv) & 1u; }
 
 /* ---- checks before any file is written ------------------------------------------------------ */
 
@@ -232,7 +231,7 @@ static void describe_job(Run *r) {
                           .sites = r->rf_sites, .saes_checksum = h};
     r->job = (SweepJob){.model = &r->model, .ts = &r->ts, .sites = r->sites, .n_sites = r->n_sites, .shape = &r->shape,
                         .B = s->layout.B, .bos_include = r->bos_include,
-                        .scores = has_iv(r, IV_SAE) && has_iv(r, IV_ZERO_ABLATION), .latent_noise = o->latent_noise,
+                        .scores = rf_has_iv(&r->shape, IV_SAE) && rf_has_iv(&r->shape, IV_ZERO_ABLATION), .latent_noise = o->latent_noise,
                         .seed = (uint64_t)o->seed, .stop = &g_stop_signal};
 }
 
@@ -340,7 +339,7 @@ static void finish_site(Run *r, size_t si, MPI_Comm comm, int rank) {
     rf_write_site_summary(&r->rf, si, s->name, &v, r->job.scores);
     if (rank == 0) rf_write_density(&r->rf, si, density);
     free(density);
-    if (rank == 0 && !sg_quiet() && has_iv(r, IV_SAE) && has_iv(r, IV_EPS_RANDOM))
+    if (rank == 0 && !sg_quiet() && rf_has_iv(&r->shape, IV_SAE) && rf_has_iv(&r->shape, IV_EPS_RANDOM))
         fprintf(stderr, "  %-28s explained variance %.3f, L0 %.1f, KL sae %.4g / eps_random %.4g = %.3g\n", s->name,
                 v.explained_variance, v.mean_l0, v.mean_kl[IV_SAE], v.mean_kl[IV_EPS_RANDOM],
                 v.mean_kl[IV_SAE] / v.mean_kl[IV_EPS_RANDOM]);
