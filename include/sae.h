@@ -87,6 +87,8 @@ typedef struct {
 } SaeScratch;
 
 void sae_scratch_alloc(SaeScratch *w, const Sae *s, size_t N_max);
+/* One workspace for several SAEs run one after another: the largest d_in and d_sae. */
+void sae_scratch_alloc_dims(SaeScratch *w, size_t d_in, size_t d_sae, size_t N_max);
 void sae_scratch_free(SaeScratch *w);
 
 /* f (N, d_sae) latent code and x_hat (N, d_in) = SAE(x), all in the SAE's basis. Keeps the

@@ -56,6 +56,14 @@ const SafetensorsTensor *safetensors_find(const Safetensors *st, const char *nam
  * any NaN/Inf, naming the tensor. Returns 0 or -1 with a pending error. */
 int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTensor *t);
 
+/* Float32 views for the compute path. An F32 tensor aligned in the file is used in place: the
+ * page cache holds it once for every rank of a node, where a copy would cost each rank its size.
+ * safetensors_f32 points *dst into the mapping then, else converts into owned (t->numel
+ * floats, needed only when !safetensors_is_f32_view(t)); either way it refuses NaN/Inf naming
+ * the tensor. Returns 0 or -1 with a pending error. */
+int safetensors_is_f32_view(const SafetensorsTensor *t);
+int safetensors_f32(const float **dst, float *owned, const Safetensors *st, const SafetensorsTensor *t);
+
 /* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,
                        const int64_t *shape);

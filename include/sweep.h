@@ -92,11 +92,11 @@ typedef struct {
     float *ce_clean_out;     /* (N) */
     int32_t *ex_ids;         /* (B, 25) clean top ids of example contexts in the cached batch */
     float *ex_lp_clean;      /* (B, 25) */
-    SaeScratch *sae_work;    /* per site */
+    SaeScratch sae_work;     /* one for every site: a site's SAE state lives within its batch */
 } Work;
 
 void work_alloc(Work *w, const SweepJob *j);
-void work_free(Work *w, const SweepJob *j);
+void work_free(Work *w);
 
 void sweep_clean_batch(const SweepJob *j, Work *w, size_t c0, size_t nb);
 /* 0, or -1 when a stop was requested mid-way (the batch is abandoned). */

@@ -221,8 +221,7 @@ int model_load(Gpt2Model *m, const char *dir) {
     int rc = 0;
     for (size_t i = 0; i < n_specs && rc == 0; i++) {
         rc = find_tensor(m, specs[i].name, specs[i].ndim, specs[i].shape, &found[i]);
-        if (rc == 0 && (found[i]->dtype != ST_F32 || ((uintptr_t)found[i]->data % 4) != 0))
-            owned_floats += found[i]->numel;
+        if (rc == 0 && !safetensors_is_f32_view(found[i])) owned_floats += found[i]->numel;
         if (rc == 0) m->n_params += found[i]->numel;
     }
     /* Pass 2: point into the mapping (F32) or convert once (F16/BF16); refuse NaN/Inf. */
@@ -230,20 +229,8 @@ int model_load(Gpt2Model *m, const char *dir) {
     size_t used = 0;
     for (size_t i = 0; i < n_specs && rc == 0; i++) {
         const SafetensorsTensor *t = found[i];
-        if (t->dtype == ST_F32 && ((uintptr_t)t->data % 4) == 0) {
-            const float *p = t->data;
-            for (size_t j = 0; j < t->numel; j++)
-                if (!isfinite(p[j])) {
-                    rc = sg_errorf(m->st.path, "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
-                                   isnan(p[j]) ? "NaN" : "Inf", j);
-                    break;
-                }
-            *specs[i].dst = p;
-        } else {
-            rc = safetensors_to_f32(m->owned + used, &m->st, t);
-            *specs[i].dst = m->owned + used;
-            used += t->numel;
-        }
+        rc = safetensors_f32(specs[i].dst, m->owned ? m->owned + used : NULL, &m->st, t);
+        if (!safetensors_is_f32_view(t)) used += t->numel;
     }
     free(found);
     free(specs);

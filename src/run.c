@@ -544,7 +544,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
             last = now;
         }
     }
-    work_free(&w, &r.job);
+    work_free(&w);
     /* every rank leaves the loop; then all learn whether anyone stopped */
     int any_stop = stopped || g_stop_signal;
     SG_MPI(MPI_Allreduce(MPI_IN_PLACE, &any_stop, 1, MPI_INT, MPI_MAX, comm), "agreeing on a stop");

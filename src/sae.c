@@ -453,15 +453,17 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
         if (safetensors_expect(&s->st, spec[i].name, &found[i], spec[i].ndim, shape)) goto fail;
         if (sg_add_overflow(total, found[i]->numel, &total)) { sg_errorf(path, "tensor sizes overflow"); goto fail; }
     }
-    /* One owned float32 copy: weights are small next to the model, and conversion and the
-     * NaN check happen once. */
-    s->owned = sg_xcalloc(total, sizeof(float));
+    /* F32 weights are used in place (13 SAEs of gpt2-small-res-jb are 2 GB: a copy per rank
+     * would decide how many ranks fit on a node); F16/BF16 are converted once into owned */
+    size_t owned_floats = 0;
+    for (size_t i = 0; i < n_spec; i++)
+        if (found[i] && !safetensors_is_f32_view(found[i])) owned_floats += found[i]->numel;
+    s->owned = owned_floats ? sg_xcalloc(owned_floats, sizeof(float)) : NULL;
     size_t used = 0;
     for (size_t i = 0; i < n_spec; i++) {
         if (!found[i]) continue;
-        if (safetensors_to_f32(s->owned + used, &s->st, found[i])) goto fail;
-        *spec[i].dst = s->owned + used;
-        used += found[i]->numel;
+        if (safetensors_f32(spec[i].dst, s->owned ? s->owned + used : NULL, &s->st, found[i])) goto fail;
+        if (!safetensors_is_f32_view(found[i])) used += found[i]->numel;
     }
     if (s->scaling_factor) {
         int all_ones = 1;
@@ -550,9 +552,13 @@ fail:
 /* ---- encode / decode ----------------------------------------------------------------------- */
 
 void sae_scratch_alloc(SaeScratch *w, const Sae *s, size_t N_max) {
+    sae_scratch_alloc_dims(w, s->d_in, s->d_sae, N_max);
+}
+
+void sae_scratch_alloc_dims(SaeScratch *w, size_t d_in, size_t d_sae, size_t N_max) {
     size_t ni, nf;
-    if (sg_mul_overflow(N_max, s->d_in, &ni) || sg_mul_overflow(N_max, s->d_sae, &nf))
-        sg_fatal(s->dir, "SAE workspace of %zu rows x d_sae %zu overflows", N_max, s->d_sae);
+    if (sg_mul_overflow(N_max, d_in, &ni) || sg_mul_overflow(N_max, d_sae, &nf))
+        sg_fatal("SAE", "workspace of %zu rows x d_sae %zu overflows", N_max, d_sae);
     w->N_max = N_max;
     w->xin = sg_xcalloc(ni, sizeof(float));
     w->z = sg_xcalloc(nf, sizeof(float));

@@ -532,6 +532,14 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
+static int check_finite(const float *v, const Safetensors *st, const SafetensorsTensor *t) {
+    for (size_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i]))
+            return sg_errorf(st->path, "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
+                             isnan(v[i]) ? "NaN" : "Inf", i);
+    return 0;
+}
+
 int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTensor *t) {
     const unsigned char *p = t->data;
     switch (t->dtype) {
@@ -549,10 +557,21 @@ int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTenso
         return sg_errorf(st->path, "tensor '%s' has dtype %s; saegap reads F32, F16 or BF16 weights", t->name,
                          DTYPES[t->dtype].name);
     }
-    for (size_t i = 0; i < t->numel; i++)
-        if (!isfinite(out[i]))
-            return sg_errorf(st->path, "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
-                             isnan(out[i]) ? "NaN" : "Inf", i);
+    return check_finite(out, st, t);
+}
+
+int safetensors_is_f32_view(const SafetensorsTensor *t) {
+    return t->dtype == ST_F32 && (uintptr_t)t->data % _Alignof(float) == 0;
+}
+
+int safetensors_f32(const float **dst, float *owned, const Safetensors *st, const SafetensorsTensor *t) {
+    if (!safetensors_is_f32_view(t)) {
+        if (safetensors_to_f32(owned, st, t)) return -1;
+        *dst = owned;
+        return 0;
+    }
+    if (check_finite(t->data, st, t)) return -1;
+    *dst = t->data;
     return 0;
 }
 

@@ -65,13 +65,12 @@ void work_alloc(Work *w, const SweepJob *j) {
     w->passes = sg_xcalloc(IV_COUNT * sh->samples + 2, sizeof *w->passes);
     w->recon = sg_xcalloc(RC_COUNT * N, sizeof(float));
     w->ce_clean_out = sg_xcalloc(N, sizeof(float));
-    w->sae_work = sg_xcalloc(j->n_sites, sizeof *w->sae_work);
-    for (size_t i = 0; i < j->n_sites; i++) sae_scratch_alloc(&w->sae_work[i], &j->sites[i].sae, N);
+    sae_scratch_alloc_dims(&w->sae_work, maxd, maxF, N); /* sites run one at a time */
     w->ex_ids = sg_xcalloc(B * RF_EXAMPLE_TOPK, sizeof(int32_t));
     w->ex_lp_clean = sg_xcalloc(B * RF_EXAMPLE_TOPK, sizeof(float));
 }
 
-void work_free(Work *w, const SweepJob *j) {
+void work_free(Work *w) {
     acts_free(&w->clean);
     acts_free(&w->work);
     void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_iv, w->kl_rows, w->ce_rows, w->next, w->measured,
@@ -79,8 +78,7 @@ void work_free(Work *w, const SweepJob *j) {
                     w->f_scratch, w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp_clean, w->passes};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
     for (int iv = 0; iv < IV_COUNT; iv++) free(w->kl_out[iv]), free(w->ce_out[iv]), free(w->ex_lp[iv]), free(w->ex_kl[iv]), free(w->ex_set[iv]);
-    for (size_t i = 0; i < j->n_sites; i++) sae_scratch_free(&w->sae_work[i]);
-    free(w->sae_work);
+    sae_scratch_free(&w->sae_work);
 }
 
 /* Logits of rows [work_row0, work_row0+n) of the work pass in one GEMM (BLIS packs the
@@ -259,7 +257,7 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
     const Sae *sae = &s->sae;
     ReproSum *sums = s->rec.sums;
     site_read(w->x, &w->clean, m, sae->site, sae->basis, 0, N);
-    sae_forward(w->f, w->x_hat, sae, &w->sae_work[si], w->x, N);
+    sae_forward(w->f, w->x_hat, sae, &w->sae_work, w->x, N);
     recon_rows(w->recon, &s->rec, w->x, w->x_hat, w->f, w->measured, N);
     const size_t t0 = sh->scope_position ? sh->position : 0, Wk = sh->Wk; /* recorded rows: [t0, t0 + Wk) */
     for (size_t b = 0; b < nb; b++)
@@ -269,7 +267,7 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
                 repro_add_checked(&sums[AG_CE_CLEAN], w->ce_clean_out[r]), s->rec.counts[CN_CE_CLEAN]++;
         }
     IvBatch ib = {.N = N, .d = s->d, .d_sae = s->F, .x = w->x, .x_hat = w->x_hat, .f = w->f, .mean = s->mean,
-                  .chol = s->chol, .latent_sigma = j->latent_noise, .sae = sae, .sae_work = &w->sae_work[si],
+                  .chol = s->chol, .latent_sigma = j->latent_noise, .sae = sae, .sae_work = &w->sae_work,
                   .context = w->context, .position = w->position, .active = w->active,
                   .seed = j->seed, .site_id = (uint32_t)s->site_id, .f_scratch = w->f_scratch,
                   .x_scratch = w->x_scratch, .g = w->g, .g2 = w->g2};
