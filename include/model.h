@@ -8,6 +8,7 @@
 #ifndef SAEGAP_MODEL_H
 #define SAEGAP_MODEL_H
 
+#include "nodeblock.h"
 #include "safetensors.h"
 
 #include <stddef.h>
@@ -40,26 +41,42 @@ typedef struct {
 } Gpt2LayerWeights;
 
 typedef struct {
+    const SafetensorsTensor *t;
+    const float **dst;
+} ModelPending;
+
+typedef struct {
     char *dir;
     Gpt2Config cfg;
     const float *wte;             /* (V, D) token embedding, tied unembedding */
     /* (Vp, D) wte padded with zero rows to Vp = V rounded up to 64, as llm.c does: BLIS then
      * never treats the last real vocab column as an edge case, whose summation order would
      * otherwise depend on the thread count (measured: logits differed by 1 ulp). */
-    float *wte_padded;
+    const float *wte_padded;
     size_t vocab_padded;
     const float *wpe;             /* (P, D) */
     Gpt2LayerWeights *layers;     /* (L) */
     const float *lnf_w, *lnf_b;   /* (D) */
     /* TransformerLens's folded value bias per layer: b_V + ln_1.bias @ W_V, (L, D) head-major.
      * attn.hook_z in the processed basis is the HF z minus this (FIELD-FACTS section 2). */
-    float *value_bias_folded;
+    const float *value_bias_folded;
     Safetensors st;
-    float *owned;                 /* converted tensors (F16/BF16 or misaligned F32) */
+    /* converted tensors (F16/BF16 or misaligned F32), the padded wte and the folded value bias:
+     * one block per node (nodeblock.h), filled by model_place */
+    NodeBlock block;
+    ModelPending *pending;        /* tensors model_place converts (model_open -> model_place) */
+    size_t n_pending;
     size_t n_params;
 } Gpt2Model;
 
-/* Loads and validates; 0 or -1 with a pending error naming the file. */
+/* Opens and validates every tensor (names, shapes, dtypes, NaN/Inf) without collectives; 0 or
+ * -1 with a pending error naming the file. F32 tensors are then ready (views of the mapping). */
+int model_open(Gpt2Model *m, const char *dir);
+/* Converts what model_open could not use in place and derives the padded wte and the folded
+ * value bias, once per node: collective over node (MPI_COMM_NULL: this rank alone). Call it
+ * only once every rank's model_open succeeded (sg_agree): it cannot fail. */
+void model_place(Gpt2Model *m, MPI_Comm node);
+/* model_open then model_place for this rank alone (tools, tests). */
 int model_load(Gpt2Model *m, const char *dir);
 void model_free(Gpt2Model *m); /* accepts a zeroed struct */
 

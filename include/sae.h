@@ -16,6 +16,11 @@ typedef enum { SAE_NORM_NONE, SAE_NORM_CONSTANT_NORM_RESCALE, SAE_NORM_LAYER_NOR
 typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_COUNT } SaeCfgGeneration;
 
 typedef struct {
+    const SafetensorsTensor *t;
+    const float **dst;
+} SaePending;
+
+typedef struct {
     char *dir;
     char *hook_name;
     char *model_name;
@@ -38,11 +43,14 @@ typedef struct {
     const float *b_dec;            /* (d_in) */
     const float *threshold;        /* (d_sae) jumprelu */
     const float *b_gate, *b_mag;   /* (d_sae) gated */
+    const float *r_mag;            /* (d_sae) gated */
     float *exp_r_mag;              /* (d_sae) gated: exp(r_mag) */
     const float *scaling_factor;   /* (d_sae) or NULL when absent or all ones */
     float *dec_norm;               /* (d_sae) ||W_dec_i||, topk with rescale */
     Safetensors st;
-    float *owned;
+    NodeBlock block;               /* converted (F16/BF16) tensors, once per node: sae_place */
+    SaePending *pending;           /* what sae_place converts */
+    size_t n_pending;
 } Sae;
 
 typedef struct {
@@ -55,8 +63,14 @@ const char *sae_arch_name(SaeArch a);
 const char *sae_norm_name(SaeNorm n);
 const char *sae_generation_name(SaeCfgGeneration g);
 
-/* Loads one SAE folder and checks it against the model (hook exists, d_in = site width,
- * model name). 0 or -1 with a pending error naming the folder. */
+/* Opens one SAE folder and checks it against the model (hook exists, d_in = site width,
+ * model name) and every tensor (shape, dtype, NaN/Inf), without collectives. 0 or -1 with a
+ * pending error naming the folder. F32 weights are then ready (views of the mapping). */
+int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt);
+/* Converts the F16/BF16 weights once per node (collective over node; MPI_COMM_NULL: this rank
+ * alone) and derives the SAE's small vectors. Call once every rank's sae_open succeeded. */
+void sae_place(Sae *s, MPI_Comm node);
+/* sae_open then sae_place for this rank alone (tools, tests). */
 int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt);
 void sae_free(Sae *s);
 

@@ -63,6 +63,9 @@ int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTenso
  * the tensor. Returns 0 or -1 with a pending error. */
 int safetensors_is_f32_view(const SafetensorsTensor *t);
 int safetensors_f32(const float **dst, float *owned, const Safetensors *st, const SafetensorsTensor *t);
+/* What safetensors_to_f32 would refuse, without converting (dtype, NaN/Inf): lets a loader
+ * validate on every rank and convert once per node (nodeblock.h). */
+int safetensors_check_f32(const Safetensors *st, const SafetensorsTensor *t);
 
 /* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,

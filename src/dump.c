@@ -7,6 +7,7 @@
 #include "forward.h"
 #include "h5out.h"
 #include "model.h"
+#include "nodeblock.h"
 #include "schedule.h"
 #include "sites.h"
 #include "tokens.h"
@@ -72,7 +73,10 @@ int dump_command(const Options *o, MPI_Comm comm) {
     if (sg_agree(comm, check_options(o, &basis))) return 1;
 
     Gpt2Model model;
-    if (sg_agree(comm, model_load(&model, o->model))) return 1;
+    if (sg_agree(comm, model_open(&model, o->model))) return 1;
+    MPI_Comm node = nodeblock_node_comm(comm); /* derived and converted weights: once per node */
+    model_place(&model, node);
+    SG_MPI(MPI_Comm_free(&node), "freeing the node communicator");
     const Gpt2Config *c = &model.cfg;
 
     TokenSet ts;

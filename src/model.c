@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include "error.h"
+#include "nodeblock.h"
 #include "textfile.h"
 
 #include <cjson/cJSON.h>
@@ -152,7 +153,7 @@ typedef struct {
     int64_t shape[2];
 } TensorSpec;
 
-int model_load(Gpt2Model *m, const char *dir) {
+int model_open(Gpt2Model *m, const char *dir) {
     memset(m, 0, sizeof *m);
     if (model_read_config(&m->cfg, dir) != 0) return -1;
     m->dir = sg_xstrdup(dir);
@@ -215,22 +216,22 @@ int model_load(Gpt2Model *m, const char *dir) {
     SPEC(&m->lnf_b, 1, D, 0, "ln_f.bias");
 #undef SPEC
 
-    /* Pass 1: names, shapes, dtypes; count floats that need an owned copy. */
+    /* Pass 1: names, shapes, dtypes. Pass 2: F32 tensors are used in place; the others are
+     * checked here and converted by model_place, once per node. NaN/Inf refused either way. */
     const SafetensorsTensor **found = sg_xcalloc(n_specs, sizeof *found);
-    size_t owned_floats = 0;
     int rc = 0;
     for (size_t i = 0; i < n_specs && rc == 0; i++) {
         rc = find_tensor(m, specs[i].name, specs[i].ndim, specs[i].shape, &found[i]);
-        if (rc == 0 && !safetensors_is_f32_view(found[i])) owned_floats += found[i]->numel;
         if (rc == 0) m->n_params += found[i]->numel;
     }
-    /* Pass 2: point into the mapping (F32) or convert once (F16/BF16); refuse NaN/Inf. */
-    if (rc == 0 && owned_floats) m->owned = sg_xcalloc(owned_floats, sizeof(float));
-    size_t used = 0;
+    m->pending = sg_xcalloc(n_specs, sizeof *m->pending);
     for (size_t i = 0; i < n_specs && rc == 0; i++) {
-        const SafetensorsTensor *t = found[i];
-        rc = safetensors_f32(specs[i].dst, m->owned ? m->owned + used : NULL, &m->st, t);
-        if (!safetensors_is_f32_view(t)) used += t->numel;
+        if (safetensors_is_f32_view(found[i])) {
+            rc = safetensors_f32(specs[i].dst, NULL, &m->st, found[i]);
+        } else {
+            rc = safetensors_check_f32(&m->st, found[i]);
+            m->pending[m->n_pending++] = (ModelPending){found[i], specs[i].dst};
+        }
     }
     free(found);
     free(specs);
@@ -248,29 +249,63 @@ int model_load(Gpt2Model *m, const char *dir) {
         model_free(m);
         return -1;
     }
-    m->wte_padded = sg_xcalloc(vpd, sizeof(float));
-    memcpy(m->wte_padded, m->wte, vd * sizeof(float));
+    sg_alloc_for(prev_alloc);
+    return 0;
+}
 
-    /* b_V' = b_V + ln_1.bias @ W_V, accumulated in double (FIELD-FACTS section 2). */
-    m->value_bias_folded = sg_xcalloc(ld, sizeof(float));
-    for (int64_t l = 0; l < L; l++) {
-        const Gpt2LayerWeights *w = &m->layers[l];
-        for (int64_t j = 0; j < D; j++) {
-            double acc = w->qkv_b[2 * D + j];
-            for (int64_t i = 0; i < D; i++) acc += (double)w->ln1_b[i] * w->qkv_w[i * 3 * D + 2 * D + j];
-            m->value_bias_folded[l * D + j] = (float)acc;
+/* Floats, rounded up to 64 bytes, so every section of the node block starts aligned. */
+static size_t section(size_t floats) { return (floats + 15) / 16 * 16; }
+
+void model_place(Gpt2Model *m, MPI_Comm node) {
+    const Gpt2Config *c = &m->cfg;
+    const size_t D = c->n_embd, vd = c->vocab_size * D, vpd = m->vocab_padded * D, ld = c->n_layer * D;
+    /* layout: converted tensors, padded wte, folded value bias (sizes checked by model_open) */
+    size_t floats = 0;
+    for (size_t i = 0; i < m->n_pending; i++) floats += section(m->pending[i].t->numel);
+    const size_t at_wte = floats, at_vb = at_wte + section(vpd);
+    floats = at_vb + section(ld);
+    const char *prev_alloc = sg_alloc_for(m->st.path);
+    int fill;
+    float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), &fill);
+    sg_alloc_for(prev_alloc);
+    size_t at = 0;
+    for (size_t i = 0; i < m->n_pending; i++) {
+        const SafetensorsTensor *t = m->pending[i].t;
+        if (fill && safetensors_to_f32(block + at, &m->st, t)) /* model_open checked it */
+            sg_fatal(m->st.path, "tensor '%s' changed while loading: %s", t->name, sg_error_message());
+        *m->pending[i].dst = block + at;
+        at += section(t->numel);
+    }
+    m->wte_padded = block + at_wte;
+    m->value_bias_folded = block + at_vb;
+    if (fill) {
+        memcpy(block + at_wte, m->wte, vd * sizeof(float));
+        /* b_V' = b_V + ln_1.bias @ W_V, accumulated in double (FIELD-FACTS section 2). */
+        for (size_t l = 0; l < c->n_layer; l++) {
+            const Gpt2LayerWeights *w = &m->layers[l];
+            for (size_t j = 0; j < D; j++) {
+                double acc = w->qkv_b[2 * D + j];
+                for (size_t i = 0; i < D; i++) acc += (double)w->ln1_b[i] * w->qkv_w[i * 3 * D + 2 * D + j];
+                block[at_vb + l * D + j] = (float)acc;
+            }
         }
     }
-    sg_alloc_for(prev_alloc);
+    nodeblock_ready(&m->block);
+    free(m->pending);
+    m->pending = NULL, m->n_pending = 0;
+}
+
+int model_load(Gpt2Model *m, const char *dir) {
+    if (model_open(m, dir)) return -1;
+    model_place(m, MPI_COMM_NULL);
     return 0;
 }
 
 void model_free(Gpt2Model *m) {
     safetensors_close(&m->st);
     free(m->layers);
-    free(m->owned);
-    free(m->value_bias_folded);
-    free(m->wte_padded);
+    free(m->pending);
+    nodeblock_free(&m->block);
     free(m->dir);
     memset(m, 0, sizeof *m);
 }

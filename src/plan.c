@@ -161,19 +161,21 @@ int plan_command(const Options *o, MPI_Comm comm) {
         const double weight_bytes = 4 * (V * D * 2 + L * 12 * D * D + T * D); /* + the padded wte */
         const double t_start = 1.0 + weight_bytes / 0.5e9;
         t_wall += t_start;
-        /* memory per rank */
-        double N = (double)B * T, mem = 0, maxF = 0, maxd = 0;
-        mem += weight_bytes; /* weights (F32 view or converted) + padded wte */
+        /* memory. Per node, shared by its ranks: the weights, F32 (the page cache holds a file's
+         * F32 tensors once; F16/BF16 ones are converted once into a node block, nodeblock.h),
+         * with the padded wte. Per rank, private: activations, logits, one SAE workspace. */
+        double N = (double)B * T, mem = 0, node_mem = weight_bytes, maxF = 0, maxd = 0;
         /* activations (forward.c, acts_alloc): the clean cache keeps every layer; the work pass one
          * layer, for SWEEP_STACK copies of the batch */
         const double per_layer = 17 * D + (double)c.n_head * T;
         mem += 4 * N * (3 * D + (L + 1) * D + L * per_layer) + 4 * SWEEP_STACK * N * (3 * D + 2 * D + per_layer);
         mem += 2 * 4 * N * V + 4 * N * Vp;                                      /* clean logits + probs, a pass's logits */
         for (size_t i = 0; i < K; i++) {
-            mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae + 4.0 * 3 * N * (double)saes[i].d_sae;
+            node_mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae;
+            mem += 8.0 * (double)saes[i].d_in * (double)saes[i].d_in; /* the site's covariance factor */
             maxF = fmax(maxF, (double)saes[i].d_sae), maxd = fmax(maxd, (double)saes[i].d_in);
         }
-        mem += 4 * N * (4 * maxd + 2 * maxF);
+        mem += 4 * N * (5 * maxd + 4 * maxF); /* the sweep's rows and the one SAE workspace */
         /* output */
         double out = 8 * n * T; /* tokens + clean ce */
         for (size_t i = 0; i < K; i++) {
@@ -182,7 +184,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
             out += 7 * 4 * n * T + 8 * (double)saes[i].d_sae;
             out += (double)n_blocks * (16 * (28 + (double)saes[i].d_in) + 8 * 24 + 4 * (double)saes[i].d_sae);
         }
-        char b1[32], b2[32], b3[32];
+        char b1[32], b2[32], b3[32], b4[32];
         printf("saegap plan: %s\n", o->job_file ? o->job_file : "(options)");
         printf("  job: %zu contexts x %zu tokens, %zu SAE site(s), %.0f intervened passes per context, %zu units\n",
                ts.n, ts.ctx, K, n_passes, units);
@@ -196,8 +198,12 @@ int plan_command(const Options *o, MPI_Comm comm) {
                "this machine's rate assumed for every node\n",
                ranks, threads, duration(t_wall, b1, sizeof b1), duration(t_gemm, b2, sizeof b2),
                duration(t_kl, b3, sizeof b3), t_start);
-        printf("  memory per rank: about %s; output file: about %s\n", human(mem, b1, sizeof b1), human(out, b2, sizeof b2));
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        const size_t per_node = ranks < (size_t)cores ? ranks : (size_t)cores; /* ranks on a node like this one */
+        printf("  memory: about %s per rank (private) + %s per node (weights, shared by its ranks): %s for %zu "
+               "rank(s) on one node; output file: about %s\n",
+               human(mem, b1, sizeof b1), human(node_mem, b2, sizeof b2),
+               human(node_mem + (double)per_node * mem, b3, sizeof b3), per_node, human(out, b4, sizeof b4));
         if (ranks > units)
             printf("  warning: %zu ranks but only %zu units: %zu rank(s) would idle (fewer ranks, or more contexts)\n",
                    ranks, units, ranks - units);

@@ -16,6 +16,7 @@
 #include "h5out.h"
 #include "interventions.h"
 #include "model.h"
+#include "nodeblock.h"
 #include "outfile.h"
 #include "reprosum.h"
 #include "resultfile.h"
@@ -117,7 +118,7 @@ static int load_saes(Run *r) {
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         SiteRun *s = &r->sites[i];
-        rc = sae_load(&s->sae, paths[i], &r->model, r->model.cfg.name, &lo);
+        rc = sae_open(&s->sae, paths[i], &r->model, r->model.cfg.name, &lo);
         if (rc) break;
         r->n_sites = i + 1;
         site_name(s->name, sizeof s->name, s->sae.site);
@@ -471,14 +472,20 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     memset(&r, 0, sizeof r);
     r.o = o;
     if (sg_agree(comm, check_options(&r))) return 1;
-    if (sg_agree(comm, model_load(&r.model, o->model))) return 1;
+    if (sg_agree(comm, model_open(&r.model, o->model))) return 1;
+    MPI_Comm node = nodeblock_node_comm(comm); /* derived and converted weights: once per node */
+    model_place(&r.model, node);
     const Gpt2Config *c = &r.model.cfg;
     int rc = tokens_load(&r.ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);
     if (rc == 0) rc = tokens_check(&r.ts, o->tokens, c->vocab_size, c->n_positions);
     if (rc == 0 && r.scope_position && r.P + r.W > r.ts.ctx)
         rc = sg_errorf("--position", "position %zu + window %zu exceeds the context length %zu", r.P, r.W, r.ts.ctx);
     if (rc == 0) rc = load_saes(&r);
-    if (sg_agree(comm, rc)) { run_free(&r); return 1; }
+    if (sg_agree(comm, rc)) rc = -1;
+    else
+        for (size_t i = 0; i < r.n_sites; i++) sae_place(&r.sites[i].sae, node);
+    SG_MPI(MPI_Comm_free(&node), "freeing the node communicator"); /* the weights' windows keep theirs */
+    if (rc) { run_free(&r); return 1; }
     describe_job(&r);
     if (check_space(&r, comm, size)) { run_free(&r); return 1; }
 

@@ -2,6 +2,7 @@
 #include "sae.h"
 
 #include "error.h"
+#include "nodeblock.h"
 #include "gemm.h"
 #include "textfile.h"
 
@@ -416,7 +417,7 @@ int sae_read_cfg(Sae *s, const char *dir) {
 
 typedef struct { const char *name; const float **dst; int ndim; int64_t s0, s1; int optional; } SaeTensor;
 
-int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
+int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
     memset(s, 0, sizeof *s);
     s->dir = sg_xstrdup(dir);
     const char *prev_alloc = NULL;
@@ -430,7 +431,6 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     if (safetensors_open(&s->st, path)) goto fail;
     prev_alloc = sg_alloc_for(s->st.path), alloc_named = 1; /* the sizes below are the file's */
     const int64_t I = (int64_t)s->d_in, F = (int64_t)s->d_sae;
-    const float *r_mag = NULL;
     SaeTensor spec[] = {
         {"W_enc", &s->W_enc, 2, I, F, 0},
         {"b_enc", &s->b_enc, 1, F, 0, s->arch == SAE_GATED},
@@ -439,7 +439,7 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
         {"threshold", &s->threshold, 1, F, 0, s->arch != SAE_JUMPRELU},
         {"b_gate", &s->b_gate, 1, F, 0, s->arch != SAE_GATED},
         {"b_mag", &s->b_mag, 1, F, 0, s->arch != SAE_GATED},
-        {"r_mag", &r_mag, 1, F, 0, s->arch != SAE_GATED},
+        {"r_mag", &s->r_mag, 1, F, 0, s->arch != SAE_GATED},
         {"scaling_factor", &s->scaling_factor, 1, F, 0, 1},
     };
     size_t n_spec = sizeof spec / sizeof spec[0], total = 0;
@@ -454,32 +454,16 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
         if (sg_add_overflow(total, found[i]->numel, &total)) { sg_errorf(path, "tensor sizes overflow"); goto fail; }
     }
     /* F32 weights are used in place (13 SAEs of gpt2-small-res-jb are 2 GB: a copy per rank
-     * would decide how many ranks fit on a node); F16/BF16 are converted once into owned */
-    size_t owned_floats = 0;
-    for (size_t i = 0; i < n_spec; i++)
-        if (found[i] && !safetensors_is_f32_view(found[i])) owned_floats += found[i]->numel;
-    s->owned = owned_floats ? sg_xcalloc(owned_floats, sizeof(float)) : NULL;
-    size_t used = 0;
+     * would decide how many ranks fit on a node); F16/BF16 are checked here and converted by
+     * sae_place, once per node */
+    s->pending = sg_xcalloc(n_spec, sizeof *s->pending);
     for (size_t i = 0; i < n_spec; i++) {
         if (!found[i]) continue;
-        if (safetensors_f32(spec[i].dst, s->owned ? s->owned + used : NULL, &s->st, found[i])) goto fail;
-        if (!safetensors_is_f32_view(found[i])) used += found[i]->numel;
-    }
-    if (s->scaling_factor) {
-        int all_ones = 1;
-        for (size_t i = 0; i < s->d_sae; i++) all_ones &= s->scaling_factor[i] == 1.0f;
-        if (all_ones) s->scaling_factor = NULL;
-    }
-    if (s->arch == SAE_GATED) {
-        s->exp_r_mag = sg_xcalloc(s->d_sae, sizeof(float));
-        for (size_t i = 0; i < s->d_sae; i++) s->exp_r_mag[i] = expf(r_mag[i]);
-    }
-    if (s->arch == SAE_TOPK && s->rescale_acts_by_decoder_norm) {
-        s->dec_norm = sg_xcalloc(s->d_sae, sizeof(float));
-        for (size_t i = 0; i < s->d_sae; i++) {
-            double acc = 0;
-            for (size_t j = 0; j < s->d_in; j++) acc += (double)s->W_dec[i * s->d_in + j] * s->W_dec[i * s->d_in + j];
-            s->dec_norm[i] = (float)sqrt(acc);
+        if (safetensors_is_f32_view(found[i])) {
+            if (safetensors_f32(spec[i].dst, NULL, &s->st, found[i])) goto fail;
+        } else {
+            if (safetensors_check_f32(&s->st, found[i])) goto fail;
+            s->pending[s->n_pending++] = (SaePending){found[i], spec[i].dst};
         }
     }
     sg_alloc_for(prev_alloc);
@@ -490,9 +474,53 @@ fail:
     return -1;
 }
 
+void sae_place(Sae *s, MPI_Comm node) {
+    size_t floats = 0;
+    for (size_t i = 0; i < s->n_pending; i++) floats += (s->pending[i].t->numel + 15) / 16 * 16; /* 64-byte aligned */
+    const char *prev_alloc = sg_alloc_for(s->st.path);
+    int fill;
+    float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), &fill);
+    for (size_t i = 0, at = 0; i < s->n_pending; i++) {
+        const SafetensorsTensor *t = s->pending[i].t;
+        if (fill && safetensors_to_f32(block + at, &s->st, t)) /* sae_open checked it */
+            sg_fatal(s->st.path, "tensor '%s' changed while loading: %s", t->name, sg_error_message());
+        *s->pending[i].dst = block + at;
+        at += (t->numel + 15) / 16 * 16;
+    }
+    nodeblock_ready(&s->block);
+    free(s->pending);
+    s->pending = NULL, s->n_pending = 0;
+    /* small (d_sae) derived vectors: every rank its own */
+    if (s->scaling_factor) {
+        int all_ones = 1;
+        for (size_t i = 0; i < s->d_sae; i++) all_ones &= s->scaling_factor[i] == 1.0f;
+        if (all_ones) s->scaling_factor = NULL;
+    }
+    if (s->arch == SAE_GATED) {
+        s->exp_r_mag = sg_xcalloc(s->d_sae, sizeof(float));
+        for (size_t i = 0; i < s->d_sae; i++) s->exp_r_mag[i] = expf(s->r_mag[i]);
+    }
+    if (s->arch == SAE_TOPK && s->rescale_acts_by_decoder_norm) {
+        s->dec_norm = sg_xcalloc(s->d_sae, sizeof(float));
+        for (size_t i = 0; i < s->d_sae; i++) {
+            double acc = 0;
+            for (size_t j = 0; j < s->d_in; j++) acc += (double)s->W_dec[i * s->d_in + j] * s->W_dec[i * s->d_in + j];
+            s->dec_norm[i] = (float)sqrt(acc);
+        }
+    }
+    sg_alloc_for(prev_alloc);
+}
+
+int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
+    if (sae_open(s, dir, m, model_name, opt)) return -1;
+    sae_place(s, MPI_COMM_NULL);
+    return 0;
+}
+
 void sae_free(Sae *s) {
     safetensors_close(&s->st);
-    free(s->owned);
+    free(s->pending);
+    nodeblock_free(&s->block);
     free(s->exp_r_mag);
     free(s->dec_norm);
     free(s->dir);

@@ -532,24 +532,26 @@ static float f16_to_f32(uint16_t h) {
     return f;
 }
 
-static int check_finite(const float *v, const Safetensors *st, const SafetensorsTensor *t) {
-    for (size_t i = 0; i < t->numel; i++)
+static int check_finite(const float *v, size_t n, size_t i0, const Safetensors *st, const SafetensorsTensor *t) {
+    for (size_t i = 0; i < n; i++)
         if (!isfinite(v[i]))
             return sg_errorf(st->path, "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
-                             isnan(v[i]) ? "NaN" : "Inf", i);
+                             isnan(v[i]) ? "NaN" : "Inf", i0 + i);
     return 0;
 }
 
-int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTensor *t) {
+/* Elements [i0, i0 + n) of t as float32 into out; -1 (pending error) for a dtype saegap does
+ * not read. */
+static int convert_range(float *out, const Safetensors *st, const SafetensorsTensor *t, size_t i0, size_t n) {
     const unsigned char *p = t->data;
     switch (t->dtype) {
-    case ST_F32: memcpy(out, p, t->numel * 4); break;
+    case ST_F32: memcpy(out, p + 4 * i0, n * 4); break;
     case ST_F16:
-        for (size_t i = 0; i < t->numel; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); out[i] = f16_to_f32(h); }
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * (i0 + i), 2); out[i] = f16_to_f32(h); }
         break;
     case ST_BF16:
-        for (size_t i = 0; i < t->numel; i++) {
-            uint16_t h; memcpy(&h, p + 2 * i, 2);
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h; memcpy(&h, p + 2 * (i0 + i), 2);
             uint32_t bits = (uint32_t)h << 16; memcpy(&out[i], &bits, 4);
         }
         break;
@@ -557,7 +559,22 @@ int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTenso
         return sg_errorf(st->path, "tensor '%s' has dtype %s; saegap reads F32, F16 or BF16 weights", t->name,
                          DTYPES[t->dtype].name);
     }
-    return check_finite(out, st, t);
+    return 0;
+}
+
+int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTensor *t) {
+    if (convert_range(out, st, t, 0, t->numel)) return -1;
+    return check_finite(out, t->numel, 0, st, t);
+}
+
+int safetensors_check_f32(const Safetensors *st, const SafetensorsTensor *t) {
+    if (safetensors_is_f32_view(t)) return check_finite(t->data, t->numel, 0, st, t);
+    float chunk[4096];
+    for (size_t i0 = 0; i0 < t->numel; i0 += 4096) {
+        size_t n = t->numel - i0 < 4096 ? t->numel - i0 : 4096;
+        if (convert_range(chunk, st, t, i0, n) || check_finite(chunk, n, i0, st, t)) return -1;
+    }
+    return 0;
 }
 
 int safetensors_is_f32_view(const SafetensorsTensor *t) {
@@ -570,7 +587,7 @@ int safetensors_f32(const float **dst, float *owned, const Safetensors *st, cons
         *dst = owned;
         return 0;
     }
-    if (check_finite(t->data, st, t)) return -1;
+    if (check_finite(t->data, t->numel, 0, st, t)) return -1;
     *dst = t->data;
     return 0;
 }

@@ -153,6 +153,26 @@ int main(void) {
         free(l), free(p);
     }
 
+    /* ---- nearly identical distributions (one logit moved by one ulp; true KL ~1e-15): KL within
+     * the accuracy of the log-sum-exps, never a visible negative beyond it ---- */
+    {
+        enum { V = 100, R = 50 };
+        static float lc[R * V], li[R * V], p[R * V];
+        double lse[R], ps[R], kl[R], ce[R];
+        int32_t next[R];
+        unsigned s = 3;
+        for (int i = 0; i < R * V; i++) lc[i] = (float)(10 * lcg(&s)), li[i] = lc[i];
+        for (int r = 0; r < R; r++) {
+            li[r * V + r % V] = nextafterf(lc[r * V + r % V], r % 2 ? INFINITY : -INFINITY);
+            next[r] = r;
+        }
+        metrics_clean(lse, p, ps, lc, R, V);
+        metrics_kl_ce(kl, ce, lc, p, lse, ps, li, next, R, V);
+        double lo = 0, hi = 0;
+        for (int r = 0; r < R; r++) lo = fmin(lo, kl[r]), hi = fmax(hi, kl[r]);
+        CHECK(lo > -1e-8 && hi < 1e-8, "one-ulp changes: KL in [%g, %g], expected within 1e-8 of 0", lo, hi);
+    }
+
     /* ---- logits shifted by a constant are the same distribution: KL 0, the same CE; shifting
      * the clean logits does not change KL either (values on a 2^-10 grid: shifts are exact) ---- */
     {

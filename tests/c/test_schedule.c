@@ -83,6 +83,7 @@ static int check_layout(const UnitLayout *u, size_t n, size_t B, size_t K, int r
             unit_parts(u, unit, &b, &g);
             block_contexts(u, b, &c0, &c1);
             group_sites(u, g, &s0, &s1);
+            if (c1 > n || s1 > K) continue; /* reported above; do not write outside `seen` */
             for (size_t c = c0; c < c1; c++)
                 for (size_t s = s0; s < s1; s++) seen[c * K + s]++;
         }

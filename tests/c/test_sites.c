@@ -135,6 +135,15 @@ static void write_model(const char *dir, Tiny *w) {
     }
 }
 
+static void remove_model(const char *dir) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 static double max_abs_diff(const float *a, const float *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - b[i]));
@@ -159,6 +168,7 @@ int main(void) {
     Gpt2Model m;
     if (model_load(&m, dir) != 0) {
         fprintf(stderr, "FAIL: model_load: %s\n", sg_error_message());
+        remove_model(dir);
         return 1;
     }
     CHECK(m.cfg.n_layer == L && m.cfg.n_embd == D && m.cfg.n_head == NH && m.cfg.vocab_size == V, "config");
@@ -535,12 +545,7 @@ int main(void) {
 
     acts_free(&a);
     model_free(&m);
-    char path[128];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    remove_model(dir);
     if (failures) fprintf(stderr, "%d check(s) failed\n", failures);
     else printf("test_sites: all checks passed\n");
     return failures ? 1 : 0;

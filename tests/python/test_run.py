@@ -500,6 +500,28 @@ def test_deterministic_vs_reference(world, tmp_path, run_saegap, case):
         assert a.get("norm_scaling_factor_source") is not None
 
 
+def test_converted_weights_shared_per_node(world, tmp_path, run_saegap):
+    """F16 and BF16 SAEs are converted once per node into memory the node's ranks share
+    (nodeblock.h): at -np 3 every rank reads the one converted copy, and the result is
+    byte-identical to -np 1 and agrees with the float64 reference (gated with scaling_factor
+    and topk with decoder-norm rescale derive their small vectors from the converted weights)."""
+    saes = [build_sae(world, tmp_path / "bf16", "blocks.2.mlp.hook_post", "gated", "v6", dtype="BF16",
+                      scaling_factor=True),
+            build_sae(world, tmp_path / "f16", "blocks.1.hook_resid_pre", "topk", "v6", dtype="F16",
+                      rescale_acts_by_decoder_norm=True)]
+    res = {}
+    for np_ in (1, 3):
+        out = tmp_path / ("np%d.h5" % np_)
+        run_saegap(run_args(world, [s["dir"] for s in saes], out, DET, ["--quiet"]), np=np_)
+        res[np_] = read_result(str(out))
+    keys = [k for k in res[1]["raw"] if k.startswith(("sites/", "clean/"))]
+    assert keys
+    diff = [k for k in keys if res[1]["raw"][k].tobytes() != res[3]["raw"].get(k, np.empty(0)).tobytes()]
+    assert not diff, "-np 3 vs -np 1: datasets differ: %s" % diff
+    ref = rr.reference_run(None, [s["dir"] for s in saes], world["tokens"], model=world["model"])
+    check_against_reference(res[3], ref, rr.DETERMINISTIC, world["tokens"], what="np 3, F16/BF16")
+
+
 def test_folder_of_saes_and_bos_include(world, tmp_path, run_saegap):
     """One --sae naming a folder whose subfolders are SAE folders adds them
     all; --bos include measures every token (also BOS)."""

@@ -1,0 +1,53 @@
+/* nodeblock.c: memory shared by the ranks of a node (see nodeblock.h). */
+#include "nodeblock.h"
+
+#include "error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+MPI_Comm nodeblock_node_comm(MPI_Comm comm) {
+    int rank;
+    MPI_Comm node;
+    SG_MPI(MPI_Comm_rank(comm, &rank), "rank");
+    SG_MPI(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
+           "splitting the ranks by node");
+    return node;
+}
+
+void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill) {
+    memset(b, 0, sizeof *b);
+    if (node == MPI_COMM_NULL) {
+        *fill = 1;
+        b->base = sg_xcalloc(bytes ? bytes : 1, 1);
+        return b->base;
+    }
+    int rank;
+    SG_MPI(MPI_Comm_rank(node, &rank), "rank on the node");
+    *fill = rank == 0;
+    b->shared = 1;
+    if (bytes > (size_t)(MPI_Aint)(((size_t)-1) >> 1)) sg_fatal("node memory", "a block of %zu bytes", bytes);
+    void *mine = NULL;
+    /* the whole block on node rank 0; the others attach to it */
+    SG_MPI(MPI_Win_allocate_shared(rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0, 1, MPI_INFO_NULL, node, &mine,
+                                   &b->win),
+           "allocating %zu bytes of node-shared memory for the weights", bytes);
+    MPI_Aint size;
+    int disp;
+    SG_MPI(MPI_Win_shared_query(b->win, 0, &size, &disp, &b->base), "attaching to the node's weights");
+    SG_MPI(MPI_Win_fence(0, b->win), "opening the node's weights"); /* an epoch for the filler */
+    if (rank == 0) memset(b->base, 0, bytes);
+    return b->base;
+}
+
+void nodeblock_ready(NodeBlock *b) {
+    if (!b->shared) return;
+    SG_MPI(MPI_Win_fence(0, b->win), "publishing the node's weights");
+}
+
+void nodeblock_free(NodeBlock *b) {
+    if (!b->base) return;
+    if (b->shared) SG_MPI(MPI_Win_free(&b->win), "freeing the node's weights");
+    else free(b->base);
+    memset(b, 0, sizeof *b);
+}
