@@ -33,7 +33,12 @@ const char *gemm_kernels_warning(void) {
 }
 
 void gemm_set_threads(int n) { bli_thread_set_num_threads(n > 0 ? n : 1); }
-int gemm_get_threads(void) { return (int)bli_thread_get_num_threads(); }
+/* BLIS answers -1 until a count is set (or BLIS_NUM_THREADS is): the callers use this as an
+ * OpenMP team size, so that means one thread */
+int gemm_get_threads(void) {
+    dim_t n = bli_thread_get_num_threads();
+    return n > 0 ? (int)n : 1;
+}
 
 void gemm_strided(size_t M, size_t N, size_t K, float alpha, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
                   const float *B, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc) {

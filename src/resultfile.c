@@ -437,6 +437,10 @@ int rf_read_file_job(H5Out *h, RfFileJob *j, char *why, size_t cap) {
     size_t K = 0; /* sites, in run order */
     for (char *save = NULL, *t = strtok_r(j->sites, ",", &save); t && K < 256; t = strtok_r(NULL, ",", &save))
         j->names[K++] = t;
+    if (K == 0) { /* a layout of no unit would verify as complete */
+        snprintf(why, cap, "attribute job_sites names no site");
+        return -1;
+    }
     s->n_contexts = (size_t)n, s->ctx = (size_t)T, s->n_sites = K, s->samples = (size_t)S;
     s->scope_position = position, s->window = (size_t)Wk, s->Wk = (size_t)Wk;
     schedule_layout_from(&s->layout, (size_t)n, (size_t)B, K, (size_t)bpb, (size_t)G);

@@ -98,3 +98,14 @@ def test_unrecorded_final_checksum_is_named(saegap_bin, small_result, tmp_path):
     rc, out, _ = verify(saegap_bin, path)
     assert rc == 0, out
     assert "cannot be verified" in out and "recorded no final checksum" in out, out
+
+
+def test_no_sites_is_damage(saegap_bin, small_result, tmp_path):
+    """job_sites is an attribute (outside every checksum): emptied, the file would lay out zero
+    units and verify would call it complete."""
+    path = tmp_path / "nosites.h5"
+    shutil.copy(small_result, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs.modify("job_sites", "")
+    rc, out, _ = verify(saegap_bin, path)
+    assert rc == 4 and "names no site" in out, out
