@@ -13,6 +13,8 @@ PACKAGES=(
   libblis-dev
   # JSON parser for config.json / cfg.json / safetensors headers (job files: src/jobfile.c)
   libcjson-dev
+  # XXH3: the job identity hash over gigabytes of weights (checksum.h)
+  libxxhash-dev
   # counter-based random streams (Philox)
   librandom123-dev
   # tests and analysis/ (Debian's /usr/bin/python3 only)

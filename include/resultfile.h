@@ -12,6 +12,7 @@
 #ifndef SAEGAP_RESULTFILE_H
 #define SAEGAP_RESULTFILE_H
 
+#include "checksum.h"
 #include "h5out.h"
 #include "interventions.h"
 #include "reprosum.h"
@@ -73,7 +74,7 @@ typedef struct {
     int bos_include;
     double latent_noise;
     const RfSite *sites;
-    uint64_t saes_checksum;     /* of every SAE's weights, basis and normalisation factor */
+    const char *saes_checksum;  /* of every SAE's weights, basis and normalisation factor */
 } RfJob;
 size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
 
@@ -92,6 +93,8 @@ void rf_free(ResultFile *rf);
 /* --resume: 0 when the file records this job (every item equal); -1 with a pending error naming
  * the first item that differs. Then reads the stored unit layout into *layout (B must match). */
 int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob *job);
+/* The hash an existing file's job identity was recorded with (checksum.h). */
+JobHashKind rf_job_hash_kind(H5Out *h);
 int rf_read_layout(H5Out *h, const char *path, size_t n, size_t B, size_t n_sites, UnitLayout *layout);
 /* --resume: a warning when the file's units were computed with other BLIS kernels (the values
  * of the units computed now may then differ in their last bits from an uninterrupted run). */

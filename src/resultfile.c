@@ -43,9 +43,15 @@ size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *it) {
     for (size_t i = 0; i < s->n_sites; i++)
         snprintf(sites + strlen(sites), sizeof sites - strlen(sites), "%s%s", i ? "," : "", job->sites[i].name);
     ITEM("sites", "%s", sites);
-    ITEM("saes_checksum", "fnv1a64:%016llx (weights, basis, normalisation factor)", (unsigned long long)job->saes_checksum);
+    ITEM("saes_checksum", "%s (weights, basis, normalisation factor)", job->saes_checksum);
 #undef ITEM
     return n;
+}
+
+JobHashKind rf_job_hash_kind(H5Out *h) {
+    char v[128] = "";
+    h5out_get_attr_str(h, "/", "job_model_checksum", v, sizeof v);
+    return job_hash_kind_of(v);
 }
 
 int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob *job) {

@@ -58,7 +58,7 @@ typedef struct {
     ResultFile rf;
     RfSite *rf_sites;
     const char **site_names;
-    char tokens_checksum[64], model_checksum[64];
+    char tokens_checksum[64], model_checksum[64], saes_checksum[64];
     RfJob identity;
     char out_partial[OUT_PARTIAL_MAX]; /* "<out>.creating": the new file until its schema is on disk */
     uint64_t file_bytes;          /* a new result's size (datasets + metadata reserve): check_space */
@@ -197,6 +197,30 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
 
 /* ---- the job's shape and identity --------------------------------------------------------- */
 
+/* What --resume compares: the model's, tokens' and SAEs' bytes (with each SAE's basis and
+ * normalisation factor), hashed with `kind` (checksum.h: XXH3 for new files, FNV-1a to resume
+ * files written before), and the options. */
+static void job_identity(Run *r, JobHashKind kind) {
+    JobHash h;
+    job_hash_init(&h, kind);
+    job_hash_update(&h, r->model.st.map, r->model.st.map_size);
+    job_hash_final(&h, r->model_checksum);
+    job_hash_init(&h, kind);
+    job_hash_update(&h, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t));
+    job_hash_final(&h, r->tokens_checksum);
+    job_hash_init(&h, kind);
+    for (size_t i = 0; i < r->n_sites; i++) {
+        const Sae *a = &r->sites[i].sae;
+        job_hash_update(&h, a->st.map, a->st.map_size);
+        job_hash_update(&h, basis_name(a->basis), strlen(basis_name(a->basis)));
+        job_hash_update(&h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
+    }
+    job_hash_final(&h, r->saes_checksum);
+    r->identity = (RfJob){.model_checksum = r->model_checksum, .tokens_checksum = r->tokens_checksum,
+                          .seed = r->o->seed, .bos_include = r->bos_include, .latent_noise = r->o->latent_noise,
+                          .sites = r->rf_sites, .saes_checksum = r->saes_checksum};
+}
+
 /* Everything the result file and the compute path follow from, once the inputs are loaded. */
 static void describe_job(Run *r) {
     const Options *o = r->o;
@@ -212,24 +236,13 @@ static void describe_job(Run *r) {
     s->layout.B = schedule_batch_contexts(r->ts.ctx);
     r->rf_sites = sg_xcalloc(r->n_sites, sizeof *r->rf_sites);
     r->site_names = sg_xcalloc(r->n_sites, sizeof *r->site_names);
-    uint64_t h = FNV1A_INIT;
     for (size_t i = 0; i < r->n_sites; i++) {
         SiteRun *site = &r->sites[i];
         record_alloc(&site->rec, site->d, site->F);
         r->rf_sites[i] = (RfSite){.name = site->name, .sae = &site->sae, .n_sums = site->rec.n_sums};
         r->site_names[i] = site->name;
-        const Sae *a = &site->sae;
-        h = fnv1a(h, a->st.map, a->st.map_size);
-        h = fnv1a(h, basis_name(a->basis), strlen(basis_name(a->basis)));
-        h = fnv1a(h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
     }
-    snprintf(r->model_checksum, sizeof r->model_checksum, "fnv1a64:%016llx",
-             (unsigned long long)fnv1a(FNV1A_INIT, r->model.st.map, r->model.st.map_size));
-    snprintf(r->tokens_checksum, sizeof r->tokens_checksum, "fnv1a64:%016llx",
-             (unsigned long long)fnv1a(FNV1A_INIT, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t)));
-    r->identity = (RfJob){.model_checksum = r->model_checksum, .tokens_checksum = r->tokens_checksum,
-                          .seed = o->seed, .bos_include = r->bos_include, .latent_noise = o->latent_noise,
-                          .sites = r->rf_sites, .saes_checksum = h};
+    job_identity(r, JOB_HASH_XXH3);
     r->job = (SweepJob){.model = &r->model, .ts = &r->ts, .sites = r->sites, .n_sites = r->n_sites, .shape = &r->shape,
                         .B = s->layout.B, .bos_include = r->bos_include,
                         .scores = rf_has_iv(&r->shape, IV_SAE) && rf_has_iv(&r->shape, IV_ZERO_ABLATION), .latent_noise = o->latent_noise,
@@ -436,6 +449,7 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         if (sg_agree(comm, rc)) return NULL;
         h = h5out_open(o->out, comm);
         if (sg_agree(comm, h ? 0 : -1)) return NULL;
+        if (rf_job_hash_kind(h) != JOB_HASH_XXH3) job_identity(r, rf_job_hash_kind(h)); /* an older file */
         rc = rf_check_same_job(h, o->out, &r->shape, &r->identity);
         if (rc == 0) rc = rf_read_layout(h, o->out, r->ts.n, r->job.B, r->n_sites, &r->shape.layout);
         if (sg_agree(comm, rc)) { h5out_close(h); return NULL; }

@@ -109,3 +109,29 @@ def test_no_sites_is_damage(saegap_bin, small_result, tmp_path):
         f.attrs.modify("job_sites", "")
     rc, out, _ = verify(saegap_bin, path)
     assert rc == 4 and "names no site" in out, out
+
+
+def test_resume_of_a_file_with_an_fnv_identity(saegap_bin, small_result, tmp_path):
+    """New files record the job identity with XXH3; a file written before records FNV-1a, and
+    --resume recomputes the identity that way for it (checksum.h)."""
+    with h5py.File(small_result, "r") as f:
+        assert str(f.attrs["job_model_checksum"]).startswith("xxh3-64:")
+        assert str(f.attrs["job_saes_checksum"]).startswith("xxh3-64:")
+    old = tmp_path / "left.h5"
+    shutil.copy(os.path.join(ROOT, "tests", "fuzz", "corpus", "result_resume", "left"), old)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    # the command that wrote it (tests/fuzz/make_corpus.py), from the fixture's folder
+    cmd = [saegap_bin, "run", "--model", "fixture/model", "--sae", "fixture/saes", "--tokens", "fixture/tokens.npy",
+           "--interventions", "sae,eps_random,zero_ablation", "--examples", "1", "--threads-per-rank", "1", "--quiet"]
+    p = subprocess.run(cmd + ["--out", str(old), "--resume"], cwd=os.path.join(ROOT, "tests", "fuzz"), env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert verify(saegap_bin, old)[0] == 0
+    with h5py.File(old, "r") as f:
+        assert str(f.attrs["job_model_checksum"]).startswith("fnv1a64:")
+    # another seed is another job, also for an old file
+    again = tmp_path / "left2.h5"
+    shutil.copy(os.path.join(ROOT, "tests", "fuzz", "corpus", "result_resume", "left"), again)
+    p = subprocess.run(cmd + ["--out", str(again), "--resume", "--seed", "7"], cwd=os.path.join(ROOT, "tests", "fuzz"),
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode != 0 and "seed" in p.stderr, p.stderr
