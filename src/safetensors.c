@@ -431,6 +431,26 @@ static int parse_header(Safetensors *st, const char *json, size_t json_len, cons
     return rc;
 }
 
+/* Offset of the first byte that is not part of well-formed UTF-8 (RFC 3629: shortest forms,
+ * no surrogates, at most U+10FFFF), or n when all of s is. */
+static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (len == 0 || len > n - i) return i;
+        uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1f) : len == 3 ? (c & 0x0f) : (c & 0x07);
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return i;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t min_of_len[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min_of_len[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+        i += len;
+    }
+    return n;
+}
+
 int safetensors_open(Safetensors *st, const char *path) {
     memset(st, 0, sizeof *st);
     st->path = sg_xstrdup(path);
@@ -480,6 +500,13 @@ int safetensors_open(Safetensors *st, const char *path) {
     const char *json = (const char *)map + 8;
     if (hlen == 0 || json[0] != '{') {
         sg_errorf(path, "safetensors header is not a JSON object");
+        safetensors_close(st);
+        return -1;
+    }
+    size_t bad = utf8_invalid_at((const unsigned char *)json, (size_t)hlen);
+    if (bad < hlen) { /* the reference implementation reads the header as a Rust str */
+        sg_errorf(path, "safetensors header is not valid UTF-8 (byte 0x%02x at header byte %zu)",
+                  (unsigned)(unsigned char)json[bad], bad);
         safetensors_close(st);
         return -1;
     }

@@ -295,6 +295,15 @@ int main(void) {
         CHECK(safetensors_find(&st, want) != NULL, "find of the decoded name");
         safetensors_close(&st);
 
+        /* the same name written as raw UTF-8 (2- and 4-byte sequences) */
+        path = make_file("raw-utf8.safetensors",
+                         "{\"a\xc3\xa9\xf0\x9f\x98\x80\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 1,
+                         "xy", 2, UINT64_MAX);
+        CHECK(safetensors_open(&st, path) == 0 && st.n_tensors == 1 &&
+                  !strcmp(st.tensors[0].name, "a\xc3\xa9\xf0\x9f\x98\x80"),
+              "raw UTF-8 name: %s", sg_error_message());
+        safetensors_close(&st);
+
         path = make_st("empty.safetensors", "{}", NULL, 0);
         CHECK(safetensors_open(&st, path) == 0 && st.n_tensors == 0 && !safetensors_find(&st, "a"),
               "header {} with no data: %s", sg_error_message());
@@ -390,6 +399,14 @@ int main(void) {
         for (int i = 0; i < 70; i++) strcat(deep, "]");
         strcat(deep, "}");
         REFUSED(make_st("deep.safetensors", deep, NULL, 0), "nests deeper than 64 levels", NULL);
+        /* the header is UTF-8, as the reference implementation requires */
+        REFUSED(make_file("utf8-ff.safetensors", "{\"a\xff\xfe\":{}}", 1, NULL, 0, UINT64_MAX), "not valid UTF-8",
+                "byte 0xff at header byte 3");
+        REFUSED(make_file("utf8-overlong.safetensors", "{\"\xc0\xaf\":{}}", 1, NULL, 0, UINT64_MAX),
+                "not valid UTF-8", "header byte 2");
+        REFUSED(make_file("utf8-surrogate.safetensors", "{\"\xed\xa0\x80\":{}}", 1, NULL, 0, UINT64_MAX),
+                "not valid UTF-8", "header byte 2");
+        REFUSED(make_file("utf8-cut.safetensors", "{\"\xe2\x82", 1, NULL, 0, UINT64_MAX), "not valid UTF-8", NULL);
     }
 
     /* ---- refused: tensor entries (each message names the tensor) ---- */
