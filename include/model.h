@@ -41,11 +41,6 @@ typedef struct {
 } Gpt2LayerWeights;
 
 typedef struct {
-    const SafetensorsTensor *t;
-    const float **dst;
-} ModelPending;
-
-typedef struct {
     char *dir;
     Gpt2Config cfg;
     const float *wte;             /* (V, D) token embedding, tied unembedding */
@@ -64,7 +59,7 @@ typedef struct {
     /* converted tensors (F16/BF16 or misaligned F32), the padded wte and the folded value bias:
      * one block per node (nodeblock.h), filled by model_place */
     NodeBlock block;
-    ModelPending *pending;        /* tensors model_place converts (model_open -> model_place) */
+    SafetensorsPending *pending;        /* tensors model_place converts (model_open -> model_place) */
     size_t n_pending;
     size_t n_params;
 } Gpt2Model;

@@ -16,11 +16,6 @@ typedef enum { SAE_NORM_NONE, SAE_NORM_CONSTANT_NORM_RESCALE, SAE_NORM_LAYER_NOR
 typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_COUNT } SaeCfgGeneration;
 
 typedef struct {
-    const SafetensorsTensor *t;
-    const float **dst;
-} SaePending;
-
-typedef struct {
     char *dir;
     char *hook_name;
     char *model_name;
@@ -49,7 +44,7 @@ typedef struct {
     float *dec_norm;               /* (d_sae) ||W_dec_i||, topk with rescale */
     Safetensors st;
     NodeBlock block;               /* converted (F16/BF16) tensors, once per node: sae_place */
-    SaePending *pending;           /* what sae_place converts */
+    SafetensorsPending *pending;           /* what sae_place converts */
     size_t n_pending;
 } Sae;
 

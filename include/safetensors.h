@@ -67,6 +67,17 @@ int safetensors_f32(const float **dst, float *owned, const Safetensors *st, cons
  * validate on every rank and convert once per node (nodeblock.h). */
 int safetensors_check_f32(const Safetensors *st, const SafetensorsTensor *t);
 
+/* Tensors a loader checked (safetensors_check_f32) and converts later into one block: each at
+ * a 64-byte aligned offset. safetensors_pending_floats is the block's size; safetensors_place
+ * points every *dst into block, converting when convert is set (the one rank that fills a
+ * node block, nodeblock.h). Values were checked, so a failure here means the file changed. */
+typedef struct {
+    const SafetensorsTensor *t;
+    const float **dst;
+} SafetensorsPending;
+size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n);
+void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int convert);
+
 /* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,
                        const int64_t *shape);

@@ -230,7 +230,7 @@ int model_open(Gpt2Model *m, const char *dir) {
             rc = safetensors_f32(specs[i].dst, NULL, &m->st, found[i]);
         } else {
             rc = safetensors_check_f32(&m->st, found[i]);
-            m->pending[m->n_pending++] = (ModelPending){found[i], specs[i].dst};
+            m->pending[m->n_pending++] = (SafetensorsPending){found[i], specs[i].dst};
         }
     }
     free(found);
@@ -260,22 +260,13 @@ void model_place(Gpt2Model *m, MPI_Comm node) {
     const Gpt2Config *c = &m->cfg;
     const size_t D = c->n_embd, vd = c->vocab_size * D, vpd = m->vocab_padded * D, ld = c->n_layer * D;
     /* layout: converted tensors, padded wte, folded value bias (sizes checked by model_open) */
-    size_t floats = 0;
-    for (size_t i = 0; i < m->n_pending; i++) floats += section(m->pending[i].t->numel);
-    const size_t at_wte = floats, at_vb = at_wte + section(vpd);
-    floats = at_vb + section(ld);
+    const size_t at_wte = safetensors_pending_floats(m->pending, m->n_pending), at_vb = at_wte + section(vpd),
+                 floats = at_vb + section(ld);
     const char *prev_alloc = sg_alloc_for(m->st.path);
     int fill;
     float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), &fill);
     sg_alloc_for(prev_alloc);
-    size_t at = 0;
-    for (size_t i = 0; i < m->n_pending; i++) {
-        const SafetensorsTensor *t = m->pending[i].t;
-        if (fill && safetensors_to_f32(block + at, &m->st, t)) /* model_open checked it */
-            sg_fatal(m->st.path, "tensor '%s' changed while loading: %s", t->name, sg_error_message());
-        *m->pending[i].dst = block + at;
-        at += section(t->numel);
-    }
+    safetensors_place(block, &m->st, m->pending, m->n_pending, fill);
     m->wte_padded = block + at_wte;
     m->value_bias_folded = block + at_vb;
     if (fill) {

@@ -463,7 +463,7 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
             if (safetensors_f32(spec[i].dst, NULL, &s->st, found[i])) goto fail;
         } else {
             if (safetensors_check_f32(&s->st, found[i])) goto fail;
-            s->pending[s->n_pending++] = (SaePending){found[i], spec[i].dst};
+            s->pending[s->n_pending++] = (SafetensorsPending){found[i], spec[i].dst};
         }
     }
     sg_alloc_for(prev_alloc);
@@ -475,18 +475,11 @@ fail:
 }
 
 void sae_place(Sae *s, MPI_Comm node) {
-    size_t floats = 0;
-    for (size_t i = 0; i < s->n_pending; i++) floats += (s->pending[i].t->numel + 15) / 16 * 16; /* 64-byte aligned */
+    const size_t floats = safetensors_pending_floats(s->pending, s->n_pending);
     const char *prev_alloc = sg_alloc_for(s->st.path);
     int fill;
     float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), &fill);
-    for (size_t i = 0, at = 0; i < s->n_pending; i++) {
-        const SafetensorsTensor *t = s->pending[i].t;
-        if (fill && safetensors_to_f32(block + at, &s->st, t)) /* sae_open checked it */
-            sg_fatal(s->st.path, "tensor '%s' changed while loading: %s", t->name, sg_error_message());
-        *s->pending[i].dst = block + at;
-        at += (t->numel + 15) / 16 * 16;
-    }
+    safetensors_place(block, &s->st, s->pending, s->n_pending, fill);
     nodeblock_ready(&s->block);
     free(s->pending);
     s->pending = NULL, s->n_pending = 0;

@@ -628,6 +628,23 @@ int safetensors_f32(const float **dst, float *owned, const Safetensors *st, cons
     return 0;
 }
 
+static size_t aligned_floats(size_t n) { return (n + 15) / 16 * 16; }
+
+size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n) {
+    size_t floats = 0;
+    for (size_t i = 0; i < n; i++) floats += aligned_floats(p[i].t->numel);
+    return floats;
+}
+
+void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int convert) {
+    for (size_t i = 0, at = 0; i < n; i++) {
+        if (convert && safetensors_to_f32(block + at, st, p[i].t))
+            sg_fatal(st->path, "tensor '%s' changed while loading: %s", p[i].t->name, sg_error_message());
+        *p[i].dst = block + at;
+        at += aligned_floats(p[i].t->numel);
+    }
+}
+
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,
                        const int64_t *shape) {
     const SafetensorsTensor *t = safetensors_find(st, name);
