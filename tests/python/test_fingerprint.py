@@ -4,11 +4,11 @@
 Two jobs on the embedded demo (jobs/demo.job on 4 contexts: 9 SAEs, all 11 interventions,
 examples; and the same at --scope position --samples 4, which adds the z-scores), each at -np 1
 and -np 2. Both rank counts must give the same bytes (the design: docs/architecture.md), and
-those bytes must match tests/fingerprints/demo.json.
+those bytes must match tests/fingerprints/demo-<kernels>.json.
 
-The last bits of a float depend on BLIS's kernels (the file's `blis_kernels` attribute): on a
-node whose kernels differ from the ones the fingerprint was recorded with, only the
-rank-count check runs and the comparison is skipped, saying so.
+The last bits of a float depend on BLIS's kernels (the file's `blis_kernels` attribute: 'skx'
+on AVX-512 CPUs, 'zen3', 'haswell', ...), so each kernel set has its own record. On a node whose
+kernels have none, only the rank-count check runs and the comparison is skipped, saying so.
 
 A change that moves bits on purpose records the new fingerprint and says why in its commit:
     SAEGAP_FINGERPRINT_RECORD=1 /usr/bin/python3 -m pytest -q tests/python/test_fingerprint.py
@@ -24,7 +24,11 @@ import pytest
 from conftest import mpirun_cmd
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-RECORD = os.path.join(ROOT, "tests", "fingerprints", "demo.json")
+RECORDS = os.path.join(ROOT, "tests", "fingerprints")
+
+
+def record_path(kernels):
+    return os.path.join(RECORDS, "demo-%s.json" % kernels)
 GROUPS = ("sites", "correlation", "clean", "examples")
 JOBS = {
     "demo": ["--contexts", "4"],
@@ -89,22 +93,26 @@ def test_same_bytes_at_any_rank_count(fingerprints, job):
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_bytes_match_the_recorded_fingerprint(fingerprints, job):
     kernels, fp = fingerprints[(job, 1)]
+    assert kernels, "the result file has no blis_kernels attribute"
+    path = record_path(kernels)
     if os.environ.get("SAEGAP_FINGERPRINT_RECORD") == "1":
-        rec = json.load(open(RECORD)) if os.path.exists(RECORD) else {}
+        rec = json.load(open(path)) if os.path.exists(path) else {}
         rec["blis_kernels"] = kernels
         rec.setdefault("jobs", {})[job] = {"args": JOBS[job], "datasets": fp}
-        os.makedirs(os.path.dirname(RECORD), exist_ok=True)
-        with open(RECORD, "w") as f:
+        os.makedirs(RECORDS, exist_ok=True)
+        with open(path, "w") as f:
             json.dump(rec, f, indent=1, sort_keys=True)
             f.write("\n")
         return
-    rec = json.load(open(RECORD))
-    if kernels != rec["blis_kernels"]:
-        pytest.skip("BLIS kernels here are '%s', the fingerprint was recorded with '%s': last bits may differ "
-                    "(the rank-count check still ran)" % (kernels, rec["blis_kernels"]))
+    if not os.path.exists(path):
+        have = sorted(n[len("demo-"):-len(".json")] for n in os.listdir(RECORDS) if n.startswith("demo-"))
+        pytest.skip("no fingerprint recorded for BLIS kernels '%s' (recorded: %s): last bits differ between "
+                    "kernel sets (the rank-count check still ran)" % (kernels, ", ".join(have) or "none"))
+    rec = json.load(open(path))
+    assert rec["blis_kernels"] == kernels, "%s was recorded with kernels '%s'" % (path, rec["blis_kernels"])
     want = rec["jobs"][job]
-    assert want["args"] == JOBS[job], "tests/fingerprints/demo.json was recorded for other arguments"
+    assert want["args"] == JOBS[job], "%s was recorded for other arguments" % path
     assert fp == want["datasets"], (
-        "%s: results moved from the recorded fingerprint (%s). If on purpose, record it again "
+        "%s: results moved from the recorded fingerprint %s (%s). If on purpose, record it again "
         "(SAEGAP_FINGERPRINT_RECORD=1, see this file's docstring) and say why in the commit."
-        % (job, differences(want["datasets"], fp)))
+        % (job, os.path.basename(path), differences(want["datasets"], fp)))
