@@ -18,6 +18,7 @@
 #include "sae.h"
 #include "sitemetrics.h"
 #include "tokens.h"
+#include "unembed.h"
 
 #include <signal.h>
 #include <stddef.h>
@@ -71,11 +72,15 @@ typedef struct {
     Activations clean, work;  /* work: SWEEP_STACK x B contexts, one layer's buffers */
     PassId *passes;           /* (IV_COUNT x samples + 2) the site's passes in order */
     size_t cached_c0, cached_nb;  /* the batch the clean cache holds (nb 0: none) */
-    float *logits_clean;  /* (N, V) */
+    float *logits_clean;  /* (N, V) (planned as (N, Vp): the GEMM's rows are compacted in place) */
     float *p_clean;       /* (N, V) */
     double *lse_clean, *p_sum; /* (N) */
-    float *logits_iv;     /* (N, Vp) logits of the rows of a pass, one GEMM (compacted to V in place) */
-    double *kl_rows, *ce_rows; /* (N) their KL and CE against the clean rows */
+    /* a stack of passes' rows (R <= SWEEP_STACK x N), through the fused unembedding */
+    double *kl_rows, *ce_rows, *lse_rows; /* (R) KL and CE against their clean rows, log-sum-exp */
+    uint32_t *clean_row;  /* (R) the clean row of each */
+    int32_t *sel;         /* (R) the example context whose clean top-25 the row reports, or -1 */
+    float *sel_logits;    /* (R, 25) the row's logits at those ids */
+    UnembedScratch unembed;
     int32_t *next;        /* (N) next token or -1 */
     unsigned char *measured, *active, *score_active; /* (N) */
     uint32_t *context, *position;     /* (N) */

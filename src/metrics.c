@@ -45,7 +45,7 @@ SG_VECTOR_CLONES double metrics_lse(const float *l, size_t V) {
 }
 
 void metrics_clean(double *lse, float *p, double *p_sum, const float *logits, size_t n, size_t V) {
-    /* rows on the rank's threads (the OpenMP team BLIS uses, see metrics_kl_ce_threads); each
+    /* rows on the rank's threads (the OpenMP team BLIS uses, as unembed.c's reduction); each
      * row's values are computed on their own */
     const long rows = (long)n;
 #pragma omp parallel for num_threads(gemm_get_threads()) schedule(static)
@@ -64,32 +64,59 @@ void metrics_clean(double *lse, float *p, double *p_sum, const float *logits, si
 
 void metrics_kl_ce(double *kl, double *ce, const float *logits_clean, const float *p_clean, const double *lse_clean,
                    const double *p_sum, const float *logits_iv, const int32_t *next, size_t n, size_t V) {
+    /* the fused unembedding's reduction (unembed.c), on whole rows: the same blocks, the same bits */
     for (size_t r = 0; r < n; r++) {
         const float *lc = logits_clean + r * V, *li = logits_iv + r * V, *p = p_clean + r * V;
-        double lse_i = metrics_lse(li, V);
-        /* sum p (lc - lse_c - li + lse_i) */
-        double a[4] = {0, 0, 0, 0};
-        size_t v = 0;
-        for (; v + 4 <= V; v += 4)
-            for (int k = 0; k < 4; k++) a[k] += (double)p[v + k] * ((double)lc[v + k] - li[v + k]);
-        for (; v < V; v++) a[0] += (double)p[v] * ((double)lc[v] - li[v]);
-        double k = ((a[0] + a[1]) + (a[2] + a[3])) + (lse_i - lse_clean[r]) * p_sum[r];
-        /* identical distributions can round to -1e-12; anything more negative is left visible */
-        kl[r] = k < 0 && k > -1e-9 ? 0.0 : k;
-        ce[r] = next[r] >= 0 ? lse_i - li[next[r]] : NAN;
+        MetricsRowAcc a;
+        metrics_row_start(&a);
+        for (size_t v0 = 0; v0 < V; v0 += METRICS_VOCAB_BLOCK) {
+            const size_t m = V - v0 < METRICS_VOCAB_BLOCK ? V - v0 : METRICS_VOCAB_BLOCK;
+            metrics_row_block(&a, li + v0, lc + v0, p + v0, m);
+        }
+        if (next[r] >= 0) a.next_logit = li[next[r]];
+        double lse_i;
+        metrics_row_finish(&kl[r], &ce[r], &lse_i, &a, lse_clean[r], p_sum[r], next[r] >= 0);
     }
 }
 
-void metrics_kl_ce_threads(int threads, double *kl, double *ce, const float *logits_clean, const float *p_clean,
-                           const double *lse_clean, const double *p_sum, const float *logits_iv,
-                           const int32_t *next, size_t n, size_t V) {
-    /* OpenMP, not pthreads: BLIS (libblis-mt) runs its GEMMs on libgomp's thread team, whose
-     * threads spin for a while after each GEMM; a second set of threads would compete with them
-     * for the same cores (measured: a fifth of the time in libgomp's spin). This loop reuses
-     * that team. Static schedule of whole rows: each row's value is independent of the split. */
-    const long rows = (long)n;
-#pragma omp parallel for num_threads(threads > 0 ? threads : 1) schedule(static) if (threads > 1 && rows > 1)
-    for (long r = 0; r < rows; r++)
-        metrics_kl_ce(kl + r, ce + r, logits_clean + (size_t)r * V, p_clean + (size_t)r * V, lse_clean + r, p_sum + r,
-                      logits_iv + (size_t)r * V, next + r, 1, V);
+void metrics_row_start(MetricsRowAcc *a) {
+    a->max = -INFINITY, a->sum = 0, a->dot = 0, a->next_logit = NAN;
+}
+
+SG_VECTOR_CLONES void metrics_row_block(MetricsRowAcc *a, const float *li, const float *lc, const float *p, size_t n) {
+    if (n == 0) return;
+    const float mb = row_max(li, n);
+    if (mb > a->max) { /* rescale what was summed against the old maximum; exp(-inf) = 0 at the first block */
+        a->sum *= exp((double)a->max - (double)mb);
+        a->max = mb;
+    }
+    const float mx = a->max;
+    /* the same lanes as metrics_lse: element i into lane i % 8, combined in a fixed order */
+    enum { CHUNK = 512 };
+    float e[CHUNK];
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, d[4] = {0, 0, 0, 0};
+    for (size_t v0 = 0; v0 < n; v0 += CHUNK) {
+        const size_t m = n - v0 < CHUNK ? n - v0 : CHUNK;
+#pragma omp simd
+        for (size_t i = 0; i < m; i++) e[i] = sg_expf(li[v0 + i] - mx);
+        size_t i = 0;
+        for (; i + 8 <= m; i += 8)
+            for (int k = 0; k < 8; k++) s[k] += e[i + k];
+        for (; i < m; i++) s[i % 8] += e[i];
+    }
+    size_t v = 0;
+    for (; v + 4 <= n; v += 4)
+        for (int k = 0; k < 4; k++) d[k] += (double)p[v + k] * ((double)lc[v + k] - li[v + k]);
+    for (; v < n; v++) d[0] += (double)p[v] * ((double)lc[v] - li[v]);
+    a->sum += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    a->dot += (d[0] + d[1]) + (d[2] + d[3]);
+}
+
+void metrics_row_finish(double *kl, double *ce, double *lse_iv, const MetricsRowAcc *a, double lse_clean,
+                        double p_sum, int has_next) {
+    const double lse_i = (double)a->max + log(a->sum);
+    const double k = a->dot + (lse_i - lse_clean) * p_sum;
+    *kl = k < 0 && k > -1e-9 ? 0.0 : k; /* as metrics_kl_ce */
+    *ce = has_next ? lse_i - a->next_logit : NAN;
+    *lse_iv = lse_i;
 }

@@ -33,13 +33,18 @@ void work_alloc(Work *w, const SweepJob *j) {
     memset(w, 0, sizeof *w);
     acts_alloc(&w->clean, c, B, T, 1);
     acts_alloc(&w->work, c, SWEEP_STACK * B, T, 0); /* read only at its end: one layer's buffers */
-    w->logits_clean = sg_xcalloc(N * V, sizeof(float));
+    w->logits_clean = sg_xcalloc(N * Vp, sizeof(float));
     w->p_clean = sg_xcalloc(N * V, sizeof(float));
     w->lse_clean = sg_xcalloc(N, sizeof(double));
     w->p_sum = sg_xcalloc(N, sizeof(double));
-    w->logits_iv = sg_xcalloc(N * Vp, sizeof(float));
-    w->kl_rows = sg_xcalloc(N, sizeof(double));
-    w->ce_rows = sg_xcalloc(N, sizeof(double));
+    const size_t R = SWEEP_STACK * N; /* the rows of a stack of passes */
+    w->kl_rows = sg_xcalloc(R, sizeof(double));
+    w->ce_rows = sg_xcalloc(R, sizeof(double));
+    w->lse_rows = sg_xcalloc(R, sizeof(double));
+    w->clean_row = sg_xcalloc(R, sizeof(uint32_t));
+    w->sel = sg_xcalloc(R, sizeof(int32_t));
+    w->sel_logits = sg_xcalloc(R * RF_EXAMPLE_TOPK, sizeof(float));
+    unembed_scratch_alloc(&w->unembed, R);
     w->next = sg_xcalloc(N, sizeof(int32_t));
     w->measured = sg_xcalloc(N, 1);
     w->active = sg_xcalloc(N, 1);
@@ -73,25 +78,33 @@ void work_alloc(Work *w, const SweepJob *j) {
 void work_free(Work *w) {
     acts_free(&w->clean);
     acts_free(&w->work);
-    void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->logits_iv, w->kl_rows, w->ce_rows, w->next, w->measured,
+    void *ptrs[] = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->kl_rows, w->ce_rows, w->lse_rows,
+                    w->clean_row, w->sel, w->sel_logits, w->next, w->measured,
                     w->active, w->score_active, w->context, w->position, w->x, w->x_hat, w->out, w->x_scratch, w->f,
                     w->f_scratch, w->g, w->g2, w->zscore, w->recon, w->ce_clean_out, w->ex_ids, w->ex_lp_clean, w->passes};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
     for (int iv = 0; iv < IV_COUNT; iv++) free(w->kl_out[iv]), free(w->ce_out[iv]), free(w->ex_lp[iv]), free(w->ex_kl[iv]), free(w->ex_set[iv]);
     sae_scratch_free(&w->sae_work);
+    unembed_scratch_free(&w->unembed);
 }
 
-/* Logits of rows [work_row0, work_row0+n) of the work pass in one GEMM (BLIS packs the
- * vocabulary matrix once per call: in 64-row blocks that packing cost a third of the
- * unembedding's time), then each row's KL and CE against clean row row0 + i, into
- * kl_rows/ce_rows [0, n). */
-static void work_kl_ce(const SweepJob *j, Work *w, size_t work_row0, size_t row0, size_t n) {
-    const Gpt2Model *m = j->model;
-    const size_t V = m->cfg.vocab_size;
-    gpt2_logits(w->logits_iv, &w->work, m, work_row0, n);
-    metrics_kl_ce_threads(gemm_get_threads(), w->kl_rows, w->ce_rows, w->logits_clean + row0 * V,
-                          w->p_clean + row0 * V, &w->lse_clean[row0], &w->p_sum[row0], w->logits_iv, &w->next[row0],
-                          n, V);
+/* KL, CE and log-sum-exp of every row of the work pass's R = copies x copy_rows rows (copy k
+ * holds positions [P, P + Tq) of each context of the batch), against their clean rows, and the
+ * logits of the example rows at the clean top-25: the unembedding fused with the reduction, in
+ * vocabulary blocks over all the stack's rows at once (unembed.h). */
+static void stack_kl_ce(const SweepJob *j, Work *w, size_t copies, size_t c0) {
+    const RfShape *sh = j->shape;
+    const size_t T = j->ts->ctx, P = w->work.P, Tq = w->work.T, copy_rows = w->work.B / copies * Tq;
+    const size_t R = copies * copy_rows;
+    for (size_t q = 0; q < R; q++) {
+        const size_t i = q % copy_rows, b = i / Tq, t = P + i % Tq;
+        w->clean_row[q] = (uint32_t)(b * T + t);
+        w->sel[q] = t == sh->example_pos && c0 + b < sh->n_examples ? (int32_t)b : -1;
+    }
+    const UnembedClean clean = {w->logits_clean, w->p_clean, w->lse_clean, w->p_sum, w->next};
+    const UnembedRows rows = {w->work.lnf, R, w->clean_row, w->sel, w->ex_ids, RF_EXAMPLE_TOPK};
+    const UnembedOut out = {w->kl_rows, w->ce_rows, w->lse_rows, w->sel_logits};
+    unembed_kl_ce(&out, &w->unembed, j->model, &clean, &rows);
 }
 
 /* ids (k) of the k largest logits, descending (ties: lower id first) */
@@ -120,8 +133,7 @@ void sweep_clean_batch(const SweepJob *j, Work *w, size_t c0, size_t nb) {
         w->active[r] = (unsigned char)(w->measured[r] && (!sh->scope_position || t == sh->position));
         w->context[r] = (uint32_t)(c0 + r / T), w->position[r] = (uint32_t)t;
     }
-    gpt2_logits(w->logits_iv, &w->clean, m, 0, N); /* one GEMM, then into the clean cache */
-    memcpy(w->logits_clean, w->logits_iv, N * V * sizeof(float));
+    gpt2_logits(w->logits_clean, &w->clean, m, 0, N); /* one GEMM of the batch's rows */
     metrics_clean(w->lse_clean, w->p_clean, w->p_sum, w->logits_clean, N, V);
     for (size_t r = 0; r < N; r++)
         w->ce_clean_out[r] =
@@ -144,18 +156,19 @@ static int is_special(const SweepJob *j, int32_t tok) {
     return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
 }
 
-/* One of SAELens's score passes, run in the stack at work_row0: KL and CE of every row whose
- * token is not special added to score slots kl_slot and kl_slot + 1. */
+/* One of SAELens's score passes, run in the stack at work_row0 (a full pass: row r of the batch
+ * is work row work_row0 + r): KL and CE of every row whose token is not special added to score
+ * slots kl_slot and kl_slot + 1. */
 static void record_score(const SweepJob *j, Work *w, SiteRun *s, int kl_slot, size_t work_row0, size_t c0, size_t nb) {
     const size_t T = j->ts->ctx, N = nb * T;
     const int32_t *ids = j->ts->ids + c0 * T;
     ReproSum *sums = s->rec.sums;
-    work_kl_ce(j, w, work_row0, 0, N);
     for (size_t r = 0; r < N; r++) {
         if (is_special(j, ids[r])) continue;
-        repro_add_checked(&sums[AG_SCORE + kl_slot], w->kl_rows[r]), s->rec.counts[CN_SCORE + kl_slot]++;
+        const size_t q = work_row0 + r;
+        repro_add_checked(&sums[AG_SCORE + kl_slot], w->kl_rows[q]), s->rec.counts[CN_SCORE + kl_slot]++;
         if (w->next[r] >= 0)
-            repro_add_checked(&sums[AG_SCORE + kl_slot + 1], w->ce_rows[r]), s->rec.counts[CN_SCORE + kl_slot + 1]++;
+            repro_add_checked(&sums[AG_SCORE + kl_slot + 1], w->ce_rows[q]), s->rec.counts[CN_SCORE + kl_slot + 1]++;
     }
 }
 
@@ -210,25 +223,22 @@ static void write_pass(const SweepJob *j, Work *w, SiteRun *s, IvBatch *ib, Pass
 }
 
 /* KL and CE of one (intervention, sample) pass whose rows start at work_row0 in the work
- * buffers: into kl_out/ce_out, the site's sums and the examples. The recorded rows: all of the
- * batch at --scope all (one unembedding GEMM), else each context's window. */
-static void record_pass(const SweepJob *j, Work *w, SiteRun *s, PassId pass, size_t work_row0, size_t c0, size_t nb) {
+ * buffers (stack_kl_ce computed them): into kl_out/ce_out, the site's sums and the examples.
+ * The recorded rows: positions [t0, t0 + Wk) of each context (all of them at --scope all). */
+static void record_pass(const SweepJob *j, Work *w, SiteRun *s, PassId pass, size_t work_row0, size_t nb) {
     const RfShape *sh = j->shape;
-    const size_t T = j->ts->ctx, N = nb * T, V = j->model->cfg.vocab_size;
+    const size_t T = j->ts->ctx;
     const Intervention iv = pass.iv;
     const size_t S = rf_samples_of(sh, iv), smp = pass.sample;
     const size_t t0 = sh->scope_position ? sh->position : 0, Wk = sh->Wk; /* recorded rows: [t0, t0 + Wk) */
     ReproSum *sums = s->rec.sums;
     float *kl_out = w->kl_out[iv], *ce_out = w->ce_out[iv];
-    const size_t n_chunks = Wk == T ? 1 : nb, chunk = Wk == T ? N : Wk;
-    /* clean row r is row (r / T) x Tq + (r % T - P) of the pass (a suffix pass holds positions
+    /* clean row b x T + t is work row work_row0 + b x Tq + (t - P) (a suffix pass holds positions
      * [P, P + Tq) of each context) */
     const size_t P = w->work.P, Tq = w->work.T;
-    for (size_t k = 0; k < n_chunks; k++) {
-        const size_t row0 = Wk == T ? 0 : k * T + t0;
-        work_kl_ce(j, w, work_row0 + row0 / T * Tq + (row0 % T - P), row0, chunk);
-        for (size_t q = 0; q < chunk; q++) {
-            size_t r = row0 + q, b = r / T, o = (b * Wk + (r - b * T - t0)) * S + smp;
+    for (size_t b = 0; b < nb; b++)
+        for (size_t t = t0; t < t0 + Wk; t++) {
+            const size_t r = b * T + t, q = work_row0 + b * Tq + (t - P), o = (b * Wk + (t - t0)) * S + smp;
             if (!w->measured[r]) {
                 kl_out[o] = ce_out[o] = NAN;
                 continue;
@@ -236,17 +246,15 @@ static void record_pass(const SweepJob *j, Work *w, SiteRun *s, PassId pass, siz
             double kl = w->kl_rows[q], ce = w->ce_rows[q];
             kl_out[o] = (float)kl, ce_out[o] = (float)ce;
             /* --examples: this intervention's log-probs of the clean top-25 */
-            if (smp == 0 && iv_writes_examples(iv) && c0 + b < sh->n_examples && r - b * T == sh->example_pos) {
-                const float *li = w->logits_iv + q * V;
-                double lse_i = metrics_lse(li, V);
+            if (smp == 0 && iv_writes_examples(iv) && w->sel[q] >= 0) {
                 for (int e = 0; e < RF_EXAMPLE_TOPK; e++)
-                    w->ex_lp[iv][b * RF_EXAMPLE_TOPK + e] = (float)(li[w->ex_ids[b * RF_EXAMPLE_TOPK + e]] - lse_i);
+                    w->ex_lp[iv][b * RF_EXAMPLE_TOPK + e] =
+                        (float)(w->sel_logits[q * RF_EXAMPLE_TOPK + (size_t)e] - w->lse_rows[q]);
                 w->ex_kl[iv][b] = (float)kl, w->ex_set[iv][b] = 1;
             }
             repro_add_checked(&sums[AG_KL0 + iv], kl), s->rec.counts[CN_KL0 + iv]++;
             if (w->next[r] >= 0) repro_add_checked(&sums[AG_CE0 + iv], ce), s->rec.counts[CN_CE0 + iv]++;
         }
-    }
 }
 
 int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb) {
@@ -297,9 +305,10 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
         const size_t copy_rows = nb * w->work.T;
         for (size_t k = 0; k < copies; k++) write_pass(j, w, s, &ib, passes[p0 + k], k * copy_rows, c0, nb);
         gpt2_forward_from(&w->work, m, layer, stage);
+        stack_kl_ce(j, w, copies, c0);
         for (size_t k = 0; k < copies; k++) {
             if (passes[p0 + k].score >= 0) record_score(j, w, s, passes[p0 + k].score, k * copy_rows, c0, nb);
-            else record_pass(j, w, s, passes[p0 + k], k * copy_rows, c0, nb);
+            else record_pass(j, w, s, passes[p0 + k], k * copy_rows, nb);
         }
     }
     if (rf_has_zscore(sh)) zscore_rows(w->zscore, w->kl_out[IV_SAE], w->kl_out[IV_EPS_RANDOM], nb * sh->window, sh->samples);
