@@ -36,7 +36,10 @@ static void encoder_forward(float *embed, float *pos_embed, float *resid, const 
 /* out (N,D) = (inp - mean) / sqrt(var + eps) * w + b, biased variance, statistics in double. */
 static void layernorm_forward(float *out, const float *inp, const float *w, const float *b, size_t N, size_t D,
                               double eps) {
-    for (size_t n = 0; n < N; n++) {
+    const long rows = (long)N;
+    SG_ROWS_ON_TEAM
+    for (long r = 0; r < rows; r++) {
+        const size_t n = (size_t)r;
         const float *x = inp + n * D;
         double mean = 0, var = 0;
         for (size_t i = 0; i < D; i++) mean += x[i];
@@ -112,9 +115,15 @@ static void attention_forward(float *z, float *att, const float *qkv, const floa
     }
 }
 
-/* out (N) = a + b */
+/* out (N) = a + b, in slices on the rank's threads */
 static void residual_forward(float *out, const float *a, const float *b, size_t N) {
-    for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
+    enum { SLICE = 4096 };
+    const long slices = (long)((N + SLICE - 1) / SLICE);
+    SG_ROWS_ON_TEAM
+    for (long k = 0; k < slices; k++) {
+        const size_t i0 = (size_t)k * SLICE, i1 = i0 + SLICE < N ? i0 + SLICE : N;
+        for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+    }
 }
 
 /* out (n) = act(inp) for one slice. gelu_new, the tanh approximation GPT-2 was trained with,

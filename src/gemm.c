@@ -63,7 +63,10 @@ void gemm_strided_serial(size_t M, size_t N, size_t K, float alpha, const float 
 void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N) {
     float beta = 0.0f;
     if (bias) {
-        for (size_t i = 0; i < M; i++) memcpy(out + i * N, bias, N * sizeof(float));
+        /* on the team BLIS runs on (its threads would spin meanwhile) */
+        const long rows = (long)M;
+#pragma omp parallel for num_threads(gemm_get_threads()) schedule(static)
+        for (long i = 0; i < rows; i++) memcpy(out + (size_t)i * N, bias, N * sizeof(float));
         beta = 1.0f;
     }
     gemm_strided(M, N, K, 1.0f, x, (ptrdiff_t)K, 1, w, (ptrdiff_t)N, 1, beta, out, (ptrdiff_t)N, 1);
