@@ -53,6 +53,21 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     if (!root) return sg_errorf(path, "not valid JSON");
     int rc = -1;
     if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
+    /* Hugging Face names the model's class in "architectures": refuse another family by that
+     * name before any GPT-2 key is missing (a Pythia or Gemma-2 folder has none of them) */
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    if (arch) {
+        const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
+        if (!a0 || !cJSON_IsString(a0)) {
+            char v[64];
+            sg_errorf(path, "key \"architectures\" must be a list of class names, not %s", json_text(arch, v, sizeof v));
+            goto done;
+        }
+        if (strncmp(a0->valuestring, "GPT2", 4) != 0) { /* GPT2LMHeadModel, GPT2Model, ... */
+            sg_errorf(path, "architectures is [\"%.100s\", ...]: saegap implements GPT-2 (GPT2LMHeadModel) only", a0->valuestring);
+            goto done;
+        }
+    }
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2") != 0)) {
         sg_errorf(path, "model_type is %s; saegap runs GPT-2-family models (\"gpt2\")",

@@ -315,6 +315,15 @@ def test_config_wrong_type_or_value(model, tokens_npy, out, key, value):
     assert_user_error(res, out, key)
 
 
+def test_config_other_family_named_by_its_architectures_entry(model, tokens_npy, out):
+    """A Pythia folder (GPT-NeoX keys, no GPT-2 ones): refused naming the class, not a missing key."""
+    neox = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "hidden_size": 64,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 211, "rotary_pct": 0.25}
+    (model / "config.json").write_text(json.dumps(neox))
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, "config.json", "GPTNeoXForCausalLM")
+
+
 def test_config_n_embd_not_divisible_by_n_head(model, tokens_npy, out):
     _edit_config(model, lambda c: c.__setitem__("n_head", 7))
     res = run_saegap(dump_args(model, tokens_npy, out))
