@@ -169,7 +169,10 @@ int plan_command(const Options *o, MPI_Comm comm) {
          * layer, for SWEEP_STACK copies of the batch */
         const double per_layer = 17 * D + (double)c.n_head * T;
         mem += 4 * N * (3 * D + (L + 1) * D + L * per_layer) + 4 * SWEEP_STACK * N * (3 * D + 2 * D + per_layer);
-        mem += 2 * 4 * N * V + 4 * N * Vp;                                      /* clean logits + probs, a pass's logits */
+        mem += 4 * N * Vp + 4 * N * V; /* clean logits (planned at Vp) + probabilities */
+        /* the fused unembedding (unembed.c): one vocabulary block of logits for a stack's rows,
+         * and per row its results and running state */
+        mem += (double)SWEEP_STACK * N * (4.0 * METRICS_VOCAB_BLOCK + 4 * RF_EXAMPLE_TOPK + 64);
         for (size_t i = 0; i < K; i++) {
             node_mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae;
             mem += 8.0 * (double)saes[i].d_in * (double)saes[i].d_in; /* the site's covariance factor */
