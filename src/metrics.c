@@ -22,26 +22,31 @@ static float row_max(const float *l, size_t V) {
     return mx;
 }
 
-/* exp of (l - max) <= 0 in float (sg_expf, within 2 ulp: fastexp.h), summed in double: the
- * log-sum-exp is accurate to ~1e-7 absolute, far inside what float32 logits carry, at a fraction
- * of double exp's cost (it runs over the whole vocabulary for every token and intervention).
- * The exps of a block go through a buffer so the loop vectorises; the sum runs in eight lanes of
- * a fixed order (element v into lane v % 8), whatever the vector width. */
-SG_VECTOR_CLONES double metrics_lse(const float *l, size_t V) {
-    enum { BLOCK = 512 };
-    const float mx = row_max(l, V);
+/* sum of exp(l - mx) over n entries: each exp (of a value <= 0) in float (sg_expf, within 2
+ * ulp: fastexp.h), summed in double: accurate to ~1e-7 absolute, far inside what float32 logits
+ * carry, at a fraction of double exp's cost (it runs over the whole vocabulary for every token
+ * and intervention). The exps of a chunk go through a buffer so the loop vectorises; the sum runs
+ * in eight lanes of a fixed order (element i of a chunk into lane i % 8), whatever the vector
+ * width. Inlined into each caller's vector clones. */
+static inline __attribute__((always_inline)) double exp_sum(const float *l, size_t n, float mx) {
+    enum { CHUNK = 512 };
+    float e[CHUNK];
     double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    float e[BLOCK];
-    for (size_t v0 = 0; v0 < V; v0 += BLOCK) {
-        const size_t n = V - v0 < BLOCK ? V - v0 : BLOCK;
+    for (size_t v0 = 0; v0 < n; v0 += CHUNK) {
+        const size_t m = n - v0 < CHUNK ? n - v0 : CHUNK;
 #pragma omp simd
-        for (size_t i = 0; i < n; i++) e[i] = sg_expf(l[v0 + i] - mx);
+        for (size_t i = 0; i < m; i++) e[i] = sg_expf(l[v0 + i] - mx);
         size_t i = 0;
-        for (; i + 8 <= n; i += 8)
+        for (; i + 8 <= m; i += 8)
             for (int k = 0; k < 8; k++) s[k] += e[i + k];
-        for (; i < n; i++) s[i % 8] += e[i];
+        for (; i < m; i++) s[i % 8] += e[i];
     }
-    return mx + log(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+SG_VECTOR_CLONES double metrics_lse(const float *l, size_t V) {
+    const float mx = row_max(l, V);
+    return mx + log(exp_sum(l, V, mx));
 }
 
 void metrics_clean(double *lse, float *p, double *p_sum, const float *logits, size_t n, size_t V) {
@@ -91,24 +96,12 @@ SG_VECTOR_CLONES void metrics_row_block(MetricsRowAcc *a, const float *li, const
         a->max = mb;
     }
     const float mx = a->max;
-    /* the same lanes as metrics_lse: element i into lane i % 8, combined in a fixed order */
-    enum { CHUNK = 512 };
-    float e[CHUNK];
-    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, d[4] = {0, 0, 0, 0};
-    for (size_t v0 = 0; v0 < n; v0 += CHUNK) {
-        const size_t m = n - v0 < CHUNK ? n - v0 : CHUNK;
-#pragma omp simd
-        for (size_t i = 0; i < m; i++) e[i] = sg_expf(li[v0 + i] - mx);
-        size_t i = 0;
-        for (; i + 8 <= m; i += 8)
-            for (int k = 0; k < 8; k++) s[k] += e[i + k];
-        for (; i < m; i++) s[i % 8] += e[i];
-    }
+    double d[4] = {0, 0, 0, 0};
     size_t v = 0;
     for (; v + 4 <= n; v += 4)
         for (int k = 0; k < 4; k++) d[k] += (double)p[v + k] * ((double)lc[v + k] - li[v + k]);
     for (; v < n; v++) d[0] += (double)p[v] * ((double)lc[v] - li[v]);
-    a->sum += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    a->sum += exp_sum(li, n, mx); /* the same lanes as metrics_lse */
     a->dot += (d[0] + d[1]) + (d[2] + d[3]);
 }
 

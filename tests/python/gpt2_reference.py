@@ -42,8 +42,9 @@ RESID_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post",
 LAYER_SITES = RESID_SITES + ("attn.hook_z", "mlp.hook_post")
 
 
-def load_safetensors(path):
-    """Own safetensors reader -> {name: float64 ndarray}."""
+def load_safetensors(path, names=None):
+    """Own safetensors reader -> {name: float64 ndarray} (all tensors, or `names` only).
+    neox_reference.py reads its files with it too."""
     with open(path, "rb") as f:
         raw = f.read()
     n = int(np.frombuffer(raw[:8], dtype="<u8")[0])
@@ -51,7 +52,7 @@ def load_safetensors(path):
     base = 8 + n
     out = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or (names is not None and name not in names):
             continue
         dt = info["dtype"]
         shape = tuple(info["shape"])

@@ -46,6 +46,9 @@ import os
 
 import numpy as np
 
+# the GPT-2 reference's own safetensors reader (F64/F32/F16/BF16 and the integer dtypes)
+from gpt2_reference import load_safetensors  # noqa: F401  (part of this module's API)
+
 __all__ = ["load_safetensors", "load_model", "model_dims", "rotary_ndims",
            "apply_rotary", "forward", "site_names", "extra_site_names",
            "RESID_SITES", "layer_norm", "gelu_erf", "log_softmax",
@@ -53,11 +56,6 @@ __all__ = ["load_safetensors", "load_model", "model_dims", "rotary_ndims",
            "center_unembed", "fold_value_biases", "process_weights", "tl_forward",
            "hf_forward"]
 
-_DT = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1",
-}
 _FLOAT = ("F64", "F32", "F16", "BF16")
 
 # residual-stream sites: centred over d_model in the processed basis
@@ -66,32 +64,6 @@ RESID_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post",
 
 
 # ---------------------------------------------------------------- loading
-
-def load_safetensors(path, names=None):
-    """Own safetensors reader -> {name: float64 ndarray} (all tensors, or
-    `names` only).  F64/F32/F16/BF16 and the integer dtypes."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int(np.frombuffer(raw[:8], dtype="<u8")[0])
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__" or (names is not None and name not in names):
-            continue
-        dt = info["dtype"]
-        shape = tuple(info["shape"])
-        b, e = info["data_offsets"]
-        npdt = np.dtype(_DT[dt])
-        count = int(np.prod(shape, dtype=np.int64))
-        assert e - b == count * npdt.itemsize, name
-        assert base + e <= len(raw), name
-        a = np.frombuffer(raw, dtype=npdt, count=count, offset=base + b)
-        if dt == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        out[name] = a.astype(np.float64).reshape(shape)
-    return out
-
 
 def _is_buffer(name):
     """Buffers old transformers versions saved (FAMILIES-FACTS section 1): ignored."""
