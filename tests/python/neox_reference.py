@@ -47,7 +47,7 @@ import os
 import numpy as np
 
 # the GPT-2 reference's own safetensors reader (F64/F32/F16/BF16 and the integer dtypes)
-from gpt2_reference import load_safetensors  # noqa: F401  (part of this module's API)
+from gpt2_reference import layer_norm, load_safetensors  # noqa: F401  (part of this module's API)
 
 __all__ = ["load_safetensors", "load_model", "model_dims", "rotary_ndims",
            "apply_rotary", "forward", "site_names", "extra_site_names",
@@ -166,13 +166,6 @@ def load_model(dir):
 
 
 # ---------------------------------------------------------------- ops
-
-def layer_norm(x, w, b, eps):
-    mu = x.mean(-1, keepdims=True)
-    xc = x - mu
-    var = (xc * xc).mean(-1, keepdims=True)
-    return xc / np.sqrt(var + eps) * w + b
-
 
 def _ln_scale(x, eps):
     xc = x - x.mean(-1, keepdims=True)
