@@ -333,6 +333,12 @@ static int open_dataset_unguarded(H5Out *h, const char *name, H5OutType type, in
     int ok = nd == ndims;
     for (int i = 0; ok && i < nd; i++) ok = got[i] == dims[i];
     if (!ok) sg_fatal(h->path, "--resume: dataset %s has another shape than this job needs", name);
+    /* the stored type must be the one saegap creates it with: libhdf5 converts on every write,
+     * and a damaged float type crashed its conversion (H5T__conv_f_f, found by fuzzing) */
+    hid_t t = H5Dget_type(d);
+    const htri_t same = t < 0 ? -1 : H5Tequal(t, file_type(type));
+    if (t >= 0) H5Tclose(t);
+    if (same <= 0) sg_fatal(h->path, "--resume: dataset %s is not stored as the type saegap writes (damaged file? saegap verify tells)", name);
     return add_handle(h, d, type);
 }
 
