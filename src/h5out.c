@@ -559,8 +559,15 @@ int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
         return add_handle(h, -1, H5OUT_I32);
     }
     if (h->resuming) {
+        h5guard_enter(h->path, 1);
         hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
         if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing", name);
+        hid_t t = H5Dget_type(d), want = string_type(); /* as open_dataset: no conversion on write */
+        const htri_t same = t < 0 ? -1 : H5Tequal(t, want);
+        if (t >= 0) H5Tclose(t);
+        H5Tclose(want);
+        h5guard_leave();
+        if (same <= 0) sg_fatal(h->path, "--resume: dataset %s is not stored as the type saegap writes (damaged file? saegap verify tells)", name);
         return add_handle(h, d, H5OUT_I32);
     }
     hsize_t dims[1] = {n};
