@@ -319,6 +319,18 @@ static int add_handle(H5Out *h, hid_t d, H5OutType type) {
     return h->n_dsets++;
 }
 
+/* --resume: the stored type must be the one saegap creates the dataset with. libhdf5 converts
+ * on every write, and a damaged float type crashed its conversion (H5T__conv_f_f, found by
+ * fuzzing). */
+static void require_stored_type(const H5Out *h, hid_t d, const char *name, hid_t want) {
+    hid_t t = H5Dget_type(d);
+    const htri_t same = t < 0 ? -1 : H5Tequal(t, want);
+    if (t >= 0) H5Tclose(t);
+    if (same <= 0)
+        sg_fatal(h->path, "--resume: dataset %s is not stored as the type saegap writes (damaged file? saegap verify tells)",
+                 name);
+}
+
 /* --resume: the dataset must exist with this shape (the job check makes a mismatch unlikely;
  * a damaged file lands here). */
 static int open_dataset_unguarded(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
@@ -333,12 +345,7 @@ static int open_dataset_unguarded(H5Out *h, const char *name, H5OutType type, in
     int ok = nd == ndims;
     for (int i = 0; ok && i < nd; i++) ok = got[i] == dims[i];
     if (!ok) sg_fatal(h->path, "--resume: dataset %s has another shape than this job needs", name);
-    /* the stored type must be the one saegap creates it with: libhdf5 converts on every write,
-     * and a damaged float type crashed its conversion (H5T__conv_f_f, found by fuzzing) */
-    hid_t t = H5Dget_type(d);
-    const htri_t same = t < 0 ? -1 : H5Tequal(t, file_type(type));
-    if (t >= 0) H5Tclose(t);
-    if (same <= 0) sg_fatal(h->path, "--resume: dataset %s is not stored as the type saegap writes (damaged file? saegap verify tells)", name);
+    require_stored_type(h, d, name, file_type(type));
     return add_handle(h, d, type);
 }
 
@@ -562,12 +569,10 @@ int h5out_dataset_strings(H5Out *h, const char *name, uint64_t n) {
         h5guard_enter(h->path, 1);
         hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
         if (d < 0) sg_fatal(h->path, "--resume: dataset %s is missing", name);
-        hid_t t = H5Dget_type(d), want = string_type(); /* as open_dataset: no conversion on write */
-        const htri_t same = t < 0 ? -1 : H5Tequal(t, want);
-        if (t >= 0) H5Tclose(t);
+        hid_t want = string_type();
+        require_stored_type(h, d, name, want);
         H5Tclose(want);
         h5guard_leave();
-        if (same <= 0) sg_fatal(h->path, "--resume: dataset %s is not stored as the type saegap writes (damaged file? saegap verify tells)", name);
         return add_handle(h, d, H5OUT_I32);
     }
     hsize_t dims[1] = {n};
