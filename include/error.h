@@ -70,4 +70,8 @@ char *sg_xstrdup(const char *s);
  * previous name for the caller to restore. The string must outlive its use. */
 const char *sg_alloc_for(const char *where);
 
+/* A clause added to out-of-memory messages while it is set (NULL clears it): h5guard says that
+ * its memory bound, not the machine, refused the request, and how to raise it. */
+void sg_alloc_hint(const char *hint);
+
 #endif

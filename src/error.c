@@ -127,11 +127,17 @@ static const char *size_text(char *buf, size_t cap, double bytes) {
     return buf;
 }
 
+static const char *g_alloc_hint = NULL;
+
+void sg_alloc_hint(const char *hint) { g_alloc_hint = hint; }
+
 _Noreturn static void alloc_failed(const char *why, double bytes) {
     char b[32];
+    const char *sep = g_alloc_hint ? "; " : "", *hint = g_alloc_hint ? g_alloc_hint : "";
     if (g_alloc_for)
-        sg_fatal(g_alloc_for, "%s %s for what this file declares (is the file damaged?)", why, size_text(b, sizeof b, bytes));
-    sg_fatal("memory", "%s %s", why, size_text(b, sizeof b, bytes));
+        sg_fatal(g_alloc_for, "%s %s for what this file declares (is the file damaged?)%s%s", why,
+                 size_text(b, sizeof b, bytes), sep, hint);
+    sg_fatal("memory", "%s %s%s%s", why, size_text(b, sizeof b, bytes), sep, hint);
 }
 
 /* Refuses a request of `bytes` before trying when it cannot be met. */

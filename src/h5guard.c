@@ -1,13 +1,25 @@
 /* h5guard.c: signal and CPU-time guard around libhdf5 reads of users' files (h5guard.h). */
 #define _GNU_SOURCE
 #include "h5guard.h"
+#include "error.h"
 
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+/* Sanitizers reserve terabytes of address space and manage their own allocation limits
+ * (ASan's allocator_may_return_null, libFuzzer's -malloc_limit_mb): no address-space bound there */
+#if defined(__SANITIZE_ADDRESS__)
+#define SG_NO_AS_LIMIT 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
+#define SG_NO_AS_LIMIT 1
+#endif
+#endif
 
 /* SIGABRT: glibc aborts when libhdf5 frees a pointer it read from the file */
 static const int k_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGVTALRM};
@@ -17,6 +29,9 @@ static struct sigaction g_saved[N_SIGNALS];
 static const char *volatile g_path;
 static volatile sig_atomic_t g_depth;
 static volatile sig_atomic_t g_cpu_limit; /* seconds; 0 = no watchdog in this guard */
+static struct rlimit g_saved_as;          /* the address-space limit before the outermost guard */
+static int g_as_lowered;
+static void restore_address_space(void);
 
 /* The message is built into static storage: snprintf of strings and integers only, which
  * does not allocate (the crash may have happened inside malloc). */
@@ -58,6 +73,7 @@ static void on_fault(int sig) {
     int limit = (int)g_cpu_limit;
     disarm();
     restore_handlers();
+    restore_address_space();
     g_depth = 0;
     g_path = NULL;
     if (sig == SIGVTALRM)
@@ -81,6 +97,65 @@ static int cpu_limit_seconds(void) {
         if (*end == 0 && v > 0 && v < 1000000) return (int)v;
     }
     return 60;
+}
+
+/* How much more address space libhdf5 may take inside one guard: SAEGAP_HDF5_MEM_LIMIT in MB,
+ * default 1024 (libhdf5's own caches take tens of MB; saegap's large reads add theirs with
+ * h5guard_allow). A damaged length in a file can make libhdf5 1.10 allocate and fill memory
+ * without bound (fuzzing found 5 and 15 GB); above the bound its malloc returns NULL, which it
+ * reports as a failed read, instead of the node's OOM killer ending every rank on it. */
+static unsigned long long mem_budget_bytes(void) {
+    const char *e = getenv("SAEGAP_HDF5_MEM_LIMIT");
+    if (e && e[0]) {
+        char *end;
+        unsigned long long mb = strtoull(e, &end, 10);
+        if (*end == 0 && mb > 0 && mb < (1ULL << 40)) return mb << 20;
+    }
+    return 1024ULL << 20;
+}
+
+static unsigned long long address_space_now(void) {
+    unsigned long long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%llu", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    return pages * (unsigned long long)sysconf(_SC_PAGESIZE);
+}
+
+static void lower_address_space(void) {
+#ifndef SG_NO_AS_LIMIT
+    unsigned long long budget = mem_budget_bytes(), now = address_space_now();
+    if (budget == 0 || now == 0 || getrlimit(RLIMIT_AS, &g_saved_as) != 0) return;
+    rlim_t want = (rlim_t)(now + budget);
+    if (g_saved_as.rlim_cur != RLIM_INFINITY && g_saved_as.rlim_cur <= want) return;
+    if (g_saved_as.rlim_max != RLIM_INFINITY && want > g_saved_as.rlim_max) return;
+    struct rlimit lowered = {want, g_saved_as.rlim_max};
+    g_as_lowered = setrlimit(RLIMIT_AS, &lowered) == 0;
+    if (g_as_lowered)
+        sg_alloc_hint("saegap bounds the memory taken while it reads an HDF5 file (SAEGAP_HDF5_MEM_LIMIT, in MB, "
+                      "default 1024)");
+#endif
+}
+
+void h5guard_allow(size_t bytes) {
+    if (!g_as_lowered) return;
+    struct rlimit cur;
+    if (getrlimit(RLIMIT_AS, &cur) != 0 || cur.rlim_cur == RLIM_INFINITY) return;
+    rlim_t want = cur.rlim_cur + (rlim_t)bytes;
+    if (want < cur.rlim_cur || (g_saved_as.rlim_cur != RLIM_INFINITY && want > g_saved_as.rlim_cur))
+        want = g_saved_as.rlim_cur;
+    cur.rlim_cur = want;
+    setrlimit(RLIMIT_AS, &cur);
+}
+
+static void restore_address_space(void) {
+    if (g_as_lowered) {
+        setrlimit(RLIMIT_AS, &g_saved_as);
+        sg_alloc_hint(NULL);
+    }
+    g_as_lowered = 0;
 }
 
 /* An alternate signal stack, so that a stack overflow inside libhdf5 (deep recursion on a
@@ -107,6 +182,7 @@ void h5guard_enter(const char *path, int cpu_limited) {
     sa.sa_flags = SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
     for (int i = 0; i < N_SIGNALS; i++) sigaction(k_signals[i], &sa, &g_saved[i]);
+    lower_address_space();
     g_cpu_limit = cpu_limited ? cpu_limit_seconds() : 0;
     if (g_cpu_limit > 0) {
         struct itimerval t;
@@ -120,6 +196,7 @@ void h5guard_leave(void) {
     if (g_depth <= 0 || --g_depth > 0) return;
     if (g_cpu_limit > 0) disarm();
     restore_handlers();
+    restore_address_space();
     g_path = NULL;
 }
 

@@ -87,3 +87,26 @@ def test_crash_inside_libhdf5_is_one_message(saegap_bin, tmp_path):
     assert p.stderr.strip().splitlines() == [
         "saegap: error: %s: damaged HDF5 file: libhdf5 crashed reading it (segmentation fault; libhdf5 "
         "1.10 does not check every offset it reads from a file)" % path], p.stderr
+
+
+OOM_INPUTS = [p for p in INPUTS if os.path.basename(p).startswith("oom-")]
+
+
+@pytest.mark.parametrize("src", OOM_INPUTS, ids=[os.path.relpath(p, FUZZ) for p in OOM_INPUTS])
+def test_runaway_allocation_is_bounded(saegap_bin, tmp_path, src):
+    """libhdf5 fills gigabytes on these inputs (15 GB for oom-fill-15GB): saegap's guard bounds
+    its address space (SAEGAP_HDF5_MEM_LIMIT, default 1024 MB), so each command ends cleanly
+    with less than 1.5 GB resident. The peak is read in a child interpreter of its own
+    (RUSAGE_CHILDREN is the largest descendant's)."""
+    assert OOM_INPUTS, "no oom-* input to test"
+    path = str(tmp_path / "damaged.h5")
+    for cmd in ("info", "verify"):
+        shutil.copyfile(src, path)
+        probe = ("import resource, subprocess, sys\n"
+                 "p = subprocess.run(sys.argv[1:], capture_output=True, text=True, errors='replace')\n"
+                 "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+                 "sys.stderr.write(p.stderr)\n")
+        p = run(["/usr/bin/python3", "-c", probe, saegap_bin, cmd, path], tmp_path)
+        rc, peak_kb = (int(v) for v in p.stdout.split())
+        assert 0 <= rc < 128, p.stderr[-2000:]
+        assert peak_kb < 1536 * 1024, "%s %s: %d MB resident" % (cmd, src, peak_kb // 1024)
