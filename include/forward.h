@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 typedef struct Activations {
-    size_t B_max, T_max, L, D, NH, V;
+    size_t B_max, T_max, L, D, NH, V, F; /* F: the MLP's width (n_inner) */
     size_t B, T;          /* shape of the batch last run */
     /* A suffix pass (prefix != NULL): the batch holds only positions [P, P + T) of each context
      * (the positions a change at P can reach that are read: a causal model's later positions
@@ -39,10 +39,11 @@ typedef struct Activations {
     float *att;           /* (L,B,NH,T,T) softmax probabilities */
     float *z;             /* (L,B,T,D) per-head outputs, head-major   attn.hook_z (HF: includes b_V) */
     float *attn_out;      /* (L,B,T,D) c_proj output                    hook_attn_out (HF) */
-    float *resid_mid;     /* (L,B,T,D)                                  hook_resid_mid (HF) */
+    float *resid_mid;     /* (L,B,T,D)                                  hook_resid_mid (HF; unused with
+                             the parallel residual, which has none) */
     float *ln2;           /* (L,B,T,D) */
-    float *fc;            /* (L,B,T,4D) c_fc output, pre-activation */
-    float *fc_act;        /* (L,B,T,4D) activation output             mlp.hook_post */
+    float *fc;            /* (L,B,T,F) c_fc output, pre-activation */
+    float *fc_act;        /* (L,B,T,F) activation output              mlp.hook_post */
     float *mlp_out;       /* (L,B,T,D)                                  hook_mlp_out (HF) */
     float *lnf;           /* (B,T,D) ln_f output, input of the unembedding */
     float *block;         /* one allocation holding all of the above */

@@ -24,6 +24,11 @@ int gemm_get_threads(void);
 /* out (M,N) = x (M,K) @ w (K,N) + bias (N); bias may be NULL. */
 void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N);
 
+/* out (M,N) = x (M,K) @ W + bias (N) for a layer's W in either layout: w (K,N) (GPT-2's
+ * Conv1D) or, with w_out_in, w stored (N,K) (PyTorch's Linear), read through its strides. */
+void gemm_linear(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N,
+                 int w_out_in);
+
 /* out (M,N) = x (M,K) @ w^T with w stored (N,K): the tied unembedding x @ wte^T. */
 void gemm_xwt(float *out, const float *x, const float *w, size_t M, size_t K, size_t N);
 

@@ -1,9 +1,13 @@
-/* model.h: a GPT-2-family model from a Hugging Face folder (config.json + model.safetensors).
+/* model.h: a model from a Hugging Face folder (config.json + model.safetensors): GPT-2
+ * (GPT2LMHeadModel) or Pythia (GPTNeoXForCausalLM). docs/families.md lists what differs.
  *
  * Weights are const float views: straight into the mmap for aligned F32 files, or into one
- * owned float32 block converted once at load for F16/BF16. Conv1D layout: W is [in, out],
- * y = x @ W + b. Every expected tensor's name and shape is checked at load time.
- * Shape letters: L layers, D = n_embd, NH heads, Dh = D/NH, V vocab, P n_positions.
+ * owned float32 block converted once at load for F16/BF16. GPT-2's Conv1D layout is W [in, out],
+ * y = x @ W + b; GPT-NeoX's Linear layout is W [out, in], y = x @ W^T + b (cfg.weights_out_in:
+ * the GEMM reads it through its strides, no copy). Every expected tensor's name and shape is
+ * checked at load time.
+ * Shape letters: L layers, D = n_embd, NH heads, Dh = D/NH, F = n_inner (the MLP's width),
+ * V vocab, P n_positions.
  */
 #ifndef SAEGAP_MODEL_H
 #define SAEGAP_MODEL_H
@@ -15,8 +19,19 @@
 
 typedef enum { SG_ACT_GELU_TANH, SG_ACT_GELU_ERF, SG_ACT_RELU } Gpt2Activation;
 
+typedef enum { SG_FAMILY_GPT2, SG_FAMILY_NEOX } ModelFamily;
+
 typedef struct {
+    ModelFamily family;
+    const char *architecture;             /* "GPT2LMHeadModel", "GPTNeoXForCausalLM" */
     size_t n_layer, n_head, n_embd, n_positions, vocab_size; /* size_t to prevent int overflow */
+    size_t n_inner;                       /* the MLP's width F (GPT-2: n_inner or 4D; NeoX: intermediate_size) */
+    int weights_out_in;                   /* 1: Linear [out, in] (NeoX); 0: Conv1D [in, out] (GPT-2) */
+    int parallel_residual;                /* NeoX: x + attn(ln1(x)) + mlp(ln2(x)); no resid_mid */
+    int learned_positions;                /* GPT-2's wpe; NeoX rotates q and k instead */
+    int tied_unembed;                     /* the unembedding is wte (GPT-2; NeoX with tie_word_embeddings) */
+    size_t rotary_dims;                   /* NeoX: the first int(Dh * rotary_pct) dims of q and k rotate */
+    double rotary_base;                   /* NeoX: rotary_emb_base (10000) */
     double layer_norm_epsilon;
     Gpt2Activation activation;
     const char *activation_name;
@@ -27,33 +42,52 @@ typedef struct {
     char name[256];                       /* _name_or_path, else the folder's name (SAE model check) */
 } Gpt2Config;
 
+/* Where head h's q, k and v sit in a row of the QKV projection's output (3D floats):
+ * GPT-2 concatenates q | k | v (head h at h*Dh in each); GPT-NeoX interleaves per head
+ * (row h*3*Dh + s*Dh + j, s = 0 q, 1 k, 2 v: FAMILIES-FACTS section 1). */
+typedef struct {
+    size_t head_stride; /* from head h to head h + 1 */
+    size_t k_offset;    /* from a head's q to its k */
+    size_t v_offset;    /* from a head's q to its v */
+} QkvLayout;
+
+static inline QkvLayout qkv_layout(const Gpt2Config *c) {
+    const size_t D = c->n_embd, Dh = D / c->n_head;
+    if (c->family == SG_FAMILY_NEOX) return (QkvLayout){3 * Dh, Dh, 2 * Dh};
+    return (QkvLayout){Dh, D, 2 * D};
+}
+
+/* Matrices in the family's layout (cfg.weights_out_in): GPT-2 (in, out), NeoX (out, in). */
 typedef struct {
     const float *ln1_w, *ln1_b;   /* (D) */
-    const float *qkv_w;           /* (D, 3D) q, k, v concatenated along out */
+    const float *qkv_w;           /* (D, 3D); q, k, v placed as qkv_layout says */
     const float *qkv_b;           /* (3D) */
     const float *attn_proj_w;     /* (D, D) */
     const float *attn_proj_b;     /* (D) */
     const float *ln2_w, *ln2_b;   /* (D) */
-    const float *fc_w;            /* (D, 4D) */
-    const float *fc_b;            /* (4D) */
-    const float *mlp_proj_w;      /* (4D, D) */
+    const float *fc_w;            /* (D, F) */
+    const float *fc_b;            /* (F) */
+    const float *mlp_proj_w;      /* (F, D) */
     const float *mlp_proj_b;      /* (D) */
 } Gpt2LayerWeights;
 
 typedef struct {
     char *dir;
     Gpt2Config cfg;
-    const float *wte;             /* (V, D) token embedding, tied unembedding */
-    /* (Vp, D) wte padded with zero rows to Vp = V rounded up to 64, as llm.c does: BLIS then
+    const float *wte;             /* (V, D) token embedding (NeoX: embed_in) */
+    const float *unembed;         /* (V, D) the unembedding: wte (GPT-2, tied) or embed_out (NeoX) */
+    /* (Vp, D) the unembedding padded with zero rows to Vp = V rounded up to 64, as llm.c does: BLIS then
      * never treats the last real vocab column as an edge case, whose summation order would
      * otherwise depend on the thread count (measured: logits differed by 1 ulp). */
     const float *wte_padded;
     size_t vocab_padded;
-    const float *wpe;             /* (P, D) */
+    const float *wpe;             /* (P, D); NULL without learned positions */
     Gpt2LayerWeights *layers;     /* (L) */
     const float *lnf_w, *lnf_b;   /* (D) */
-    /* TransformerLens's folded value bias per layer: b_V + ln_1.bias @ W_V, (L, D) head-major.
-     * attn.hook_z in the processed basis is the HF z minus this (FIELD-FACTS section 2). */
+    /* The value bias b_V per layer, (L, D) head-major (attn.hook_z's layout), and
+     * TransformerLens's folded one, b_V + ln_1.bias @ W_V: attn.hook_z in the processed basis
+     * is the HF z minus this (FIELD-FACTS section 2). */
+    const float *value_bias;
     const float *value_bias_folded;
     Safetensors st;
     /* converted tensors (F16/BF16 or misaligned F32), the padded wte and the folded value bias:

@@ -57,14 +57,19 @@ Basis basis_flag_bit(int i);
 /* Parses what basis_name prints, and any '+'-joined set of flag names. 0 or -1. */
 int basis_parse(const char *s, Basis *out);
 
-/* Parses a TransformerLens hook name; checks the layer against n_layer. 0 or -1 with a
- * pending error naming the site (`where` is the option or file it came from). */
-int site_parse(Site *out, const char *name, size_t n_layer, const char *where);
+/* Parses a TransformerLens hook name; checks the layer against c->n_layer and that the model
+ * has the site (c NULL: any layer, any model). 0 or -1 with a pending error naming the site
+ * (`where` is the option or file it came from). */
+int site_parse(Site *out, const char *name, const Gpt2Config *c, const char *where);
+
+/* Why a model has no site of this kind (Pythia: no hook_resid_mid, no hook_pos_embed), or NULL
+ * when it has one. */
+const char *site_missing_reason(SiteKind k, const Gpt2Config *c);
 
 /* The canonical hook name, e.g. "blocks.6.hook_resid_pre". */
 void site_name(char *buf, size_t cap, Site s);
 
-/* Width of the site's vector: D, or 4D for mlp.hook_post. */
+/* Width of the site's vector: D, or F (n_inner) for mlp.hook_post. */
 size_t site_width(Site s, const Gpt2Config *c);
 
 /* Whether the site lives in the residual stream (centered under center_writing_weights). */

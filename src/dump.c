@@ -25,12 +25,13 @@ typedef struct {
 } SiteList;
 
 /* "A,B,C" or "all" -> sites, deduplicated, in the order given. */
-static int parse_site_list(SiteList *out, const char *list, size_t n_layer) {
+static int parse_site_list(SiteList *out, const char *list, const Gpt2Config *c) {
     memset(out, 0, sizeof *out);
-    if (!strcmp(list, "all")) {
-        out->n = site_count(n_layer);
-        out->sites = sg_xcalloc(out->n, sizeof *out->sites);
-        for (size_t i = 0; i < out->n; i++) out->sites[i] = site_at(i);
+    if (!strcmp(list, "all")) { /* every site the model has */
+        const size_t n = site_count(c->n_layer);
+        out->sites = sg_xcalloc(n, sizeof *out->sites);
+        for (size_t i = 0; i < n; i++)
+            if (!site_missing_reason(site_at(i).kind, c)) out->sites[out->n++] = site_at(i);
         return 0;
     }
     char *copy = sg_xstrdup(list), *save = NULL;
@@ -38,7 +39,7 @@ static int parse_site_list(SiteList *out, const char *list, size_t n_layer) {
     for (char *tok = strtok_r(copy, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ') tok++;
         Site s;
-        rc = site_parse(&s, tok, n_layer, "--sites");
+        rc = site_parse(&s, tok, c, "--sites");
         if (rc) break;
         int dup = 0;
         for (size_t i = 0; i < out->n; i++) dup |= out->sites[i].kind == s.kind && out->sites[i].layer == s.layer;
@@ -85,7 +86,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     if (sg_agree(comm, rc)) { model_free(&model); return 1; }
 
     SiteList sl;
-    if (sg_agree(comm, parse_site_list(&sl, o->sites, c->n_layer))) {
+    if (sg_agree(comm, parse_site_list(&sl, o->sites, c))) {
         tokens_free(&ts);
         model_free(&model);
         return 1;
@@ -139,7 +140,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     schedule_static_range(n, B, rank, size, &lo, &hi);
     Activations acts;
     acts_alloc(&acts, c, B, T, 1);
-    size_t max_w = 4 * c->n_embd;
+    size_t max_w = c->n_inner > c->n_embd ? c->n_inner : c->n_embd;
     float *buf = sg_xcalloc(B * T * (max_w > model.vocab_padded ? max_w : model.vocab_padded), sizeof(float));
     if (rank == 0) h5out_write_rows(h, ds_tokens, 0, n, ts.ids);
     double t0 = MPI_Wtime(), last = t0;

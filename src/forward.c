@@ -1,4 +1,5 @@
-/* forward.c: GPT-2 ops and the layer loop (see forward.h). One function per op, outputs
+/* forward.c: the ops and the one layer loop of GPT-2 and GPT-NeoX (see forward.h; what
+ * differs between the families is read from the model's config in the loop and the ops). One function per op, outputs
  * first, sizes last; every matmul is a BLIS sgemm through gemm.h. */
 #include "forward.h"
 
@@ -18,19 +19,53 @@
  * Every iteration is computed on its own, so values do not depend on the thread count. */
 #define SG_ROWS_ON_TEAM _Pragma("omp parallel for num_threads(gemm_get_threads()) schedule(static)")
 
-/* embed, pos_embed, resid (N=B*T rows, D): token and position rows, and their sum. */
+/* embed, pos_embed, resid (N=B*T rows, D): token and position rows, and their sum. Without
+ * learned positions (wpe NULL: rotary models) resid is the token row and pos_embed is unused. */
 static void encoder_forward(float *embed, float *pos_embed, float *resid, const int32_t *tokens, const float *wte,
                             const float *wpe, size_t B, size_t T, size_t D) {
     for (size_t b = 0; b < B; b++)
         for (size_t t = 0; t < T; t++) {
             size_t row = (b * T + t) * D;
-            const float *we = wte + (size_t)tokens[b * T + t] * D, *pe = wpe + t * D;
+            const float *we = wte + (size_t)tokens[b * T + t] * D;
+            if (!wpe) {
+                memcpy(embed + row, we, D * sizeof(float));
+                memcpy(resid + row, we, D * sizeof(float));
+                continue;
+            }
+            const float *pe = wpe + t * D;
             for (size_t i = 0; i < D; i++) {
                 embed[row + i] = we[i];
                 pos_embed[row + i] = pe[i];
                 resid[row + i] = we[i] + pe[i];
             }
         }
+}
+
+/* GPT-NeoX's rotary embedding, in place on the q and k of every head of qkv (B*Tq rows of 3D,
+ * placed as `lay` says), for positions P + t: the first `rot` dims of each rotate in halves
+ * (rotate_half, not adjacent pairs): (x_i, x_{i+rot/2}) -> (x_i c - x_{i+rot/2} s,
+ * x_{i+rot/2} c + x_i s), angle = position * base^(-2i/rot) (FAMILIES-FACTS section 1).
+ * Angles and their cosines in double, rounded once to float. */
+static void rotary_forward(float *qkv, size_t B, size_t Tq, size_t P, size_t D, size_t NH, QkvLayout lay, size_t rot,
+                           double base) {
+    const size_t half = rot / 2, C3 = 3 * D;
+    const long rows = (long)(B * Tq);
+    SG_ROWS_ON_TEAM
+    for (long r = 0; r < rows; r++) {
+        const double pos = (double)(P + (size_t)r % Tq);
+        float *row = qkv + (size_t)r * C3;
+        for (size_t i = 0; i < half; i++) {
+            const double angle = pos * pow(base, -2.0 * (double)i / (double)rot);
+            const float c = (float)cos(angle), sn = (float)sin(angle);
+            for (size_t h = 0; h < NH; h++)
+                for (size_t which = 0; which < 2; which++) {
+                    float *x = row + h * lay.head_stride + (which ? lay.k_offset : 0);
+                    const float lo = x[i], hi = x[i + half];
+                    x[i] = lo * c - hi * sn;
+                    x[i + half] = hi * c + lo * sn;
+                }
+        }
+    }
 }
 
 /* out (N,D) = (inp - mean) / sqrt(var + eps) * w + b, biased variance, statistics in double. */
@@ -86,22 +121,23 @@ SG_VECTOR_CLONES static void softmax_causal(float *A, size_t Tq, size_t T, size_
  * single-threaded BLIS call, instead of every head split over all threads. */
 static void attention_forward(float *z, float *att, const float *qkv, const float *pre_qkv, size_t pre_B,
                               size_t pre_T, float *kv, size_t B, size_t Tq, size_t P, size_t D, size_t NH,
-                              float scale) {
-    const size_t Dh = D / NH, C3 = 3 * D, T = P + Tq;
+                              QkvLayout lay, float scale) {
+    const size_t Dh = D / NH, C3 = 3 * D, T = P + Tq, kv_gap = lay.v_offset - lay.k_offset;
     const long heads = (long)(B * NH);
     SG_ROWS_ON_TEAM
     for (long bh = 0; bh < heads; bh++) {
         const size_t b = (size_t)bh / NH, h = (size_t)bh % NH;
-        const float *q = qkv + b * Tq * C3 + h * Dh;
-        const float *k = q + D, *v = q + 2 * D;
+        const float *q = qkv + b * Tq * C3 + h * lay.head_stride;
+        const float *k = q + lay.k_offset, *v = q + lay.v_offset;
         ptrdiff_t rs_kv = (ptrdiff_t)C3;
         if (P > 0) {
             float *kh = kv + (size_t)omp_get_thread_num() * 2 * T * Dh, *vh = kh + T * Dh; /* this thread's */
-            const float *pk = pre_qkv + (b % pre_B) * pre_T * C3 + D + h * Dh; /* copies of the batch share it */
+            /* copies of the batch share the prefix's context */
+            const float *pk = pre_qkv + (b % pre_B) * pre_T * C3 + h * lay.head_stride + lay.k_offset;
             for (size_t t = 0; t < T; t++) {
                 const float *src = t < P ? pk + t * C3 : k + (t - P) * C3;
                 memcpy(kh + t * Dh, src, Dh * sizeof(float));
-                memcpy(vh + t * Dh, src + D, Dh * sizeof(float));
+                memcpy(vh + t * Dh, src + kv_gap, Dh * sizeof(float));
             }
             k = kh, v = vh, rs_kv = (ptrdiff_t)Dh;
         }
@@ -115,14 +151,18 @@ static void attention_forward(float *z, float *att, const float *qkv, const floa
     }
 }
 
-/* out (N) = a + b, in slices on the rank's threads */
-static void residual_forward(float *out, const float *a, const float *b, size_t N) {
+/* out (N) = a + b, or (a + b) + c when c is not NULL (the parallel residual: HF GPT-NeoX adds
+ * mlp_out + attn_out, then the stream), in slices on the rank's threads */
+static void residual_forward(float *out, const float *a, const float *b, const float *c, size_t N) {
     enum { SLICE = 4096 };
     const long slices = (long)((N + SLICE - 1) / SLICE);
     SG_ROWS_ON_TEAM
     for (long k = 0; k < slices; k++) {
         const size_t i0 = (size_t)k * SLICE, i1 = i0 + SLICE < N ? i0 + SLICE : N;
-        for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+        if (c)
+            for (size_t i = i0; i < i1; i++) out[i] = (a[i] + b[i]) + c[i];
+        else
+            for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
     }
 }
 
@@ -159,13 +199,14 @@ static void activation_forward(float *out, const float *inp, size_t N, size_t C,
 void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers) {
     memset(a, 0, sizeof *a);
     a->B_max = B_max, a->T_max = T_max, a->L = c->n_layer, a->D = c->n_embd, a->NH = c->n_head, a->V = c->vocab_size;
+    a->F = c->n_inner;
     a->all_layers = all_layers;
     /* the suffix pass's key/value gather: one (2, T, Dh) buffer per thread of the rank's team */
     a->kv_threads = gemm_get_threads() > omp_get_max_threads() ? gemm_get_threads() : omp_get_max_threads();
-    size_t N = B_max * T_max, L = all_layers ? a->L : 1, R = all_layers ? a->L + 1 : 2, D = a->D, NH = a->NH;
+    size_t N = B_max * T_max, L = all_layers ? a->L : 1, R = all_layers ? a->L + 1 : 2, D = a->D, NH = a->NH, F = a->F;
     size_t sizes[] = {
         N * D, N * D, R * N * D, L * N * D, L * N * 3 * D, L * B_max * NH * T_max * T_max, L * N * D,
-        L * N * D, L * N * D, L * N * D, L * N * 4 * D, L * N * 4 * D, L * N * D, N * D,
+        L * N * D, L * N * D, L * N * D, L * N * F, L * N * F, L * N * D, N * D,
         all_layers ? 0 : 2 * T_max * (D / NH) * (size_t)a->kv_threads, /* kv: suffix passes (work buffers) */
     };
     float **ptrs[] = {&a->embed, &a->pos_embed, &a->resid, &a->ln1, &a->qkv, &a->att, &a->z,
@@ -190,7 +231,9 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
     if (a->prefix && gemm_get_threads() > a->kv_threads)
         sg_fatal("forward", "%d threads, but the suffix pass's buffers were planned for %d", gemm_get_threads(),
                  a->kv_threads);
-    size_t B = a->B, T = a->T, N = B * T, D = a->D, NH = a->NH, L = a->L;
+    size_t B = a->B, T = a->T, N = B * T, D = a->D, NH = a->NH, L = a->L, F = a->F;
+    const int wt = c->weights_out_in, parallel = c->parallel_residual;
+    const QkvLayout lay = qkv_layout(c);
     for (size_t l = layer; l < L; l++) {
         const Gpt2LayerWeights *w = &m->layers[l];
         float *resid = acts_resid(a, l), *resid_next = acts_resid(a, l + 1);
@@ -198,8 +241,8 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
         float *att = acts_layer(a, a->att, l, NH * (a->P + T));
         float *z = acts_layer(a, a->z, l, D), *attn_out = acts_layer(a, a->attn_out, l, D);
         float *resid_mid = acts_layer(a, a->resid_mid, l, D);
-        float *ln2 = acts_layer(a, a->ln2, l, D), *fc = acts_layer(a, a->fc, l, 4 * D);
-        float *fc_act = acts_layer(a, a->fc_act, l, 4 * D);
+        float *ln2 = acts_layer(a, a->ln2, l, D), *fc = acts_layer(a, a->fc, l, F);
+        float *fc_act = acts_layer(a, a->fc_act, l, F);
         float *mlp_out = acts_layer(a, a->mlp_out, l, D);
         float scale = c->scale_attn_weights ? 1.0f / sqrtf((float)(D / NH)) : 1.0f;
         if (c->scale_attn_by_inverse_layer_idx) scale /= (float)(l + 1);
@@ -207,27 +250,30 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
         switch (s) {
         case SG_STAGE_ATTN:
             layernorm_forward(ln1, resid, w->ln1_w, w->ln1_b, N, D, c->layer_norm_epsilon);
-            gemm_xw_bias(qkv, ln1, w->qkv_w, w->qkv_b, N, D, 3 * D);
+            gemm_linear(qkv, ln1, w->qkv_w, w->qkv_b, N, D, 3 * D, wt);
+            if (c->rotary_dims) rotary_forward(qkv, B, T, a->P, D, NH, lay, c->rotary_dims, c->rotary_base);
             attention_forward(z, att, qkv, a->prefix ? acts_layer(a->prefix, a->prefix->qkv, l, 3 * D) : NULL,
                               a->prefix ? a->prefix->B : 1, a->prefix ? a->prefix->T : 0, a->kv, B, T, a->P, D, NH,
-                              scale);
+                              lay, scale);
             /* fall through */
         case SG_STAGE_ATTN_PROJ:
-            gemm_xw_bias(attn_out, z, w->attn_proj_w, w->attn_proj_b, N, D, D);
+            gemm_linear(attn_out, z, w->attn_proj_w, w->attn_proj_b, N, D, D, wt);
             /* fall through */
         case SG_STAGE_ATTN_RESID:
-            residual_forward(resid_mid, resid, attn_out, N * D);
+            if (!parallel) residual_forward(resid_mid, resid, attn_out, NULL, N * D);
             /* fall through */
         case SG_STAGE_MLP:
-            layernorm_forward(ln2, resid_mid, w->ln2_w, w->ln2_b, N, D, c->layer_norm_epsilon);
-            gemm_xw_bias(fc, ln2, w->fc_w, w->fc_b, N, D, 4 * D);
-            activation_forward(fc_act, fc, N, 4 * D, c->activation);
+            /* the parallel residual's MLP reads the layer's input, not resid + attn_out */
+            layernorm_forward(ln2, parallel ? resid : resid_mid, w->ln2_w, w->ln2_b, N, D, c->layer_norm_epsilon);
+            gemm_linear(fc, ln2, w->fc_w, w->fc_b, N, D, F, wt);
+            activation_forward(fc_act, fc, N, F, c->activation);
             /* fall through */
         case SG_STAGE_MLP_PROJ:
-            gemm_xw_bias(mlp_out, fc_act, w->mlp_proj_w, w->mlp_proj_b, N, 4 * D, D);
+            gemm_linear(mlp_out, fc_act, w->mlp_proj_w, w->mlp_proj_b, N, F, D, wt);
             /* fall through */
         case SG_STAGE_MLP_RESID:
-            residual_forward(resid_next, resid_mid, mlp_out, N * D);
+            if (parallel) residual_forward(resid_next, mlp_out, attn_out, resid, N * D);
+            else residual_forward(resid_next, resid_mid, mlp_out, NULL, N * D);
         }
     }
     layernorm_forward(a->lnf, acts_resid(a, L), m->lnf_w, m->lnf_b, N, D, c->layer_norm_epsilon);

@@ -60,7 +60,8 @@ void gemm_strided_serial(size_t M, size_t N, size_t K, float alpha, const float 
                  (inc_t)csa, (float *)B, (inc_t)rsb, (inc_t)csb, &b, C, (inc_t)rsc, (inc_t)csc, NULL, &one);
 }
 
-void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N) {
+void gemm_linear(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N,
+                 int w_out_in) {
     float beta = 0.0f;
     if (bias) {
         /* on the team BLIS runs on (its threads would spin meanwhile) */
@@ -69,7 +70,13 @@ void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias,
         for (long i = 0; i < rows; i++) memcpy(out + (size_t)i * N, bias, N * sizeof(float));
         beta = 1.0f;
     }
-    gemm_strided(M, N, K, 1.0f, x, (ptrdiff_t)K, 1, w, (ptrdiff_t)N, 1, beta, out, (ptrdiff_t)N, 1);
+    /* w (K,N), or w (N,K) read as its transpose: row stride 1, column stride K */
+    if (w_out_in) gemm_strided(M, N, K, 1.0f, x, (ptrdiff_t)K, 1, w, 1, (ptrdiff_t)K, beta, out, (ptrdiff_t)N, 1);
+    else gemm_strided(M, N, K, 1.0f, x, (ptrdiff_t)K, 1, w, (ptrdiff_t)N, 1, beta, out, (ptrdiff_t)N, 1);
+}
+
+void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N) {
+    gemm_linear(out, x, w, bias, M, K, N, 0);
 }
 
 void gemm_xwt(float *out, const float *x, const float *w, size_t M, size_t K, size_t N) {

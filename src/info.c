@@ -25,17 +25,23 @@ static int info_model(const char *dir) {
     Gpt2Model m;
     if (model_load(&m, dir)) return -1;
     const Gpt2Config *c = &m.cfg;
-    const SafetensorsTensor *t = safetensors_find(&m.st, "wte.weight");
+    const int neox = c->family == SG_FAMILY_NEOX;
+    const SafetensorsTensor *t = safetensors_find(&m.st, neox ? "gpt_neox.embed_in.weight" : "wte.weight");
     if (!t) t = safetensors_find(&m.st, "transformer.wte.weight");
-    printf("%s: Hugging Face GPT-2 model \"%s\"\n", dir, c->name);
-    printf("  layers %zu, heads %zu, d_model %zu (d_head %zu), n_positions %zu, vocab %zu\n", c->n_layer, c->n_head,
-           c->n_embd, c->n_embd / c->n_head, c->n_positions, c->vocab_size);
+    printf("%s: Hugging Face %s model \"%s\"\n", dir, neox ? "GPT-NeoX (Pythia)" : "GPT-2", c->name);
+    printf("  layers %zu, heads %zu, d_model %zu (d_head %zu), d_mlp %zu, n_positions %zu, vocab %zu\n", c->n_layer,
+           c->n_head, c->n_embd, c->n_embd / c->n_head, c->n_inner, c->n_positions, c->vocab_size);
     printf("  activation %s, layer_norm_epsilon %g, bos_token_id %ld\n", c->activation_name, c->layer_norm_epsilon,
            c->bos_token_id);
+    if (neox)
+        printf("  %s residual, rotary on %zu of %zu head dims (base %g), unembedding %s\n",
+               c->parallel_residual ? "parallel" : "sequential", c->rotary_dims, c->n_embd / c->n_head, c->rotary_base,
+               c->tied_unembed ? "tied to embed_in" : "embed_out (untied)");
     printf("  %.2fM parameters, weights %s (%zu tensors in model.safetensors, %.1f MB)\n", (double)m.n_params / 1e6,
            t ? safetensors_dtype_name(t->dtype) : "?", m.st.n_tensors, (double)m.st.map_size / 1e6);
-    printf("  hook sites: hook_embed, hook_pos_embed, blocks.0..%zu.{hook_resid_pre, attn.hook_z, hook_attn_out, "
-           "hook_resid_mid, mlp.hook_post, hook_mlp_out, hook_resid_post}\n", c->n_layer - 1);
+    printf("  hook sites: hook_embed%s, blocks.0..%zu.{hook_resid_pre, attn.hook_z, hook_attn_out, %s"
+           "mlp.hook_post, hook_mlp_out, hook_resid_post}\n", c->learned_positions ? ", hook_pos_embed" : "",
+           c->n_layer - 1, c->parallel_residual ? "" : "hook_resid_mid, ");
     model_free(&m);
     return 0;
 }

@@ -39,6 +39,122 @@ static int cfg_bool(const cJSON *root, const char *path, const char *key, int *o
     return 0;
 }
 
+/* A positive finite number, or `dflt` when the key is absent or null. */
+static int cfg_positive(const cJSON *root, const char *path, const char *key, double *out, double dflt) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j || cJSON_IsNull(j)) { *out = dflt; return 0; }
+    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble)) {
+        char v[80];
+        return sg_errorf(path, "key \"%s\" must be a positive number, not %s", key, json_text(j, v, sizeof v));
+    }
+    *out = j->valuedouble;
+    return 0;
+}
+
+/* The MLP activation by its Hugging Face name (activation_function, hidden_act). */
+static int cfg_activation(const cJSON *root, const char *path, const char *key, const char *dflt, Gpt2Config *cfg) {
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, key);
+    const char *a = dflt;
+    if (act) {
+        if (!cJSON_IsString(act)) return sg_errorf(path, "key \"%s\" must be a string", key);
+        a = act->valuestring;
+    }
+    if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast")) {
+        cfg->activation = SG_ACT_GELU_TANH;
+        cfg->activation_name = "gelu_new";
+    } else if (!strcmp(a, "gelu")) {
+        cfg->activation = SG_ACT_GELU_ERF;
+        cfg->activation_name = "gelu";
+    } else if (!strcmp(a, "relu")) {
+        cfg->activation = SG_ACT_RELU;
+        cfg->activation_name = "relu";
+    } else {
+        return sg_errorf(path, "%s \"%s\" is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu)", key, a);
+    }
+    return 0;
+}
+
+/* GPT2Config's keys and Hugging Face's defaults for them. */
+static int read_gpt2_keys(const cJSON *root, const char *path, Gpt2Config *cfg) {
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2") != 0))
+        return sg_errorf(path, "model_type is %s; saegap runs GPT-2 (\"gpt2\") and Pythia (\"gpt_neox\") models",
+                         cJSON_IsString(mt) ? mt->valuestring : "not a string");
+    cfg->family = SG_FAMILY_GPT2, cfg->architecture = "GPT2LMHeadModel";
+    cfg->learned_positions = 1, cfg->tied_unembed = 1;
+    if (cfg_size(root, path, "n_layer", &cfg->n_layer, 1) || cfg_size(root, path, "n_head", &cfg->n_head, 1) ||
+        cfg_size(root, path, "n_embd", &cfg->n_embd, 1) || cfg_size(root, path, "vocab_size", &cfg->vocab_size, 1))
+        return -1;
+    int r = cfg_size(root, path, "n_positions", &cfg->n_positions, 0);
+    if (r < 0) return -1;
+    if (r == 1 && cfg_size(root, path, "n_ctx", &cfg->n_positions, 0) != 0)
+        return sg_errorf(path, "missing key \"n_positions\" (or \"n_ctx\")");
+    if (cfg->n_embd % cfg->n_head != 0)
+        return sg_errorf(path, "n_embd %zu is not a multiple of n_head %zu", cfg->n_embd, cfg->n_head);
+    const cJSON *inner = cJSON_GetObjectItemCaseSensitive(root, "n_inner");
+    if (!inner || cJSON_IsNull(inner)) cfg->n_inner = 4 * cfg->n_embd; /* n_embd <= 1e9: no overflow */
+    else if (cfg_size(root, path, "n_inner", &cfg->n_inner, 1) != 0) return -1;
+    if (cfg_positive(root, path, "layer_norm_epsilon", &cfg->layer_norm_epsilon, 1e-5) ||
+        cfg_activation(root, path, "activation_function", "gelu_new", cfg))
+        return -1;
+    if (cfg_bool(root, path, "scale_attn_weights", &cfg->scale_attn_weights, 1) ||
+        cfg_bool(root, path, "scale_attn_by_inverse_layer_idx", &cfg->scale_attn_by_inverse_layer_idx, 0))
+        return -1;
+    int upcast = 0; /* only changes float precision inside attention: accepted */
+    if (cfg_bool(root, path, "reorder_and_upcast_attn", &upcast, 0)) return -1;
+    cfg->bos_token_id = 50256;
+    return 0;
+}
+
+/* GPTNeoXConfig's keys (v4 names; v5's rope_parameters too) and Hugging Face's defaults. */
+static int read_neox_keys(const cJSON *root, const char *path, Gpt2Config *cfg) {
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt_neox") != 0))
+        return sg_errorf(path, "architectures is GPTNeoXForCausalLM but model_type is %s, not \"gpt_neox\"",
+                         cJSON_IsString(mt) ? mt->valuestring : "not a string");
+    cfg->family = SG_FAMILY_NEOX, cfg->architecture = "GPTNeoXForCausalLM";
+    cfg->weights_out_in = 1, cfg->scale_attn_weights = 1;
+    if (cfg_size(root, path, "num_hidden_layers", &cfg->n_layer, 1) ||
+        cfg_size(root, path, "num_attention_heads", &cfg->n_head, 1) ||
+        cfg_size(root, path, "hidden_size", &cfg->n_embd, 1) ||
+        cfg_size(root, path, "intermediate_size", &cfg->n_inner, 1) ||
+        cfg_size(root, path, "vocab_size", &cfg->vocab_size, 1))
+        return -1;
+    int r = cfg_size(root, path, "max_position_embeddings", &cfg->n_positions, 0);
+    if (r < 0) return -1;
+    if (r == 1) cfg->n_positions = 2048;
+    if (cfg->n_embd % cfg->n_head != 0)
+        return sg_errorf(path, "hidden_size %zu is not a multiple of num_attention_heads %zu", cfg->n_embd, cfg->n_head);
+    double pct = 0.25, base = 10000;
+    const cJSON *rope = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const cJSON *rope_keys = cJSON_IsObject(rope) ? rope : root;
+    if (cfg_positive(rope_keys, path, rope == rope_keys ? "partial_rotary_factor" : "rotary_pct", &pct, 0.25) ||
+        cfg_positive(rope_keys, path, rope == rope_keys ? "rope_theta" : "rotary_emb_base", &base, 10000))
+        return -1;
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    const cJSON *rope_type = cJSON_IsObject(rope) ? cJSON_GetObjectItemCaseSensitive(rope, "rope_type") : NULL;
+    if ((scaling && !cJSON_IsNull(scaling)) ||
+        (rope_type && !(cJSON_IsString(rope_type) && strcmp(rope_type->valuestring, "default") == 0)))
+        return sg_errorf(path, "rope scaling is set; saegap implements Pythia's plain rotary embedding only");
+    const size_t Dh = cfg->n_embd / cfg->n_head;
+    if (!(pct <= 1)) return sg_errorf(path, "rotary_pct %g is above 1", pct);
+    cfg->rotary_dims = (size_t)((double)Dh * pct); /* int(head_size * rotary_pct), as HF */
+    cfg->rotary_base = base;
+    if (cfg->rotary_dims % 2 != 0)
+        return sg_errorf(path, "rotary_pct %g gives %zu rotary dimensions of %zu: rotary needs an even count", pct,
+                         cfg->rotary_dims, Dh);
+    if (cfg_positive(root, path, "layer_norm_eps", &cfg->layer_norm_epsilon, 1e-5) ||
+        cfg_activation(root, path, "hidden_act", "gelu", cfg) ||
+        cfg_bool(root, path, "use_parallel_residual", &cfg->parallel_residual, 1))
+        return -1;
+    if (cfg_bool(root, path, "tie_word_embeddings", &cfg->tied_unembed, 0)) return -1;
+    int attention_bias = 1;
+    if (cfg_bool(root, path, "attention_bias", &attention_bias, 1)) return -1;
+    if (!attention_bias) return sg_errorf(path, "attention_bias is false; saegap implements Pythia's biased attention only");
+    cfg->bos_token_id = 0;
+    return 0;
+}
+
 int model_read_config(Gpt2Config *cfg, const char *dir) {
     memset(cfg, 0, sizeof *cfg);
     struct stat sb;
@@ -53,9 +169,10 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     if (!root) return sg_errorf(path, "not valid JSON");
     int rc = -1;
     if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
-    /* Hugging Face names the model's class in "architectures": refuse another family by that
-     * name before any GPT-2 key is missing (a Pythia or Gemma-2 folder has none of them) */
+    /* Hugging Face names the model's class in "architectures": it picks the family's keys, and
+     * another family is refused by that name (its folder has none of the keys read below) */
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    int neox = 0;
     if (arch) {
         const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
         if (!a0 || !cJSON_IsString(a0)) {
@@ -63,66 +180,17 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
             sg_errorf(path, "key \"architectures\" must be a list of class names, not %s", json_text(arch, v, sizeof v));
             goto done;
         }
-        if (strncmp(a0->valuestring, "GPT2", 4) != 0) { /* GPT2LMHeadModel, GPT2Model, ... */
-            sg_errorf(path, "architectures is [\"%.100s\", ...]: saegap implements GPT-2 (GPT2LMHeadModel) only", a0->valuestring);
+        neox = strncmp(a0->valuestring, "GPTNeoX", 7) == 0; /* GPTNeoXForCausalLM, GPTNeoXModel */
+        if (!neox && strncmp(a0->valuestring, "GPT2", 4) != 0) { /* GPT2LMHeadModel, GPT2Model, ... */
+            sg_errorf(path, "architectures is [\"%.100s\", ...]: saegap implements GPT-2 (GPT2LMHeadModel) and "
+                            "Pythia (GPTNeoXForCausalLM)", a0->valuestring);
             goto done;
         }
-    }
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
-    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt2") != 0)) {
-        sg_errorf(path, "model_type is %s; saegap runs GPT-2-family models (\"gpt2\")",
-                  cJSON_IsString(mt) ? mt->valuestring : "not a string");
-        goto done;
-    }
-    if (cfg_size(root, path, "n_layer", &cfg->n_layer, 1) || cfg_size(root, path, "n_head", &cfg->n_head, 1) ||
-        cfg_size(root, path, "n_embd", &cfg->n_embd, 1) || cfg_size(root, path, "vocab_size", &cfg->vocab_size, 1))
-        goto done;
-    int r = cfg_size(root, path, "n_positions", &cfg->n_positions, 0);
-    if (r < 0) goto done;
-    if (r == 1 && cfg_size(root, path, "n_ctx", &cfg->n_positions, 0) != 0) {
-        sg_errorf(path, "missing key \"n_positions\" (or \"n_ctx\")");
-        goto done;
-    }
-    if (cfg->n_embd % cfg->n_head != 0) {
-        sg_errorf(path, "n_embd %zu is not a multiple of n_head %zu", cfg->n_embd, cfg->n_head);
-        goto done;
-    }
-    /* Defaults below are Hugging Face GPT2Config's own. */
-    cfg->layer_norm_epsilon = 1e-5;
-    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
-    if (eps) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0) || !isfinite(eps->valuedouble)) {
-            char v[80];
-            sg_errorf(path, "key \"layer_norm_epsilon\" must be a positive number, not %s", json_text(eps, v, sizeof v));
-            goto done;
-        }
-        cfg->layer_norm_epsilon = eps->valuedouble;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "activation_function");
-    const char *a = "gelu_new";
-    if (act) {
-        if (!cJSON_IsString(act)) { sg_errorf(path, "key \"activation_function\" must be a string"); goto done; }
-        a = act->valuestring;
-    }
-    if (!strcmp(a, "gelu_new") || !strcmp(a, "gelu_pytorch_tanh") || !strcmp(a, "gelu_fast")) {
-        cfg->activation = SG_ACT_GELU_TANH;
-        cfg->activation_name = "gelu_new";
-    } else if (!strcmp(a, "gelu")) {
-        cfg->activation = SG_ACT_GELU_ERF;
-        cfg->activation_name = "gelu";
-    } else if (!strcmp(a, "relu")) {
-        cfg->activation = SG_ACT_RELU;
-        cfg->activation_name = "relu";
     } else {
-        sg_errorf(path, "activation_function \"%s\" is not supported (gelu_new, gelu_pytorch_tanh, gelu, relu)", a);
-        goto done;
+        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+        neox = cJSON_IsString(mt) && strcmp(mt->valuestring, "gpt_neox") == 0;
     }
-    if (cfg_bool(root, path, "scale_attn_weights", &cfg->scale_attn_weights, 1) ||
-        cfg_bool(root, path, "scale_attn_by_inverse_layer_idx", &cfg->scale_attn_by_inverse_layer_idx, 0))
-        goto done;
-    int upcast = 0; /* only changes float precision inside attention: accepted */
-    if (cfg_bool(root, path, "reorder_and_upcast_attn", &upcast, 0)) goto done;
-    cfg->bos_token_id = 50256;
+    if ((neox ? read_neox_keys : read_gpt2_keys)(root, path, cfg) != 0) goto done;
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
     /* compared as a double before any conversion: 1e20 must not reach (long) */
     if (cJSON_IsNumber(bos))
@@ -151,12 +219,12 @@ done:
     return rc;
 }
 
-/* Finds `name` with or without the "transformer." prefix; checks shape and dtype. */
+/* Finds `name` (GPT-2: with or without the "transformer." prefix); checks shape and dtype. */
 static int find_tensor(const Gpt2Model *m, const char *name, int ndim, const int64_t *shape,
                        const SafetensorsTensor **out) {
     char full[256];
     snprintf(full, sizeof full, "transformer.%s", name);
-    const char *use = safetensors_find(&m->st, full) ? full : name;
+    const char *use = m->cfg.family == SG_FAMILY_GPT2 && safetensors_find(&m->st, full) ? full : name;
     if (!safetensors_find(&m->st, use)) return sg_errorf(m->st.path, "missing tensor '%s'", name);
     return safetensors_expect(&m->st, use, out, ndim, shape);
 }
@@ -189,17 +257,18 @@ int model_open(Gpt2Model *m, const char *dir) {
     if (safetensors_open(&m->st, path) != 0) { model_free(m); return -1; }
     /* n_layer is bounded by the file before it sizes anything: 12 tensors a layer, 4 more */
     size_t n_specs;
-    if (sg_mul_overflow(c->n_layer, 12, &n_specs) || sg_add_overflow(n_specs, 4, &n_specs) ||
+    const size_t n_global = c->family == SG_FAMILY_NEOX && c->tied_unembed ? 3 : 4;
+    if (sg_mul_overflow(c->n_layer, 12, &n_specs) || sg_add_overflow(n_specs, n_global, &n_specs) ||
         n_specs > m->st.n_tensors) {
-        sg_errorf(path, "config.json declares n_layer %zu (%zu tensors) but the file holds %zu tensors", c->n_layer,
-                  c->n_layer * 12 + 4, m->st.n_tensors);
+        sg_errorf(path, "config.json declares %zu layers (%zu tensors) but the file holds %zu tensors", c->n_layer,
+                  c->n_layer * 12 + n_global, m->st.n_tensors);
         model_free(m);
         return -1;
     }
     const char *prev_alloc = sg_alloc_for(m->st.path);
 
     const int64_t L = (int64_t)c->n_layer, D = (int64_t)c->n_embd, V = (int64_t)c->vocab_size,
-                  P = (int64_t)c->n_positions;
+                  P = (int64_t)c->n_positions, F = (int64_t)c->n_inner;
     m->layers = sg_xcalloc(c->n_layer, sizeof *m->layers);
     size_t k = 0;
     TensorSpec *specs = sg_xcalloc(n_specs, sizeof *specs);
@@ -210,26 +279,52 @@ int model_open(Gpt2Model *m, const char *dir) {
         specs[k] = (TensorSpec){names[k], (dst_), (nd_), {(s0_), (s1_)}};      \
         k++;                                                                   \
     } while (0)
-    SPEC(&m->wte, 2, V, D, "wte.weight");
-    SPEC(&m->wpe, 2, P, D, "wpe.weight");
-    for (int64_t l = 0; l < L; l++) {
-        Gpt2LayerWeights *w = &m->layers[l];
-        SPEC(&w->ln1_w, 1, D, 0, "h.%lld.ln_1.weight", (long long)l);
-        SPEC(&w->ln1_b, 1, D, 0, "h.%lld.ln_1.bias", (long long)l);
-        SPEC(&w->qkv_w, 2, D, 3 * D, "h.%lld.attn.c_attn.weight", (long long)l);
-        SPEC(&w->qkv_b, 1, 3 * D, 0, "h.%lld.attn.c_attn.bias", (long long)l);
-        SPEC(&w->attn_proj_w, 2, D, D, "h.%lld.attn.c_proj.weight", (long long)l);
-        SPEC(&w->attn_proj_b, 1, D, 0, "h.%lld.attn.c_proj.bias", (long long)l);
-        SPEC(&w->ln2_w, 1, D, 0, "h.%lld.ln_2.weight", (long long)l);
-        SPEC(&w->ln2_b, 1, D, 0, "h.%lld.ln_2.bias", (long long)l);
-        SPEC(&w->fc_w, 2, D, 4 * D, "h.%lld.mlp.c_fc.weight", (long long)l);
-        SPEC(&w->fc_b, 1, 4 * D, 0, "h.%lld.mlp.c_fc.bias", (long long)l);
-        SPEC(&w->mlp_proj_w, 2, 4 * D, D, "h.%lld.mlp.c_proj.weight", (long long)l);
-        SPEC(&w->mlp_proj_b, 1, D, 0, "h.%lld.mlp.c_proj.bias", (long long)l);
+    if (c->family == SG_FAMILY_NEOX) {
+        /* Linear layout [out, in]; QKV rows interleaved per head (qkv_layout) */
+        SPEC(&m->wte, 2, V, D, "gpt_neox.embed_in.weight");
+        for (int64_t l = 0; l < L; l++) {
+            Gpt2LayerWeights *w = &m->layers[l];
+            const long long i = (long long)l;
+            SPEC(&w->ln1_w, 1, D, 0, "gpt_neox.layers.%lld.input_layernorm.weight", i);
+            SPEC(&w->ln1_b, 1, D, 0, "gpt_neox.layers.%lld.input_layernorm.bias", i);
+            SPEC(&w->qkv_w, 2, 3 * D, D, "gpt_neox.layers.%lld.attention.query_key_value.weight", i);
+            SPEC(&w->qkv_b, 1, 3 * D, 0, "gpt_neox.layers.%lld.attention.query_key_value.bias", i);
+            SPEC(&w->attn_proj_w, 2, D, D, "gpt_neox.layers.%lld.attention.dense.weight", i);
+            SPEC(&w->attn_proj_b, 1, D, 0, "gpt_neox.layers.%lld.attention.dense.bias", i);
+            SPEC(&w->ln2_w, 1, D, 0, "gpt_neox.layers.%lld.post_attention_layernorm.weight", i);
+            SPEC(&w->ln2_b, 1, D, 0, "gpt_neox.layers.%lld.post_attention_layernorm.bias", i);
+            SPEC(&w->fc_w, 2, F, D, "gpt_neox.layers.%lld.mlp.dense_h_to_4h.weight", i);
+            SPEC(&w->fc_b, 1, F, 0, "gpt_neox.layers.%lld.mlp.dense_h_to_4h.bias", i);
+            SPEC(&w->mlp_proj_w, 2, D, F, "gpt_neox.layers.%lld.mlp.dense_4h_to_h.weight", i);
+            SPEC(&w->mlp_proj_b, 1, D, 0, "gpt_neox.layers.%lld.mlp.dense_4h_to_h.bias", i);
+        }
+        SPEC(&m->lnf_w, 1, D, 0, "gpt_neox.final_layer_norm.weight");
+        SPEC(&m->lnf_b, 1, D, 0, "gpt_neox.final_layer_norm.bias");
+        if (!c->tied_unembed) SPEC(&m->unembed, 2, V, D, "embed_out.weight");
+    } else {
+        SPEC(&m->wte, 2, V, D, "wte.weight");
+        SPEC(&m->wpe, 2, P, D, "wpe.weight");
+        for (int64_t l = 0; l < L; l++) {
+            Gpt2LayerWeights *w = &m->layers[l];
+            const long long i = (long long)l;
+            SPEC(&w->ln1_w, 1, D, 0, "h.%lld.ln_1.weight", i);
+            SPEC(&w->ln1_b, 1, D, 0, "h.%lld.ln_1.bias", i);
+            SPEC(&w->qkv_w, 2, D, 3 * D, "h.%lld.attn.c_attn.weight", i);
+            SPEC(&w->qkv_b, 1, 3 * D, 0, "h.%lld.attn.c_attn.bias", i);
+            SPEC(&w->attn_proj_w, 2, D, D, "h.%lld.attn.c_proj.weight", i);
+            SPEC(&w->attn_proj_b, 1, D, 0, "h.%lld.attn.c_proj.bias", i);
+            SPEC(&w->ln2_w, 1, D, 0, "h.%lld.ln_2.weight", i);
+            SPEC(&w->ln2_b, 1, D, 0, "h.%lld.ln_2.bias", i);
+            SPEC(&w->fc_w, 2, D, F, "h.%lld.mlp.c_fc.weight", i);
+            SPEC(&w->fc_b, 1, F, 0, "h.%lld.mlp.c_fc.bias", i);
+            SPEC(&w->mlp_proj_w, 2, F, D, "h.%lld.mlp.c_proj.weight", i);
+            SPEC(&w->mlp_proj_b, 1, D, 0, "h.%lld.mlp.c_proj.bias", i);
+        }
+        SPEC(&m->lnf_w, 1, D, 0, "ln_f.weight");
+        SPEC(&m->lnf_b, 1, D, 0, "ln_f.bias");
     }
-    SPEC(&m->lnf_w, 1, D, 0, "ln_f.weight");
-    SPEC(&m->lnf_b, 1, D, 0, "ln_f.bias");
 #undef SPEC
+    n_specs = k;
 
     /* Pass 1: names, shapes, dtypes. Pass 2: F32 tensors are used in place; the others are
      * checked here and converted by model_place, once per node. NaN/Inf refused either way. */
@@ -274,25 +369,34 @@ static size_t section(size_t floats) { return (floats + 15) / 16 * 16; }
 void model_place(Gpt2Model *m, MPI_Comm node) {
     const Gpt2Config *c = &m->cfg;
     const size_t D = c->n_embd, vd = c->vocab_size * D, vpd = m->vocab_padded * D, ld = c->n_layer * D;
-    /* layout: converted tensors, padded wte, folded value bias (sizes checked by model_open) */
+    /* layout: converted tensors, padded unembedding, value bias, folded value bias (sizes
+     * checked by model_open) */
     const size_t at_wte = safetensors_pending_floats(m->pending, m->n_pending), at_vb = at_wte + section(vpd),
-                 floats = at_vb + section(ld);
+                 at_vbf = at_vb + section(ld), floats = at_vbf + section(ld);
     const char *prev_alloc = sg_alloc_for(m->st.path);
     int fill;
     float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), &fill);
     sg_alloc_for(prev_alloc);
     safetensors_place(block, &m->st, m->pending, m->n_pending, fill);
+    if (c->tied_unembed) m->unembed = m->wte;
     m->wte_padded = block + at_wte;
-    m->value_bias_folded = block + at_vb;
+    m->value_bias = block + at_vb;
+    m->value_bias_folded = block + at_vbf;
     if (fill) {
-        memcpy(block + at_wte, m->wte, vd * sizeof(float));
-        /* b_V' = b_V + ln_1.bias @ W_V, accumulated in double (FIELD-FACTS section 2). */
+        memcpy(block + at_wte, m->unembed, vd * sizeof(float));
+        /* b_V (head-major, attn.hook_z's layout) and b_V' = b_V + ln_1.bias @ W_V, accumulated
+         * in double (FIELD-FACTS section 2), with W_V's columns where the family puts them */
+        const QkvLayout q = qkv_layout(c);
+        const size_t Dh = D / c->n_head;
         for (size_t l = 0; l < c->n_layer; l++) {
             const Gpt2LayerWeights *w = &m->layers[l];
             for (size_t j = 0; j < D; j++) {
-                double acc = w->qkv_b[2 * D + j];
-                for (size_t i = 0; i < D; i++) acc += (double)w->ln1_b[i] * w->qkv_w[i * 3 * D + 2 * D + j];
-                block[at_vb + l * D + j] = (float)acc;
+                const size_t col = j / Dh * q.head_stride + q.v_offset + j % Dh; /* of the 3D outputs */
+                double acc = w->qkv_b[col];
+                block[at_vb + l * D + j] = w->qkv_b[col];
+                for (size_t i = 0; i < D; i++)
+                    acc += (double)w->ln1_b[i] * (c->weights_out_in ? w->qkv_w[col * D + i] : w->qkv_w[i * 3 * D + col]);
+                block[at_vbf + l * D + j] = (float)acc;
             }
         }
     }

@@ -118,7 +118,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double kl_rows = 0, n_passes = 0;
         for (size_t i = 0; i < K; i++) {
             Site st;
-            site_parse(&st, saes[i].hook_name, c.n_layer, "plan");
+            site_parse(&st, saes[i].hook_name, &c, "plan");
             double after = (double)(c.n_layer - st.layer) - (st.kind == SG_SITE_RESID_POST ? 1 : 0);
             double passes = 0, decodes = 0;
             for (int iv = 0; iv < IV_COUNT; iv++)

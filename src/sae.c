@@ -262,7 +262,7 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     }
 
     /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
-    if (site_parse(&s->site, s->hook_name, m ? m->cfg.n_layer : (size_t)1 << 20, dir) != 0) goto done;
+    if (site_parse(&s->site, s->hook_name, m ? &m->cfg : NULL, dir) != 0) goto done;
     if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED) {
         sg_errorf(dir, "SAEs on %s are not supported (intervened passes start inside a block)", s->hook_name);
         goto done;
@@ -307,6 +307,16 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     } else if (kw) { /* null: SAELens passes `kwargs or {}` */
         s->basis = SG_BASIS_RAW;
         snprintf(s->basis_source, sizeof s->basis_source, "cfg.json %s = null (SAELens reads it as {})", kw_path);
+    } else if (m && m->cfg.family == SG_FAMILY_NEOX) {
+        /* SAELens's Pythia dictionaries (pythia-70m-deduped-*-sm) were trained on the raw Hugging
+         * Face activations (docs/basis.md, docs/families.md) */
+        s->basis = SG_BASIS_RAW;
+        snprintf(s->basis_source, sizeof s->basis_source,
+                 "default for %s: cfg has no model_from_pretrained_kwargs (SAELens's Pythia SAEs were trained on "
+                 "unprocessed activations)", m->cfg.architecture);
+        if (!opt->has_override)
+            sg_warnf("%s: cfg has no model_from_pretrained_kwargs; on a Pythia model saegap assumes unprocessed "
+                     "activations (basis raw; --basis processed to override)", dir);
     } else {
         s->basis = SG_BASIS_PROCESSED;
         snprintf(s->basis_source, sizeof s->basis_source,

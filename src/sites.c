@@ -65,18 +65,34 @@ int basis_parse(const char *s, Basis *out) {
 static const float *removed_value_bias(const Gpt2Model *m, Site s, Basis basis) {
     if (s.kind != SG_SITE_ATTN_Z || !(basis & SG_BASIS_FOLD_VALUE_BIASES)) return NULL;
     if (basis & SG_BASIS_FOLD_LN) return m->value_bias_folded + s.layer * m->cfg.n_embd;
-    return m->layers[s.layer].qkv_b + 2 * m->cfg.n_embd; /* b_V alone */
+    return m->value_bias + s.layer * m->cfg.n_embd; /* b_V alone */
 }
 
 static int is_global(SiteKind k) { return k == SG_SITE_EMBED || k == SG_SITE_POS_EMBED; }
 
 int site_is_residual(SiteKind k) { return k != SG_SITE_ATTN_Z && k != SG_SITE_MLP_POST; }
 
-int site_parse(Site *out, const char *name, size_t n_layer, const char *where) {
+const char *site_missing_reason(SiteKind k, const Gpt2Config *c) {
+    if (k == SG_SITE_RESID_MID && c->parallel_residual)
+        return "the model's attention and MLP read the same residual stream in parallel "
+               "(GPT-NeoX's use_parallel_residual), so it has no hook_resid_mid";
+    if (k == SG_SITE_POS_EMBED && !c->learned_positions)
+        return "the model has rotary position embeddings, so it has no hook_pos_embed";
+    return NULL;
+}
+
+/* The site exists in the model (c NULL: any model). */
+static int check_exists(const Site *s, const char *name, const Gpt2Config *c, const char *where) {
+    const char *why = c ? site_missing_reason(s->kind, c) : NULL;
+    return why ? sg_errorf(where, "site '%s' does not exist in %s: %s", name, c->architecture, why) : 0;
+}
+
+int site_parse(Site *out, const char *name, const Gpt2Config *c, const char *where) {
+    const size_t n_layer = c ? c->n_layer : (size_t)1 << 20;
     for (int k = 0; k < SG_SITE_KIND_COUNT; k++)
         if (is_global((SiteKind)k) && strcmp(name, SITE_SUFFIX[k]) == 0) {
             *out = (Site){(SiteKind)k, 0};
-            return 0;
+            return check_exists(out, name, c, where);
         }
     if (strncmp(name, "blocks.", 7) == 0) {
         const char *p = name + 7;
@@ -90,7 +106,7 @@ int site_parse(Site *out, const char *name, size_t n_layer, const char *where) {
                             return sg_errorf(where, "site '%s': layer %lu does not exist (the model has %zu layers, 0..%zu)",
                                              name, layer, n_layer, n_layer - 1);
                         *out = (Site){(SiteKind)k, (size_t)layer};
-                        return 0;
+                        return check_exists(out, name, c, where);
                     }
             }
         }
@@ -107,7 +123,7 @@ void site_name(char *buf, size_t cap, Site s) {
     else snprintf(buf, cap, "blocks.%zu.%s", s.layer, SITE_SUFFIX[s.kind]);
 }
 
-size_t site_width(Site s, const Gpt2Config *c) { return s.kind == SG_SITE_MLP_POST ? 4 * c->n_embd : c->n_embd; }
+size_t site_width(Site s, const Gpt2Config *c) { return s.kind == SG_SITE_MLP_POST ? c->n_inner : c->n_embd; }
 
 float *site_buffer(const Activations *a, Site s) {
     size_t l = s.layer, D = a->D;
@@ -120,7 +136,7 @@ float *site_buffer(const Activations *a, Site s) {
     case SG_SITE_ATTN_OUT: return acts_layer(a, a->attn_out, l, D);
     case SG_SITE_MLP_OUT: return acts_layer(a, a->mlp_out, l, D);
     case SG_SITE_ATTN_Z: return acts_layer(a, a->z, l, D);
-    case SG_SITE_MLP_POST: return acts_layer(a, a->fc_act, l, 4 * D);
+    case SG_SITE_MLP_POST: return acts_layer(a, a->fc_act, l, a->F);
     case SG_SITE_KIND_COUNT: break;
     }
     sg_fatal("sites", "invalid site kind %d", (int)s.kind);
@@ -203,6 +219,11 @@ ForwardStage site_restart_from_clean(Activations *work, const Activations *clean
     const float *resid_mid = *layer < c->n_layer ? acts_layer(clean, clean->resid_mid, *layer, D) : NULL;
     float *w_site = site_buffer(work, s), *w_resid = resid ? acts_resid(work, *layer) : NULL;
     float *w_resid_mid = resid ? acts_layer(work, work->resid_mid, *layer, D) : NULL;
+    /* the parallel residual adds the layer's attn_out after the MLP: a pass restarted inside
+     * the MLP reads the clean one (sequential models have it in resid_mid already) */
+    const int attn_out_read = resid && c->parallel_residual && stage >= SG_STAGE_MLP;
+    const float *attn_out = attn_out_read ? acts_layer(clean, clean->attn_out, *layer, D) : NULL;
+    float *w_attn_out = attn_out_read ? acts_layer(work, work->attn_out, *layer, D) : NULL;
     /* positions [P, P + Tq) of every context, in every copy */
     for (size_t k = 0; k < copies; k++)
         for (size_t b = 0; b < B; b++) {
@@ -212,6 +233,7 @@ ForwardStage site_restart_from_clean(Activations *work, const Activations *clean
                 memcpy(w_resid + to * D, resid + from * D, Tq * D * sizeof(float));
                 memcpy(w_resid_mid + to * D, resid_mid + from * D, Tq * D * sizeof(float));
             }
+            if (attn_out_read) memcpy(w_attn_out + to * D, attn_out + from * D, Tq * D * sizeof(float));
         }
     return stage;
 }

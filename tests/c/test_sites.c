@@ -479,6 +479,8 @@ int main(void) {
                                             "blocks.0.hook_mlp_out",
                                             "blocks.0.hook_resid_post",
                                             "blocks.1.hook_resid_pre"};
+        const Gpt2Config c12 = {.n_layer = 12, .learned_positions = 1, .architecture = "GPT2LMHeadModel"};
+        const Gpt2Config cL = {.n_layer = L, .learned_positions = 1, .architecture = "GPT2LMHeadModel"};
         for (size_t i = 0; i < site_count(12); i++) {
             Site s = site_at(i), p;
             char name[64];
@@ -486,7 +488,7 @@ int main(void) {
             if (i < sizeof order / sizeof order[0])
                 CHECK(!strcmp(name, order[i]), "site %zu is %s, expected %s", i, name, order[i]);
             sg_error_clear();
-            CHECK(site_parse(&p, name, 12, "--sites") == 0 && p.kind == s.kind && (p.layer == s.layer || i < 2),
+            CHECK(site_parse(&p, name, &c12, "--sites") == 0 && p.kind == s.kind && (p.layer == s.layer || i < 2),
                   "%s does not parse back: %s", name, sg_error_message());
             CHECK(site_index(s) == i, "site_index(%s) = %zu, expected %zu", name, site_index(s), i);
         }
@@ -496,7 +498,7 @@ int main(void) {
         for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
             Site p;
             sg_error_clear();
-            int rc = site_parse(&p, bad[i], L, "job.txt");
+            int rc = site_parse(&p, bad[i], &cL, "job.txt");
             const char *msg = sg_error_message();
             char quoted[80];
             snprintf(quoted, sizeof quoted, "'%s'", bad[i]);
@@ -505,10 +507,29 @@ int main(void) {
         }
         sg_error_clear();
         Site p;
-        CHECK(site_parse(&p, "blocks.2.hook_resid_pre", L, "x") == -1 &&
+        CHECK(site_parse(&p, "blocks.2.hook_resid_pre", &cL, "x") == -1 &&
                   strstr(sg_error_message(), "layer 2 does not exist (the model has 2 layers, 0..1)"),
               "layer out of range: \"%s\"", sg_error_message());
         sg_error_clear();
+        /* Pythia (parallel residual, rotary): no hook_resid_mid, no hook_pos_embed; the rest exist */
+        const Gpt2Config neox = {.family = SG_FAMILY_NEOX, .n_layer = 2, .parallel_residual = 1,
+                                 .architecture = "GPTNeoXForCausalLM"};
+        CHECK(site_parse(&p, "blocks.1.hook_resid_mid", &neox, "job.txt") == -1 &&
+                  strstr(sg_error_message(), "job.txt: site 'blocks.1.hook_resid_mid' does not exist in GPTNeoXForCausalLM") &&
+                  strstr(sg_error_message(), "parallel"),
+              "resid_mid on a parallel model: \"%s\"", sg_error_message());
+        sg_error_clear();
+        CHECK(site_parse(&p, "hook_pos_embed", &neox, "x") == -1 && strstr(sg_error_message(), "rotary"),
+              "pos_embed on a rotary model: \"%s\"", sg_error_message());
+        sg_error_clear();
+        size_t n_neox = 0;
+        for (size_t i = 0; i < site_count(2); i++) {
+            char name[64];
+            site_name(name, sizeof name, site_at(i));
+            if (site_parse(&p, name, &neox, "x") == 0) n_neox++;
+            sg_error_clear();
+        }
+        CHECK(n_neox == 1 + 6 * 2, "Pythia has %zu sites of the canonical list, expected 13", n_neox);
 
         static const char *const names[8] = {"raw",
                                              "center_writing_weights",

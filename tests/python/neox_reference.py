@@ -276,7 +276,16 @@ def _tokens(tokens):
 
 # ---------------------------------------------------------------- HF forward (raw)
 
-def hf_forward(config, params, tokens, extra_hooks=False):
+def _hooked(acts, patch, name, value):
+    """Records the hook's value; a patch {hook name: fn(value) -> value} replaces it
+    downstream, as a TransformerLens forward hook returning a new value does."""
+    acts[name] = value.copy()
+    if patch and name in patch:
+        return np.asarray(patch[name](value.copy()), dtype=np.float64)
+    return value
+
+
+def hf_forward(config, params, tokens, extra_hooks=False, patch=None):
     """GPTNeoXForCausalLM's forward on the HF tensors -> (acts, logprobs)."""
     d = model_dims(config)
     L, H, D, dh, r, eps = d["L"], d["H"], d["D"], d["dh"], d["r"], d["eps"]
@@ -292,7 +301,7 @@ def hf_forward(config, params, tokens, extra_hooks=False):
     acts["hook_embed"] = x.copy()
     for l in range(L):
         p, b = "gpt_neox.layers.%d." % l, "blocks.%d." % l
-        acts[b + "hook_resid_pre"] = x.copy()
+        x = _hooked(acts, patch, b + "hook_resid_pre", x)
         a = layer_norm(x, P[p + "input_layernorm.weight"], P[p + "input_layernorm.bias"], eps)
         acts[b + "ln1.hook_normalized"] = a
         qkv = a @ P[p + "attention.query_key_value.weight"].T + P[p + "attention.query_key_value.bias"]
@@ -301,25 +310,22 @@ def hf_forward(config, params, tokens, extra_hooks=False):
         rq = apply_rotary(q, pos, r, d["base"])
         rk = apply_rotary(k, pos, r, d["base"])
         z, scores, pattern = _attention(rq, rk, v, dh)
-        z = z.reshape(B, T, D)                              # head-major
-        acts[b + "attn.hook_z"] = z
+        z = _hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, D))   # head-major
         attn_out = z @ P[p + "attention.dense.weight"].T + P[p + "attention.dense.bias"]
-        acts[b + "hook_attn_out"] = attn_out
+        attn_out = _hooked(acts, patch, b + "hook_attn_out", attn_out)
         if d["parallel"]:
             mlp_in = x
         else:
-            mlp_in = x + attn_out
-            acts[b + "hook_resid_mid"] = mlp_in.copy()
+            mlp_in = _hooked(acts, patch, b + "hook_resid_mid", x + attn_out)
         m = layer_norm(mlp_in, P[p + "post_attention_layernorm.weight"],
                        P[p + "post_attention_layernorm.bias"], eps)
         acts[b + "ln2.hook_normalized"] = m
         pre = m @ P[p + "mlp.dense_h_to_4h.weight"].T + P[p + "mlp.dense_h_to_4h.bias"]
-        post = act(pre)
-        acts[b + "mlp.hook_post"] = post
+        post = _hooked(acts, patch, b + "mlp.hook_post", act(pre))
         mlp_out = post @ P[p + "mlp.dense_4h_to_h.weight"].T + P[p + "mlp.dense_4h_to_h.bias"]
-        acts[b + "hook_mlp_out"] = mlp_out
+        mlp_out = _hooked(acts, patch, b + "hook_mlp_out", mlp_out)
         x = (x + attn_out + mlp_out) if d["parallel"] else (mlp_in + mlp_out)
-        acts[b + "hook_resid_post"] = x.copy()
+        x = _hooked(acts, patch, b + "hook_resid_post", x)
         if extra_hooks:
             acts[b + "attn.hook_q"], acts[b + "attn.hook_k"], acts[b + "attn.hook_v"] = q, k, v
             acts[b + "attn.hook_rot_q"], acts[b + "attn.hook_rot_k"] = rq, rk
@@ -442,7 +448,7 @@ def process_weights(sd, config, fold_ln=True, center_writing_weights_=True,
     return sd, norm
 
 
-def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False):
+def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False, patch=None):
     """HookedTransformer's forward (Pythia config: rotary, rotary_adjacent_pairs
     False, parallel_attn_mlp = use_parallel_residual) on a TL state dict ->
     (acts, logprobs).  normalization_type 'LNPre' after fold_ln."""
@@ -469,7 +475,7 @@ def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False):
     acts["hook_embed"] = resid.copy()
     for l in range(L):
         b = "blocks.%d." % l
-        acts[b + "hook_resid_pre"] = resid.copy()
+        resid = _hooked(acts, patch, b + "hook_resid_pre", resid)
         x = ln(resid, b + "ln1")
         q = np.einsum("btd,hde->bthe", x, sd[b + "attn.W_Q"]) + sd[b + "attn.b_Q"]
         k = np.einsum("btd,hde->bthe", x, sd[b + "attn.W_K"]) + sd[b + "attn.b_K"]
@@ -477,22 +483,20 @@ def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False):
         rq = apply_rotary(q, pos, r, d["base"])
         rk = apply_rotary(k, pos, r, d["base"])
         z, scores, pattern = _attention(rq, rk, v, dh)
-        acts[b + "attn.hook_z"] = z.reshape(B, T, H * dh)
+        z = _hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh)).reshape(B, T, H, dh)
         attn_out = np.einsum("bthe,hed->btd", z, sd[b + "attn.W_O"]) + sd[b + "attn.b_O"]
-        acts[b + "hook_attn_out"] = attn_out
+        attn_out = _hooked(acts, patch, b + "hook_attn_out", attn_out)
         if d["parallel"]:
             x2 = ln(resid, b + "ln2")
         else:
-            resid = resid + attn_out
-            acts[b + "hook_resid_mid"] = resid.copy()
+            resid = _hooked(acts, patch, b + "hook_resid_mid", resid + attn_out)
             x2 = ln(resid, b + "ln2")
         pre = x2 @ sd[b + "mlp.W_in"] + sd[b + "mlp.b_in"]
-        post = act(pre)
-        acts[b + "mlp.hook_post"] = post
+        post = _hooked(acts, patch, b + "mlp.hook_post", act(pre))
         mlp_out = post @ sd[b + "mlp.W_out"] + sd[b + "mlp.b_out"]
-        acts[b + "hook_mlp_out"] = mlp_out
+        mlp_out = _hooked(acts, patch, b + "hook_mlp_out", mlp_out)
         resid = (resid + attn_out + mlp_out) if d["parallel"] else (resid + mlp_out)
-        acts[b + "hook_resid_post"] = resid.copy()
+        resid = _hooked(acts, patch, b + "hook_resid_post", resid)
         if extra_hooks:
             acts[b + "attn.hook_q"], acts[b + "attn.hook_k"], acts[b + "attn.hook_v"] = q, k, v
             acts[b + "attn.hook_rot_q"], acts[b + "attn.hook_rot_k"] = rq, rk
@@ -509,7 +513,7 @@ def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False):
 
 # ---------------------------------------------------------------- entry point
 
-def forward(config, params, tokens, basis="raw", extra_hooks=False):
+def forward(config, params, tokens, basis="raw", extra_hooks=False, patch=None):
     """Pythia forward in float64 -> (acts, logprobs).
 
     acts: {TransformerLens hook name: float64 [B, T, ...]} for site_names(config)
@@ -520,10 +524,12 @@ def forward(config, params, tokens, basis="raw", extra_hooks=False):
     basis "raw": Hugging Face activations (hf_forward on the HF tensors).
     basis "processed": TL's default-processed weights (convert_neox_weights
     + process_weights) run through tl_forward with LayerNormPre.
+    patch: {hook name: fn(value in this basis) -> replacement}, applied where
+    the hook is, as a TransformerLens hook (acts keeps the unpatched values).
     """
     if basis == "raw":
-        return hf_forward(config, params, tokens, extra_hooks=extra_hooks)
+        return hf_forward(config, params, tokens, extra_hooks=extra_hooks, patch=patch)
     if basis == "processed":
         sd, norm = process_weights(convert_neox_weights(config, params), config)
-        return tl_forward(config, sd, tokens, norm, extra_hooks=extra_hooks)
+        return tl_forward(config, sd, tokens, norm, extra_hooks=extra_hooks, patch=patch)
     raise ValueError("basis %r (raw or processed)" % (basis,))

@@ -316,12 +316,21 @@ def test_config_wrong_type_or_value(model, tokens_npy, out, key, value):
 
 
 def test_config_other_family_named_by_its_architectures_entry(model, tokens_npy, out):
-    """A Pythia folder (GPT-NeoX keys, no GPT-2 ones): refused naming the class, not a missing key."""
+    """A Gemma-2 folder (no GPT-2 keys): refused naming the class, not a missing key."""
+    gemma = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 64,
+             "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 211, "head_dim": 16}
+    (model / "config.json").write_text(json.dumps(gemma))
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, "config.json", "Gemma2ForCausalLM")
+
+
+def test_config_gpt_neox_missing_its_keys(model, tokens_npy, out):
+    """A GPTNeoXForCausalLM config is read with GPT-NeoX's keys: a missing one is named."""
     neox = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "hidden_size": 64,
             "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 211, "rotary_pct": 0.25}
     (model / "config.json").write_text(json.dumps(neox))
     res = run_saegap(dump_args(model, tokens_npy, out))
-    assert_user_error(res, out, "config.json", "GPTNeoXForCausalLM")
+    assert_user_error(res, out, "config.json", "intermediate_size")
 
 
 def test_config_n_embd_not_divisible_by_n_head(model, tokens_npy, out):
