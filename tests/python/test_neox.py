@@ -1,0 +1,217 @@
+"""Pythia (GPTNeoXForCausalLM) models in saegap, against the independent float64 reference.
+
+    /usr/bin/python3 -m pytest -q tests/python/test_neox.py
+
+neox_reference.py (the Pythia forward, raw and TransformerLens-processed, written from
+FAMILIES-FACTS.md, not from the C code) and run_reference.py (the SAE maths, the
+interventions, KL/CE, SAELens's scores) are the yardsticks: `saegap dump` must match the
+reference at every site and the log-probs, and `saegap run` must write what reference_run
+computes when its patched forward is Pythia's. Models are built in the real Hugging Face
+layout (neox_fixtures.py): interleaved QKV rows, partial rotary, untied embed_out, a vocabulary
+padded past the tokenizer's.
+"""
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import neox_reference as nr
+import run_reference as rr
+from neox_fixtures import make_pythia_model
+from sae_fixtures import make_sae
+from saegap_fixtures import write_tokens_npy
+from test_run import MARGIN, check_against_reference, read_result
+
+TOL = 1e-4
+N_LAYER, N_HEAD, D_MODEL, D_MLP, VOCAB, N_POS = 3, 4, 64, 256, 211, 64
+N_CTX, CTX = 4, 20
+NAME = "tiny-pythia"
+DET = ",".join(rr.DETERMINISTIC)
+
+
+def rel_err(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def neox_forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None,
+                            capture=None):
+    """run_reference.forward_with_patch's contract on the Pythia reference: the site's value
+    in `basis` goes through patch_fn, its return value replaces it."""
+    patch = {site: patch_fn} if site is not None and patch_fn is not None else None
+    acts, lp = nr.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
+    if capture is not None and site is not None:
+        capture[site] = acts[site]
+    return lp
+
+
+@pytest.fixture
+def pythia_reference(monkeypatch):
+    """run_reference with Pythia's forward in place of GPT-2's (for this test only)."""
+    monkeypatch.setattr(rr, "forward_with_patch", neox_forward_with_patch)
+    return rr
+
+
+def sample_tokens(config, params, n, T, seed, temperature=1.5):
+    """Contexts sampled from the model itself (so ablations raise the CE), BOS (id 0) at
+    position 0 only."""
+    rng = np.random.default_rng(seed)
+    bos = int(config["bos_token_id"])
+    tok = np.full((n, T), bos, dtype=np.int64)
+    for t in range(1, T):
+        _, lp = nr.forward(config, params, tok[:, :t], basis="raw")
+        lp = lp[:, -1] / temperature
+        lp[:, bos] = -np.inf
+        p = np.exp(lp - lp.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        for i in range(n):
+            tok[i, t] = rng.choice(len(p[i]), p=p[i])
+    return tok
+
+
+def build_model(dir, **kw):
+    make_pythia_model(dir, n_layer=N_LAYER, n_head=N_HEAD, hidden_size=D_MODEL,
+                      intermediate_size=D_MLP, vocab_size=VOCAB, max_position_embeddings=N_POS,
+                      **kw)
+    cpath = os.path.join(dir, "config.json")
+    with open(cpath) as f:
+        c = json.load(f)
+    c["_name_or_path"] = NAME  # the SAEs' model_name matches it
+    with open(cpath, "w") as f:
+        json.dump(c, f, indent=2)
+    return nr.load_model(dir)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("neox_world")
+    mdir = str(base / NAME)
+    config, params = build_model(mdir, seed=3)
+    tok = sample_tokens(config, params, N_CTX, CTX, seed=4)
+    tok_npy = str(base / "tokens.npy")
+    write_tokens_npy(tok_npy, tok.astype(np.int32))
+    fwd = {b: nr.forward(config, params, tok, basis=b)[0] for b in ("raw", "processed")}
+    return {"model_dir": mdir, "config": config, "params": params, "model": (config, params),
+            "tokens": tok, "tokens_npy": tok_npy, "fwd": fwd, "meas": tok != 0}
+
+
+# ---------------------------------------------------------------- the forward (point 2)
+
+DUMP_CASES = [
+    ("parallel-F32", dict(dtype="F32")),
+    ("parallel-BF16-buffers", dict(dtype="BF16", with_buffers=True)),
+    ("sequential-F16-full-rotary", dict(dtype="F16", use_parallel_residual=False, rotary_pct=1.0)),
+]
+
+
+@pytest.mark.parametrize("case", DUMP_CASES, ids=[c[0] for c in DUMP_CASES])
+@pytest.mark.parametrize("basis", ["raw", "processed"])
+def test_dump_matches_reference_at_every_site(tmp_path, run_saegap, case, basis):
+    cid, kw = case
+    mdir = str(tmp_path / "model")
+    config, params = build_model(mdir, seed=11, **kw)
+    tok = np.random.default_rng(12).integers(0, VOCAB, size=(3, 17))
+    write_tokens_npy(str(tmp_path / "tok.npy"), tok.astype(np.int32))
+    out = str(tmp_path / "dump.h5")
+    run_saegap(["dump", "--model", mdir, "--tokens", str(tmp_path / "tok.npy"), "--sites", "all",
+                "--logits", "--basis", basis, "--out", out])
+    acts, lp = nr.forward(config, params, tok, basis=basis)
+    want = [s for s in nr.site_names(config) if ".ln" not in s]  # the LayerNorm hooks are no sites
+    with h5py.File(out, "r") as f:
+        got = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+    assert sorted(k for k in got if k not in ("tokens", "logits")) == sorted(want), sorted(got)
+    errs = {s: rel_err(got[s], acts[s]) for s in want}
+    errs["log_softmax(logits)"] = rel_err(log_softmax(got["logits"]), lp)
+    bad = {k: v for k, v in errs.items() if not v <= TOL}
+    assert not bad, "%s %s: relative errors above %g: %s" % (cid, basis, TOL, bad)
+    assert got["logits"].shape[-1] == VOCAB  # every padded row of embed_out is in the softmax
+
+
+@pytest.mark.parametrize("site,needle", [("blocks.1.hook_resid_mid", "use_parallel_residual"),
+                                         ("hook_pos_embed", "rotary")])
+def test_sites_pythia_does_not_have_are_refused(world, tmp_path, run_saegap, site, needle):
+    out = tmp_path / "d.h5"
+    p = run_saegap(["dump", "--model", world["model_dir"], "--tokens", world["tokens_npy"],
+                    "--sites", site, "--out", str(out)], check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "'%s' does not exist in GPTNeoXForCausalLM" % site in err and needle in err, err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- runs (points 3 and 4)
+
+def build_sae(world, dir, site, arch, basis="raw", **kw):
+    xs_all = world["fwd"][basis][site]
+    xs = xs_all[world["meas"]]
+    d_in = xs.shape[-1]
+    for seed in range(80):
+        s = make_sae(str(dir), d_in, 2 * d_in if d_in <= 64 else d_in, site, architecture=arch,
+                     seed=seed, x_sample=xs, model_name=NAME, **kw)
+        if rr.sae_discontinuity_margin(s["cfg"], s["params"], xs_all.reshape(-1, d_in)) >= MARGIN:
+            return s
+    raise AssertionError("no SAE at %s with margin %g" % (site, MARGIN))
+
+
+PROCESSED = {"center_writing_weights": True, "fold_ln": True, "fold_value_biases": True}
+RUN_CASES = [
+    ("resid_post1-standard", "blocks.1.hook_resid_post", "standard", {}),
+    ("attn_out0-topk", "blocks.0.hook_attn_out", "topk", {}),
+    ("hook_z2-jumprelu", "blocks.2.attn.hook_z", "jumprelu", {}),
+    ("mlp_out2-standard", "blocks.2.hook_mlp_out", "standard", {}),
+    ("hook_post1-gated", "blocks.1.mlp.hook_post", "gated", {}),
+    ("resid_pre0-standard-processed", "blocks.0.hook_resid_pre", "standard",
+     {"from_pretrained_kwargs": PROCESSED}),
+    ("hook_z1-standard-processed", "blocks.1.attn.hook_z", "standard",
+     {"from_pretrained_kwargs": PROCESSED}),
+]
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_run_matches_reference(world, tmp_path, run_saegap, pythia_reference, case):
+    """Every deterministic intervention's per-token KL and CE, the reconstruction metrics and
+    SAELens's scores, as the reference computes them on the Pythia forward. A cfg without
+    model_from_pretrained_kwargs means raw activations on Pythia; kwargs with the three flags on
+    mean TransformerLens's processing (centred residual stream; hook_z minus the folded value
+    bias taken from the interleaved QKV rows)."""
+    cid, site, arch, kw = case
+    basis = "processed" if "from_pretrained_kwargs" in kw else "raw"
+    s = build_sae(world, tmp_path / cid, site, arch, basis=basis, **kw)
+    out = tmp_path / "out.h5"
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", s["dir"], "--tokens",
+                    world["tokens_npy"], "--out", str(out), "--interventions", DET,
+                    "--threads-per-rank", "1", "--quiet"])
+    if basis == "raw":
+        assert "Pythia" in p.stderr.decode() and "basis raw" in p.stderr.decode(), p.stderr.decode()
+    res = read_result(str(out))
+    ref = pythia_reference.reference_run(None, [s["dir"]], world["tokens"], model=world["model"],
+                                         basis=basis)
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=cid)
+
+
+def test_two_ranks_bit_identical_with_random_interventions(world, tmp_path, run_saegap):
+    """The result does not depend on the rank count on Pythia either (random interventions
+    included: their draws are keyed by site and token, not by rank)."""
+    s = build_sae(world, tmp_path / "sae", "blocks.1.hook_resid_post", "standard")
+    outs = []
+    for np_ in (1, 2):
+        out = tmp_path / ("out%d.h5" % np_)
+        run_saegap(["run", "--model", world["model_dir"], "--sae", s["dir"], "--tokens",
+                    world["tokens_npy"], "--out", str(out), "--interventions",
+                    "sae,eps_random,zero_ablation", "--threads-per-rank", "1", "--quiet"], np=np_)
+        outs.append(read_result(str(out)))
+    a, b = (o["sites"]["blocks.1.hook_resid_post"]["kl"] for o in outs)
+    assert sorted(a) == sorted(b) == ["eps_random", "sae", "zero_ablation"]
+    for iv in a:
+        assert np.array_equal(a[iv], b[iv], equal_nan=True), iv
+        assert np.isfinite(a[iv][world["meas"]]).all(), iv
