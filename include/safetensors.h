@@ -31,9 +31,10 @@ typedef struct {
     size_t numel;
     size_t nbytes;
     const void *data; /* points into the mapping */
+    const char *file; /* the file holding it (a shard's path in a sharded set) */
 } SafetensorsTensor;
 
-typedef struct {
+typedef struct Safetensors {
     char *path;
     void *map;          /* whole file, PROT_READ */
     size_t map_size;
@@ -41,6 +42,8 @@ typedef struct {
     SafetensorsTensor *tensors; /* in header order */
     size_t *by_name;            /* indices into tensors, sorted by name (lookups in log n) */
     char *arena;                /* the tensors' names, decoded from the header */
+    struct Safetensors *shards; /* a sharded set (safetensors_open_sharded): the files, each */
+    size_t n_shards;            /* opened and validated on its own; map is NULL then */
 } Safetensors;
 
 const char *safetensors_dtype_name(SafetensorsDtype dt);
@@ -48,6 +51,17 @@ const char *safetensors_dtype_name(SafetensorsDtype dt);
 /* Returns 0, or -1 with a pending error naming the path (error.h). Zeroed struct on failure. */
 int safetensors_open(Safetensors *st, const char *path);
 void safetensors_close(Safetensors *st); /* accepts a zeroed struct */
+
+/* A Hugging Face sharded checkpoint as one Safetensors: index_path is model.safetensors.index.json,
+ * whose "weight_map" maps each tensor name to a shard file in the same folder. Every shard is
+ * opened and validated as a file of its own; a name in two shards, a shard name with a path in
+ * it, or a weight_map entry its shard does not hold is refused naming the file. Tensors keep
+ * their shard's path (SafetensorsTensor.file) for messages; map_size is the shards' total. */
+int safetensors_open_sharded(Safetensors *st, const char *index_path);
+
+/* Sorts st->by_name (allocated, n_tensors entries) by name; returns a name that appears twice,
+ * else NULL. */
+const char *safetensors_sort_names(Safetensors *st);
 
 /* NULL when absent. */
 const SafetensorsTensor *safetensors_find(const Safetensors *st, const char *name);

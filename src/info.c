@@ -37,8 +37,10 @@ static int info_model(const char *dir) {
         printf("  %s residual, rotary on %zu of %zu head dims (base %g), unembedding %s\n",
                c->parallel_residual ? "parallel" : "sequential", c->rotary_dims, c->n_embd / c->n_head, c->rotary_base,
                c->tied_unembed ? "tied to embed_in" : "embed_out (untied)");
-    printf("  %.2fM parameters, weights %s (%zu tensors in model.safetensors, %.1f MB)\n", (double)m.n_params / 1e6,
-           t ? safetensors_dtype_name(t->dtype) : "?", m.st.n_tensors, (double)m.st.map_size / 1e6);
+    char where[64] = "model.safetensors";
+    if (m.st.n_shards) snprintf(where, sizeof where, "%zu shards", m.st.n_shards);
+    printf("  %.2fM parameters, weights %s (%zu tensors in %s, %.1f MB)\n", (double)m.n_params / 1e6,
+           t ? safetensors_dtype_name(t->dtype) : "?", m.st.n_tensors, where, (double)m.st.map_size / 1e6);
     printf("  hook sites: hook_embed%s, blocks.0..%zu.{hook_resid_pre, attn.hook_z, hook_attn_out, %s"
            "mlp.hook_post, hook_mlp_out, hook_resid_post}\n", c->learned_positions ? ", hook_pos_embed" : "",
            c->n_layer - 1, c->parallel_residual ? "" : "hook_resid_mid, ");

@@ -241,20 +241,27 @@ int model_open(Gpt2Model *m, const char *dir) {
     if (model_read_config(&m->cfg, dir) != 0) return -1;
     m->dir = sg_xstrdup(dir);
     const Gpt2Config *c = &m->cfg;
+    /* model.safetensors, else a sharded checkpoint (model.safetensors.index.json), in the
+     * order Hugging Face's from_pretrained tries them */
     char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
     struct stat sb;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int sharded = 0;
     if (stat(path, &sb) != 0) {
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+        sharded = stat(path, &sb) == 0;
+    }
+    if (!sharded && stat(path, &sb) != 0) {
         snprintf(path, sizeof path, "%s/pytorch_model.bin", dir);
         if (stat(path, &sb) == 0)
             sg_errorf(dir, "has only pytorch_model.bin; convert it to model.safetensors "
                            "(e.g. with transformers: model.save_pretrained(dir, safe_serialization=True))");
         else
-            sg_errorf(dir, "missing model.safetensors");
+            sg_errorf(dir, "missing model.safetensors (or model.safetensors.index.json and its shards)");
         model_free(m);
         return -1;
     }
-    if (safetensors_open(&m->st, path) != 0) { model_free(m); return -1; }
+    if ((sharded ? safetensors_open_sharded : safetensors_open)(&m->st, path) != 0) { model_free(m); return -1; }
     /* n_layer is bounded by the file before it sizes anything: 12 tensors a layer, 4 more */
     size_t n_specs;
     const size_t n_global = c->family == SG_FAMILY_NEOX && c->tied_unembed ? 3 : 4;

@@ -340,6 +340,18 @@ static int cmp_by_offset(const void *a, const void *b) {
     return x->nbytes < y->nbytes ? -1 : (x->nbytes > y->nbytes);
 }
 
+const char *safetensors_sort_names(Safetensors *st) {
+    const size_t n = st->n_tensors;
+    for (size_t k = 0; k < n; k++) st->by_name[k] = k;
+    g_sort_tensors = st->tensors;
+    qsort(st->by_name, n, sizeof *st->by_name, cmp_by_name);
+    g_sort_tensors = NULL;
+    for (size_t k = 1; k < n; k++)
+        if (strcmp(st->tensors[st->by_name[k - 1]].name, st->tensors[st->by_name[k]].name) == 0)
+            return st->tensors[st->by_name[k]].name;
+    return NULL;
+}
+
 static int parse_header(Safetensors *st, const char *json, size_t json_len, const char *data, size_t data_len) {
     const char *path = st->path;
     Jp j = {json, json, json + json_len, path, NULL, 0};
@@ -397,13 +409,8 @@ static int parse_header(Safetensors *st, const char *json, size_t json_len, cons
     /* Names must be unique: sorted, equal names are neighbours (n log n; a header of a million
      * tensors is checked in about a second). The sorted index serves safetensors_find. */
     st->by_name = sg_xcalloc(n ? n : 1, sizeof *st->by_name);
-    for (size_t k = 0; k < n; k++) st->by_name[k] = k;
-    g_sort_tensors = st->tensors;
-    qsort(st->by_name, n, sizeof *st->by_name, cmp_by_name);
-    g_sort_tensors = NULL;
-    for (size_t k = 1; k < n; k++)
-        if (strcmp(st->tensors[st->by_name[k - 1]].name, st->tensors[st->by_name[k]].name) == 0)
-            return sg_errorf(path, "tensor '%s' appears twice in the header", st->tensors[st->by_name[k]].name);
+    const char *twice = safetensors_sort_names(st);
+    if (twice) return sg_errorf(path, "tensor '%s' appears twice in the header", twice);
 
     /* Tensors must tile the data block: sorted by offset, each starts where the previous
      * ended (no gap, no overlap), and the last ends at the end of the file. */
@@ -517,11 +524,14 @@ int safetensors_open(Safetensors *st, const char *path) {
         safetensors_close(st);
         return -1;
     }
+    for (size_t i = 0; i < st->n_tensors; i++) st->tensors[i].file = st->path;
     return 0;
 }
 
 void safetensors_close(Safetensors *st) {
     if (st->map) munmap(st->map, st->map_size);
+    for (size_t i = 0; i < st->n_shards; i++) safetensors_close(&st->shards[i]);
+    free(st->shards);
     free(st->tensors); /* names live in the arena */
     free(st->arena);
     free(st->by_name);
@@ -541,6 +551,11 @@ const SafetensorsTensor *safetensors_find(const Safetensors *st, const char *nam
         else hi = mid;
     }
     return NULL;
+}
+
+/* The file a tensor lives in: its shard's, for a sharded model (messages name that file). */
+static const char *tensor_file(const Safetensors *st, const SafetensorsTensor *t) {
+    return t->file ? t->file : st->path;
 }
 
 static float f16_to_f32(uint16_t h) {
@@ -571,7 +586,7 @@ static int check_finite(const float *v, size_t n, size_t i0, const Safetensors *
     if (!any) return 0;
     for (size_t i = 0; i < n; i++)
         if (!isfinite(v[i]))
-            return sg_errorf(st->path, "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
+            return sg_errorf(tensor_file(st, t), "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
                              isnan(v[i]) ? "NaN" : "Inf", i0 + i);
     return 0;
 }
@@ -592,7 +607,7 @@ static int convert_range(float *out, const Safetensors *st, const SafetensorsTen
         }
         break;
     default:
-        return sg_errorf(st->path, "tensor '%s' has dtype %s; saegap reads F32, F16 or BF16 weights", t->name,
+        return sg_errorf(tensor_file(st, t), "tensor '%s' has dtype %s; saegap reads F32, F16 or BF16 weights", t->name,
                          DTYPES[t->dtype].name);
     }
     return 0;
@@ -639,7 +654,7 @@ size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n) {
 void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int convert) {
     for (size_t i = 0, at = 0; i < n; i++) {
         if (convert && safetensors_to_f32(block + at, st, p[i].t))
-            sg_fatal(st->path, "tensor '%s' changed while loading: %s", p[i].t->name, sg_error_message());
+            sg_fatal(tensor_file(st, p[i].t), "tensor '%s' changed while loading: %s", p[i].t->name, sg_error_message());
         *p[i].dst = block + at;
         at += aligned_floats(p[i].t->numel);
     }
@@ -657,10 +672,10 @@ int safetensors_expect(const Safetensors *st, const char *name, const Safetensor
             snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", d ? ", " : "", (long long)shape[d]);
         for (int d = 0; d < t->ndim; d++)
             snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-        return sg_errorf(st->path, "tensor '%s' has shape [%s], expected [%s]", name, got, want);
+        return sg_errorf(tensor_file(st, t), "tensor '%s' has shape [%s], expected [%s]", name, got, want);
     }
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
-        return sg_errorf(st->path, "tensor '%s' has dtype %s; saegap reads F32, F16 or BF16 weights", name,
+        return sg_errorf(tensor_file(st, t), "tensor '%s' has dtype %s; saegap reads F32, F16 or BF16 weights", name,
                          DTYPES[t->dtype].name);
     *out = t;
     return 0;

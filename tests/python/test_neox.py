@@ -111,6 +111,7 @@ DUMP_CASES = [
     ("parallel-F32", dict(dtype="F32")),
     ("parallel-BF16-buffers", dict(dtype="BF16", with_buffers=True)),
     ("sequential-F16-full-rotary", dict(dtype="F16", use_parallel_residual=False, rotary_pct=1.0)),
+    ("parallel-F16-sharded", dict(dtype="F16", sharded=True)),
 ]
 
 
@@ -146,6 +147,52 @@ def test_sites_pythia_does_not_have_are_refused(world, tmp_path, run_saegap, sit
     err = p.stderr.decode()
     assert p.returncode == 1, err
     assert "'%s' does not exist in GPTNeoXForCausalLM" % site in err and needle in err, err
+    assert not out.exists()
+
+
+def _sharded(tmp_path):
+    mdir = tmp_path / "sharded"
+    build_model(str(mdir), seed=13, sharded=True)
+    index = mdir / "model.safetensors.index.json"
+    return mdir, index, json.loads(index.read_text())
+
+
+def _edit_index(index, idx, fn):
+    fn(idx["weight_map"])
+    index.write_text(json.dumps(idx))
+
+
+@pytest.mark.parametrize("damage,where,needle", [
+    ("misplaced", "index", "which does not hold it (another shard does)"),
+    ("path", "index", "a shard must be a file name in the same folder"),
+    ("missing-shard", "shard", "cannot open"),
+    ("nan", "shard", "non-finite"),
+])
+def test_sharded_checkpoint_damage_is_named(world, tmp_path, run_saegap, damage, where, needle):
+    """A sharded checkpoint's faults end with one message naming the index or the shard."""
+    mdir, index, idx = _sharded(tmp_path)
+    shards = sorted(set(idx["weight_map"].values()))
+    shard = str(mdir / shards[-1])
+    if damage == "misplaced":
+        name = next(k for k, v in idx["weight_map"].items() if v == shards[-1])
+        _edit_index(index, idx, lambda m: m.__setitem__(name, shards[0]))
+    elif damage == "path":
+        _edit_index(index, idx, lambda m: m.__setitem__(next(iter(m)), "../" + shards[0]))
+    elif damage == "missing-shard":
+        os.remove(shard)
+    else:  # a NaN in the first F32 value of the last shard's data block
+        raw = bytearray(open(shard, "rb").read())
+        hlen = int.from_bytes(raw[:8], "little")
+        raw[8 + hlen:8 + hlen + 4] = np.array([np.nan], np.float32).tobytes()
+        open(shard, "wb").write(raw)
+    out = tmp_path / "d.h5"
+    p = run_saegap(["dump", "--model", str(mdir), "--tokens", world["tokens_npy"], "--sites",
+                    "blocks.0.hook_resid_pre", "--out", str(out)], check=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1, err
+    last = err.splitlines()[-1]
+    assert last.startswith("saegap: error: %s: " % (index if where == "index" else shard)), err
+    assert needle in last, err
     assert not out.exists()
 
 
