@@ -1,6 +1,7 @@
-/* sae.h: SAELens SAE folders (cfg.json + sae_weights.safetensors) in all three cfg
- * generations, and their encode/decode for the standard, jumprelu, topk and gated
- * architectures (FIELD-FACTS section 3). Each SAE knows its site and its activation basis. */
+/* sae.h: SAE folders, and their encode/decode for the standard, jumprelu, topk and gated
+ * architectures (FIELD-FACTS section 3): SAELens's (cfg.json + sae_weights.safetensors) in all
+ * three cfg generations, and EleutherAI sparsify's (cfg.json + sae.safetensors, a top-k SAE
+ * with a Linear encoder: sae_sparsify.c). Each SAE knows its site and its activation basis. */
 #ifndef SAEGAP_SAE_H
 #define SAEGAP_SAE_H
 
@@ -13,7 +14,8 @@
 typedef enum { SAE_STANDARD, SAE_JUMPRELU, SAE_TOPK, SAE_GATED, SAE_ARCH_COUNT } SaeArch;
 typedef enum { SAE_NORM_NONE, SAE_NORM_CONSTANT_NORM_RESCALE, SAE_NORM_LAYER_NORM, SAE_NORM_EXPECTED_AVERAGE,
                SAE_NORM_COUNT } SaeNorm;
-typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_COUNT } SaeCfgGeneration;
+/* the cfg's format: SAELens's three generations, or sparsify's (result attribute cfg_generation) */
+typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_SPARSIFY, SAE_CFG_COUNT } SaeCfgGeneration;
 
 typedef struct {
     char *dir;
@@ -32,7 +34,8 @@ typedef struct {
     char basis_note[1100];         /* kwargs keys ignored because they change no activation, or "" */
     double norm_scaling_factor;    /* expected_average_only_in: 0 until given or estimated */
     char norm_scaling_factor_source[192]; /* "--norm-scaling-factor " + site name (< 128) + "=" + %.17g */
-    const float *W_enc;            /* (d_in, d_sae) */
+    const float *W_enc;            /* (d_in, d_sae), or (d_sae, d_in) with enc_out_in */
+    int enc_out_in;                /* sparsify's encoder.weight: a Linear layer's [out, in] */
     const float *b_enc;            /* (d_sae); NULL for gated */
     const float *W_dec;            /* (d_sae, d_in) */
     const float *b_dec;            /* (d_in) */
@@ -68,6 +71,13 @@ void sae_place(Sae *s, MPI_Comm node);
 /* sae_open then sae_place for this rank alone (tools, tests). */
 int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt);
 void sae_free(Sae *s);
+
+/* sparsify cfgs (sae_sparsify.c, read by sae.c's cfg reader): whether root is one (it names
+ * num_latents or expansion_factor and no hook), and the Sae it describes (hook from the folder's
+ * name, top-k, b_dec subtracted, basis raw). 0 or -1 with a pending error naming the file. */
+struct cJSON;
+int sae_is_sparsify_cfg(const struct cJSON *root);
+int sae_sparsify_cfg(Sae *s, const char *dir, const struct cJSON *root, const char *path);
 
 /* --norm-scaling-factor: "S" (every expected_average_only_in SAE) or "SITE=S,SITE=S,..." (SAELens
  * keeps these factors per SAE in pretrained_saes.yaml as norm_scaling_factor, not in cfg.json).

@@ -99,6 +99,7 @@ static int cpu_limit_seconds(void) {
     return 60;
 }
 
+#ifndef SG_NO_AS_LIMIT
 /* How much more address space libhdf5 may take inside one guard: SAEGAP_HDF5_MEM_LIMIT in MB,
  * default 1024 (libhdf5's own caches take tens of MB; saegap's large reads add theirs with
  * h5guard_allow). A damaged length in a file can make libhdf5 1.10 allocate and fill memory
@@ -123,6 +124,8 @@ static unsigned long long address_space_now(void) {
     }
     return pages * (unsigned long long)sysconf(_SC_PAGESIZE);
 }
+
+#endif
 
 static void lower_address_space(void) {
 #ifndef SG_NO_AS_LIMIT

@@ -51,7 +51,8 @@ static int info_model(const char *dir) {
 static int info_sae(const char *dir) {
     Sae s;
     if (sae_read_cfg(&s, dir)) return -1;
-    printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
+    if (s.generation == SAE_CFG_SPARSIFY) printf("%s: EleutherAI sparsify SAE (hook from the folder's name)\n", dir);
+    else printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
     printf("  hook %s, architecture %s", s.hook_name, sae_arch_name(s.arch));
     if (s.arch == SAE_TOPK) printf(" (k %zu)", s.k);
     printf(", d_in %zu, d_sae %zu\n", s.d_in, s.d_sae);

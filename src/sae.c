@@ -1,4 +1,5 @@
-/* sae.c: SAELens cfg generations, weights, and encode/decode (see sae.h). */
+/* sae.c: SAELens cfg generations (sparsify's cfg in sae_sparsify.c), weights, and
+ * encode/decode (see sae.h). */
 #include "sae.h"
 
 #include "error.h"
@@ -20,7 +21,7 @@
 static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated"};
 static const char *const NORM_NAME[SAE_NORM_COUNT] = {"none", "constant_norm_rescale", "layer_norm",
                                                       "expected_average_only_in"};
-static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6"};
+static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6", "sparsify"};
 
 const char *sae_arch_name(SaeArch a) { return ARCH_NAME[a]; }
 const char *sae_norm_name(SaeNorm n) { return NORM_NAME[n]; }
@@ -151,6 +152,12 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
     const cJSON *meta = get(root, "metadata");
     if (meta && !cJSON_IsObject(meta)) meta = NULL;
+    const cJSON *reshape = NULL;
+    const int sparsify = sae_is_sparsify_cfg(root);
+    if (sparsify) {
+        if (sae_sparsify_cfg(s, dir, root, path)) goto done;
+        goto site;
+    }
 
     /* Generation: SAELens decides by sae_lens_version (< 6 is pre-v6); otherwise by keys. */
     double ver = version_major(get_meta(root, meta, "sae_lens_version"));
@@ -253,7 +260,7 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
                   json_text(na, val, sizeof val));
         goto done;
     }
-    const cJSON *reshape = get(root, "reshape_activations");
+    reshape = get(root, "reshape_activations");
     if (reshape && !cJSON_IsNull(reshape) &&
         (!cJSON_IsString(reshape) || (strcmp(reshape->valuestring, "none") && strcmp(reshape->valuestring, "hook_z")))) {
         sg_errorf(path, "key \"reshape_activations\" is %s: not supported (none, hook_z)",
@@ -261,6 +268,7 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         goto done;
     }
 
+site:
     /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
     if (site_parse(&s->site, s->hook_name, m ? &m->cfg : NULL, dir) != 0) goto done;
     if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED) {
@@ -294,11 +302,13 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     const cJSON *kw = get(meta, "model_from_pretrained_kwargs");
     const char *kw_path = "metadata.model_from_pretrained_kwargs";
     if (!kw) kw = get(root, "model_from_pretrained_kwargs"), kw_path = "model_from_pretrained_kwargs";
-    if (kw && !cJSON_IsObject(kw) && !cJSON_IsNull(kw)) {
+    if (!sparsify && kw && !cJSON_IsObject(kw) && !cJSON_IsNull(kw)) {
         sg_errorf(path, "%s must be an object or null", kw_path);
         goto done;
     }
-    if (cJSON_IsObject(kw)) {
+    if (sparsify) {
+        /* sae_sparsify_cfg set it: raw (sparsify hooks the unprocessed model) */
+    } else if (cJSON_IsObject(kw)) {
         if (basis_from_kwargs(s, kw, path, kw_path)) goto done;
         char *text = cJSON_PrintUnformatted(kw);
         snprintf(s->basis_source, sizeof s->basis_source, "cfg.json %s = %s", kw_path, text ? text : "?");
@@ -436,14 +446,16 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) { sg_errorf(dir, "SAE folder does not exist"); goto fail; }
     if (parse_cfg(s, dir, m, model_name, opt)) goto fail;
 
+    const int sparsify = s->generation == SAE_CFG_SPARSIFY;
     char path[4096];
-    snprintf(path, sizeof path, "%s/sae_weights.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, sparsify ? "sae.safetensors" : "sae_weights.safetensors");
     if (safetensors_open(&s->st, path)) goto fail;
     prev_alloc = sg_alloc_for(s->st.path), alloc_named = 1; /* the sizes below are the file's */
     const int64_t I = (int64_t)s->d_in, F = (int64_t)s->d_sae;
+    /* sparsify names the encoder as the Linear layer it is: [d_sae, d_in], read transposed */
     SaeTensor spec[] = {
-        {"W_enc", &s->W_enc, 2, I, F, 0},
-        {"b_enc", &s->b_enc, 1, F, 0, s->arch == SAE_GATED},
+        {sparsify ? "encoder.weight" : "W_enc", &s->W_enc, 2, sparsify ? F : I, sparsify ? I : F, 0},
+        {sparsify ? "encoder.bias" : "b_enc", &s->b_enc, 1, F, 0, s->arch == SAE_GATED},
         {"W_dec", &s->W_dec, 2, F, I, 0},
         {"b_dec", &s->b_dec, 1, I, 0, 0},
         {"threshold", &s->threshold, 1, F, 0, s->arch != SAE_JUMPRELU},
@@ -668,7 +680,7 @@ void sae_forward(float *f, float *x_hat, const Sae *s, SaeScratch *w, const floa
         }
     }
     /* pre-activations */
-    gemm_xw_bias(w->z, w->xin, s->W_enc, s->arch == SAE_GATED ? NULL : s->b_enc, N, I, F);
+    gemm_linear(w->z, w->xin, s->W_enc, s->arch == SAE_GATED ? NULL : s->b_enc, N, I, F, s->enc_out_in);
     for (size_t n = 0; n < N; n++) {
         float *z = w->z + n * F, *fr = f + n * F;
         switch (s->arch) {

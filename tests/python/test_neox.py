@@ -22,7 +22,7 @@ import neox_reference as nr
 import run_reference as rr
 from neox_fixtures import make_pythia_model
 from sae_fixtures import make_sae
-from saegap_fixtures import write_tokens_npy
+from saegap_fixtures import write_safetensors, write_tokens_npy
 from test_run import MARGIN, check_against_reference, read_result
 
 TOL = 1e-4
@@ -262,3 +262,76 @@ def test_two_ranks_bit_identical_with_random_interventions(world, tmp_path, run_
     for iv in a:
         assert np.array_equal(a[iv], b[iv], equal_nan=True), iv
         assert np.isfinite(a[iv][world["meas"]]).all(), iv
+
+
+# ---------------------------------------------------------------- sparsify SAEs (point 3)
+
+SPARSIFY_CASES = [("layers.1", "blocks.1.hook_resid_post"), ("layers.0.mlp", "blocks.0.hook_mlp_out"),
+                  ("layers.2.attention", "blocks.2.hook_attn_out")]
+
+
+def write_sparsify(dir, params, k, d_in, cfg_extra=None):
+    """An EleutherAI sparsify folder (FAMILIES-FACTS 4(b)): cfg.json and sae.safetensors with
+    encoder.weight [num_latents, d_in] (a Linear), encoder.bias, W_dec [num_latents, d_in], b_dec."""
+    os.makedirs(dir, exist_ok=True)
+    n = params["W_dec"].shape[0]
+    cfg = {"expansion_factor": n // d_in, "normalize_decoder": True, "num_latents": n, "k": k,
+           "signed": False, "d_in": d_in}
+    cfg.update(cfg_extra or {})
+    with open(os.path.join(dir, "cfg.json"), "w") as f:
+        json.dump(cfg, f)
+    write_safetensors(os.path.join(dir, "sae.safetensors"),
+                      {"encoder.weight": params["W_enc"].T.copy(), "encoder.bias": params["b_enc"],
+                       "W_dec": params["W_dec"], "b_dec": params["b_dec"]})
+
+
+@pytest.mark.parametrize("folder,site", SPARSIFY_CASES, ids=[c[0] for c in SPARSIFY_CASES])
+def test_sparsify_sae_matches_reference(world, tmp_path, run_saegap, pythia_reference, folder, site):
+    """A sparsify folder's hook comes from its name, its basis is raw, its forward is
+    top-k(ReLU((x - b_dec) W_enc^T + b_enc)) @ W_dec + b_dec: the SAELens top-k SAE of the same
+    numbers, which reference_run computes."""
+    s = build_sae(world, tmp_path / "saelens", site, "topk")
+    sp = str(tmp_path / "sparsify" / folder)
+    write_sparsify(sp, s["params"], s["cfg"].get("k") or s["k"], D_MODEL)
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", world["model_dir"], "--sae", str(tmp_path / "sparsify"), "--tokens",
+                world["tokens_npy"], "--out", str(out), "--interventions", DET, "--threads-per-rank", "1",
+                "--quiet"])
+    res = read_result(str(out))
+    assert sorted(res["sites"]) == [site], sorted(res["sites"])
+    ref = pythia_reference.reference_run(None, [s["dir"]], world["tokens"], model=world["model"], basis="raw")
+    ref["sites"][site]["desc"]["generation"] = "sparsify"
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=folder)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ({"signed": True}, '"signed"'),
+    ({"multi_topk": True}, '"multi_topk"'),
+    ({"k": 0}, '"k"'),
+    ({"k": 1e20}, '"k"'),
+    ({"num_latents": 0, "expansion_factor": 3}, "encoder.weight"),
+])
+def test_sparsify_cfg_refusals(world, tmp_path, run_saegap, edit, needle):
+    rng = np.random.default_rng(0)
+    params = {"W_enc": rng.standard_normal((D_MODEL, 128)), "b_enc": np.zeros(128),
+              "W_dec": rng.standard_normal((128, D_MODEL)), "b_dec": np.zeros(D_MODEL)}
+    sp = str(tmp_path / "layers.1")
+    write_sparsify(sp, params, 8, D_MODEL, edit)
+    out = tmp_path / "out.h5"
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", sp, "--tokens", world["tokens_npy"],
+                    "--out", str(out), "--interventions", "sae", "--quiet"], check=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and needle in err.splitlines()[-1] and sp in err.splitlines()[-1], err
+    assert not out.exists()
+
+
+def test_sparsify_folder_name_must_say_the_hook(world, tmp_path, run_saegap):
+    rng = np.random.default_rng(0)
+    params = {"W_enc": rng.standard_normal((D_MODEL, 128)), "b_enc": np.zeros(128),
+              "W_dec": rng.standard_normal((128, D_MODEL)), "b_dec": np.zeros(D_MODEL)}
+    sp = str(tmp_path / "layer_1")  # sparsify's pre-2024-07 name: resid_pre or resid_post? refused
+    write_sparsify(sp, params, 8, D_MODEL)
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", sp, "--tokens", world["tokens_npy"],
+                    "--out", str(tmp_path / "o.h5"), "--interventions", "sae", "--quiet"], check=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and "layers.N" in err and sp in err, err

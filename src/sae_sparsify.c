@@ -1,0 +1,101 @@
+/* sae_sparsify.c: EleutherAI sparsify SAE folders (cfg.json + sae.safetensors) described as a
+ * saegap Sae (sae.h). FAMILIES-FACTS section 4(b): the encoder is a Linear layer,
+ * f = top-k(ReLU((x - b_dec) @ encoder.weight^T + encoder.bias)); x_hat = f @ W_dec + b_dec.
+ * The folder's name says the hook: sparsify saves `layers.N` (the output of layer N, i.e.
+ * blocks.N.hook_resid_post), `layers.N.mlp` (hook_mlp_out) and `layers.N.attention`
+ * (hook_attn_out), all taken from the model without TransformerLens's processing. */
+#include "sae.h"
+
+#include "error.h"
+#include "textfile.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sae_is_sparsify_cfg(const cJSON *root) {
+    /* SAELens cfgs name their hook (hook_point, hook_name or metadata.hook_name); sparsify's
+     * name the dictionary's size instead */
+    if (cJSON_GetObjectItemCaseSensitive(root, "hook_point") || cJSON_GetObjectItemCaseSensitive(root, "hook_name") ||
+        cJSON_GetObjectItemCaseSensitive(root, "metadata"))
+        return 0;
+    return cJSON_GetObjectItemCaseSensitive(root, "num_latents") != NULL ||
+           cJSON_GetObjectItemCaseSensitive(root, "expansion_factor") != NULL;
+}
+
+/* "layers.6" -> blocks.6.hook_resid_post, "layers.6.mlp" -> blocks.6.hook_mlp_out,
+ * "layers.6.attention" -> blocks.6.hook_attn_out; else -1. */
+static int hook_from_folder(const char *dir, char *out, size_t cap) {
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') len--;
+    size_t start = len;
+    while (start > 0 && dir[start - 1] != '/') start--;
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(len - start), dir + start);
+    if (strncmp(name, "layers.", 7) != 0 || name[7] < '0' || name[7] > '9') return -1;
+    char *end;
+    unsigned long layer = strtoul(name + 7, &end, 10);
+    const char *suffix = !*end ? "hook_resid_post" : !strcmp(end, ".mlp") ? "hook_mlp_out"
+                                                 : !strcmp(end, ".attention") ? "hook_attn_out" : NULL;
+    if (!suffix || layer > 100000) return -1;
+    snprintf(out, cap, "blocks.%lu.%s", layer, suffix);
+    return 0;
+}
+
+/* A non-negative integer key (1e20 or 2.5 refused as written). */
+static int count_key(const cJSON *root, const char *path, const char *key, int required, double lo, size_t *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!j) return required ? sg_errorf(path, "missing key \"%s\"", key) : 1;
+    if (!cJSON_IsNumber(j) || !(j->valuedouble >= lo && j->valuedouble <= 2147483647.0) ||
+        j->valuedouble != floor(j->valuedouble)) {
+        char v[80];
+        return sg_errorf(path, "key \"%s\" must be an integer from %.0f to 2147483647, not %s", key, lo,
+                         json_text(j, v, sizeof v));
+    }
+    *out = (size_t)j->valuedouble;
+    return 0;
+}
+
+int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *path) {
+    /* variants whose forward differs: refused by name until implemented */
+    static const char *const refused[][2] = {
+        {"signed", "top-k by |pre-activation| without ReLU (sparsify, June-August 2024)"},
+        {"multi_topk", "the multi-top-k decoder"},
+        {"skip_connection", "a W_skip term added to the reconstruction"},
+        {"transcode", "a transcoder (b_dec not subtracted; it predicts another hook)"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, refused[i][0]);
+        if (j && !cJSON_IsNull(j) && !cJSON_IsFalse(j))
+            return sg_errorf(path, "sparsify cfg sets \"%s\" (%s): not supported", refused[i][0], refused[i][1]);
+    }
+    char hook[128];
+    if (hook_from_folder(dir, hook, sizeof hook) != 0)
+        return sg_errorf(dir, "a sparsify SAE's folder name says its hook (layers.N, layers.N.mlp or "
+                              "layers.N.attention, as sparsify saves them); this one's does not");
+    s->hook_name = sg_xstrdup(hook);
+    s->model_name = sg_xstrdup(""); /* sparsify cfgs do not name the model */
+    s->generation = SAE_CFG_SPARSIFY;
+    s->arch = SAE_TOPK;
+    s->norm = SAE_NORM_NONE;
+    s->apply_b_dec_to_input = 1;
+    s->enc_out_in = 1; /* encoder.weight is a Linear [d_sae, d_in] */
+    if (count_key(root, path, "d_in", 1, 1, &s->d_in) < 0) return -1;
+    size_t latents = 0, expansion = 0;
+    int r = count_key(root, path, "num_latents", 0, 0, &latents);
+    if (r < 0) return -1;
+    if (r == 1 || latents == 0) { /* sparsify: num_latents 0 means d_in * expansion_factor */
+        if (count_key(root, path, "expansion_factor", 1, 1, &expansion) != 0) return -1;
+        if (sg_mul_overflow(s->d_in, expansion, &latents) || latents > 2147483647u)
+            return sg_errorf(path, "d_in %zu x expansion_factor %zu is too large", s->d_in, expansion);
+    }
+    s->d_sae = latents;
+    if (count_key(root, path, "k", 1, 1, &s->k) != 0) return -1;
+    if (s->k > s->d_sae) return sg_errorf(path, "key \"k\" is %zu, more than the %zu latents", s->k, s->d_sae);
+    s->basis = SG_BASIS_RAW;
+    snprintf(s->basis_source, sizeof s->basis_source,
+             "sparsify SAE: trained on the model's module outputs without TransformerLens processing");
+    return 0;
+}
