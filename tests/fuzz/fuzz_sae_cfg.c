@@ -1,4 +1,6 @@
-/* fuzz_sae_cfg: an SAELens cfg.json of any generation (legacy, flat, v6; src/sae.c):
+/* fuzz_sae_cfg: an SAE cfg.json, SAELens's of any generation (legacy, flat, v6; src/sae.c) or
+ * EleutherAI sparsify's (src/sae_sparsify.c: the folder is named layers.1, so a sparsify cfg
+ * gets a hook, and sae.safetensors holds the fixture's sparsify weights):
  * sae_read_cfg (what `saegap info` reads), then sae_load against the fixture model with the
  * fixture's weights (d_in 8, d_sae 16, every architecture's tensors), and, when that loads,
  * the SAE's encode/decode on 4 rows, which uses what the cfg says (architecture, k,
@@ -11,6 +13,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 static Gpt2Model g_model;
 static int g_loaded;
@@ -60,11 +63,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort();
         }
     }
-    const char *dir = fuzz_mkdir();
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/layers.1", fuzz_mkdir());
+    if (mkdir(dir, 0700) != 0) abort();
     fuzz_write_in(dir, "cfg.json", data, size);
     char weights[1024];
     snprintf(weights, sizeof weights, "%s/sae-all-archs/sae_weights.safetensors", fuzz_fixture());
     fuzz_link_in(dir, "sae_weights.safetensors", weights);
+    snprintf(weights, sizeof weights, "%s/sae-sparsify/sae.safetensors", fuzz_fixture());
+    fuzz_link_in(dir, "sae.safetensors", weights);
     Arg a = {dir, fuzz_hash(data, size)};
     fuzz_guard(body, &a);
     fuzz_done();

@@ -26,7 +26,7 @@ from saegap_fixtures import write_safetensors, write_tokens_npy
 from test_run import MARGIN, check_against_reference, read_result
 
 TOL = 1e-4
-N_LAYER, N_HEAD, D_MODEL, D_MLP, VOCAB, N_POS = 3, 4, 64, 256, 211, 64
+N_LAYER, N_HEAD, D_MODEL, D_MLP, VOCAB, N_POS = 3, 4, 64, 192, 211, 64  # D_MLP != 4D: plan must read it
 N_CTX, CTX = 4, 20
 NAME = "tiny-pythia"
 DET = ",".join(rr.DETERMINISTIC)
@@ -335,3 +335,21 @@ def test_sparsify_folder_name_must_say_the_hook(world, tmp_path, run_saegap):
                     "--out", str(tmp_path / "o.h5"), "--interventions", "sae", "--quiet"], check=False)
     err = p.stderr.decode().strip()
     assert p.returncode == 1 and "layers.N" in err and sp in err, err
+
+
+# ---------------------------------------------------------------- plan and info (point 4)
+
+def test_plan_and_info_know_pythia(world, tmp_path, run_saegap):
+    """plan counts Pythia's FLOPs from its own widths (intermediate_size, the padded
+    vocabulary); info names the family, its rotary and parallel residual, and its sites."""
+    s = build_sae(world, tmp_path / "sae", "blocks.1.hook_resid_post", "standard")
+    p = run_saegap(["plan", "--model", world["model_dir"], "--sae", s["dir"], "--tokens", world["tokens_npy"],
+                    "--interventions", "sae", "--ranks", "1", "--threads-per-rank", "1"])
+    text = p.stdout.decode()
+    clean = float(text.split("clean passes ")[1].split(",")[0])
+    D, F, L, T, Vp = D_MODEL, D_MLP, N_LAYER, CTX, (VOCAB + 63) // 64 * 64
+    want = N_CTX * T * (L * (8 * D * D + 4 * D * F + 4 * T * D) + 2 * D * Vp)
+    assert abs(clean / want - 1) < 5e-3, (clean, want, text)  # printed to 3 digits
+    info = run_saegap(["info", world["model_dir"]]).stdout.decode()
+    assert "GPT-NeoX (Pythia)" in info and "parallel residual" in info and "rotary on 4 of 16" in info, info
+    assert "hook_resid_mid" not in info and "hook_pos_embed" not in info and "d_mlp 192" in info, info
