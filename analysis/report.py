@@ -281,7 +281,7 @@ def add_tokens(doc, ctx):
     data = sections.top_tokens(ctx.r, ctx.site)
     doc.heading("Tokens with the largest gap")
     vocab_note = ("decoded with %s" % ctx.vocab.path) if ctx.vocab else \
-        "shown as ids (no GPT-2 vocabulary: --vocab)"
+        "shown as ids (no vocabulary for this model: --vocab with its tokenizer.json or encoder.json)"
     doc.figure(ctx.save(figures.top_tokens(data, ctx.vocab), "top_tokens"),
                "Left: the tokens (the current token at the measured position, %s) with the "
                "largest mean KL gap at %s among tokens seen at least %d times, with standard "
@@ -382,9 +382,9 @@ def build(result, outdir, vocab=None, site=None, strict=False):
 
 def make_report(path, outdir, vocab_path=None, site=None, strict=False):
     """The command's work: returns the Document (tests inspect its skip lines)."""
-    enc = find_encoder(vocab_path)
-    vocab = Vocab(enc) if enc else None
     with Result(path) as r:
+        enc = find_encoder(vocab_path, r.provenance.get("model_architecture"))
+        vocab = Vocab(enc) if enc else None
         doc, _ = build(r, outdir, vocab, site, strict)
     write(doc, outdir)
     return doc
@@ -419,8 +419,9 @@ def main(argv=None):
                                              "run result file.")
     ap.add_argument("result", help="result file of saegap run (HDF5)")
     ap.add_argument("-o", "--out", required=True, help="output folder (created)")
-    ap.add_argument("--vocab", help="GPT-2 encoder.json / vocab.json, or a folder holding one "
-                                    "(default: jobs/demo/tokenizer/encoder.json if present)")
+    ap.add_argument("--vocab", help="encoder.json / vocab.json / tokenizer.json, or a folder holding one "
+                                    "(default for GPT-2 results: jobs/demo/tokenizer/encoder.json if present; "
+                                    "other models: ids, unless given)")
     ap.add_argument("--site", help="site for the single-site parts (default: the middle residual-stream site)")
     ap.add_argument("--strict", action="store_true", help="stop on any error (for debugging)")
     a = ap.parse_args(argv)

@@ -1,5 +1,7 @@
-"""GPT-2 token ids -> text, from a GPT-2 `encoder.json` (or a Hugging Face `vocab.json`,
-the same mapping), without the tokenizers library.
+"""Token ids -> text, from a GPT-2 `encoder.json` (or a Hugging Face `vocab.json`, the same
+mapping) or a Hugging Face `tokenizer.json` of a byte-level BPE model (Pythia's GPT-NeoX
+tokenizer: its model.vocab uses GPT-2's byte alphabet; its added_tokens, such as
+<|endoftext|> and <|padding|>, are literal text), without the tokenizers library.
 
 In tables a token that is part of a multi-byte character shows its bytes as escapes
 (e.g. '\\xe2\\x80'), not as a replacement character that hides which token it is.
@@ -29,13 +31,18 @@ def bytes_to_unicode():
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def find_encoder(path=None):
-    """The encoder file to use: `path` (a file, or a folder holding encoder.json or
-    vocab.json), else the repository's jobs/demo/tokenizer/encoder.json if present, else
-    None (ids are shown as numbers)."""
+GPT2_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+
+
+def find_encoder(path=None, architecture=None):
+    """The encoder file to use: `path` (a file, or a folder holding encoder.json, vocab.json
+    or tokenizer.json, e.g. the model's folder), else the repository's GPT-2
+    jobs/demo/tokenizer/encoder.json when the result's model is a GPT-2 (architecture None
+    means a result written before saegap recorded it: GPT-2 then), else None (ids are shown as
+    numbers: another model's ids decoded with GPT-2's vocabulary would be wrong text)."""
     if path:
         if os.path.isdir(path):
-            for name in ("encoder.json", "vocab.json"):
+            for name in ("encoder.json", "vocab.json", "tokenizer.json"):
                 p = os.path.join(path, name)
                 if os.path.isfile(p):
                     return p
@@ -43,6 +50,8 @@ def find_encoder(path=None):
         if not os.path.isfile(path):
             raise FileNotFoundError(path)
         return path
+    if architecture is not None and architecture not in GPT2_ARCHITECTURES:
+        return None
     return DEFAULT_ENCODER if os.path.isfile(DEFAULT_ENCODER) else None
 
 
@@ -53,8 +62,17 @@ class Vocab:
         self.path = encoder_path
         with open(encoder_path, encoding="utf-8") as f:
             enc = json.load(f)
+        added = {}
+        if isinstance(enc.get("model"), dict) and isinstance(enc["model"].get("vocab"), dict):
+            # tokenizer.json: byte-level BPE vocabulary plus literal added tokens
+            if enc["model"].get("type", "BPE") != "BPE":
+                raise ValueError("%s: tokenizer model %r is not byte-level BPE"
+                                 % (encoder_path, enc["model"].get("type")))
+            added = {int(t["id"]): t["content"].encode("utf-8") for t in enc.get("added_tokens") or []}
+            enc = enc["model"]["vocab"]
         back = {c: b for b, c in bytes_to_unicode().items()}
         self._bytes = {int(i): bytes(back.get(c, ord("?")) for c in s) for s, i in enc.items()}
+        self._bytes.update(added)
 
     def __len__(self):
         return len(self._bytes)

@@ -82,6 +82,7 @@ size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
  * a new file, the root and site attributes. Works on an h5out_dry() handle (size only). */
 typedef struct {
     const char *command_line, *model, *tokens_file;
+    const char *model_architecture; /* config.json's class: GPT2LMHeadModel, GPTNeoXForCausalLM */
     const char *blis_kernels; /* BLIS's kernels: a result's last bits depend on them */
     int64_t bos_token_id;
     int ranks;

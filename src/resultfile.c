@@ -92,6 +92,8 @@ void rf_warn_other_kernels(H5Out *h, const char *path, const char *kernels) {
 static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const RfProvenance *prov) {
     h5out_attr_provenance(h, prov->command_line);
     h5out_attr_str(h, "/", "model", prov->model);
+    /* which tokenizer decodes the token ids (the report: analysis/vocab.py) */
+    if (prov->model_architecture) h5out_attr_str(h, "/", "model_architecture", prov->model_architecture);
     h5out_attr_str(h, "/", "tokens_file", prov->tokens_file);
     h5out_attr_i64(h, "/", "bos_token_id", prov->bos_token_id);
     h5out_attr_i64(h, "/", "ranks", prov->ranks);

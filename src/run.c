@@ -203,7 +203,11 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
 static void job_identity(Run *r, JobHashKind kind) {
     JobHash h;
     job_hash_init(&h, kind);
-    job_hash_update(&h, r->model.st.map, r->model.st.map_size);
+    if (r->model.st.n_shards) /* a sharded checkpoint: its files' bytes in the index's order */
+        for (size_t i = 0; i < r->model.st.n_shards; i++)
+            job_hash_update(&h, r->model.st.shards[i].map, r->model.st.shards[i].map_size);
+    else
+        job_hash_update(&h, r->model.st.map, r->model.st.map_size);
     job_hash_final(&h, r->model_checksum);
     job_hash_init(&h, kind);
     job_hash_update(&h, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t));
@@ -252,7 +256,8 @@ static void describe_job(Run *r) {
 /* Creates (or, resuming, opens) the schema through h: the real file or a dry run. */
 static void create_schema(Run *r, H5Out *h, int size) {
     RfProvenance prov = {.command_line = r->o->command_line, .model = r->o->model, .tokens_file = r->o->tokens,
-                         .blis_kernels = gemm_kernels(), .bos_token_id = r->model.cfg.bos_token_id, .ranks = size};
+                         .model_architecture = r->model.cfg.architecture, .blis_kernels = gemm_kernels(),
+                         .bos_token_id = r->model.cfg.bos_token_id, .ranks = size};
     rf_free(&r->rf);
     rf_create(&r->rf, h, &r->shape, r->rf_sites, &r->identity, &prov);
 }

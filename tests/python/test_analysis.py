@@ -26,7 +26,7 @@ if REPO not in sys.path:
 from analysis import sections, stats  # noqa: E402
 from analysis.reader import Result, mean_over_samples, short_site  # noqa: E402
 from analysis.report import make_report  # noqa: E402
-from analysis.vocab import Vocab, show_token  # noqa: E402
+from analysis.vocab import DEFAULT_ENCODER, Vocab, find_encoder, show_token  # noqa: E402
 
 BOS = 50256
 
@@ -364,6 +364,27 @@ def test_vocab_decoding(tmp_path):
     assert v.decode(7) == " the" and show_token(v, 7) == "' the'"
     assert show_token(v, 9) == "'\\xe2\\x80'"
     assert show_token(v, 12345) == "<id 12345>" and show_token(None, 7) == "#7"
+
+
+def test_vocab_from_tokenizer_json(tmp_path):
+    """A Hugging Face tokenizer.json (Pythia's GPT-NeoX tokenizer): the byte-level BPE vocabulary
+    plus literal added tokens; a model folder holding it is found."""
+    tj = {"added_tokens": [{"id": 0, "content": "<|endoftext|>", "special": True},
+                           {"id": 1, "content": "<|padding|>", "special": True}],
+          "model": {"type": "BPE", "vocab": {"\u0120the": 7, "a": 8}, "merges": []}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+    (tmp_path / "config.json").write_text("{}")
+    v = Vocab(find_encoder(str(tmp_path)))
+    assert v.decode(7) == " the" and v.decode(0) == "<|endoftext|>" and v.decode_many([8, 1]) == "a<|padding|>"
+
+
+def test_default_vocab_only_for_gpt2_results():
+    """GPT-2's vocabulary is the default for GPT-2 results only: a Pythia result's ids would
+    decode to wrong text with it, so they are shown as ids unless --vocab is given."""
+    if os.path.isfile(DEFAULT_ENCODER):
+        assert find_encoder(None, "GPT2LMHeadModel") == DEFAULT_ENCODER
+        assert find_encoder(None, None) == DEFAULT_ENCODER  # files written before the attribute
+    assert find_encoder(None, "GPTNeoXForCausalLM") is None
 
 
 def test_zscore_computed_from_samples_and_read_from_file(tmp_path):

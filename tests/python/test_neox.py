@@ -353,3 +353,34 @@ def test_plan_and_info_know_pythia(world, tmp_path, run_saegap):
     info = run_saegap(["info", world["model_dir"]]).stdout.decode()
     assert "GPT-NeoX (Pythia)" in info and "parallel residual" in info and "rotary on 4 of 16" in info, info
     assert "hook_resid_mid" not in info and "hook_pos_embed" not in info and "d_mlp 192" in info, info
+
+
+def test_sharded_model_runs_like_the_single_file(world, tmp_path, run_saegap):
+    """The same weights as one file and as two shards give the same result bits; the model
+    checksum covers the shards (a changed shard is another job for --resume)."""
+    sharded = str(tmp_path / NAME)
+    build_model(sharded, seed=3, sharded=True)  # the world's weights (seed 3), in two shards
+    s = build_sae(world, tmp_path / "sae", "blocks.2.hook_resid_pre", "standard")
+    res = []
+    for mdir, name in ((world["model_dir"], "one.h5"), (sharded, "two.h5")):
+        out = tmp_path / name
+        run_saegap(["run", "--model", mdir, "--sae", s["dir"], "--tokens", world["tokens_npy"], "--out",
+                    str(out), "--interventions", "sae,zero_ablation", "--threads-per-rank", "1", "--quiet"])
+        res.append(read_result(str(out)))
+        with h5py.File(out, "r") as f:
+            assert f.attrs["model_architecture"] == "GPTNeoXForCausalLM"
+    for iv in ("sae", "zero_ablation"):
+        a, b = (r["sites"]["blocks.2.hook_resid_pre"]["kl"][iv] for r in res)
+        assert np.array_equal(a, b, equal_nan=True), iv
+    # resuming the sharded run's complete file with a changed shard: refused as another model
+    shard = sorted(p for p in os.listdir(sharded) if p.startswith("model-0"))[-1]
+    path = os.path.join(sharded, shard)
+    raw = bytearray(open(path, "rb").read())
+    hlen = int.from_bytes(raw[:8], "little")
+    v = np.frombuffer(bytes(raw[8 + hlen:8 + hlen + 4]), np.float32)[0]
+    raw[8 + hlen:8 + hlen + 4] = np.array([v * 1.5 + 0.25], np.float32).tobytes()
+    open(path, "wb").write(raw)
+    p = run_saegap(["run", "--model", sharded, "--sae", s["dir"], "--tokens", world["tokens_npy"], "--out",
+                    str(tmp_path / "two.h5"), "--interventions", "sae,zero_ablation", "--threads-per-rank", "1",
+                    "--quiet", "--resume"], check=False)
+    assert p.returncode == 1 and "model_checksum" in p.stderr.decode(), p.stderr.decode()
