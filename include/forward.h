@@ -17,6 +17,7 @@
 
 typedef struct Activations {
     size_t B_max, T_max, L, D, NH, V, F; /* F: the MLP's width (n_inner) */
+    size_t Dh, Z, W;      /* head_dim; attn.hook_z's width NH Dh; the QKV rows' width (NH + 2 NKV) Dh */
     size_t B, T;          /* shape of the batch last run */
     /* A suffix pass (prefix != NULL): the batch holds only positions [P, P + T) of each context
      * (the positions a change at P can reach that are read: a causal model's later positions
@@ -35,9 +36,9 @@ typedef struct Activations {
     float *pos_embed;     /* (B,T,D) wpe[position]                      hook_pos_embed (HF) */
     float *resid;         /* (L+1,B,T,D) resid[l] = blocks.l.hook_resid_pre; resid[L] = last resid_post */
     float *ln1;           /* (L,B,T,D) */
-    float *qkv;           /* (L,B,T,3D) */
+    float *qkv;           /* (L,B,T,W) */
     float *att;           /* (L,B,NH,T,T) softmax probabilities */
-    float *z;             /* (L,B,T,D) per-head outputs, head-major   attn.hook_z (HF: includes b_V) */
+    float *z;             /* (L,B,T,Z) per-head outputs, head-major   attn.hook_z (HF: includes b_V) */
     float *attn_out;      /* (L,B,T,D) c_proj output                    hook_attn_out (HF) */
     float *resid_mid;     /* (L,B,T,D)                                  hook_resid_mid (HF; unused with
                              the parallel residual, which has none) */
@@ -46,6 +47,7 @@ typedef struct Activations {
     float *fc_act;        /* (L,B,T,F) activation output              mlp.hook_post */
     float *mlp_out;       /* (L,B,T,D)                                  hook_mlp_out (HF) */
     float *lnf;           /* (B,T,D) ln_f output, input of the unembedding */
+    float *fc_up;         /* (L,B,T,F) Gemma-2's up projection (GeGLU); NULL otherwise */
     float *block;         /* one allocation holding all of the above */
 } Activations;
 
@@ -77,6 +79,9 @@ void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, siz
 /* Continues a pass from `stage` of layer `layer` (buffers before that point are left as they are)
  * on the batch of B x T rows set in a->B, a->T. */
 void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage);
+
+/* x (n) = cap * tanh(x / cap) in place (Gemma-2's final logit soft-cap); cap 0: unchanged. */
+void sg_softcap(float *x, size_t n, float cap);
 
 /* logits (n,V) = lnf rows (the buffer must hold n x vocab_padded floats) [row0, row0+n) @ wte^T (raw HF logits; the processed basis only
  * shifts each row by a constant, which log-softmax removes). */

@@ -19,13 +19,26 @@
 
 typedef enum { SG_ACT_GELU_TANH, SG_ACT_GELU_ERF, SG_ACT_RELU } Gpt2Activation;
 
-typedef enum { SG_FAMILY_GPT2, SG_FAMILY_NEOX } ModelFamily;
+typedef enum { SG_FAMILY_GPT2, SG_FAMILY_NEOX, SG_FAMILY_GEMMA2 } ModelFamily;
+
+/* LayerNorm (x - mean) / sd * w + b, or Gemma's RMSNorm x / rms * (1 + w) (no bias) */
+typedef enum { SG_NORM_LAYER, SG_NORM_RMS_ONE_PLUS } NormKind;
 
 typedef struct {
     ModelFamily family;
     const char *architecture;             /* "GPT2LMHeadModel", "GPTNeoXForCausalLM" */
     size_t n_layer, n_head, n_embd, n_positions, vocab_size; /* size_t to prevent int overflow */
     size_t n_inner;                       /* the MLP's width F (GPT-2: n_inner or 4D; NeoX: intermediate_size) */
+    size_t head_dim;                      /* Dh: D / n_head, except Gemma-2's head_dim (NH * Dh != D there) */
+    size_t n_kv_head;                     /* key/value heads: n_head, or fewer (Gemma-2's grouped-query attention) */
+    NormKind norm;
+    int post_norms;                       /* Gemma-2: attn and MLP outputs RMS-normed before each add */
+    int gated_mlp;                        /* Gemma-2: down(gelu_tanh(gate(x)) * up(x)) */
+    float embed_scale;                    /* Gemma-2: the embedding times sqrt(D) in the model's dtype; else 1 */
+    double attn_scale;                    /* the scores' scale: 1/sqrt(Dh), or query_pre_attn_scalar^-0.5 */
+    double attn_softcap;                  /* Gemma-2: scores -> cap * tanh(scores / cap) before the mask; 0 = off */
+    double final_softcap;                 /* Gemma-2: logits -> cap * tanh(logits / cap); 0 = off */
+    size_t sliding_window;                /* Gemma-2: even layers attend to the last W positions; 0 = off */
     int weights_out_in;                   /* 1: Linear [out, in] (NeoX); 0: Conv1D [in, out] (GPT-2) */
     int parallel_residual;                /* NeoX: x + attn(ln1(x)) + mlp(ln2(x)); no resid_mid */
     int learned_positions;                /* GPT-2's wpe; NeoX rotates q and k instead */
@@ -42,33 +55,42 @@ typedef struct {
     char name[256];                       /* _name_or_path, else the folder's name (SAE model check) */
 } Gpt2Config;
 
-/* Where head h's q, k and v sit in a row of the QKV projection's output (3D floats):
- * GPT-2 concatenates q | k | v (head h at h*Dh in each); GPT-NeoX interleaves per head
- * (row h*3*Dh + s*Dh + j, s = 0 q, 1 k, 2 v: FAMILIES-FACTS section 1). */
+/* Where query head h's q and its key/value head's k and v sit in a row of the QKV projection's
+ * output (width (NH + 2 NKV) Dh): q at q_base + h q_stride, k at k_base + (h / group) kv_stride,
+ * v at v_base + (h / group) kv_stride. GPT-2 concatenates q | k | v (head h at h Dh in each);
+ * GPT-NeoX interleaves per head (row h 3Dh + s Dh + j, s = 0 q, 1 k, 2 v: FAMILIES-FACTS
+ * section 1); Gemma-2's three projections give q | k | v with NKV = NH / group key/value heads. */
 typedef struct {
-    size_t head_stride; /* from head h to head h + 1 */
-    size_t k_offset;    /* from a head's q to its k */
-    size_t v_offset;    /* from a head's q to its v */
+    size_t q_base, q_stride, k_base, v_base, kv_stride, group;
 } QkvLayout;
 
+static inline size_t qkv_width(const Gpt2Config *c) { return (c->n_head + 2 * c->n_kv_head) * c->head_dim; }
+static inline size_t z_width(const Gpt2Config *c) { return c->n_head * c->head_dim; }
+
 static inline QkvLayout qkv_layout(const Gpt2Config *c) {
-    const size_t D = c->n_embd, Dh = D / c->n_head;
-    if (c->family == SG_FAMILY_NEOX) return (QkvLayout){3 * Dh, Dh, 2 * Dh};
-    return (QkvLayout){Dh, D, 2 * D};
+    const size_t Dh = c->head_dim, Z = z_width(c), KV = c->n_kv_head * Dh;
+    if (c->family == SG_FAMILY_NEOX) return (QkvLayout){0, 3 * Dh, Dh, 2 * Dh, 3 * Dh, 1};
+    return (QkvLayout){0, Dh, Z, Z + KV, Dh, c->n_head / c->n_kv_head};
 }
 
-/* Matrices in the family's layout (cfg.weights_out_in): GPT-2 (in, out), NeoX (out, in). */
+/* Matrices in the family's layout (cfg.weights_out_in): GPT-2 (in, out), NeoX and Gemma-2
+ * (out, in). Q = NH Dh and QKV = (NH + 2 NKV) Dh wide (3D for GPT-2 and NeoX). Absent tensors
+ * (Gemma-2 has no biases) are NULL. */
 typedef struct {
     const float *ln1_w, *ln1_b;   /* (D) */
-    const float *qkv_w;           /* (D, 3D); q, k, v placed as qkv_layout says */
-    const float *qkv_b;           /* (3D) */
-    const float *attn_proj_w;     /* (D, D) */
+    const float *qkv_w;           /* (D, QKV); q, k, v placed as qkv_layout says */
+    const float *qkv_b;           /* (QKV) */
+    const float *q_w, *k_w, *v_w; /* Gemma-2's three projections instead of qkv_w: (Q|KV|KV, D) */
+    const float *attn_proj_w;     /* (Q, D) */
     const float *attn_proj_b;     /* (D) */
-    const float *ln2_w, *ln2_b;   /* (D) */
-    const float *fc_w;            /* (D, F) */
+    const float *post_attn_w;     /* Gemma-2's post-attention RMSNorm (D) */
+    const float *ln2_w, *ln2_b;   /* (D); Gemma-2: the pre-feedforward RMSNorm */
+    const float *fc_w;            /* (D, F); Gemma-2: gate_proj */
     const float *fc_b;            /* (F) */
+    const float *up_w;            /* Gemma-2's up_proj (D, F) */
     const float *mlp_proj_w;      /* (F, D) */
     const float *mlp_proj_b;      /* (D) */
+    const float *post_mlp_w;      /* Gemma-2's post-feedforward RMSNorm (D) */
 } Gpt2LayerWeights;
 
 typedef struct {
@@ -84,7 +106,7 @@ typedef struct {
     const float *wpe;             /* (P, D); NULL without learned positions */
     Gpt2LayerWeights *layers;     /* (L) */
     const float *lnf_w, *lnf_b;   /* (D) */
-    /* The value bias b_V per layer, (L, D) head-major (attn.hook_z's layout), and
+    /* The value bias b_V per layer, (L, Q) head-major (attn.hook_z's layout; 0 without biases), and
      * TransformerLens's folded one, b_V + ln_1.bias @ W_V: attn.hook_z in the processed basis
      * is the HF z minus this (FIELD-FACTS section 2). */
     const float *value_bias;

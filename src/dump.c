@@ -141,6 +141,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     Activations acts;
     acts_alloc(&acts, c, B, T, 1);
     size_t max_w = c->n_inner > c->n_embd ? c->n_inner : c->n_embd;
+    if (z_width(c) > max_w) max_w = z_width(c);
     float *buf = sg_xcalloc(B * T * (max_w > model.vocab_padded ? max_w : model.vocab_padded), sizeof(float));
     if (rank == 0) h5out_write_rows(h, ds_tokens, 0, n, ts.ids);
     double t0 = MPI_Wtime(), last = t0;

@@ -25,17 +25,23 @@ static int info_model(const char *dir) {
     Gpt2Model m;
     if (model_load(&m, dir)) return -1;
     const Gpt2Config *c = &m.cfg;
-    const int neox = c->family == SG_FAMILY_NEOX;
-    const SafetensorsTensor *t = safetensors_find(&m.st, neox ? "gpt_neox.embed_in.weight" : "wte.weight");
+    const int neox = c->family == SG_FAMILY_NEOX, gemma = c->family == SG_FAMILY_GEMMA2;
+    const SafetensorsTensor *t = safetensors_find(&m.st, neox ? "gpt_neox.embed_in.weight"
+                                                     : gemma ? "model.embed_tokens.weight" : "wte.weight");
     if (!t) t = safetensors_find(&m.st, "transformer.wte.weight");
-    printf("%s: Hugging Face %s model \"%s\"\n", dir, neox ? "GPT-NeoX (Pythia)" : "GPT-2", c->name);
-    printf("  layers %zu, heads %zu, d_model %zu (d_head %zu), d_mlp %zu, n_positions %zu, vocab %zu\n", c->n_layer,
-           c->n_head, c->n_embd, c->n_embd / c->n_head, c->n_inner, c->n_positions, c->vocab_size);
+    printf("%s: Hugging Face %s model \"%s\"\n", dir, neox ? "GPT-NeoX (Pythia)" : gemma ? "Gemma-2" : "GPT-2", c->name);
+    printf("  layers %zu, heads %zu (key/value heads %zu), d_model %zu (d_head %zu), d_mlp %zu, n_positions %zu, "
+           "vocab %zu\n", c->n_layer, c->n_head, c->n_kv_head, c->n_embd, c->head_dim, c->n_inner, c->n_positions,
+           c->vocab_size);
+    if (gemma)
+        printf("  RMSNorm (1 + w) before and after attention and MLP, GeGLU, rotary on all dims (base %g), score "
+               "soft-cap %g, final soft-cap %g, sliding window %zu on even layers, embedding x %g\n", c->rotary_base,
+               c->attn_softcap, c->final_softcap, c->sliding_window, (double)c->embed_scale);
     printf("  activation %s, layer_norm_epsilon %g, bos_token_id %ld\n", c->activation_name, c->layer_norm_epsilon,
            c->bos_token_id);
     if (neox)
         printf("  %s residual, rotary on %zu of %zu head dims (base %g), unembedding %s\n",
-               c->parallel_residual ? "parallel" : "sequential", c->rotary_dims, c->n_embd / c->n_head, c->rotary_base,
+               c->parallel_residual ? "parallel" : "sequential", c->rotary_dims, c->head_dim, c->rotary_base,
                c->tied_unembed ? "tied to embed_in" : "embed_out (untied)");
     char where[64] = "model.safetensors";
     if (m.st.n_shards) snprintf(where, sizeof where, "%zu shards", m.st.n_shards);

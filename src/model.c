@@ -91,6 +91,7 @@ static int read_gpt2_keys(const cJSON *root, const char *path, Gpt2Config *cfg) 
         return sg_errorf(path, "missing key \"n_positions\" (or \"n_ctx\")");
     if (cfg->n_embd % cfg->n_head != 0)
         return sg_errorf(path, "n_embd %zu is not a multiple of n_head %zu", cfg->n_embd, cfg->n_head);
+    cfg->head_dim = cfg->n_embd / cfg->n_head, cfg->n_kv_head = cfg->n_head;
     const cJSON *inner = cJSON_GetObjectItemCaseSensitive(root, "n_inner");
     if (!inner || cJSON_IsNull(inner)) cfg->n_inner = 4 * cfg->n_embd; /* n_embd <= 1e9: no overflow */
     else if (cfg_size(root, path, "n_inner", &cfg->n_inner, 1) != 0) return -1;
@@ -102,6 +103,7 @@ static int read_gpt2_keys(const cJSON *root, const char *path, Gpt2Config *cfg) 
         return -1;
     int upcast = 0; /* only changes float precision inside attention: accepted */
     if (cfg_bool(root, path, "reorder_and_upcast_attn", &upcast, 0)) return -1;
+    cfg->attn_scale = cfg->scale_attn_weights ? 1.0f / sqrtf((float)cfg->head_dim) : 1.0f;
     cfg->bos_token_id = 50256;
     return 0;
 }
@@ -125,6 +127,8 @@ static int read_neox_keys(const cJSON *root, const char *path, Gpt2Config *cfg) 
     if (r == 1) cfg->n_positions = 2048;
     if (cfg->n_embd % cfg->n_head != 0)
         return sg_errorf(path, "hidden_size %zu is not a multiple of num_attention_heads %zu", cfg->n_embd, cfg->n_head);
+    cfg->head_dim = cfg->n_embd / cfg->n_head, cfg->n_kv_head = cfg->n_head;
+    cfg->attn_scale = 1.0f / sqrtf((float)cfg->head_dim);
     double pct = 0.25, base = 10000;
     const cJSON *rope = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
     const cJSON *rope_keys = cJSON_IsObject(rope) ? rope : root;
@@ -155,6 +159,89 @@ static int read_neox_keys(const cJSON *root, const char *path, Gpt2Config *cfg) 
     return 0;
 }
 
+/* v rounded to the model's dtype ("bfloat16", "float16"; else float32), to nearest even: v is a
+ * positive normal number of both formats here (sqrt(hidden_size)). */
+static float round_to_dtype(float v, const char *dtype) {
+    int drop = !strcmp(dtype, "bfloat16") ? 16 : !strcmp(dtype, "float16") ? 13 : 0;
+    if (!drop) return v;
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    b += ((1u << (drop - 1)) - 1) + ((b >> drop) & 1u);
+    b &= ~((1u << drop) - 1);
+    memcpy(&v, &b, 4);
+    return v;
+}
+
+/* Gemma2Config's keys (FAMILIES-FACTS section 2) and Hugging Face's defaults for them. */
+static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg) {
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (mt && (!cJSON_IsString(mt) || strcmp(mt->valuestring, "gemma2") != 0))
+        return sg_errorf(path, "architectures is Gemma2ForCausalLM but model_type is %s, not \"gemma2\"",
+                         cJSON_IsString(mt) ? mt->valuestring : "not a string");
+    cfg->family = SG_FAMILY_GEMMA2, cfg->architecture = "Gemma2ForCausalLM";
+    cfg->weights_out_in = 1, cfg->norm = SG_NORM_RMS_ONE_PLUS, cfg->post_norms = 1, cfg->gated_mlp = 1;
+    cfg->scale_attn_weights = 1;
+    if (cfg_size(root, path, "num_hidden_layers", &cfg->n_layer, 1) ||
+        cfg_size(root, path, "num_attention_heads", &cfg->n_head, 1) ||
+        cfg_size(root, path, "hidden_size", &cfg->n_embd, 1) ||
+        cfg_size(root, path, "intermediate_size", &cfg->n_inner, 1) ||
+        cfg_size(root, path, "vocab_size", &cfg->vocab_size, 1))
+        return -1;
+    int r = cfg_size(root, path, "num_key_value_heads", &cfg->n_kv_head, 0);
+    if (r < 0) return -1;
+    if (r == 1) cfg->n_kv_head = cfg->n_head;
+    r = cfg_size(root, path, "head_dim", &cfg->head_dim, 0);
+    if (r < 0) return -1;
+    if (r == 1) cfg->head_dim = 256;
+    r = cfg_size(root, path, "max_position_embeddings", &cfg->n_positions, 0);
+    if (r < 0) return -1;
+    if (r == 1) cfg->n_positions = 8192;
+    if (cfg->n_head % cfg->n_kv_head != 0)
+        return sg_errorf(path, "num_attention_heads %zu is not a multiple of num_key_value_heads %zu", cfg->n_head,
+                         cfg->n_kv_head);
+    if (cfg->head_dim % 2 != 0) return sg_errorf(path, "head_dim %zu is odd: rotary needs an even count", cfg->head_dim);
+    double qpas = 256, eps = 1e-6, base = 10000, acap = 50, fcap = 30;
+    if (cfg_positive(root, path, "query_pre_attn_scalar", &qpas, 256) ||
+        cfg_positive(root, path, "rms_norm_eps", &eps, 1e-6) || cfg_positive(root, path, "rope_theta", &base, 10000))
+        return -1;
+    /* the soft-caps: a number, or null for none */
+    const char *caps[2] = {"attn_logit_softcapping", "final_logit_softcapping"};
+    double *cap_out[2] = {&acap, &fcap};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, caps[i]);
+        if (j && cJSON_IsNull(j)) *cap_out[i] = 0;
+        else if (cfg_positive(root, path, caps[i], cap_out[i], *cap_out[i])) return -1;
+    }
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+    if (sw && cJSON_IsNull(sw)) cfg->sliding_window = 0;
+    else if ((r = cfg_size(root, path, "sliding_window", &cfg->sliding_window, 0)) < 0) return -1;
+    else if (r == 1) cfg->sliding_window = 4096;
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+    if (types && !cJSON_IsNull(types)) {
+        /* v5 spells the pattern out: saegap implements the sliding even / global odd one */
+        int ok = cJSON_IsArray(types) && (size_t)cJSON_GetArraySize(types) == cfg->n_layer;
+        for (size_t l = 0; ok && l < cfg->n_layer; l++) {
+            const cJSON *t = cJSON_GetArrayItem(types, (int)l);
+            ok = cJSON_IsString(t) && !strcmp(t->valuestring, l % 2 == 0 ? "sliding_attention" : "full_attention");
+        }
+        if (!ok) return sg_errorf(path, "layer_types is not Gemma-2's sliding (even) / full (odd) alternation");
+    }
+    cfg->layer_norm_epsilon = eps, cfg->rotary_dims = cfg->head_dim, cfg->rotary_base = base;
+    cfg->attn_scale = (float)(1.0 / sqrt(qpas)), cfg->attn_softcap = acap, cfg->final_softcap = fcap;
+    if (cfg_activation(root, path, "hidden_activation", "gelu_pytorch_tanh", cfg)) return -1;
+    if (cfg_bool(root, path, "tie_word_embeddings", &cfg->tied_unembed, 1)) return -1;
+    if (!cfg->tied_unembed) return sg_errorf(path, "tie_word_embeddings is false; Gemma-2 ties its unembedding");
+    int attention_bias = 0;
+    if (cfg_bool(root, path, "attention_bias", &attention_bias, 0)) return -1;
+    if (attention_bias) return sg_errorf(path, "attention_bias is true; Gemma-2 has no biases");
+    /* HF: embed * torch.tensor(sqrt(D), dtype=the hidden states' dtype) */
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
+    const char *dtype = cJSON_IsString(dt) ? dt->valuestring : "float32";
+    cfg->embed_scale = round_to_dtype((float)sqrt((double)cfg->n_embd), dtype);
+    cfg->bos_token_id = 2;
+    return 0;
+}
+
 int model_read_config(Gpt2Config *cfg, const char *dir) {
     memset(cfg, 0, sizeof *cfg);
     struct stat sb;
@@ -172,7 +259,7 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     /* Hugging Face names the model's class in "architectures": it picks the family's keys, and
      * another family is refused by that name (its folder has none of the keys read below) */
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
-    int neox = 0;
+    int neox = 0, gemma2 = 0;
     if (arch) {
         const cJSON *a0 = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
         if (!a0 || !cJSON_IsString(a0)) {
@@ -180,17 +267,20 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
             sg_errorf(path, "key \"architectures\" must be a list of class names, not %s", json_text(arch, v, sizeof v));
             goto done;
         }
-        neox = strncmp(a0->valuestring, "GPTNeoX", 7) == 0; /* GPTNeoXForCausalLM, GPTNeoXModel */
-        if (!neox && strncmp(a0->valuestring, "GPT2", 4) != 0) { /* GPT2LMHeadModel, GPT2Model, ... */
-            sg_errorf(path, "architectures is [\"%.100s\", ...]: saegap implements GPT-2 (GPT2LMHeadModel) and "
-                            "Pythia (GPTNeoXForCausalLM)", a0->valuestring);
+        neox = strncmp(a0->valuestring, "GPTNeoX", 7) == 0;      /* GPTNeoXForCausalLM, GPTNeoXModel */
+        gemma2 = strncmp(a0->valuestring, "Gemma2", 6) == 0;     /* Gemma2ForCausalLM */
+        if (!neox && !gemma2 && strncmp(a0->valuestring, "GPT2", 4) != 0) { /* GPT2LMHeadModel, ... */
+            sg_errorf(path, "architectures is [\"%.100s\", ...]: saegap implements GPT-2 (GPT2LMHeadModel), "
+                            "Pythia (GPTNeoXForCausalLM) and Gemma-2 (Gemma2ForCausalLM)", a0->valuestring);
             goto done;
         }
     } else {
         const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
         neox = cJSON_IsString(mt) && strcmp(mt->valuestring, "gpt_neox") == 0;
+        gemma2 = cJSON_IsString(mt) && strcmp(mt->valuestring, "gemma2") == 0;
     }
-    if ((neox ? read_neox_keys : read_gpt2_keys)(root, path, cfg) != 0) goto done;
+    if ((neox ? read_neox_keys : gemma2 ? read_gemma2_keys : read_gpt2_keys)(root, path, cfg) != 0) goto done;
+    if (cfg->embed_scale == 0) cfg->embed_scale = 1;
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
     /* compared as a double before any conversion: 1e20 must not reach (long) */
     if (cJSON_IsNumber(bos))
@@ -264,18 +354,21 @@ int model_open(Gpt2Model *m, const char *dir) {
     if ((sharded ? safetensors_open_sharded : safetensors_open)(&m->st, path) != 0) { model_free(m); return -1; }
     /* n_layer is bounded by the file before it sizes anything: 12 tensors a layer, 4 more */
     size_t n_specs;
-    const size_t n_global = c->family == SG_FAMILY_NEOX && c->tied_unembed ? 3 : 4;
-    if (sg_mul_overflow(c->n_layer, 12, &n_specs) || sg_add_overflow(n_specs, n_global, &n_specs) ||
+    const int gemma = c->family == SG_FAMILY_GEMMA2;
+    const size_t per_layer = gemma ? 11 : 12,
+                 n_global = gemma ? 2 : c->family == SG_FAMILY_NEOX && c->tied_unembed ? 3 : 4;
+    if (sg_mul_overflow(c->n_layer, per_layer, &n_specs) || sg_add_overflow(n_specs, n_global, &n_specs) ||
         n_specs > m->st.n_tensors) {
         sg_errorf(path, "config.json declares %zu layers (%zu tensors) but the file holds %zu tensors", c->n_layer,
-                  c->n_layer * 12 + n_global, m->st.n_tensors);
+                  c->n_layer * per_layer + n_global, m->st.n_tensors);
         model_free(m);
         return -1;
     }
     const char *prev_alloc = sg_alloc_for(m->st.path);
 
     const int64_t L = (int64_t)c->n_layer, D = (int64_t)c->n_embd, V = (int64_t)c->vocab_size,
-                  P = (int64_t)c->n_positions, F = (int64_t)c->n_inner;
+                  P = (int64_t)c->n_positions, F = (int64_t)c->n_inner, Q = (int64_t)z_width(c),
+                  KV = (int64_t)(c->n_kv_head * c->head_dim);
     m->layers = sg_xcalloc(c->n_layer, sizeof *m->layers);
     size_t k = 0;
     TensorSpec *specs = sg_xcalloc(n_specs, sizeof *specs);
@@ -286,7 +379,26 @@ int model_open(Gpt2Model *m, const char *dir) {
         specs[k] = (TensorSpec){names[k], (dst_), (nd_), {(s0_), (s1_)}};      \
         k++;                                                                   \
     } while (0)
-    if (c->family == SG_FAMILY_NEOX) {
+    if (gemma) {
+        /* Linear layout [out, in], no biases; four RMSNorms a layer (FAMILIES-FACTS section 2) */
+        SPEC(&m->wte, 2, V, D, "model.embed_tokens.weight");
+        for (int64_t l = 0; l < L; l++) {
+            Gpt2LayerWeights *w = &m->layers[l];
+            const long long i = (long long)l;
+            SPEC(&w->ln1_w, 1, D, 0, "model.layers.%lld.input_layernorm.weight", i);
+            SPEC(&w->q_w, 2, Q, D, "model.layers.%lld.self_attn.q_proj.weight", i);
+            SPEC(&w->k_w, 2, KV, D, "model.layers.%lld.self_attn.k_proj.weight", i);
+            SPEC(&w->v_w, 2, KV, D, "model.layers.%lld.self_attn.v_proj.weight", i);
+            SPEC(&w->attn_proj_w, 2, D, Q, "model.layers.%lld.self_attn.o_proj.weight", i);
+            SPEC(&w->post_attn_w, 1, D, 0, "model.layers.%lld.post_attention_layernorm.weight", i);
+            SPEC(&w->ln2_w, 1, D, 0, "model.layers.%lld.pre_feedforward_layernorm.weight", i);
+            SPEC(&w->fc_w, 2, F, D, "model.layers.%lld.mlp.gate_proj.weight", i);
+            SPEC(&w->up_w, 2, F, D, "model.layers.%lld.mlp.up_proj.weight", i);
+            SPEC(&w->mlp_proj_w, 2, D, F, "model.layers.%lld.mlp.down_proj.weight", i);
+            SPEC(&w->post_mlp_w, 1, D, 0, "model.layers.%lld.post_feedforward_layernorm.weight", i);
+        }
+        SPEC(&m->lnf_w, 1, D, 0, "model.norm.weight");
+    } else if (c->family == SG_FAMILY_NEOX) {
         /* Linear layout [out, in]; QKV rows interleaved per head (qkv_layout) */
         SPEC(&m->wte, 2, V, D, "gpt_neox.embed_in.weight");
         for (int64_t l = 0; l < L; l++) {
@@ -360,7 +472,7 @@ int model_open(Gpt2Model *m, const char *dir) {
     size_t vd, vpd, ld;
     m->vocab_padded = (c->vocab_size + 63) / 64 * 64;
     if (sg_mul_overflow(c->vocab_size, c->n_embd, &vd) || sg_mul_overflow(m->vocab_padded, c->n_embd, &vpd) ||
-        sg_mul_overflow(c->n_layer, c->n_embd, &ld)) {
+        sg_mul_overflow(c->n_layer, z_width(c), &ld)) {
         sg_alloc_for(prev_alloc);
         sg_errorf(path, "vocab_size %zu x n_embd %zu overflows", c->vocab_size, c->n_embd);
         model_free(m);
@@ -375,7 +487,8 @@ static size_t section(size_t floats) { return (floats + 15) / 16 * 16; }
 
 void model_place(Gpt2Model *m, MPI_Comm node) {
     const Gpt2Config *c = &m->cfg;
-    const size_t D = c->n_embd, vd = c->vocab_size * D, vpd = m->vocab_padded * D, ld = c->n_layer * D;
+    const size_t D = c->n_embd, Q = z_width(c), vd = c->vocab_size * D, vpd = m->vocab_padded * D,
+                 ld = c->n_layer * Q;
     /* layout: converted tensors, padded unembedding, value bias, folded value bias (sizes
      * checked by model_open) */
     const size_t at_wte = safetensors_pending_floats(m->pending, m->n_pending), at_vb = at_wte + section(vpd),
@@ -392,18 +505,20 @@ void model_place(Gpt2Model *m, MPI_Comm node) {
     if (fill) {
         memcpy(block + at_wte, m->unembed, vd * sizeof(float));
         /* b_V (head-major, attn.hook_z's layout) and b_V' = b_V + ln_1.bias @ W_V, accumulated
-         * in double (FIELD-FACTS section 2), with W_V's columns where the family puts them */
+         * in double (FIELD-FACTS section 2), with W_V's columns where the family puts them; a
+         * model without biases (Gemma-2) has zeros, as its bases need */
         const QkvLayout q = qkv_layout(c);
-        const size_t Dh = D / c->n_head;
+        const size_t Dh = c->head_dim, QKV = qkv_width(c);
         for (size_t l = 0; l < c->n_layer; l++) {
             const Gpt2LayerWeights *w = &m->layers[l];
-            for (size_t j = 0; j < D; j++) {
-                const size_t col = j / Dh * q.head_stride + q.v_offset + j % Dh; /* of the 3D outputs */
+            if (!w->qkv_b) continue; /* the block is zeroed */
+            for (size_t j = 0; j < Q; j++) {
+                const size_t col = q.v_base + j / Dh / q.group * q.kv_stride + j % Dh; /* of the QKV outputs */
                 double acc = w->qkv_b[col];
-                block[at_vb + l * D + j] = w->qkv_b[col];
-                for (size_t i = 0; i < D; i++)
-                    acc += (double)w->ln1_b[i] * (c->weights_out_in ? w->qkv_w[col * D + i] : w->qkv_w[i * 3 * D + col]);
-                block[at_vbf + l * D + j] = (float)acc;
+                block[at_vb + l * Q + j] = w->qkv_b[col];
+                for (size_t i = 0; w->ln1_b && i < D; i++)
+                    acc += (double)w->ln1_b[i] * (c->weights_out_in ? w->qkv_w[col * D + i] : w->qkv_w[i * QKV + col]);
+                block[at_vbf + l * Q + j] = (float)acc;
             }
         }
     }

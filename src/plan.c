@@ -113,8 +113,10 @@ int plan_command(const Options *o, MPI_Comm comm) {
         const int threads = o->threads_per_rank > 0 ? (int)o->threads_per_rank : 1;
         gemm_set_threads(threads);
         double rate = measure_gemm(c.n_embd), kl_ns = measure_kl_ns(c.vocab_size);
-        /* per token and layer: QKV 6D^2, attention 4TD, output 2D^2, MLP 4DF (GPT-2's F = 4D: 24D^2) */
-        double layer = 8 * D * D + 4 * D * Fm + 4 * T * D;
+        /* per token and layer: QKV 2DW, attention 4TZ, output 2ZD, MLP 4DF (6DF gated); GPT-2 (W = 3D,
+         * Z = D, F = 4D): 24D^2 + 4TD */
+        const double Wq = (double)qkv_width(&c), Zw = (double)z_width(&c), mlp_mats = c.gated_mlp ? 3 : 2;
+        double layer = 2 * D * Wq + 2 * Zw * D + 2 * mlp_mats * D * Fm + 4 * T * Zw;
         double f_clean = n * T * (L * layer + 2 * D * Vp), f_iv = 0, f_unembed_iv = 0, f_sae = 0, f_stats = 0;
         double kl_rows = 0, n_passes = 0;
         for (size_t i = 0; i < K; i++) {
@@ -161,7 +163,8 @@ int plan_command(const Options *o, MPI_Comm comm) {
          * checksumming the weights (about 0.5 GB/s here). A small job is mostly this. */
         /* embedding + the padded unembedding (GPT-2: wte twice; NeoX: embed_in and embed_out),
          * the layers, GPT-2's wpe */
-        const double weight_bytes = 4 * (V * D * 2 + L * (4 * D * D + 2 * D * Fm) + (c.learned_positions ? T * D : 0));
+        const double weight_bytes = 4 * (V * D * 2 + L * (D * Wq + Zw * D + mlp_mats * D * Fm) +
+                                         (c.learned_positions ? T * D : 0));
         const double t_start = 1.0 + weight_bytes / 0.5e9;
         t_wall += t_start;
         /* memory. Per node, shared by its ranks: the weights, F32 (the page cache holds a file's
@@ -170,7 +173,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double N = (double)B * T, mem = 0, node_mem = weight_bytes, maxF = 0, maxd = 0;
         /* activations (forward.c, acts_alloc): the clean cache keeps every layer; the work pass one
          * layer, for SWEEP_STACK copies of the batch */
-        const double per_layer = 9 * D + 2 * Fm + (double)c.n_head * T; /* GPT-2: 17 D */
+        const double per_layer = 5 * D + Wq + Zw + (mlp_mats + 1) * Fm + (double)c.n_head * T; /* GPT-2: 17 D */
         mem += 4 * N * (3 * D + (L + 1) * D + L * per_layer) + 4 * SWEEP_STACK * N * (3 * D + 2 * D + per_layer);
         mem += 4 * N * Vp + 4 * N * V; /* clean logits (planned at Vp) + probabilities */
         /* the fused unembedding (unembed.c): one vocabulary block of logits for a stack's rows,

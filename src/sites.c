@@ -64,8 +64,8 @@ int basis_parse(const char *s, Basis *out) {
  * fold_ln first folds ln_1.bias @ W_V into b_V, then fold_value_biases moves b_V into b_O). */
 static const float *removed_value_bias(const Gpt2Model *m, Site s, Basis basis) {
     if (s.kind != SG_SITE_ATTN_Z || !(basis & SG_BASIS_FOLD_VALUE_BIASES)) return NULL;
-    if (basis & SG_BASIS_FOLD_LN) return m->value_bias_folded + s.layer * m->cfg.n_embd;
-    return m->value_bias + s.layer * m->cfg.n_embd; /* b_V alone */
+    if (basis & SG_BASIS_FOLD_LN) return m->value_bias_folded + s.layer * z_width(&m->cfg);
+    return m->value_bias + s.layer * z_width(&m->cfg); /* b_V alone */
 }
 
 static int is_global(SiteKind k) { return k == SG_SITE_EMBED || k == SG_SITE_POS_EMBED; }
@@ -123,7 +123,9 @@ void site_name(char *buf, size_t cap, Site s) {
     else snprintf(buf, cap, "blocks.%zu.%s", s.layer, SITE_SUFFIX[s.kind]);
 }
 
-size_t site_width(Site s, const Gpt2Config *c) { return s.kind == SG_SITE_MLP_POST ? c->n_inner : c->n_embd; }
+size_t site_width(Site s, const Gpt2Config *c) {
+    return s.kind == SG_SITE_MLP_POST ? c->n_inner : s.kind == SG_SITE_ATTN_Z ? z_width(c) : c->n_embd;
+}
 
 float *site_buffer(const Activations *a, Site s) {
     size_t l = s.layer, D = a->D;
@@ -135,7 +137,7 @@ float *site_buffer(const Activations *a, Site s) {
     case SG_SITE_RESID_POST: return acts_resid(a, l + 1);
     case SG_SITE_ATTN_OUT: return acts_layer(a, a->attn_out, l, D);
     case SG_SITE_MLP_OUT: return acts_layer(a, a->mlp_out, l, D);
-    case SG_SITE_ATTN_Z: return acts_layer(a, a->z, l, D);
+    case SG_SITE_ATTN_Z: return acts_layer(a, a->z, l, a->Z);
     case SG_SITE_MLP_POST: return acts_layer(a, a->fc_act, l, a->F);
     case SG_SITE_KIND_COUNT: break;
     }
@@ -147,7 +149,9 @@ void site_read(float *out, const Activations *a, const Gpt2Model *m, Site s, Bas
     const float *src = site_buffer(a, s) + row0 * W;
     memcpy(out, src, N * W * sizeof(float));
     const float *bv = removed_value_bias(m, s, basis);
-    if (site_is_residual(s.kind) && (basis & SG_BASIS_CENTER_WRITING_WEIGHTS)) {
+    /* TransformerLens centres the writing weights of LayerNorm models only: with RMSNorm (Gemma-2)
+     * center_writing_weights changes nothing (FAMILIES-FACTS section 3) */
+    if (site_is_residual(s.kind) && (basis & SG_BASIS_CENTER_WRITING_WEIGHTS) && m->cfg.norm == SG_NORM_LAYER) {
         /* center_writing_weights: subtract the mean over d_model (double accumulation) */
         for (size_t n = 0; n < N; n++) {
             float *x = out + n * W;

@@ -2,6 +2,7 @@
 #include "unembed.h"
 
 #include "error.h"
+#include "forward.h"
 #include "gemm.h"
 
 #include <math.h>
@@ -24,6 +25,7 @@ void unembed_kl_ce(const UnembedOut *out, UnembedScratch *s, const Gpt2Model *m,
     if (R > s->R_max) sg_fatal("unembed", "%zu rows, but the scratch was planned for %zu", R, s->R_max);
     const long nr = (long)R;
     const int threads = gemm_get_threads();
+    const float cap = (float)m->cfg.final_softcap;
     for (size_t r = 0; r < R; r++) {
         metrics_row_start(&s->acc[r]);
         if (rows->sel && rows->sel[r] >= 0) /* an id outside the vocabulary (none: fewer than nsel) stays NaN */
@@ -40,7 +42,8 @@ void unembed_kl_ce(const UnembedOut *out, UnembedScratch *s, const Gpt2Model *m,
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
         for (long ri = 0; ri < nr; ri++) {
             const size_t r = (size_t)ri, c = rows->clean_row[r];
-            const float *li = s->block + r * np;
+            float *li = s->block + r * np;
+            sg_softcap(li, n, cap); /* Gemma-2's final soft-cap, before the log-sum-exp */
             MetricsRowAcc *a = &s->acc[r];
             metrics_row_block(a, li, clean->logits + c * V + v0, clean->p + c * V + v0, n);
             const int32_t nx = clean->next[c];
