@@ -317,16 +317,18 @@ site:
     } else if (kw) { /* null: SAELens passes `kwargs or {}` */
         s->basis = SG_BASIS_RAW;
         snprintf(s->basis_source, sizeof s->basis_source, "cfg.json %s = null (SAELens reads it as {})", kw_path);
-    } else if (m && m->cfg.family == SG_FAMILY_NEOX) {
+    } else if (m && m->cfg.family != SG_FAMILY_GPT2) {
         /* SAELens's Pythia dictionaries (pythia-70m-deduped-*-sm) were trained on the raw Hugging
-         * Face activations (docs/basis.md, docs/families.md) */
+         * Face activations, and Gemma Scope's loader asks for from_pretrained_no_processing
+         * (docs/basis.md, docs/families.md) */
         s->basis = SG_BASIS_RAW;
         snprintf(s->basis_source, sizeof s->basis_source,
-                 "default for %s: cfg has no model_from_pretrained_kwargs (SAELens's Pythia SAEs were trained on "
-                 "unprocessed activations)", m->cfg.architecture);
+                 "default for %s: cfg has no model_from_pretrained_kwargs (SAELens's SAEs of this family were "
+                 "trained on unprocessed activations)", m->cfg.architecture);
         if (!opt->has_override)
-            sg_warnf("%s: cfg has no model_from_pretrained_kwargs; on a Pythia model saegap assumes unprocessed "
-                     "activations (basis raw; --basis processed to override)", dir);
+            sg_warnf("%s: cfg has no model_from_pretrained_kwargs; on a %s model saegap assumes unprocessed "
+                     "activations (basis raw; --basis processed to override)", dir,
+                     m->cfg.family == SG_FAMILY_NEOX ? "Pythia" : "Gemma-2");
     } else {
         s->basis = SG_BASIS_PROCESSED;
         snprintf(s->basis_source, sizeof s->basis_source,

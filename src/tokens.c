@@ -7,6 +7,7 @@
 
 #include "error.h"
 #include "h5out.h"
+#include "npy.h"
 
 #include <ctype.h>
 #include <strings.h>
@@ -21,7 +22,6 @@
 
 #define LLMC_MAGIC 20240520
 #define LLMC_HEADER_INTS 256
-#define NPY_MAX_HEADER (1u << 20)
 
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -155,66 +155,16 @@ static int load_bin(TokenSet *ts, const char *path, size_t ctx, size_t max_conte
     return rc;
 }
 
-/* One shape entry of a .npy header: decimal digits (Python 2 files may add 'L'), checked. */
-static int npy_dim(const char *path, const char **sp, size_t *out) {
-    const char *s = *sp, *start = s;
-    size_t v = 0;
-    while (isdigit((unsigned char)*s)) {
-        if (sg_mul_overflow(v, 10, &v) || sg_add_overflow(v, (size_t)(*s - '0'), &v)) {
-            size_t n = strspn(start, "0123456789");
-            return sg_errorf(path, ".npy shape entry %.*s%s does not fit in 64 bits (damaged header?)", n > 40 ? 40 : (int)n,
-                             start, n > 40 ? "..." : "");
-        }
-        s++;
-    }
-    if (*s == 'L') s++;
-    *sp = s, *out = v;
-    return 0;
-}
-
-/* Minimal reader for the .npy header dict: {'descr': '<i8', 'fortran_order': False, 'shape': (n, ctx), } */
+/* A token array in a .npy file: 2-D [n_contexts, ctx] of little-endian integers (npy.h parses
+ * the header). */
 static int load_npy(TokenSet *ts, const char *path, size_t max_contexts) {
     ts->format = "npy";
     Mapped m;
     if (map_file(&m, path)) return -1;
-    const unsigned char *pre = m.p;
     int rc = -1;
-    char *h = NULL;
-    if (m.size < 10 || memcmp(pre, "\x93NUMPY", 6) != 0) { sg_errorf(path, "not a .npy file (bad magic)"); goto done; }
-    size_t hlen, pre_len;
-    if (pre[6] == 1) hlen = (size_t)pre[8] | (size_t)pre[9] << 8, pre_len = 10;
-    else if (pre[6] == 2 || pre[6] == 3) {
-        if (m.size < 12) { sg_errorf(path, "truncated .npy header"); goto done; }
-        hlen = (size_t)pre[8] | (size_t)pre[9] << 8 | (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
-        pre_len = 12;
-    } else {
-        sg_errorf(path, ".npy format version %d.%d is not supported (1.0, 2.0 or 3.0)", pre[6], pre[7]);
-        goto done;
-    }
-    if (hlen > NPY_MAX_HEADER) { sg_errorf(path, "implausible .npy header length %zu", hlen); goto done; }
-    if (hlen > m.size - pre_len) {
-        sg_errorf(path, "truncated .npy header (%zu bytes declared, %zu in the file)", hlen, m.size - pre_len);
-        goto done;
-    }
-    h = sg_xcalloc(hlen + 1, 1);
-    memcpy(h, pre + pre_len, hlen);
-    char descr[16] = "";
-    const char *d = strstr(h, "'descr'");
-    if (d) d = strchr(d + 7, '\'');
-    if (d) sscanf(d + 1, "%15[^']", descr);
-    int fortran = strstr(h, "'fortran_order': True") != NULL;
-    size_t shape[3], ndim = 0;
-    const char *s = strstr(h, "'shape'");
-    if (s) s = strchr(s, '(');
-    if (s) {
-        s++;
-        while (*s && *s != ')') {
-            while (*s == ' ' || *s == ',') s++;
-            if (*s == ')') break;
-            if (!isdigit((unsigned char)*s) || ndim == 3) { ndim = 99; break; }
-            if (npy_dim(path, &s, &shape[ndim++])) goto done;
-        }
-    }
+    NpyHeader hd;
+    if (npy_header(path, m.p, m.size, &hd)) goto done;
+    const char *descr = hd.descr;
     size_t isize = 0;
     int is_signed = 0;
     if (strlen(descr) == 3 && (descr[0] == '<' || descr[0] == '|') && (descr[1] == 'i' || descr[1] == 'u')) {
@@ -222,31 +172,30 @@ static int load_npy(TokenSet *ts, const char *path, size_t max_contexts) {
         isize = (size_t)(descr[2] - '0');
         if (isize != 1 && isize != 2 && isize != 4 && isize != 8) isize = 0;
     }
-    if (!d || !s || ndim == 99) { sg_errorf(path, "cannot parse the .npy header"); goto done; }
     if (isize == 0) {
         sg_errorf(path, "dtype '%s' is not a little-endian integer type (token ids must be integers)", descr);
         goto done;
     }
-    if (ndim != 2) {
-        sg_errorf(path, "array has %zu dimension(s); token arrays must be 2-D [n_contexts, ctx]", ndim);
+    if (hd.ndim != 2) {
+        sg_errorf(path, "array has %zu dimension(s); token arrays must be 2-D [n_contexts, ctx]", hd.ndim);
         goto done;
     }
-    size_t rows = shape[0], ctx = shape[1], count, bytes;
+    size_t rows = hd.shape[0], ctx = hd.shape[1], count, bytes;
     if (sg_mul_overflow(rows, ctx, &count) || sg_mul_overflow(count, isize, &bytes)) {
         sg_errorf(path, "header declares shape (%zu, %zu) of '%s': more bytes than any file can hold (damaged header?)",
                   rows, ctx, descr);
         goto done;
     }
     if (count == 0) { sg_errorf(path, "holds no tokens (shape [%zu, %zu])", rows, ctx); goto done; }
-    size_t avail = m.size - pre_len - hlen;
+    size_t avail = m.size - hd.data_offset;
     if (bytes > avail) {
         sg_errorf(path, "truncated: header promises shape (%zu, %zu) of '%s' = %zu values (%zu bytes), the file holds "
                   "%zu bytes of data (%zu values)", rows, ctx, descr, count, bytes, avail, avail / isize);
         goto done;
     }
-    rc = convert(ts, path, pre + pre_len + hlen, isize, is_signed, fortran, rows, ctx, rows_used(rows, max_contexts));
+    rc = convert(ts, path, (const unsigned char *)m.p + hd.data_offset, isize, is_signed, hd.fortran_order, rows, ctx,
+                 rows_used(rows, max_contexts));
 done:
-    free(h);
     unmap_file(&m);
     return rc;
 }

@@ -316,12 +316,12 @@ def test_config_wrong_type_or_value(model, tokens_npy, out, key, value):
 
 
 def test_config_other_family_named_by_its_architectures_entry(model, tokens_npy, out):
-    """A Gemma-2 folder (no GPT-2 keys): refused naming the class, not a missing key."""
-    gemma = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 64,
+    """A Llama folder (no GPT-2 keys): refused naming the class, not a missing key."""
+    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
              "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 211, "head_dim": 16}
-    (model / "config.json").write_text(json.dumps(gemma))
+    (model / "config.json").write_text(json.dumps(llama))
     res = run_saegap(dump_args(model, tokens_npy, out))
-    assert_user_error(res, out, "config.json", "Gemma2ForCausalLM")
+    assert_user_error(res, out, "config.json", "LlamaForCausalLM")
 
 
 def test_config_gpt_neox_missing_its_keys(model, tokens_npy, out):
