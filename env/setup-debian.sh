@@ -15,6 +15,8 @@ PACKAGES=(
   libcjson-dev
   # XXH3: the job identity hash over gigabytes of weights (checksum.h)
   libxxhash-dev
+  # zlib: deflate members of .npz archives (Gemma Scope's params.npz; src/npz.c)
+  zlib1g-dev
   # counter-based random streams (Philox)
   librandom123-dev
   # tests and analysis/ (Debian's /usr/bin/python3 only)

@@ -6,6 +6,7 @@
 #define SAEGAP_SAE_H
 
 #include "model.h"
+#include "npz.h"
 #include "safetensors.h"
 #include "sites.h"
 
@@ -15,7 +16,7 @@ typedef enum { SAE_STANDARD, SAE_JUMPRELU, SAE_TOPK, SAE_GATED, SAE_ARCH_COUNT }
 typedef enum { SAE_NORM_NONE, SAE_NORM_CONSTANT_NORM_RESCALE, SAE_NORM_LAYER_NORM, SAE_NORM_EXPECTED_AVERAGE,
                SAE_NORM_COUNT } SaeNorm;
 /* the cfg's format: SAELens's three generations, or sparsify's (result attribute cfg_generation) */
-typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_SPARSIFY, SAE_CFG_COUNT } SaeCfgGeneration;
+typedef enum { SAE_CFG_LEGACY, SAE_CFG_FLAT, SAE_CFG_V6, SAE_CFG_SPARSIFY, SAE_CFG_GEMMA_SCOPE, SAE_CFG_COUNT } SaeCfgGeneration;
 
 typedef struct {
     char *dir;
@@ -46,6 +47,7 @@ typedef struct {
     const float *scaling_factor;   /* (d_sae) or NULL when absent or all ones */
     float *dec_norm;               /* (d_sae) ||W_dec_i||, topk with rescale */
     Safetensors st;
+    Npz npz;                       /* Gemma Scope's params.npz instead of st (sae_gemma_scope.c) */
     NodeBlock block;               /* converted (F16/BF16) tensors, once per node: sae_place */
     SafetensorsPending *pending;           /* what sae_place converts */
     size_t n_pending;
@@ -78,6 +80,18 @@ void sae_free(Sae *s);
 struct cJSON;
 int sae_is_sparsify_cfg(const struct cJSON *root);
 int sae_sparsify_cfg(Sae *s, const char *dir, const struct cJSON *root, const char *path);
+
+/* Gemma Scope folders (sae_gemma_scope.c): params.npz and no cfg.json; the site from the
+ * folder's path (gemma-scope-2b-pt-res, -mlp or -att, then layer_L). Opens and checks the archive
+ * like sae_open (every value read once); sae_place then fills the node block from it. */
+int sae_gemma_scope_open(Sae *s, const char *dir, const Gpt2Model *m, const SaeLoadOptions *opt);
+void sae_gemma_scope_place(Sae *s, float *block, int fill);
+size_t sae_gemma_scope_floats(const Sae *s);
+
+/* Shared by the format readers: the site exists in the model and matches d_in (m NULL: any);
+ * --basis overrides the format's basis, recording both. */
+int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m);
+void sae_apply_basis_override(Sae *s, const SaeLoadOptions *opt);
 
 /* --norm-scaling-factor: "S" (every expected_average_only_in SAE) or "SITE=S,SITE=S,..." (SAELens
  * keeps these factors per SAE in pretrained_saes.yaml as norm_scaling_factor, not in cfg.json).

@@ -58,6 +58,7 @@ static int info_sae(const char *dir) {
     Sae s;
     if (sae_read_cfg(&s, dir)) return -1;
     if (s.generation == SAE_CFG_SPARSIFY) printf("%s: EleutherAI sparsify SAE (hook from the folder's name)\n", dir);
+    else if (s.generation == SAE_CFG_GEMMA_SCOPE) printf("%s: Gemma Scope SAE (params.npz; site from the path)\n", dir);
     else printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
     printf("  hook %s, architecture %s", s.hook_name, sae_arch_name(s.arch));
     if (s.arch == SAE_TOPK) printf(" (k %zu)", s.k);
@@ -132,7 +133,7 @@ int info_command(const Options *o, MPI_Comm comm) {
         if (stat(p, &sb) != 0) rc = sg_errorf(p, "does not exist");
         else if (S_ISDIR(sb.st_mode)) {
             if (exists_in(p, "config.json")) rc = info_model(p);
-            else if (exists_in(p, "cfg.json")) rc = info_sae(p);
+            else if (exists_in(p, "cfg.json") || exists_in(p, "params.npz")) rc = info_sae(p);
             else {
                 char **list = NULL;
                 size_t n = 0;

@@ -21,7 +21,7 @@
 static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated"};
 static const char *const NORM_NAME[SAE_NORM_COUNT] = {"none", "constant_norm_rescale", "layer_norm",
                                                       "expected_average_only_in"};
-static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6", "sparsify"};
+static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6", "sparsify", "gemma_scope"};
 
 const char *sae_arch_name(SaeArch a) { return ARCH_NAME[a]; }
 const char *sae_norm_name(SaeNorm n) { return NORM_NAME[n]; }
@@ -138,6 +138,28 @@ static int basis_from_kwargs(Sae *s, const cJSON *kw, const char *path, const ch
                  ignored[0] ? " change no activation: ignored" : "", ignored[0] && unknown[0] ? "; " : "",
                  unknown[0] ? unknown : "", unknown[0] ? " unknown to saegap: ignored (check they change no activation)" : "");
     return 0;
+}
+
+int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m) {
+    /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
+    if (site_parse(&s->site, s->hook_name, m ? &m->cfg : NULL, dir) != 0) return -1;
+    if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED)
+        return sg_errorf(dir, "SAEs on %s are not supported (intervened passes start inside a block)", s->hook_name);
+    size_t width = m ? site_width(s->site, &m->cfg) : s->d_in;
+    if (s->d_in != width)
+        return sg_errorf(dir, "d_in %zu does not match the width %zu of %s in this model", s->d_in, width, s->hook_name);
+    return 0;
+}
+
+void sae_apply_basis_override(Sae *s, const SaeLoadOptions *opt) {
+    s->cfg_basis = s->basis;
+    if (opt->has_override) {
+        s->basis = opt->basis;
+        char from_cfg[sizeof s->basis_source];
+        snprintf(from_cfg, sizeof from_cfg, "%s", s->basis_source);
+        snprintf(s->basis_source, sizeof s->basis_source, "--basis %s (the cfg implies %s: %.*s)", basis_name(s->basis),
+                 basis_name(s->cfg_basis), (int)sizeof from_cfg - 128, from_cfg);
+    }
 }
 
 static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
@@ -269,17 +291,7 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     }
 
 site:
-    /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
-    if (site_parse(&s->site, s->hook_name, m ? &m->cfg : NULL, dir) != 0) goto done;
-    if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED) {
-        sg_errorf(dir, "SAEs on %s are not supported (intervened passes start inside a block)", s->hook_name);
-        goto done;
-    }
-    size_t width = m ? site_width(s->site, &m->cfg) : s->d_in;
-    if (s->d_in != width) {
-        sg_errorf(dir, "d_in %zu does not match the width %zu of %s in this model", s->d_in, width, s->hook_name);
-        goto done;
-    }
+    if (sae_check_site(s, dir, m)) goto done;
     if (cJSON_IsString(reshape) && !strcmp(reshape->valuestring, "hook_z") && s->site.kind != SG_SITE_ATTN_Z) {
         sg_errorf(path, "reshape_activations is hook_z but the hook is %s", s->hook_name);
         goto done;
@@ -337,14 +349,7 @@ site:
             sg_warnf("%s: cfg has no model_from_pretrained_kwargs; assuming TransformerLens's default weight "
                      "processing (basis processed; --basis raw to override)", dir);
     }
-    s->cfg_basis = s->basis;
-    if (opt->has_override) {
-        s->basis = opt->basis;
-        char from_cfg[sizeof s->basis_source];
-        snprintf(from_cfg, sizeof from_cfg, "%s", s->basis_source);
-        snprintf(s->basis_source, sizeof s->basis_source, "--basis %s (the cfg implies %s: %.*s)", basis_name(s->basis),
-                 basis_name(s->cfg_basis), (int)sizeof from_cfg - 128, from_cfg);
-    }
+    sae_apply_basis_override(s, opt);
     rc = 0;
 done:
     cJSON_Delete(root);
@@ -428,7 +433,12 @@ int sae_read_cfg(Sae *s, const char *dir) {
     SaeLoadOptions opt = {0};
     opt.allow_model_mismatch = 1;
     s->dir = sg_xstrdup(dir);
-    if (parse_cfg(s, dir, NULL, NULL, &opt) != 0) {
+    char cfg_path[4096], npz_path[4096];
+    struct stat sb;
+    snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", dir);
+    snprintf(npz_path, sizeof npz_path, "%s/params.npz", dir);
+    const int gemma_scope = stat(cfg_path, &sb) != 0 && stat(npz_path, &sb) == 0;
+    if ((gemma_scope ? sae_gemma_scope_open(s, dir, NULL, &opt) : parse_cfg(s, dir, NULL, NULL, &opt)) != 0) {
         sae_free(s);
         return -1;
     }
@@ -446,6 +456,13 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     int alloc_named = 0;
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) { sg_errorf(dir, "SAE folder does not exist"); goto fail; }
+    char cfg_path[4096], npz_path[4096];
+    snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", dir);
+    snprintf(npz_path, sizeof npz_path, "%s/params.npz", dir);
+    if (stat(cfg_path, &sb) != 0 && stat(npz_path, &sb) == 0) { /* Gemma Scope */
+        if (sae_gemma_scope_open(s, dir, m, opt)) goto fail;
+        return 0;
+    }
     if (parse_cfg(s, dir, m, model_name, opt)) goto fail;
 
     const int sparsify = s->generation == SAE_CFG_SPARSIFY;
@@ -499,11 +516,13 @@ fail:
 }
 
 void sae_place(Sae *s, MPI_Comm node) {
-    const size_t floats = safetensors_pending_floats(s->pending, s->n_pending);
-    const char *prev_alloc = sg_alloc_for(s->st.path);
+    const int npz = s->generation == SAE_CFG_GEMMA_SCOPE;
+    const size_t floats = npz ? sae_gemma_scope_floats(s) : safetensors_pending_floats(s->pending, s->n_pending);
+    const char *prev_alloc = sg_alloc_for(npz ? s->npz.path : s->st.path);
     int fill;
     float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), &fill);
-    safetensors_place(block, &s->st, s->pending, s->n_pending, fill);
+    if (npz) sae_gemma_scope_place(s, block, fill);
+    else safetensors_place(block, &s->st, s->pending, s->n_pending, fill);
     nodeblock_ready(&s->block);
     free(s->pending);
     s->pending = NULL, s->n_pending = 0;
@@ -536,6 +555,7 @@ int sae_load(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
 
 void sae_free(Sae *s) {
     safetensors_close(&s->st);
+    npz_close(&s->npz);
     free(s->pending);
     nodeblock_free(&s->block);
     free(s->exp_r_mag);
@@ -548,11 +568,13 @@ void sae_free(Sae *s) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* an SAE folder: cfg.json (SAELens, sparsify) or params.npz (Gemma Scope) */
 static int has_cfg(const char *dir) {
-    char p[8192];
+    char p[8192], q[8192];
     struct stat sb;
     if ((size_t)snprintf(p, sizeof p, "%s/cfg.json", dir) >= sizeof p) return 0;
-    return stat(p, &sb) == 0;
+    if ((size_t)snprintf(q, sizeof q, "%s/params.npz", dir) >= sizeof q) return 0;
+    return stat(p, &sb) == 0 || stat(q, &sb) == 0;
 }
 
 int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t n_args) {
@@ -582,7 +604,7 @@ int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t
             }
         }
         closedir(d);
-        if (n == before) { sg_errorf(args[a], "has no cfg.json and no subfolder with one: not an SAE folder"); goto fail; }
+        if (n == before) { sg_errorf(args[a], "has no cfg.json or params.npz and no subfolder with one: not an SAE folder"); goto fail; }
         qsort(list + before, n - before, sizeof *list, cmp_str);
     }
     *out = list;

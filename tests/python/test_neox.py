@@ -384,3 +384,77 @@ def test_sharded_model_runs_like_the_single_file(world, tmp_path, run_saegap):
                     str(tmp_path / "two.h5"), "--interventions", "sae,zero_ablation", "--threads-per-rank", "1",
                     "--quiet", "--resume"], check=False)
     assert p.returncode == 1 and "model_checksum" in p.stderr.decode(), p.stderr.decode()
+
+
+# ---------------------------------------------------------------- Gemma Scope SAEs (point 3)
+
+GS_CASES = [("res", "layer_1", "blocks.1.hook_resid_post", np.savez),
+            ("mlp", "layer_0", "blocks.0.hook_mlp_out", np.savez_compressed),
+            ("att", "layer_2", "blocks.2.attn.hook_z", np.savez)]
+
+
+def write_gemma_scope(root, kind, layer, params, save=np.savez):
+    """A Gemma Scope folder (FAMILIES-FACTS 4(a)): .../gemma-scope-2b-pt-KIND/layer_L/width_1k/
+    average_l0_5/params.npz with W_enc, W_dec, b_enc, b_dec, threshold (float32)."""
+    d = os.path.join(root, "gemma-scope-2b-pt-" + kind, layer, "width_1k", "average_l0_5")
+    os.makedirs(d, exist_ok=True)
+    save(os.path.join(d, "params.npz"), **{k: np.asarray(params[k], np.float32)
+                                          for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")})
+    return d
+
+
+@pytest.mark.parametrize("kind,layer,site,save", GS_CASES, ids=[c[0] for c in GS_CASES])
+def test_gemma_scope_sae_matches_reference(world, tmp_path, run_saegap, pythia_reference, kind, layer, site, save):
+    """A params.npz folder (stored or deflated members): JumpReLU without b_dec subtracted,
+    basis raw, the site from the path; the same numbers as a SAELens jumprelu SAE with
+    apply_b_dec_to_input false, which reference_run computes."""
+    s = build_sae(world, tmp_path / "saelens", site, "jumprelu", apply_b_dec_to_input=False)
+    gs = write_gemma_scope(str(tmp_path), kind, layer, s["params"], save)
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", world["model_dir"], "--sae", gs, "--tokens", world["tokens_npy"], "--out",
+                str(out), "--interventions", DET, "--threads-per-rank", "1", "--quiet"])
+    res = read_result(str(out))
+    assert sorted(res["sites"]) == [site], sorted(res["sites"])
+    ref = pythia_reference.reference_run(None, [s["dir"]], world["tokens"], model=world["model"], basis="raw")
+    ref["sites"][site]["desc"]["generation"] = "gemma_scope"
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=kind)
+    info = run_saegap(["info", gs]).stdout.decode()
+    assert "Gemma Scope SAE" in info and site in info and "jumprelu" in info, info
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("no-threshold", "has no array threshold"),
+    ("shape", "array b_dec has"),
+    ("crc", "fails its CRC-32"),
+    ("truncated", "zip"),
+    ("nan", "non-finite"),
+    ("path", "path says its site"),
+])
+def test_gemma_scope_damage_is_named(world, tmp_path, run_saegap, damage, needle):
+    rng = np.random.default_rng(0)
+    p = {"W_enc": rng.standard_normal((D_MODEL, 32)), "W_dec": rng.standard_normal((32, D_MODEL)),
+         "b_enc": np.zeros(32), "b_dec": np.zeros(D_MODEL), "threshold": np.full(32, 0.1)}
+    if damage == "no-threshold":
+        del p["threshold"]
+    if damage == "shape":
+        p["b_dec"] = np.zeros(D_MODEL + 1)
+    if damage == "nan":
+        p["b_enc"][3] = np.nan
+    root = str(tmp_path / ("x" if damage == "path" else ""))
+    d = os.path.join(root, "gemma-scope-2b-pt-res", "layer_1", "w", "a") if damage != "path" else os.path.join(root, "sae")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "params.npz")
+    np.savez(path, **{k: np.asarray(v, np.float32) for k, v in p.items()})
+    raw = bytearray(open(path, "rb").read())
+    if damage == "crc":  # a byte inside W_dec's data (stored member): CRC mismatch
+        i = raw.find(b"W_dec.npy")
+        raw[i + 400] ^= 0x55
+    if damage == "truncated":
+        raw = raw[:len(raw) // 2]
+    open(path, "wb").write(raw)
+    out = tmp_path / "out.h5"
+    r = run_saegap(["run", "--model", world["model_dir"], "--sae", d, "--tokens", world["tokens_npy"],
+                    "--out", str(out), "--interventions", "sae", "--quiet"], check=False)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and needle in err.splitlines()[-1] and d in err.splitlines()[-1], err
+    assert not out.exists()

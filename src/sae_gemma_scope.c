@@ -1,0 +1,125 @@
+/* sae_gemma_scope.c: Gemma Scope SAE folders (params.npz, no cfg.json) described as a saegap Sae
+ * (sae.h). FAMILIES-FACTS section 4(a): JumpReLU, pre = x W_enc + b_enc (no b_dec subtracted),
+ * f = pre where pre > threshold, x_hat = f W_dec + b_dec; trained on the model's raw activations.
+ * The archive names no site: Google's folders do (gemma-scope-2b-pt-res/layer_L/width_16k/
+ * average_l0_K: res = blocks.L.hook_resid_post, mlp = blocks.L.hook_mlp_out (after the
+ * post-feedforward norm), att = blocks.L.attn.hook_z flattened head-major). */
+#include "sae.h"
+
+#include "error.h"
+#include "nodeblock.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The arrays, their shapes in terms of (d_in, d_sae), and where they go. */
+typedef struct { const char *name; int ndim; int dims[2]; } GsArray; /* dims: 0 = d_in, 1 = d_sae */
+static const GsArray ARRAYS[] = {
+    {"W_enc", 2, {0, 1}}, {"W_dec", 2, {1, 0}}, {"b_enc", 1, {1, 0}}, {"b_dec", 1, {0, 0}}, {"threshold", 1, {1, 0}},
+};
+#define N_ARRAYS (sizeof ARRAYS / sizeof ARRAYS[0])
+
+static const float **slot(Sae *s, size_t i) {
+    const float **slots[N_ARRAYS] = {&s->W_enc, &s->W_dec, &s->b_enc, &s->b_dec, &s->threshold};
+    return slots[i];
+}
+
+/* blocks.L.<hook> from a path holding ".../gemma-scope-...-{res,mlp,att}.../layer_L/..." */
+static int hook_from_path(const char *dir, char *out, size_t cap) {
+    const char *kind = NULL;
+    long layer = -1;
+    for (const char *p = dir; *p;) {
+        size_t len = strcspn(p, "/");
+        char part[256];
+        snprintf(part, sizeof part, "%.*s", (int)(len < 255 ? len : 255), p);
+        if (!strncmp(part, "gemma-scope", 11)) {
+            if (strstr(part, "-res")) kind = "hook_resid_post";
+            else if (strstr(part, "-mlp")) kind = "hook_mlp_out";
+            else if (strstr(part, "-att")) kind = "attn.hook_z";
+        }
+        char *end;
+        if (!strncmp(part, "layer_", 6) && part[6] >= '0' && part[6] <= '9') {
+            long v = strtol(part + 6, &end, 10);
+            if (!*end && v < 100000) layer = v;
+        }
+        p += len;
+        while (*p == '/') p++;
+    }
+    if (!kind || layer < 0) return -1;
+    snprintf(out, cap, "blocks.%ld.%s", layer, kind);
+    return 0;
+}
+
+int sae_gemma_scope_open(Sae *s, const char *dir, const Gpt2Model *m, const SaeLoadOptions *opt) {
+    char path[4096], hook[128];
+    snprintf(path, sizeof path, "%s/params.npz", dir);
+    if (hook_from_path(dir, hook, sizeof hook) != 0)
+        return sg_errorf(dir, "a Gemma Scope SAE's path says its site (.../gemma-scope-2b-pt-{res,mlp,att}/layer_L/...: "
+                              "res = hook_resid_post, mlp = hook_mlp_out, att = attn.hook_z); this one's does not");
+    s->hook_name = sg_xstrdup(hook);
+    s->model_name = sg_xstrdup(""); /* params.npz names no model */
+    s->generation = SAE_CFG_GEMMA_SCOPE;
+    s->arch = SAE_JUMPRELU;
+    s->norm = SAE_NORM_NONE;
+    s->apply_b_dec_to_input = 0; /* Gemma Scope encodes x, not x - b_dec */
+    if (npz_open(&s->npz, path)) return -1;
+    NpyHeader h[N_ARRAYS];
+    for (size_t i = 0; i < N_ARRAYS; i++) {
+        const NpzMember *mem = npz_find(&s->npz, ARRAYS[i].name);
+        if (!mem) return sg_errorf(path, "has no array %s (Gemma Scope's: W_enc, W_dec, b_enc, b_dec, threshold)", ARRAYS[i].name);
+        if (npz_header(&s->npz, mem, &h[i])) return -1;
+        if (h[i].ndim != (size_t)ARRAYS[i].ndim)
+            return sg_errorf(path, "array %s has %zu dimension(s), expected %d", ARRAYS[i].name, h[i].ndim, ARRAYS[i].ndim);
+    }
+    s->d_in = h[0].shape[0], s->d_sae = h[0].shape[1];
+    if (s->d_in == 0 || s->d_sae == 0 || s->d_in > 2147483647u || s->d_sae > 2147483647u)
+        return sg_errorf(path, "W_enc has shape (%zu, %zu): not an SAE's (d_in, d_sae)", s->d_in, s->d_sae);
+    for (size_t i = 1; i < N_ARRAYS; i++)
+        for (int d = 0; d < ARRAYS[i].ndim; d++) {
+            const size_t want = ARRAYS[i].dims[d] ? s->d_sae : s->d_in;
+            if (h[i].shape[d] != want)
+                return sg_errorf(path, "array %s has %zu in dimension %d, expected %zu (W_enc is %zu x %zu)", ARRAYS[i].name,
+                                 h[i].shape[d], d, want, s->d_in, s->d_sae);
+        }
+    if (sae_check_site(s, dir, m)) return -1;
+    s->basis = SG_BASIS_RAW;
+    snprintf(s->basis_source, sizeof s->basis_source,
+             "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");
+    sae_apply_basis_override(s, opt);
+    if (!m) return 0; /* info and plan read the shapes only */
+    /* every value read once here, on every rank, so that a damaged archive ends before any
+     * collective (sae_place, which fills the node block, cannot fail) */
+    for (size_t i = 0; i < N_ARRAYS; i++) {
+        const size_t n = ARRAYS[i].ndim == 2 ? s->d_in * s->d_sae : ARRAYS[i].dims[0] ? s->d_sae : s->d_in;
+        const char *prev = sg_alloc_for(path);
+        float *tmp = sg_xcalloc(n, sizeof(float));
+        sg_alloc_for(prev);
+        int rc = npz_read_f32(&s->npz, npz_find(&s->npz, ARRAYS[i].name), tmp, n);
+        free(tmp);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+static size_t aligned(size_t n) { return (n + 15) / 16 * 16; }
+
+static size_t count_of(const Sae *s, size_t i) {
+    return ARRAYS[i].ndim == 2 ? s->d_in * s->d_sae : ARRAYS[i].dims[0] ? s->d_sae : s->d_in;
+}
+
+size_t sae_gemma_scope_floats(const Sae *s) {
+    size_t f = 0;
+    for (size_t i = 0; i < N_ARRAYS; i++) f += aligned(count_of(s, i));
+    return f;
+}
+
+void sae_gemma_scope_place(Sae *s, float *block, int fill) {
+    size_t at = 0;
+    for (size_t i = 0; i < N_ARRAYS; i++) {
+        if (fill && npz_read_f32(&s->npz, npz_find(&s->npz, ARRAYS[i].name), block + at, count_of(s, i)))
+            sg_fatal(s->npz.path, "array %s changed while loading: %s", ARRAYS[i].name, sg_error_message());
+        *slot(s, i) = block + at;
+        at += aligned(count_of(s, i));
+    }
+}
