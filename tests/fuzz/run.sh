@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-30}
 shift || true
-ALL=(safetensors safetensors_index model_config sae_cfg tokens_npy tokens_bin tokens_hdf5 job_file result_verify result_info result_resume)
+ALL=(safetensors safetensors_index model_config sae_cfg gemma_scope_npz tokens_npy tokens_bin tokens_hdf5 job_file result_verify result_info result_resume)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
 BUILD=${SAEGAP_FUZZ_BUILD:-build-fuzz}

@@ -1,0 +1,49 @@
+/* fuzz_gemma_scope_npz: Gemma Scope's params.npz (src/npz.c: the zip directory, stored and
+ * deflate members, CRC-32, the .npy headers; src/sae_gemma_scope.c: the arrays' shapes), as
+ * sae_read_cfg reads it (info, plan: headers only) and sae_load against the fixture model (every
+ * value), in a folder whose path names the site (gemma-scope-fuzz-res/layer_1: d_in 8). */
+#include "fuzz_common.h"
+
+#include "gemm.h"
+#include "model.h"
+#include "sae.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static Gpt2Model g_model;
+static int g_loaded;
+
+static void load_model(void *arg) {
+    (void)arg;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/model", fuzz_fixture());
+    g_loaded = model_load(&g_model, dir) == 0;
+}
+
+static void body(void *arg) {
+    const char *dir = arg;
+    Sae s;
+    if (sae_read_cfg(&s, dir) == 0) sae_free(&s);
+    SaeLoadOptions opt = {0};
+    if (sae_load(&s, dir, &g_model, g_model.cfg.name, &opt) == 0) sae_free(&s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    fuzz_begin("gemma_scope_npz", data, size);
+    if (!g_loaded) {
+        gemm_set_threads(1);
+        if (fuzz_guard(load_model, NULL) != 0 || !g_loaded) abort();
+    }
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/gemma-scope-fuzz-res", fuzz_mkdir());
+    if (mkdir(dir, 0700) != 0) abort();
+    snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/layer_1");
+    if (mkdir(dir, 0700) != 0) abort();
+    fuzz_write_in(dir, "params.npz", data, size);
+    fuzz_guard(body, dir);
+    fuzz_done();
+    return 0;
+}
