@@ -236,7 +236,9 @@ static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg
     if (attention_bias) return sg_errorf(path, "attention_bias is true; Gemma-2 has no biases");
     /* HF: embed * torch.tensor(sqrt(D), dtype=the hidden states' dtype) */
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
+    if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype"); /* transformers v5 */
     const char *dtype = cJSON_IsString(dt) ? dt->valuestring : "float32";
+    if (!strncmp(dtype, "torch.", 6)) dtype += 6;
     cfg->embed_scale = round_to_dtype((float)sqrt((double)cfg->n_embd), dtype);
     cfg->bos_token_id = 2;
     return 0;
