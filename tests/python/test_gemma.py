@@ -1,0 +1,221 @@
+"""Gemma-2 (Gemma2ForCausalLM) models in saegap, against the independent float64 reference.
+
+    /usr/bin/python3 -m pytest -q tests/python/test_gemma.py
+
+gemma_reference.py (written from FAMILIES-FACTS.md sections 2-3, not from the C code) is the
+yardstick: `saegap dump` must match it at every site and the log-probs (raw and processed, which
+are equal for Gemma-2), and `saegap run` must write what run_reference.reference_run computes on
+Gemma-2's patched forward, with SAELens and Gemma Scope SAEs. The fixture models have
+hidden_size != n_head * head_dim (as Gemma-2-2B: 2304 vs 2048), grouped-query attention, both
+soft-caps, and a sliding window shorter than the contexts, so every Gemma-2 trait is exercised.
+"""
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import gemma_reference as gr
+import run_reference as rr
+from sae_fixtures import make_sae
+from saegap_fixtures import write_safetensors, write_tokens_npy
+from test_neox import write_gemma_scope
+from test_run import MARGIN, check_against_reference, read_result
+
+TOL = 1e-4
+NAME = "tiny-gemma2"
+N_CTX, CTX = 4, 20
+DET = ",".join(rr.DETERMINISTIC)
+
+
+def rel_err(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def build_model(dir, seed=0, dtype="F32", sharded=False, n_layer=2, n_head=4, n_kv=2, head_dim=16, hidden=48,
+                inner=96, vocab=211, window=6):
+    """A Gemma-2 folder in the real Hugging Face layout (FAMILIES-FACTS section 2): config.json and
+    model.safetensors (or an index and two shards), Linear [out, in] weights, no biases, four
+    RMSNorm offsets a layer. Scales make the soft-caps and the window matter."""
+    os.makedirs(dir, exist_ok=True)
+    cfg = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": hidden,
+           "num_attention_heads": n_head, "num_key_value_heads": n_kv, "head_dim": head_dim,
+           "intermediate_size": inner, "num_hidden_layers": n_layer, "vocab_size": vocab, "rms_norm_eps": 1e-6,
+           "query_pre_attn_scalar": head_dim, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+           "sliding_window": window, "rope_theta": 10000, "hidden_activation": "gelu_pytorch_tanh",
+           "max_position_embeddings": 64, "tie_word_embeddings": True, "attention_bias": False,
+           "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "_name_or_path": NAME,
+           "torch_dtype": {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dtype]}
+    with open(os.path.join(dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    r = np.random.default_rng(seed)
+    t = {"model.embed_tokens.weight": r.standard_normal((vocab, hidden)) * 0.5,
+         "model.norm.weight": r.standard_normal(hidden) * 0.3}
+    for l in range(n_layer):
+        p = "model.layers.%d." % l
+        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                  "post_feedforward_layernorm"):
+            t[p + n + ".weight"] = r.standard_normal(hidden) * 0.3
+        t[p + "self_attn.q_proj.weight"] = r.standard_normal((n_head * head_dim, hidden)) * 0.5
+        t[p + "self_attn.k_proj.weight"] = r.standard_normal((n_kv * head_dim, hidden)) * 0.5
+        t[p + "self_attn.v_proj.weight"] = r.standard_normal((n_kv * head_dim, hidden)) * 0.2
+        t[p + "self_attn.o_proj.weight"] = r.standard_normal((hidden, n_head * head_dim)) * 0.2
+        t[p + "mlp.gate_proj.weight"] = r.standard_normal((inner, hidden)) * 0.2
+        t[p + "mlp.up_proj.weight"] = r.standard_normal((inner, hidden)) * 0.2
+        t[p + "mlp.down_proj.weight"] = r.standard_normal((hidden, inner)) * 0.2
+    if not sharded:
+        write_safetensors(os.path.join(dir, "model.safetensors"), t, dtype=dtype)
+    else:
+        names = sorted(t)
+        shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+        for fn, ns in shards.items():
+            write_safetensors(os.path.join(dir, fn), {n: t[n] for n in ns}, dtype=dtype)
+        with open(os.path.join(dir, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": {n: fn for fn, ns in shards.items() for n in ns}}, f)
+    return gr.load_model(dir)
+
+
+def gemma_forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None, capture=None):
+    patch = {site: patch_fn} if site is not None and patch_fn is not None else None
+    acts, lp = gr.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
+    if capture is not None and site is not None:
+        capture[site] = acts[site]
+    return lp
+
+
+@pytest.fixture
+def gemma_reference(monkeypatch):
+    """run_reference with Gemma-2's forward in place of GPT-2's (for this test only)."""
+    monkeypatch.setattr(rr, "forward_with_patch", gemma_forward_with_patch)
+    return rr
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gemma_world")
+    mdir = str(base / NAME)
+    config, params = build_model(mdir, seed=3)
+    rng = np.random.default_rng(4)
+    tok = rng.integers(3, int(config["vocab_size"]), size=(N_CTX, CTX))
+    tok[:, 0] = int(config["bos_token_id"])
+    tok_npy = str(base / "tokens.npy")
+    write_tokens_npy(tok_npy, tok.astype(np.int32))
+    fwd = gr.forward(config, params, tok, basis="raw")[0]
+    return {"model_dir": mdir, "config": config, "params": params, "model": (config, params), "tokens": tok,
+            "tokens_npy": tok_npy, "fwd": fwd, "meas": tok != int(config["bos_token_id"])}
+
+
+DUMP_CASES = [("F32", dict(dtype="F32")), ("BF16", dict(dtype="BF16")), ("F16-sharded", dict(dtype="F16", sharded=True))]
+
+
+@pytest.mark.parametrize("case", DUMP_CASES, ids=[c[0] for c in DUMP_CASES])
+@pytest.mark.parametrize("basis", ["raw", "processed"])
+def test_dump_matches_reference_at_every_site(tmp_path, run_saegap, case, basis):
+    cid, kw = case
+    mdir = str(tmp_path / "model")
+    config, params = build_model(mdir, seed=11, **kw)
+    assert int(config["sliding_window"]) < 17  # the window bites on these contexts
+    tok = np.random.default_rng(12).integers(0, int(config["vocab_size"]), size=(3, 17))
+    write_tokens_npy(str(tmp_path / "tok.npy"), tok.astype(np.int32))
+    out = str(tmp_path / "dump.h5")
+    run_saegap(["dump", "--model", mdir, "--tokens", str(tmp_path / "tok.npy"), "--sites", "all", "--logits",
+                "--basis", basis, "--out", out])
+    acts, lp = gr.forward(config, params, tok, basis=basis)
+    want = [s for s in gr.site_names(config) if ".ln" not in s and "hook_scale" not in s and "normalized" not in s]
+    with h5py.File(out, "r") as f:
+        got = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+    assert sorted(k for k in got if k not in ("tokens", "logits")) == sorted(want), sorted(got)
+    errs = {s: rel_err(got[s], acts[s]) for s in want}
+    errs["log_softmax(logits)"] = rel_err(log_softmax(got["logits"]), lp)
+    bad = {k: v for k, v in errs.items() if not v <= TOL}
+    assert not bad, "%s %s: relative errors above %g: %s" % (cid, basis, TOL, bad)
+    assert np.abs(got["logits"]).max() <= float(config["final_logit_softcapping"])  # the final soft-cap
+
+
+def build_sae(world, dir, site, arch, **kw):
+    xs_all = world["fwd"][site]
+    xs = xs_all[world["meas"]]
+    d_in = xs.shape[-1]
+    for seed in range(80):
+        s = make_sae(str(dir), d_in, 2 * d_in, site, architecture=arch, seed=seed, x_sample=xs, model_name=NAME, **kw)
+        if rr.sae_discontinuity_margin(s["cfg"], s["params"], xs_all.reshape(-1, d_in)) >= MARGIN:
+            return s
+    raise AssertionError("no SAE at %s with margin %g" % (site, MARGIN))
+
+
+RUN_CASES = [("resid_post1", "blocks.1.hook_resid_post", "standard"), ("hook_z0", "blocks.0.attn.hook_z", "jumprelu"),
+             ("mlp_out1", "blocks.1.hook_mlp_out", "topk"), ("attn_out0", "blocks.0.hook_attn_out", "standard"),
+             ("resid_mid1", "blocks.1.hook_resid_mid", "standard"), ("hook_post0", "blocks.0.mlp.hook_post", "gated")]
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_run_matches_reference(world, tmp_path, run_saegap, gemma_reference, case):
+    """SAELens SAEs on Gemma-2 (no kwargs: raw, as Gemma Scope's loader asks): every
+    deterministic intervention against reference_run on the Gemma-2 forward."""
+    cid, site, arch = case
+    s = build_sae(world, tmp_path / cid, site, arch)
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", world["model_dir"], "--sae", s["dir"], "--tokens", world["tokens_npy"], "--out",
+                str(out), "--interventions", DET, "--threads-per-rank", "1", "--quiet"])
+    res = read_result(str(out))
+    ref = gemma_reference.reference_run(None, [s["dir"]], world["tokens"], model=world["model"], basis="raw")
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=cid)
+
+
+@pytest.mark.parametrize("kind,layer,site", [("res", "layer_1", "blocks.1.hook_resid_post"),
+                                             ("att", "layer_0", "blocks.0.attn.hook_z"),
+                                             ("mlp", "layer_1", "blocks.1.hook_mlp_out")])
+def test_gemma_scope_on_gemma2(world, tmp_path, run_saegap, gemma_reference, kind, layer, site):
+    """Gemma Scope's format on the model it was made for: the attention SAE reads attn.hook_z
+    of width n_head * head_dim (not hidden_size)."""
+    s = build_sae(world, tmp_path / "saelens", site, "jumprelu", apply_b_dec_to_input=False)
+    gs = write_gemma_scope(str(tmp_path), kind, layer, s["params"])
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", world["model_dir"], "--sae", gs, "--tokens", world["tokens_npy"], "--out",
+                str(out), "--interventions", DET, "--threads-per-rank", "1", "--quiet"])
+    res = read_result(str(out))
+    ref = gemma_reference.reference_run(None, [s["dir"]], world["tokens"], model=world["model"], basis="raw")
+    ref["sites"][site]["desc"]["generation"] = "gemma_scope"
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=kind)
+
+
+def test_two_ranks_and_two_threads_bit_identical(world, tmp_path, run_saegap):
+    s = build_sae(world, tmp_path / "sae", "blocks.0.hook_resid_post", "standard")
+    outs = []
+    for np_, th in ((1, 1), (2, 1), (1, 2)):
+        out = tmp_path / ("o%d%d.h5" % (np_, th))
+        run_saegap(["run", "--model", world["model_dir"], "--sae", s["dir"], "--tokens", world["tokens_npy"],
+                    "--out", str(out), "--interventions", "sae,eps_random,zero_ablation", "--threads-per-rank",
+                    str(th), "--quiet"], np=np_)
+        outs.append(read_result(str(out))["sites"]["blocks.0.hook_resid_post"]["kl"])
+    for o in outs[1:]:
+        for iv in outs[0]:
+            assert np.array_equal(outs[0][iv], o[iv], equal_nan=True), iv
+
+
+def test_plan_and_info_know_gemma2(world, tmp_path, run_saegap):
+    c = world["config"]
+    info = run_saegap(["info", world["model_dir"]]).stdout.decode()
+    assert "Gemma-2" in info and "sliding window %d" % int(c["sliding_window"]) in info, info
+    assert "key/value heads %d" % int(c["num_key_value_heads"]) in info, info
+    s = build_sae(world, tmp_path / "sae", "blocks.1.hook_resid_post", "standard")
+    p = run_saegap(["plan", "--model", world["model_dir"], "--sae", s["dir"], "--tokens", world["tokens_npy"],
+                    "--interventions", "sae", "--ranks", "1", "--threads-per-rank", "1"])
+    text = p.stdout.decode()
+    clean = float(text.split("clean passes ")[1].split(",")[0])
+    D, F, L, T = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_hidden_layers"]), CTX
+    H, KV, dh = int(c["num_attention_heads"]), int(c["num_key_value_heads"]), int(c["head_dim"])
+    Vp = (int(c["vocab_size"]) + 63) // 64 * 64
+    W, Z = (H + 2 * KV) * dh, H * dh
+    want = N_CTX * T * (L * (2 * D * W + 2 * Z * D + 6 * D * F + 4 * T * Z) + 2 * D * Vp)
+    assert abs(clean / want - 1) < 5e-3, (clean, want, text)
