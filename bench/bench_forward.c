@@ -53,7 +53,11 @@ int main(int argc, char **argv) {
     int32_t *tok = sg_xcalloc(N, 4);
     for (size_t i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919) % c->vocab_size);
     float *logits = sg_xcalloc(64 * Vp, 4), *all = sg_xcalloc(N * Vp, 4);
-    double flop_layer = 24.0 * D * D + 4.0 * T * D, flop_unembed = 2.0 * D * Vp;
+    /* per token and layer, any family (plan.c's count): QKV 2DW, attention 4TZ, output 2ZD, MLP
+     * 4DF (6DF gated); GPT-2: 24D^2 + 4TD */
+    const double Wq = (double)qkv_width(c), Zw = (double)z_width(c), Fm = (double)c->n_inner;
+    double flop_layer = 2.0 * D * Wq + 2.0 * Zw * D + (c->gated_mlp ? 6.0 : 4.0) * D * Fm + 4.0 * T * Zw,
+           flop_unembed = 2.0 * D * Vp;
     /* clean pass + unembedding (all N rows in one GEMM, as saegap does), then an intervened
      * pass from the middle layer (what each intervention costs) */
     size_t mid = L / 2;
@@ -72,7 +76,8 @@ int main(int argc, char **argv) {
             double r = flops * reps / (now() - t0) / 1e9;
             best[kind] = r > best[kind] ? r : best[kind];
         }
-    printf("model %s: L %zu, D %zu, V %zu; batch %zu x %zu tokens; %d BLIS thread(s) (kernels '%s')\n", argv[1], L,
+    printf("model %s (%s): L %zu, D %zu, V %zu; batch %zu x %zu tokens; %d BLIS thread(s) (kernels '%s')\n", argv[1],
+           c->architecture, L,
            D, c->vocab_size, B, T, threads, gemm_kernels());
     printf("  BLIS sgemm alone (%zu x %zu x %zu): %.1f GFLOP/s\n", N, D, 4 * D, blis);
     printf("  clean pass + unembedding: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of BLIS\n",
