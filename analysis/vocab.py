@@ -55,6 +55,16 @@ def find_encoder(path=None, architecture=None):
     return DEFAULT_ENCODER if os.path.isfile(DEFAULT_ENCODER) else None
 
 
+def _sentencepiece_bytes(piece):
+    """A SentencePiece token's bytes: '<0xNN>' is byte NN (byte fallback), '\u2581' a space."""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return bytes([int(piece[3:5], 16)])
+        except ValueError:
+            pass
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
 class Vocab:
     """decode(id) -> text of one token; ids outside the vocabulary come back as '<id N>'."""
 
@@ -62,16 +72,20 @@ class Vocab:
         self.path = encoder_path
         with open(encoder_path, encoding="utf-8") as f:
             enc = json.load(f)
-        added = {}
+        added, sentencepiece = {}, False
         if isinstance(enc.get("model"), dict) and isinstance(enc["model"].get("vocab"), dict):
-            # tokenizer.json: byte-level BPE vocabulary plus literal added tokens
+            # tokenizer.json: a BPE vocabulary plus literal added tokens
             if enc["model"].get("type", "BPE") != "BPE":
-                raise ValueError("%s: tokenizer model %r is not byte-level BPE"
-                                 % (encoder_path, enc["model"].get("type")))
+                raise ValueError("%s: tokenizer model %r is not BPE" % (encoder_path, enc["model"].get("type")))
+            # Gemma's is SentencePiece-style: '\u2581' for a space, '<0xNN>' byte tokens
+            sentencepiece = bool(enc["model"].get("byte_fallback"))
             added = {int(t["id"]): t["content"].encode("utf-8") for t in enc.get("added_tokens") or []}
             enc = enc["model"]["vocab"]
-        back = {c: b for b, c in bytes_to_unicode().items()}
-        self._bytes = {int(i): bytes(back.get(c, ord("?")) for c in s) for s, i in enc.items()}
+        if sentencepiece:
+            self._bytes = {int(i): _sentencepiece_bytes(s) for s, i in enc.items()}
+        else:
+            back = {c: b for b, c in bytes_to_unicode().items()}
+            self._bytes = {int(i): bytes(back.get(c, ord("?")) for c in s) for s, i in enc.items()}
         self._bytes.update(added)
 
     def __len__(self):

@@ -378,6 +378,17 @@ def test_vocab_from_tokenizer_json(tmp_path):
     assert v.decode(7) == " the" and v.decode(0) == "<|endoftext|>" and v.decode_many([8, 1]) == "a<|padding|>"
 
 
+def test_vocab_from_sentencepiece_tokenizer_json(tmp_path):
+    """Gemma's tokenizer.json: SentencePiece pieces ('\u2581' = space) with byte fallback."""
+    tj = {"added_tokens": [{"id": 2, "content": "<bos>", "special": True}],
+          "model": {"type": "BPE", "byte_fallback": True,
+                    "vocab": {"\u2581the": 7, "cat": 8, "<0x0A>": 9, "<0xE2>": 10}, "merges": []}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+    v = Vocab(find_encoder(str(tmp_path)))
+    assert v.decode(7) == " the" and v.decode(9) == "\n" and v.decode(2) == "<bos>"
+    assert v.decode_many([2, 7, 8]) == "<bos> thecat" and show_token(v, 10) == "'\\xe2'"
+
+
 def test_default_vocab_only_for_gpt2_results():
     """GPT-2's vocabulary is the default for GPT-2 results only: a Pythia result's ids would
     decode to wrong text with it, so they are shown as ids unless --vocab is given."""
