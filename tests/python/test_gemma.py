@@ -219,3 +219,38 @@ def test_plan_and_info_know_gemma2(world, tmp_path, run_saegap):
     W, Z = (H + 2 * KV) * dh, H * dh
     want = N_CTX * T * (L * (2 * D * W + 2 * Z * D + 6 * D * F + 4 * T * Z) + 2 * D * Vp)
     assert abs(clean / want - 1) < 5e-3, (clean, want, text)
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("missing-tensor", "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
+    ("wrong-shape", "tensor 'model.layers.0.self_attn.k_proj.weight' has shape"),
+    ("kv-heads", "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    ("bias", "attention_bias is true"),
+    ("layer-types", "layer_types"),
+])
+def test_gemma2_refusals_name_the_problem(world, tmp_path, run_saegap, damage, needle):
+    """A damaged Gemma-2 folder ends with one message naming the file and the tensor or key."""
+    mdir = str(tmp_path / "m")
+    cfg_edit = {"kv-heads": {"num_key_value_heads": 3}, "bias": {"attention_bias": True},
+                "layer-types": {"layer_types": ["full_attention", "sliding_attention"]}}.get(damage)
+    build_model(mdir, seed=5)
+    if cfg_edit:
+        p = os.path.join(mdir, "config.json")
+        c = json.load(open(p))
+        c.update(cfg_edit)
+        json.dump(c, open(p, "w"))
+    if damage in ("missing-tensor", "wrong-shape"):
+        import saegap_fixtures as fx
+        r = np.random.default_rng(0)
+        _, params = gr.load_model(mdir)
+        if damage == "missing-tensor":  # renamed: the count still matches, the name does not
+            params["model.layers.1.mlp.up.weight"] = params.pop("model.layers.1.mlp.up_proj.weight")
+        else:
+            params["model.layers.0.self_attn.k_proj.weight"] = r.standard_normal((48, 48))
+        fx.write_safetensors(os.path.join(mdir, "model.safetensors"), params, dtype="F32")
+    out = tmp_path / "d.h5"
+    p = run_saegap(["dump", "--model", mdir, "--tokens", world["tokens_npy"], "--sites", "blocks.0.hook_resid_pre",
+                    "--out", str(out)], check=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and needle in err.splitlines()[-1] and mdir in err.splitlines()[-1], err
+    assert not out.exists()
