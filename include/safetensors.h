@@ -48,6 +48,9 @@ typedef struct Safetensors {
 
 const char *safetensors_dtype_name(SafetensorsDtype dt);
 
+/* IEEE half to float, exactly (subnormals, infinities, NaN payloads); also used for .npz members. */
+float safetensors_f16_to_f32(uint16_t h);
+
 /* Returns 0, or -1 with a pending error naming the path (error.h). Zeroed struct on failure. */
 int safetensors_open(Safetensors *st, const char *path);
 void safetensors_close(Safetensors *st); /* accepts a zeroed struct */

@@ -5,6 +5,7 @@
 #include "npz.h"
 
 #include "error.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,16 +178,6 @@ int npz_header(const Npz *z, const NpzMember *m, NpyHeader *h) {
     return rc;
 }
 
-static float f16_to_f32(uint16_t x) {
-    const uint32_t sign = (uint32_t)(x >> 15) << 31, e = (x >> 10) & 31, f = x & 1023;
-    float v = e == 0 ? ldexpf((float)f, -24) : e == 31 ? (f ? NAN : INFINITY) : ldexpf((float)(f | 1024), (int)e - 25);
-    uint32_t b;
-    memcpy(&b, &v, 4);
-    b |= sign;
-    memcpy(&v, &b, 4);
-    return v;
-}
-
 int npz_read_f32(const Npz *z, const NpzMember *m, float *out, size_t count) {
     char what[1024];
     snprintf(what, sizeof what, "%s: %s", z->path, m->name);
@@ -214,7 +205,7 @@ int npz_read_f32(const Npz *z, const NpzMember *m, float *out, size_t count) {
     for (size_t i = 0; rc == 0 && i < n; i++) {
         float v;
         if (isize == 4) memcpy(&v, p + 4 * i, 4);
-        else if (isize == 2) { uint16_t x; memcpy(&x, p + 2 * i, 2); v = f16_to_f32(x); }
+        else if (isize == 2) { uint16_t x; memcpy(&x, p + 2 * i, 2); v = safetensors_f16_to_f32(x); }
         else { double d; memcpy(&d, p + 8 * i, 8); v = (float)d; }
         if (!isfinite(v)) rc = sg_errorf(what, "holds a non-finite value (%g at flat index %zu)", (double)v, i);
         out[i] = v;

@@ -558,7 +558,7 @@ static const char *tensor_file(const Safetensors *st, const SafetensorsTensor *t
     return t->file ? t->file : st->path;
 }
 
-static float f16_to_f32(uint16_t h) {
+float safetensors_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {
         if (man == 0) bits = sign;
@@ -598,7 +598,7 @@ static int convert_range(float *out, const Safetensors *st, const SafetensorsTen
     switch (t->dtype) {
     case ST_F32: memcpy(out, p + 4 * i0, n * 4); break;
     case ST_F16:
-        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * (i0 + i), 2); out[i] = f16_to_f32(h); }
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * (i0 + i), 2); out[i] = safetensors_f16_to_f32(h); }
         break;
     case ST_BF16:
         for (size_t i = 0; i < n; i++) {

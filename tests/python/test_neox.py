@@ -458,3 +458,22 @@ def test_gemma_scope_damage_is_named(world, tmp_path, run_saegap, damage, needle
     err = r.stderr.decode().strip()
     assert r.returncode == 1 and needle in err.splitlines()[-1] and d in err.splitlines()[-1], err
     assert not out.exists()
+
+
+def test_gemma_scope_dtypes_convert_exactly(world, tmp_path, run_saegap):
+    """Members stored as float16 or float64 are converted to float32: an archive of float16
+    values and one of the same values as float32 give the same result bits."""
+    s = build_sae(world, tmp_path / "saelens", "blocks.1.hook_resid_post", "jumprelu", apply_b_dec_to_input=False)
+    p16 = {k: np.asarray(s["params"][k], np.float16) for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+    kls = []
+    for name, arrays in (("f16", p16), ("f32", {k: v.astype(np.float32) for k, v in p16.items()}),
+                         ("f64", {k: v.astype(np.float64) for k, v in p16.items()})):
+        d = os.path.join(str(tmp_path / name), "gemma-scope-2b-pt-res", "layer_1", "w", "a")
+        os.makedirs(d)
+        np.savez(os.path.join(d, "params.npz"), **arrays)
+        out = tmp_path / (name + ".h5")
+        run_saegap(["run", "--model", world["model_dir"], "--sae", d, "--tokens", world["tokens_npy"], "--out",
+                    str(out), "--interventions", "sae,zero_ablation", "--threads-per-rank", "1", "--quiet"])
+        kls.append(read_result(str(out))["sites"]["blocks.1.hook_resid_post"]["kl"]["sae"])
+    assert np.array_equal(kls[0], kls[1], equal_nan=True) and np.array_equal(kls[0], kls[2], equal_nan=True)
+    assert np.nanmax(kls[0]) > 0
