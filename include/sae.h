@@ -82,16 +82,14 @@ int sae_is_sparsify_cfg(const struct cJSON *root);
 int sae_sparsify_cfg(Sae *s, const char *dir, const struct cJSON *root, const char *path);
 
 /* Gemma Scope folders (sae_gemma_scope.c): params.npz and no cfg.json; the site from the
- * folder's path (gemma-scope-2b-pt-res, -mlp or -att, then layer_L). Opens and checks the archive
- * like sae_open (every value read once); sae_place then fills the node block from it. */
-int sae_gemma_scope_open(Sae *s, const char *dir, const Gpt2Model *m, const SaeLoadOptions *opt);
+ * folder's path (gemma-scope-2b-pt-res, -mlp or -att, then layer_L). _open describes the SAE from
+ * the archive's directory and headers (sae.c then checks the site and applies --basis);
+ * _check_values reads every value once (a damaged archive ends before any collective);
+ * _place fills the node block from the archive in sae_place. */
+int sae_gemma_scope_open(Sae *s, const char *dir);
+int sae_gemma_scope_check_values(Sae *s);
 void sae_gemma_scope_place(Sae *s, float *block, int fill);
 size_t sae_gemma_scope_floats(const Sae *s);
-
-/* Shared by the format readers: the site exists in the model and matches d_in (m NULL: any);
- * --basis overrides the format's basis, recording both. */
-int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m);
-void sae_apply_basis_override(Sae *s, const SaeLoadOptions *opt);
 
 /* --norm-scaling-factor: "S" (every expected_average_only_in SAE) or "SITE=S,SITE=S,..." (SAELens
  * keeps these factors per SAE in pretrained_saes.yaml as norm_scaling_factor, not in cfg.json).

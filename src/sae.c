@@ -140,7 +140,8 @@ static int basis_from_kwargs(Sae *s, const cJSON *kw, const char *path, const ch
     return 0;
 }
 
-int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m) {
+/* The site exists in the model and matches d_in (m NULL: any). */
+static int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m) {
     /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
     if (site_parse(&s->site, s->hook_name, m ? &m->cfg : NULL, dir) != 0) return -1;
     if (s->site.kind == SG_SITE_EMBED || s->site.kind == SG_SITE_POS_EMBED)
@@ -151,7 +152,8 @@ int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m) {
     return 0;
 }
 
-void sae_apply_basis_override(Sae *s, const SaeLoadOptions *opt) {
+/* --basis overrides the format's basis, recording both. */
+static void sae_apply_basis_override(Sae *s, const SaeLoadOptions *opt) {
     s->cfg_basis = s->basis;
     if (opt->has_override) {
         s->basis = opt->basis;
@@ -438,7 +440,7 @@ int sae_read_cfg(Sae *s, const char *dir) {
     snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", dir);
     snprintf(npz_path, sizeof npz_path, "%s/params.npz", dir);
     const int gemma_scope = stat(cfg_path, &sb) != 0 && stat(npz_path, &sb) == 0;
-    if ((gemma_scope ? sae_gemma_scope_open(s, dir, NULL, &opt) : parse_cfg(s, dir, NULL, NULL, &opt)) != 0) {
+    if ((gemma_scope ? sae_gemma_scope_open(s, dir) || sae_check_site(s, dir, NULL) : parse_cfg(s, dir, NULL, NULL, &opt)) != 0) {
         sae_free(s);
         return -1;
     }
@@ -460,7 +462,9 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", dir);
     snprintf(npz_path, sizeof npz_path, "%s/params.npz", dir);
     if (stat(cfg_path, &sb) != 0 && stat(npz_path, &sb) == 0) { /* Gemma Scope */
-        if (sae_gemma_scope_open(s, dir, m, opt)) goto fail;
+        if (sae_gemma_scope_open(s, dir) || sae_check_site(s, dir, m)) goto fail;
+        sae_apply_basis_override(s, opt);
+        if (sae_gemma_scope_check_values(s)) goto fail;
         return 0;
     }
     if (parse_cfg(s, dir, m, model_name, opt)) goto fail;

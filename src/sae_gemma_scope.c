@@ -51,7 +51,7 @@ static int hook_from_path(const char *dir, char *out, size_t cap) {
     return 0;
 }
 
-int sae_gemma_scope_open(Sae *s, const char *dir, const Gpt2Model *m, const SaeLoadOptions *opt) {
+int sae_gemma_scope_open(Sae *s, const char *dir) {
     char path[4096], hook[128];
     snprintf(path, sizeof path, "%s/params.npz", dir);
     if (hook_from_path(dir, hook, sizeof hook) != 0)
@@ -82,17 +82,20 @@ int sae_gemma_scope_open(Sae *s, const char *dir, const Gpt2Model *m, const SaeL
                 return sg_errorf(path, "array %s has %zu in dimension %d, expected %zu (W_enc is %zu x %zu)", ARRAYS[i].name,
                                  h[i].shape[d], d, want, s->d_in, s->d_sae);
         }
-    if (sae_check_site(s, dir, m)) return -1;
     s->basis = SG_BASIS_RAW;
     snprintf(s->basis_source, sizeof s->basis_source,
              "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");
-    sae_apply_basis_override(s, opt);
-    if (!m) return 0; /* info and plan read the shapes only */
-    /* every value read once here, on every rank, so that a damaged archive ends before any
-     * collective (sae_place, which fills the node block, cannot fail) */
+    return 0;
+}
+
+static size_t count_of(const Sae *s, size_t i) {
+    return ARRAYS[i].ndim == 2 ? s->d_in * s->d_sae : ARRAYS[i].dims[0] ? s->d_sae : s->d_in;
+}
+
+int sae_gemma_scope_check_values(Sae *s) {
     for (size_t i = 0; i < N_ARRAYS; i++) {
-        const size_t n = ARRAYS[i].ndim == 2 ? s->d_in * s->d_sae : ARRAYS[i].dims[0] ? s->d_sae : s->d_in;
-        const char *prev = sg_alloc_for(path);
+        const size_t n = count_of(s, i);
+        const char *prev = sg_alloc_for(s->npz.path);
         float *tmp = sg_xcalloc(n, sizeof(float));
         sg_alloc_for(prev);
         int rc = npz_read_f32(&s->npz, npz_find(&s->npz, ARRAYS[i].name), tmp, n);
@@ -103,10 +106,6 @@ int sae_gemma_scope_open(Sae *s, const char *dir, const Gpt2Model *m, const SaeL
 }
 
 static size_t aligned(size_t n) { return (n + 15) / 16 * 16; }
-
-static size_t count_of(const Sae *s, size_t i) {
-    return ARRAYS[i].ndim == 2 ? s->d_in * s->d_sae : ARRAYS[i].dims[0] ? s->d_sae : s->d_in;
-}
 
 size_t sae_gemma_scope_floats(const Sae *s) {
     size_t f = 0;
