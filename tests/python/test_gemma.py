@@ -22,25 +22,13 @@ import run_reference as rr
 from gemma_fixtures import make_gemma2_model
 from sae_fixtures import make_sae
 from saegap_fixtures import write_safetensors, write_tokens_npy
-from test_neox import write_gemma_scope
+from test_neox import forward_with_patch_of, log_softmax, rel_err, write_gemma_scope
 from test_run import MARGIN, check_against_reference, read_result
 
 TOL = 1e-4
 NAME = "tiny-gemma2"
 N_CTX, CTX = 4, 20
 DET = ",".join(rr.DETERMINISTIC)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
-
-
-def log_softmax(x):
-    x = np.asarray(x, np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def build_model(dir, seed=0, dtype="F32", sharded=False, n_layer=2, n_head=4, n_kv=2, head_dim=16, hidden=48,
@@ -86,18 +74,10 @@ def build_model(dir, seed=0, dtype="F32", sharded=False, n_layer=2, n_head=4, n_
     return gr.load_model(dir)
 
 
-def gemma_forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None, capture=None):
-    patch = {site: patch_fn} if site is not None and patch_fn is not None else None
-    acts, lp = gr.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
-    if capture is not None and site is not None:
-        capture[site] = acts[site]
-    return lp
-
-
 @pytest.fixture
 def gemma_reference(monkeypatch):
     """run_reference with Gemma-2's forward in place of GPT-2's (for this test only)."""
-    monkeypatch.setattr(rr, "forward_with_patch", gemma_forward_with_patch)
+    monkeypatch.setattr(rr, "forward_with_patch", forward_with_patch_of(gr))
     return rr
 
 

@@ -44,21 +44,23 @@ def log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def neox_forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None,
-                            capture=None):
-    """run_reference.forward_with_patch's contract on the Pythia reference: the site's value
-    in `basis` goes through patch_fn, its return value replaces it."""
-    patch = {site: patch_fn} if site is not None and patch_fn is not None else None
-    acts, lp = nr.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
-    if capture is not None and site is not None:
-        capture[site] = acts[site]
-    return lp
+def forward_with_patch_of(ref):
+    """run_reference.forward_with_patch's contract on a family's reference module (its
+    forward(config, params, tokens, basis, patch=...)): the site's value in `basis` goes through
+    patch_fn, its return value replaces it. test_gemma.py uses it too."""
+    def forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None, capture=None):
+        patch = {site: patch_fn} if site is not None and patch_fn is not None else None
+        acts, lp = ref.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
+        if capture is not None and site is not None:
+            capture[site] = acts[site]
+        return lp
+    return forward_with_patch
 
 
 @pytest.fixture
 def pythia_reference(monkeypatch):
     """run_reference with Pythia's forward in place of GPT-2's (for this test only)."""
-    monkeypatch.setattr(rr, "forward_with_patch", neox_forward_with_patch)
+    monkeypatch.setattr(rr, "forward_with_patch", forward_with_patch_of(nr))
     return rr
 
 
