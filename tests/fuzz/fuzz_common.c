@@ -2,7 +2,9 @@
 #include "fuzz_common.h"
 
 #include "error.h"
+#include "gemm.h"
 #include "h5guard.h"
+#include "model.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -150,6 +152,27 @@ void fuzz_done(void) {
 
 void fuzz_begin(const char *target, const uint8_t *data, size_t size) {
     g_target = target, g_data = data, g_size = size;
+}
+
+static Gpt2Model g_model;
+static int g_model_loaded;
+
+static void load_fixture_model(void *arg) {
+    (void)arg;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/model", fuzz_fixture());
+    g_model_loaded = model_load(&g_model, dir) == 0;
+}
+
+const Gpt2Model *fuzz_fixture_model(void) {
+    if (!g_model_loaded) {
+        gemm_set_threads(1);
+        if (fuzz_guard(load_fixture_model, NULL) != 0 || !g_model_loaded) {
+            fprintf(stderr, "saegap-fuzz: cannot load the fixture model %s/model\n", fuzz_fixture());
+            abort();
+        }
+    }
+    return &g_model;
 }
 
 const char *fuzz_fixture(void) {

@@ -17,6 +17,8 @@
 #ifndef SAEGAP_FUZZ_COMMON_H
 #define SAEGAP_FUZZ_COMMON_H
 
+#include "model.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +47,10 @@ void fuzz_begin(const char *target, const uint8_t *data, size_t size);
 
 /* tests/fuzz/fixture (a tiny GPT-2 model, an SAE and tokens: make-corpus.sh writes them). */
 const char *fuzz_fixture(void);
+
+/* The fixture's GPT-2 model (tests/fuzz/fixture/model), loaded once on first use with one BLIS
+ * thread; aborts naming it when it cannot load (the fixture is broken, not the input). */
+const Gpt2Model *fuzz_fixture_model(void);
 
 /* A small deterministic hash of the input (to vary a parser's other arguments). */
 uint32_t fuzz_hash(const uint8_t *data, size_t size);

@@ -4,7 +4,6 @@
  * value), in a folder whose path names the site (gemma-scope-fuzz-res/layer_1: d_in 8). */
 #include "fuzz_common.h"
 
-#include "gemm.h"
 #include "model.h"
 #include "sae.h"
 
@@ -13,30 +12,17 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static Gpt2Model g_model;
-static int g_loaded;
-
-static void load_model(void *arg) {
-    (void)arg;
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/model", fuzz_fixture());
-    g_loaded = model_load(&g_model, dir) == 0;
-}
-
 static void body(void *arg) {
     const char *dir = arg;
     Sae s;
     if (sae_read_cfg(&s, dir) == 0) sae_free(&s);
     SaeLoadOptions opt = {0};
-    if (sae_load(&s, dir, &g_model, g_model.cfg.name, &opt) == 0) sae_free(&s);
+    if (sae_load(&s, dir, fuzz_fixture_model(), fuzz_fixture_model()->cfg.name, &opt) == 0) sae_free(&s);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_begin("gemma_scope_npz", data, size);
-    if (!g_loaded) {
-        gemm_set_threads(1);
-        if (fuzz_guard(load_model, NULL) != 0 || !g_loaded) abort();
-    }
+    (void)fuzz_fixture_model(); /* loaded once, outside the input's guard */
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/gemma-scope-fuzz-res", fuzz_mkdir());
     if (mkdir(dir, 0700) != 0) abort();

@@ -7,23 +7,12 @@
  * normalisation, b_dec on the input). */
 #include "fuzz_common.h"
 
-#include "gemm.h"
 #include "model.h"
 #include "sae.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-
-static Gpt2Model g_model;
-static int g_loaded;
-
-static void load_model(void *arg) {
-    (void)arg;
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/model", fuzz_fixture());
-    g_loaded = model_load(&g_model, dir) == 0;
-}
 
 typedef struct { const char *dir; uint32_t h; } Arg;
 
@@ -34,7 +23,7 @@ static void body(void *arg) {
     SaeLoadOptions opt = {0};
     opt.allow_model_mismatch = (a->h & 1) != 0;
     if (a->h & 2) opt.has_override = 1, opt.basis = (Basis)((a->h >> 2) & 7u);
-    if (sae_load(&s, a->dir, &g_model, g_model.cfg.name, &opt) != 0) return;
+    if (sae_load(&s, a->dir, fuzz_fixture_model(), fuzz_fixture_model()->cfg.name, &opt) != 0) return;
     if (s.norm == SAE_NORM_EXPECTED_AVERAGE) sae_norm_factors_apply(&s, sizeof s, 1, "1.5");
     enum { N = 4 };
     float *x = calloc(N * s.d_in, sizeof(float)), *x_hat = calloc(N * s.d_in, sizeof(float));
@@ -56,13 +45,7 @@ static void body(void *arg) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_begin("sae_cfg", data, size);
-    if (!g_loaded) {
-        gemm_set_threads(1);
-        if (fuzz_guard(load_model, NULL) != 0 || !g_loaded) {
-            fprintf(stderr, "saegap-fuzz: cannot load the fixture model %s/model\n", fuzz_fixture());
-            abort();
-        }
-    }
+    (void)fuzz_fixture_model(); /* loaded once, outside the input's guard */
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/layers.1", fuzz_mkdir());
     if (mkdir(dir, 0700) != 0) abort();
