@@ -14,6 +14,8 @@ typedef struct {
     const char *model, *tokens, *out, *sites, *interventions, *scope, *bos, *basis;
     const char **sae;           /* --sae, repeatable */
     size_t n_sae;
+    const char **sae_hook;      /* --sae-hook, repeatable: the i-th names the site of the i-th --sae */
+    size_t n_sae_hook;
     long ctx, contexts, position, window, samples, threads_per_rank, ranks, examples; /* -1 when not given */
     long long seed;
     double latent_noise;        /* --latent-noise (default 0.1) */
@@ -27,11 +29,13 @@ typedef struct {
 } Options;
 
 /* 0, or -1 with a pending error naming the option. argv[0] is the program, argv[1] the command.
- * Each option is given once (--sae may repeat; a repeated --help is ignored). For run and
- * plan, a positional JOB_FILE holds the same settings as the options, one `key = value` per
- * line with the long option names (syntax: jobfile.h, docs/cluster.md); each key once except
- * `sae`, and a repeated key is refused naming both lines; flags take true/false/yes/no/1/0;
- * an option on the command line replaces the file's key (all its `sae` lines for --sae). */
+ * Each option is given once (--sae and --sae-hook may repeat; a repeated --help is ignored). For
+ * run and plan, a positional JOB_FILE holds the same settings as the options, one `key = value`
+ * per line with the long option names (syntax: jobfile.h, docs/cluster.md); each key once except
+ * `sae` and `sae-hook`, and a repeated key is refused naming both lines; flags take
+ * true/false/yes/no/1/0; an option on the command line replaces the file's key (all its `sae`
+ * lines for --sae, and then its `sae-hook` lines too: they pair with its `sae` lines). When
+ * --sae-hook is given, it is given as often as --sae. */
 int cli_parse(Options *o, int argc, char **argv);
 void cli_free(Options *o);
 

@@ -57,6 +57,7 @@ typedef struct {
     Basis basis;                   /* when has_override */
     int has_override;
     int allow_model_mismatch;
+    const char *hook;              /* --sae-hook for this SAE, or NULL: the site its format records */
 } SaeLoadOptions;
 
 const char *sae_arch_name(SaeArch a);
@@ -79,14 +80,14 @@ void sae_free(Sae *s);
  * name, top-k, b_dec subtracted, basis raw). 0 or -1 with a pending error naming the file. */
 struct cJSON;
 int sae_is_sparsify_cfg(const struct cJSON *root);
-int sae_sparsify_cfg(Sae *s, const char *dir, const struct cJSON *root, const char *path);
+int sae_sparsify_cfg(Sae *s, const char *dir, const struct cJSON *root, const char *path, const char *hook);
 
 /* Gemma Scope folders (sae_gemma_scope.c): params.npz and no cfg.json; the site from the
  * folder's path (gemma-scope-2b-pt-res, -mlp or -att, then layer_L). _open describes the SAE from
  * the archive's directory and headers (sae.c then checks the site and applies --basis);
  * _check_values reads every value once (a damaged archive ends before any collective);
  * _place fills the node block from the archive in sae_place. */
-int sae_gemma_scope_open(Sae *s, const char *dir);
+int sae_gemma_scope_open(Sae *s, const char *dir, const char *hook);
 int sae_gemma_scope_check_values(Sae *s);
 void sae_gemma_scope_place(Sae *s, float *block, int fill);
 size_t sae_gemma_scope_floats(const Sae *s);
@@ -101,12 +102,22 @@ int sae_norm_factors_check(const char *spec);
  * without a factor keep 0 (estimated later). */
 int sae_norm_factors_apply(Sae *saes, size_t stride, size_t n, const char *spec);
 
-/* cfg.json only, with no model to check against (`saegap info`). */
-int sae_read_cfg(Sae *s, const char *dir);
+/* cfg.json only, with no model to check against (`saegap info`, plan). hook: --sae-hook or NULL. */
+int sae_read_cfg(Sae *s, const char *dir, const char *hook);
 
-/* Expands --sae arguments: a folder with cfg.json is one SAE; otherwise every subfolder with a
- * cfg.json, in name order. *out is a malloc'd array of malloc'd paths. */
-int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t n_args);
+/* The SAE's site: what its format records (derived: the cfg's hook, or the one its path or
+ * folder name implies; NULL when it implies none) or the explicit --sae-hook; when both are
+ * given they must agree. Sets s->hook_name; 0, 1 when neither is given (the caller says what
+ * the format expected), or -1 with a pending error naming dir. */
+int sae_take_hook(Sae *s, const char *dir, const char *derived, const char *what, const char *explicit_hook);
+
+/* Expands --sae arguments: a folder with cfg.json (or params.npz) is one SAE; otherwise every
+ * subfolder with one, in name order. *out is a malloc'd array of malloc'd paths. hooks (NULL or
+ * one per argument: --sae-hook, "-" or NULL for none) pairs each argument with an explicit site,
+ * which only a single SAE folder can take; *hooks_out (when hooks_out is not NULL) gets one
+ * borrowed entry per path, NULL where none was given. */
+int sae_expand_paths(char ***out, size_t *n_out, const char ***hooks_out, const char *const *args,
+                     const char *const *hooks, size_t n_args);
 
 /* Workspace for N rows, planned once. */
 typedef struct {

@@ -27,7 +27,8 @@ typedef struct {
 #define OFF(f) offsetof(Options, f)
 static const OptionSpec OPTIONS[] = {
     {"model", OPT_STR, OFF(model), 0, "DIR", "Hugging Face GPT-2 folder (config.json + model.safetensors)", "run dump plan"},
-    {"sae", OPT_LIST, OFF(sae), 0, "DIR", "SAELens SAE folder, or a folder of them; repeatable", "run plan"},
+    {"sae", OPT_LIST, OFF(sae), 0, "DIR", "SAE folder (SAELens, sparsify or Gemma Scope), or a folder of them; repeatable", "run plan"},
+    {"sae-hook", OPT_LIST, OFF(sae_hook), 0, "HOOK", "the site of the --sae at the same place in the order (- for the one its folder records); for folders whose path does not say it", "run plan info"},
     {"tokens", OPT_STR, OFF(tokens), 0, "FILE", ".h5/.hdf5 (dataset tokens), .npy, or .bin (uint16 or llm.c)", "run dump plan"},
     {"ctx", OPT_COUNT, OFF(ctx), 1, "N", "context length used to cut a flat .bin token file", "run dump plan"},
     {"contexts", OPT_COUNT, OFF(contexts), 1, "N", "use only the first N contexts", "run dump plan"},
@@ -91,6 +92,12 @@ static const char *shown(const char *v, char out[SHOWN_MAX]) {
 }
 
 /* Option idx may be given more than once: --sae adds a folder each time; --help is harmless. */
+static size_t option_index(const char *name) {
+    size_t i = 0;
+    while (i < N_OPTIONS && strcmp(OPTIONS[i].name, name) != 0) i++;
+    return i;
+}
+
 static int repeatable(size_t idx) { return OPTIONS[idx].kind == OPT_LIST || !strcmp(OPTIONS[idx].name, "help"); }
 
 /* Stores one option's value into o. where is "command line" (the option is named --NAME) or
@@ -134,10 +141,12 @@ static int apply_option(Options *o, size_t idx, const char *value, const char *w
             return sg_errorf(where, "%s%s '%s' is not a positive number", dashes, s->name, shown(value, buf));
         *(double *)field = v;
     } break;
-    case OPT_LIST:
-        o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);
-        o->sae[o->n_sae++] = value;
-        break;
+    case OPT_LIST: {
+        const char ***list = (const char ***)(void *)field;
+        size_t *n = list == &o->sae ? &o->n_sae : &o->n_sae_hook;
+        *list = sg_xrealloc(*list, (*n + 1) * sizeof **list);
+        (*list)[(*n)++] = value;
+    } break;
     }
     return 0;
 }
@@ -161,7 +170,7 @@ static int apply_job_entries(Options *job, const JobFile *jf, const char *path) 
             rc = sg_errorf(where, "'%s' belongs to one invocation, not to a job: give --%s on the command line",
                            e->key, e->key);
         } else if (first_line[i] && !repeatable(i)) {
-            rc = sg_errorf(path, "key '%s' is given twice, on line %zu and line %zu; give it once (only sae repeats)",
+            rc = sg_errorf(path, "key '%s' is given twice, on line %zu and line %zu; give it once (only sae and sae-hook repeat)",
                            e->key, first_line[i], e->line);
         } else {
             if (!first_line[i]) first_line[i] = e->line;
@@ -182,6 +191,7 @@ static int merge_job_file(Options *o, const char *path) {
     if (jobfile_read(&jf, path)) return -1;
     Options job;
     memset(&job, 0, sizeof job);
+    const unsigned long long cli_given = o->given;
     int rc = apply_job_entries(&job, &jf, path);
     jobfile_free(&jf);
     if (rc == 0) {
@@ -189,10 +199,12 @@ static int merge_job_file(Options *o, const char *path) {
             if (!(job.given >> i & 1) || (o->given >> i & 1)) continue;
             size_t off = OPTIONS[i].offset;
             if (OPTIONS[i].kind == OPT_LIST) {
-                for (size_t k = 0; k < job.n_sae; k++) {
-                    o->sae = sg_xrealloc(o->sae, (o->n_sae + 1) * sizeof *o->sae);
-                    o->sae[o->n_sae++] = job.sae[k];
-                }
+                const int hooks = (const char ***)(void *)((char *)o + off) == &o->sae_hook;
+                /* the file's sae-hook lines pair with its sae lines: a command-line --sae drops both */
+                if (hooks && (cli_given >> option_index("sae") & 1)) continue;
+                const char **from = hooks ? job.sae_hook : job.sae;
+                size_t n_from = hooks ? job.n_sae_hook : job.n_sae;
+                for (size_t k = 0; k < n_from; k++) apply_option(o, i, from[k], path, "");
             } else if (OPTIONS[i].kind == OPT_STR) *(const char **)((char *)o + off) = *(const char **)((char *)&job + off);
             else if (OPTIONS[i].kind == OPT_FLAG) *(int *)((char *)o + off) = *(int *)((char *)&job + off);
             else if (OPTIONS[i].kind == OPT_POSITIVE_REAL) *(double *)((char *)o + off) = *(double *)((char *)&job + off);
@@ -206,6 +218,7 @@ static int merge_job_file(Options *o, const char *path) {
     for (size_t k = 0; k < job.n_owned; k++) o->owned[o->n_owned++] = job.owned[k];
     free(job.owned);
     free(job.sae);
+    free(job.sae_hook);
     return rc;
 }
 
@@ -253,9 +266,9 @@ int cli_parse(Options *o, int argc, char **argv) {
         if ((o->given >> idx & 1) && !repeatable(idx)) {
             char b1[SHOWN_MAX], b2[SHOWN_MAX];
             if (OPTIONS[idx].kind == OPT_FLAG)
-                return sg_errorf("command line", "--%s is given twice; give it once (only --sae repeats)",
+                return sg_errorf("command line", "--%s is given twice; give it once (only --sae and --sae-hook repeat)",
                                  OPTIONS[idx].name);
-            return sg_errorf("command line", "--%s is given twice ('%s', then '%s'); give it once (only --sae repeats)",
+            return sg_errorf("command line", "--%s is given twice ('%s', then '%s'); give it once (only --sae and --sae-hook repeat)",
                              OPTIONS[idx].name, shown(first_arg[idx], b1), shown(optarg, b2));
         }
         first_arg[idx] = optarg;
@@ -268,6 +281,13 @@ int cli_parse(Options *o, int argc, char **argv) {
         o->positional = NULL;
         if (merge_job_file(o, o->job_file)) return -1;
     }
+    const int info = !strcmp(o->command, "info");
+    if (info && o->n_sae_hook > 1)
+        return sg_errorf("command line", "info takes one --sae-hook: the site of the SAE folder it describes");
+    if (!info && o->n_sae_hook && o->n_sae_hook != o->n_sae)
+        return sg_errorf(o->job_file ? o->job_file : "command line",
+                         "--sae-hook is given %zu time(s) and --sae %zu: the i-th --sae-hook names the site of the "
+                         "i-th --sae (write - for an SAE whose folder records its site)", o->n_sae_hook, o->n_sae);
     return 0;
 }
 
@@ -275,6 +295,7 @@ void cli_free(Options *o) {
     for (size_t i = 0; i < o->n_owned; i++) free(o->owned[i]);
     free(o->owned);
     free(o->sae);
+    free(o->sae_hook);
     free(o->command_line);
     memset(o, 0, sizeof *o);
 }

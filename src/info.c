@@ -54,11 +54,11 @@ static int info_model(const char *dir) {
     return 0;
 }
 
-static int info_sae(const char *dir) {
+static int info_sae(const char *dir, const char *hook) {
     Sae s;
-    if (sae_read_cfg(&s, dir)) return -1;
+    if (sae_read_cfg(&s, dir, hook)) return -1;
     if (s.generation == SAE_CFG_SPARSIFY) printf("%s: EleutherAI sparsify SAE (hook from the folder's name)\n", dir);
-    else if (s.generation == SAE_CFG_GEMMA_SCOPE) printf("%s: Gemma Scope SAE (params.npz; site from the path)\n", dir);
+    else if (s.generation == SAE_CFG_GEMMA_SCOPE) printf("%s: Gemma Scope SAE (params.npz; site from the path or --sae-hook)\n", dir);
     else printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
     printf("  hook %s, architecture %s", s.hook_name, sae_arch_name(s.arch));
     if (s.arch == SAE_TOPK) printf(" (k %zu)", s.k);
@@ -133,13 +133,14 @@ int info_command(const Options *o, MPI_Comm comm) {
         if (stat(p, &sb) != 0) rc = sg_errorf(p, "does not exist");
         else if (S_ISDIR(sb.st_mode)) {
             if (exists_in(p, "config.json")) rc = info_model(p);
-            else if (exists_in(p, "cfg.json") || exists_in(p, "params.npz")) rc = info_sae(p);
+            else if (exists_in(p, "cfg.json") || exists_in(p, "params.npz")) rc = info_sae(p, o->n_sae_hook ? o->sae_hook[0] : NULL);
             else {
                 char **list = NULL;
                 size_t n = 0;
                 const char *args[1] = {p};
-                rc = sae_expand_paths(&list, &n, args, 1);
-                for (size_t i = 0; i < n && rc == 0; i++) rc = info_sae(list[i]);
+                const char *hooks[1] = {o->n_sae_hook ? o->sae_hook[0] : NULL};
+                rc = sae_expand_paths(&list, &n, NULL, args, hooks, 1);
+                for (size_t i = 0; i < n && rc == 0; i++) rc = info_sae(list[i], NULL);
                 for (size_t i = 0; i < n; i++) free(list[i]);
                 free(list);
             }

@@ -92,9 +92,11 @@ int plan_command(const Options *o, MPI_Comm comm) {
     if (rc == 0) rc = model_read_config(&c, o->model);
     char **paths = NULL;
     size_t K = 0;
-    if (rc == 0) rc = sae_expand_paths(&paths, &K, o->sae, o->n_sae);
+    const char **hooks = NULL;
+    if (rc == 0) rc = sae_expand_paths(&paths, &K, &hooks, o->sae, o->n_sae_hook ? o->sae_hook : NULL, o->n_sae);
     Sae *saes = sg_xcalloc(K ? K : 1, sizeof *saes);
-    for (size_t i = 0; i < K && rc == 0; i++) rc = sae_read_cfg(&saes[i], paths[i]);
+    for (size_t i = 0; i < K && rc == 0; i++) rc = sae_read_cfg(&saes[i], paths[i], hooks[i]);
+    free(hooks);
     TokenSet ts;
     memset(&ts, 0, sizeof ts);
     if (rc == 0) rc = tokens_load(&ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);

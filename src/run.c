@@ -110,7 +110,8 @@ static int load_saes(Run *r) {
     const Options *o = r->o;
     char **paths = NULL;
     size_t n = 0;
-    if (sae_expand_paths(&paths, &n, o->sae, o->n_sae)) return -1;
+    const char **hooks = NULL;
+    if (sae_expand_paths(&paths, &n, &hooks, o->sae, o->n_sae_hook ? o->sae_hook : NULL, o->n_sae)) return -1;
     SaeLoadOptions lo = {0};
     lo.allow_model_mismatch = o->allow_model_mismatch;
     lo.has_override = r->has_basis, lo.basis = r->basis;
@@ -118,6 +119,7 @@ static int load_saes(Run *r) {
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         SiteRun *s = &r->sites[i];
+        lo.hook = hooks[i];
         rc = sae_open(&s->sae, paths[i], &r->model, r->model.cfg.name, &lo);
         if (rc) break;
         r->n_sites = i + 1;
@@ -132,6 +134,7 @@ static int load_saes(Run *r) {
     }
     for (size_t i = 0; i < n; i++) free(paths[i]);
     free(paths);
+    free(hooks);
     if (rc == 0 && o->norm_scaling_factor)
         rc = sae_norm_factors_apply(&r->sites[0].sae, sizeof *r->sites, r->n_sites, o->norm_scaling_factor);
     return rc;

@@ -140,6 +140,16 @@ static int basis_from_kwargs(Sae *s, const cJSON *kw, const char *path, const ch
     return 0;
 }
 
+int sae_take_hook(Sae *s, const char *dir, const char *derived, const char *what, const char *explicit_hook) {
+    if (derived && explicit_hook && strcmp(derived, explicit_hook) != 0)
+        return sg_errorf(dir, "%s says the SAE's site is %s, --sae-hook says %s; they must agree", what, derived,
+                         explicit_hook);
+    const char *hook = explicit_hook ? explicit_hook : derived;
+    if (!hook) return 1;
+    s->hook_name = sg_xstrdup(hook);
+    return 0;
+}
+
 /* The site exists in the model and matches d_in (m NULL: any). */
 static int sae_check_site(Sae *s, const char *dir, const Gpt2Model *m) {
     /* The site: must exist in this model and match d_in (m is NULL for `saegap info`). */
@@ -179,7 +189,7 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     const cJSON *reshape = NULL;
     const int sparsify = sae_is_sparsify_cfg(root);
     if (sparsify) {
-        if (sae_sparsify_cfg(s, dir, root, path)) goto done;
+        if (sae_sparsify_cfg(s, dir, root, path, opt->hook)) goto done;
         goto site;
     }
 
@@ -203,7 +213,13 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         else sg_errorf(path, "missing key \"%s\"", hk);
         goto done;
     }
-    s->hook_name = sg_xstrdup(hook->valuestring);
+    {
+        char where[4200];
+        snprintf(where, sizeof where, "its cfg.json (%s)", s->generation == SAE_CFG_LEGACY ? "hook_point"
+                                                          : s->generation == SAE_CFG_FLAT ? "hook_name"
+                                                                                          : "metadata.hook_name");
+        if (sae_take_hook(s, dir, hook->valuestring, where, opt->hook)) goto done;
+    }
     const cJSON *head = s->generation == SAE_CFG_LEGACY ? get(root, "hook_point_head_index")
                                                         : get_meta(root, meta, "hook_head_index");
     if (head && !cJSON_IsNull(head)) {
@@ -430,17 +446,18 @@ int sae_norm_factors_apply(Sae *saes, size_t stride, size_t n, const char *spec)
     return each_factor(spec, visit_apply, &t);
 }
 
-int sae_read_cfg(Sae *s, const char *dir) {
+int sae_read_cfg(Sae *s, const char *dir, const char *hook) {
     memset(s, 0, sizeof *s);
     SaeLoadOptions opt = {0};
     opt.allow_model_mismatch = 1;
+    opt.hook = hook;
     s->dir = sg_xstrdup(dir);
     char cfg_path[4096], npz_path[4096];
     struct stat sb;
     snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", dir);
     snprintf(npz_path, sizeof npz_path, "%s/params.npz", dir);
     const int gemma_scope = stat(cfg_path, &sb) != 0 && stat(npz_path, &sb) == 0;
-    if ((gemma_scope ? sae_gemma_scope_open(s, dir) || sae_check_site(s, dir, NULL) : parse_cfg(s, dir, NULL, NULL, &opt)) != 0) {
+    if ((gemma_scope ? sae_gemma_scope_open(s, dir, hook) || sae_check_site(s, dir, NULL) : parse_cfg(s, dir, NULL, NULL, &opt)) != 0) {
         sae_free(s);
         return -1;
     }
@@ -462,7 +479,7 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", dir);
     snprintf(npz_path, sizeof npz_path, "%s/params.npz", dir);
     if (stat(cfg_path, &sb) != 0 && stat(npz_path, &sb) == 0) { /* Gemma Scope */
-        if (sae_gemma_scope_open(s, dir) || sae_check_site(s, dir, m)) goto fail;
+        if (sae_gemma_scope_open(s, dir, opt->hook) || sae_check_site(s, dir, m)) goto fail;
         sae_apply_basis_override(s, opt);
         if (sae_gemma_scope_check_values(s)) goto fail;
         return 0;
@@ -581,19 +598,29 @@ static int has_cfg(const char *dir) {
     return stat(p, &sb) == 0 || stat(q, &sb) == 0;
 }
 
-int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t n_args) {
+int sae_expand_paths(char ***out, size_t *n_out, const char ***hooks_out, const char *const *args,
+                     const char *const *hooks, size_t n_args) {
     char **list = NULL;
+    const char **hook_list = NULL;
     size_t n = 0;
     for (size_t a = 0; a < n_args; a++) {
         struct stat sb;
+        const char *hook = hooks && hooks[a] && strcmp(hooks[a], "-") != 0 ? hooks[a] : NULL;
         if (stat(args[a], &sb) != 0 || !S_ISDIR(sb.st_mode)) {
             sg_errorf(args[a], "SAE folder does not exist");
             goto fail;
         }
         if (has_cfg(args[a])) {
             list = sg_xrealloc(list, (n + 1) * sizeof *list);
+            hook_list = sg_xrealloc(hook_list, (n + 1) * sizeof *hook_list);
+            hook_list[n] = hook;
             list[n++] = sg_xstrdup(args[a]);
             continue;
+        }
+        if (hook) {
+            sg_errorf(args[a], "--sae-hook %s names one SAE's site, but this is not an SAE folder (no cfg.json or "
+                               "params.npz): give the SAE's own folder", hook);
+            goto fail;
         }
         DIR *d = opendir(args[a]);
         if (!d) { sg_errorf(args[a], "cannot list: %s", strerror(errno)); goto fail; }
@@ -604,6 +631,8 @@ int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t
             if ((size_t)snprintf(p, sizeof p, "%s/%s", args[a], e->d_name) >= sizeof p) continue;
             if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode) && has_cfg(p)) {
                 list = sg_xrealloc(list, (n + 1) * sizeof *list);
+                hook_list = sg_xrealloc(hook_list, (n + 1) * sizeof *hook_list);
+                hook_list[n] = NULL;
                 list[n++] = sg_xstrdup(p);
             }
         }
@@ -613,10 +642,13 @@ int sae_expand_paths(char ***out, size_t *n_out, const char *const *args, size_t
     }
     *out = list;
     *n_out = n;
+    if (hooks_out) *hooks_out = hook_list;
+    else free(hook_list);
     return 0;
 fail:
     for (size_t i = 0; i < n; i++) free(list[i]);
     free(list);
+    free(hook_list);
     return -1;
 }
 

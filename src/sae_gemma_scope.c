@@ -3,7 +3,7 @@
  * f = pre where pre > threshold, x_hat = f W_dec + b_dec; trained on the model's raw activations.
  * The archive names no site: Google's folders do (gemma-scope-2b-pt-res/layer_L/width_16k/
  * average_l0_K: res = blocks.L.hook_resid_post, mlp = blocks.L.hook_mlp_out (after the
- * post-feedforward norm), att = blocks.L.attn.hook_z flattened head-major). */
+ * post-feedforward norm), att = blocks.L.attn.hook_z flattened head-major), or --sae-hook. */
 #include "sae.h"
 
 #include "error.h"
@@ -51,13 +51,16 @@ static int hook_from_path(const char *dir, char *out, size_t cap) {
     return 0;
 }
 
-int sae_gemma_scope_open(Sae *s, const char *dir) {
+int sae_gemma_scope_open(Sae *s, const char *dir, const char *explicit_hook) {
     char path[4096], hook[128];
     snprintf(path, sizeof path, "%s/params.npz", dir);
-    if (hook_from_path(dir, hook, sizeof hook) != 0)
+    const int named = hook_from_path(dir, hook, sizeof hook) == 0;
+    int rc = sae_take_hook(s, dir, named ? hook : NULL, "its path", explicit_hook);
+    if (rc > 0)
         return sg_errorf(dir, "a Gemma Scope SAE's path says its site (.../gemma-scope-2b-pt-{res,mlp,att}/layer_L/...: "
-                              "res = hook_resid_post, mlp = hook_mlp_out, att = attn.hook_z); this one's does not");
-    s->hook_name = sg_xstrdup(hook);
+                              "res = hook_resid_post, mlp = hook_mlp_out, att = attn.hook_z); this one's does not: "
+                              "give it with --sae-hook");
+    if (rc) return -1;
     s->model_name = sg_xstrdup(""); /* params.npz names no model */
     s->generation = SAE_CFG_GEMMA_SCOPE;
     s->arch = SAE_JUMPRELU;

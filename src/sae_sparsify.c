@@ -58,7 +58,7 @@ static int count_key(const cJSON *root, const char *path, const char *key, int r
     return 0;
 }
 
-int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *path) {
+int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *path, const char *explicit_hook) {
     /* variants whose forward differs: refused by name until implemented */
     static const char *const refused[][2] = {
         {"signed", "top-k by |pre-activation| without ReLU (sparsify, June-August 2024)"},
@@ -72,10 +72,13 @@ int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *pat
             return sg_errorf(path, "sparsify cfg sets \"%s\" (%s): not supported", refused[i][0], refused[i][1]);
     }
     char hook[128];
-    if (hook_from_folder(dir, hook, sizeof hook) != 0)
+    const int named = hook_from_folder(dir, hook, sizeof hook) == 0;
+    int rc = sae_take_hook(s, dir, named ? hook : NULL, "its folder name", explicit_hook);
+    if (rc > 0)
         return sg_errorf(dir, "a sparsify SAE's folder name says its hook (layers.N, layers.N.mlp or "
-                              "layers.N.attention, as sparsify saves them); this one's does not");
-    s->hook_name = sg_xstrdup(hook);
+                              "layers.N.attention, as sparsify saves them); this one's does not: rename it, "
+                              "or give its site with --sae-hook");
+    if (rc) return -1;
     s->model_name = sg_xstrdup(""); /* sparsify cfgs do not name the model */
     s->generation = SAE_CFG_SPARSIFY;
     s->arch = SAE_TOPK;

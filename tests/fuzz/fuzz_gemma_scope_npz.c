@@ -15,7 +15,7 @@
 static void body(void *arg) {
     const char *dir = arg;
     Sae s;
-    if (sae_read_cfg(&s, dir) == 0) sae_free(&s);
+    if (sae_read_cfg(&s, dir, NULL) == 0) sae_free(&s);
     SaeLoadOptions opt = {0};
     if (sae_load(&s, dir, fuzz_fixture_model(), fuzz_fixture_model()->cfg.name, &opt) == 0) sae_free(&s);
 }

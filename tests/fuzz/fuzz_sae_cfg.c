@@ -19,7 +19,7 @@ typedef struct { const char *dir; uint32_t h; } Arg;
 static void body(void *arg) {
     const Arg *a = arg;
     Sae s;
-    if (sae_read_cfg(&s, a->dir) == 0) sae_free(&s);
+    if (sae_read_cfg(&s, a->dir, NULL) == 0) sae_free(&s);
     SaeLoadOptions opt = {0};
     opt.allow_model_mismatch = (a->h & 1) != 0;
     if (a->h & 2) opt.has_override = 1, opt.basis = (Basis)((a->h >> 2) & 7u);

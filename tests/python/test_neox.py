@@ -339,6 +339,79 @@ def test_sparsify_folder_name_must_say_the_hook(world, tmp_path, run_saegap):
     assert p.returncode == 1 and "layers.N" in err and sp in err, err
 
 
+# ---------------------------------------------------------------- --sae-hook (point 3)
+
+def test_sae_hook_names_the_site_of_a_moved_folder(world, tmp_path, run_saegap):
+    """A Gemma Scope params.npz moved to a path that names no site runs with --sae-hook (on the
+    command line or as job-file lines) and gives the same bits as the folder in Google's layout;
+    without it the refusal says to give --sae-hook. A renamed sparsify folder likewise."""
+    site = "blocks.1.hook_resid_post"
+    s = build_sae(world, tmp_path / "saelens", site, "jumprelu", apply_b_dec_to_input=False)
+    gs = write_gemma_scope(str(tmp_path), "res", "layer_1", s["params"])
+    moved = tmp_path / "moved" / "my-sae"
+    os.makedirs(moved)
+    os.link(os.path.join(gs, "params.npz"), moved / "params.npz")
+    common = ["--model", world["model_dir"], "--tokens", world["tokens_npy"], "--interventions", "sae,zero_ablation",
+              "--threads-per-rank", "1", "--quiet"]
+    kls = []
+    for name, extra in (("google", ["--sae", gs]), ("moved", ["--sae", str(moved), "--sae-hook", site])):
+        out = tmp_path / (name + ".h5")
+        run_saegap(["run"] + extra + common + ["--out", str(out)])
+        kls.append(read_result(str(out))["sites"][site]["kl"])
+    job = tmp_path / "moved.job"
+    job.write_text("sae = %s\nsae-hook = %s\n" % (moved, site))
+    run_saegap(["run", str(job)] + common + ["--out", str(tmp_path / "job.h5")])
+    kls.append(read_result(str(tmp_path / "job.h5"))["sites"][site]["kl"])
+    for k in kls[1:]:
+        for iv in ("sae", "zero_ablation"):
+            assert np.array_equal(kls[0][iv], k[iv], equal_nan=True), iv
+    assert np.nanmax(kls[0]["sae"]) > 0
+    info = run_saegap(["info", str(moved), "--sae-hook", site]).stdout.decode()
+    assert site in info and "Gemma Scope" in info, info
+    p = run_saegap(["run"] + ["--sae", str(moved)] + common + ["--out", str(tmp_path / "x.h5")], check=False)
+    err = p.stderr.decode().strip().splitlines()[-1]
+    assert p.returncode == 1 and "--sae-hook" in err and str(moved) in err, err
+
+    rng = np.random.default_rng(0)
+    params = {"W_enc": rng.standard_normal((D_MODEL, 128)), "b_enc": np.zeros(128),
+              "W_dec": rng.standard_normal((128, D_MODEL)), "b_dec": np.zeros(D_MODEL)}
+    sp = str(tmp_path / "renamed-sparsify")
+    write_sparsify(sp, params, 8, D_MODEL)
+    out = tmp_path / "sp.h5"
+    run_saegap(["run", "--sae", sp, "--sae-hook", "blocks.0.hook_mlp_out"] + common + ["--out", str(out)])
+    assert sorted(read_result(str(out))["sites"]) == ["blocks.0.hook_mlp_out"]
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("path-disagrees", "its path says the SAE's site is blocks.1.hook_resid_post, --sae-hook says blocks.0.hook_resid_post"),
+    ("cfg-disagrees", "its cfg.json (metadata.hook_name) says the SAE's site is blocks.1.hook_resid_post"),
+    ("counts", "--sae-hook is given 1 time(s) and --sae 2"),
+    ("release-folder", "not an SAE folder"),
+    ("unknown-site", "blocks.9"),
+])
+def test_sae_hook_refusals(world, tmp_path, run_saegap, case, needle):
+    rng = np.random.default_rng(0)
+    p = {"W_enc": rng.standard_normal((D_MODEL, 32)), "W_dec": rng.standard_normal((32, D_MODEL)),
+         "b_enc": np.zeros(32), "b_dec": np.zeros(D_MODEL), "threshold": np.full(32, 0.1)}
+    gs = write_gemma_scope(str(tmp_path), "res", "layer_1", p)
+    s = build_sae(world, tmp_path / "saelens", "blocks.1.hook_resid_post", "standard")
+    args = {"path-disagrees": ["--sae", gs, "--sae-hook", "blocks.0.hook_resid_post"],
+            "cfg-disagrees": ["--sae", s["dir"], "--sae-hook", "blocks.0.hook_resid_post"],
+            "counts": ["--sae", gs, "--sae", s["dir"], "--sae-hook", "blocks.1.hook_resid_post"],
+            "release-folder": ["--sae", str(tmp_path / "gemma-scope-2b-pt-res"), "--sae-hook", "blocks.1.hook_resid_post"],
+            "unknown-site": ["--sae", gs, "--sae-hook", "blocks.9.hook_resid_post"]}[case]
+    if case == "unknown-site":  # the path must not say the site for the explicit one to be used
+        os.makedirs(tmp_path / "plain")
+        os.link(os.path.join(gs, "params.npz"), tmp_path / "plain" / "params.npz")
+        args[1] = str(tmp_path / "plain")
+    out = tmp_path / "out.h5"
+    r = run_saegap(["run"] + args + ["--model", world["model_dir"], "--tokens", world["tokens_npy"], "--out", str(out),
+                                     "--interventions", "sae", "--quiet"], check=False)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and needle in err.splitlines()[-1], err
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- plan and info (point 4)
 
 def test_plan_and_info_know_pythia(world, tmp_path, run_saegap):
