@@ -46,4 +46,27 @@ static inline float sg_expf(float x) {
     return x < lo ? 0.0f : p * scale;
 }
 
+/* tanh with the same discipline, for Gemma-2's soft-caps (cap * tanh(x / cap) on every attention
+ * score and every logit: glibc's scalar tanhf was 11% of a Gemma-2 forward). |x| < 0.55: the odd
+ * Taylor series to x^15 (the next term is below 5e-8 relative there); beyond it
+ * 1 - 2 / (exp(2|x|) + 1), which has no cancellation once tanh >= 0.5. Both are computed and one
+ * is selected, so a loop vectorises. Within 3 ulp of tanh (tests/c/test_fastexp.c); odd;
+ * +-1 from |x| = 9.1. */
+static inline float sg_tanhf(float x) {
+    const float a = x < 0 ? -x : x;
+    const float a2 = a * a;
+    float p = -929569.0f / 638512875.0f;
+    p = p * a2 + 21844.0f / 6081075.0f;
+    p = p * a2 + -1382.0f / 155925.0f;
+    p = p * a2 + 62.0f / 2835.0f;
+    p = p * a2 + -17.0f / 315.0f;
+    p = p * a2 + 2.0f / 15.0f;
+    p = p * a2 + -1.0f / 3.0f;
+    const float small = a + a * a2 * p;
+    const float e = sg_expf(2.0f * (a < 9.5f ? a : 9.5f));
+    const float large = 1.0f - 2.0f / (e + 1.0f);
+    const float t = a < 0.55f ? small : large;
+    return x < 0 ? -t : t;
+}
+
 #endif

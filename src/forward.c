@@ -118,7 +118,8 @@ SG_VECTOR_CLONES static void softmax_causal(float *A, size_t Tq, size_t T, size_
         /* Gemma-2's sliding window: the last `window` positions (itself included) */
         const size_t lo = window && n > window ? n - window : 0;
         if (cap > 0)
-            for (size_t s = lo; s < n; s++) row[s] = cap * tanhf(row[s] / cap);
+#pragma omp simd
+            for (size_t s = lo; s < n; s++) row[s] = cap * sg_tanhf(row[s] / cap);
         float mx = row[lo];
 #pragma omp simd reduction(max : mx)
         for (size_t s = lo; s < n; s++) mx = row[s] > mx ? row[s] : mx;
@@ -346,9 +347,10 @@ void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, siz
     gpt2_forward_from(a, m, 0, SG_STAGE_ATTN);
 }
 
-void sg_softcap(float *x, size_t n, float cap) {
+SG_VECTOR_CLONES void sg_softcap(float *x, size_t n, float cap) {
     if (cap > 0)
-        for (size_t i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) x[i] = cap * sg_tanhf(x[i] / cap);
 }
 
 void gpt2_logits(float *logits, const Activations *a, const Gpt2Model *m, size_t row0, size_t n) {

