@@ -383,7 +383,7 @@ def build(result, outdir, vocab=None, site=None, strict=False):
 def make_report(path, outdir, vocab_path=None, site=None, strict=False):
     """The command's work: returns the Document (tests inspect its skip lines)."""
     with Result(path) as r:
-        enc = find_encoder(vocab_path, r.provenance.get("model_architecture"))
+        enc = find_encoder(vocab_path, r.provenance.get("model_architecture"), r.provenance.get("model"))
         vocab = Vocab(enc) if enc else None
         doc, _ = build(r, outdir, vocab, site, strict)
     write(doc, outdir)
@@ -420,8 +420,9 @@ def main(argv=None):
     ap.add_argument("result", help="result file of saegap run (HDF5)")
     ap.add_argument("-o", "--out", required=True, help="output folder (created)")
     ap.add_argument("--vocab", help="encoder.json / vocab.json / tokenizer.json, or a folder holding one "
-                                    "(default for GPT-2 results: jobs/demo/tokenizer/encoder.json if present; "
-                                    "other models: ids, unless given)")
+                                    "(default: the tokenizer.json / vocab.json / encoder.json in the model folder the "
+                                    "result records, when it is there; else for GPT-2 results "
+                                    "jobs/demo/tokenizer/encoder.json; else ids)")
     ap.add_argument("--site", help="site for the single-site parts (default: the middle residual-stream site)")
     ap.add_argument("--strict", action="store_true", help="stop on any error (for debugging)")
     a = ap.parse_args(argv)

@@ -34,12 +34,19 @@ def bytes_to_unicode():
 GPT2_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 
 
-def find_encoder(path=None, architecture=None):
+def find_encoder(path=None, architecture=None, model_dir=None):
     """The encoder file to use: `path` (a file, or a folder holding encoder.json, vocab.json
-    or tokenizer.json, e.g. the model's folder), else the repository's GPT-2
-    jobs/demo/tokenizer/encoder.json when the result's model is a GPT-2 (architecture None
-    means a result written before saegap recorded it: GPT-2 then), else None (ids are shown as
-    numbers: another model's ids decoded with GPT-2's vocabulary would be wrong text)."""
+    or tokenizer.json, e.g. the model's folder), else the one in the result's model folder
+    (`model_dir`, as the result records it, when it is there: Hugging Face folders ship
+    tokenizer.json), else the repository's GPT-2 jobs/demo/tokenizer/encoder.json when the
+    result's model is a GPT-2 (architecture None means a result written before saegap recorded
+    it: GPT-2 then), else None (ids are shown as numbers: another model's ids decoded with
+    GPT-2's vocabulary would be wrong text)."""
+    if not path and model_dir and os.path.isdir(model_dir):
+        for name in ("tokenizer.json", "vocab.json", "encoder.json"):
+            p = os.path.join(model_dir, name)
+            if os.path.isfile(p):
+                return p
     if path:
         if os.path.isdir(path):
             for name in ("encoder.json", "vocab.json", "tokenizer.json"):

@@ -398,6 +398,20 @@ def test_default_vocab_only_for_gpt2_results():
     assert find_encoder(None, "GPTNeoXForCausalLM") is None
 
 
+def test_vocab_found_in_the_recorded_model_folder(tmp_path):
+    """With no --vocab, the tokenizer.json in the model folder the result records is used (for
+    any family); a recorded folder that is gone or holds none falls back as before."""
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}}}))
+    assert find_encoder(None, "GPTNeoXForCausalLM", str(tmp_path)) == str(tmp_path / "tokenizer.json")
+    assert find_encoder(None, "GPTNeoXForCausalLM", str(tmp_path / "gone")) is None
+    os.makedirs(tmp_path / "empty")
+    assert find_encoder(None, "GPTNeoXForCausalLM", str(tmp_path / "empty")) is None
+    other = tmp_path / "other"
+    os.makedirs(other)
+    (other / "encoder.json").write_text(json.dumps({"b": 0}))
+    assert find_encoder(str(other), "GPTNeoXForCausalLM", str(tmp_path)) == str(other / "encoder.json")
+
+
 def test_zscore_computed_from_samples_and_read_from_file(tmp_path):
     tok = tokens_with_bos(2, 4)
     S = 2

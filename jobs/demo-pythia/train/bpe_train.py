@@ -233,7 +233,7 @@ def main():
         wall = time.time() - t0
         os.makedirs(os.path.dirname(TOKENIZER), exist_ok=True)
         with open(TOKENIZER, "w", encoding="utf-8") as f:
-            json.dump(tokenizer_json(vocab, merges), f, ensure_ascii=False, indent=1)
+            json.dump(tokenizer_json(vocab, merges), f, ensure_ascii=False, indent=2)
             f.write("\n")
         print(f"bpe: {len(vocab)} tokens, {len(merges)} merges from {len(train_texts)} training speeches "
               f"({names[0]} .. {names[-n_held - 1]}) in {wall:.1f} s -> {TOKENIZER}", flush=True)
