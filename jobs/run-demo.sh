@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# The main job: builds saegap, runs the demo sweep (jobs/demo.job: the embedded model, its 9
+# The main job: builds saegap, runs the demo sweep (jobs/demo.job: the embedded GPT-2, its 9
 # SAEs, all 11 interventions) on 2 MPI ranks into out/demo/result.h5, checks the file, and
-# writes the report (out/demo/report/report.html). Usage: bash jobs/run-demo.sh [saegap run options]
+# writes the report (out/demo/report/report.html).
+#   bash jobs/run-demo.sh [saegap run options]          the GPT-2 demo (jobs/demo)
+#   bash jobs/run-demo.sh pythia [saegap run options]   the Pythia-architecture demo (jobs/demo-pythia:
+#                                                       one SAELens, one sparsify, one Gemma Scope SAE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NAME=demo
+if [ "${1:-}" = pythia ]; then NAME=demo-pythia; shift; fi
+JOB=jobs/$NAME.job OUT=out/$NAME
 JOBS=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build -j "$JOBS" > /dev/null
-mkdir -p out/demo
-rm -f out/demo/result.h5            # saegap never overwrites a result; the demo starts afresh
+mkdir -p "$OUT"
+rm -f "$OUT/result.h5"              # saegap never overwrites a result; the demo starts afresh
 RANKS=2
 [ "$JOBS" -lt 2 ] && RANKS=1
-build/saegap plan jobs/demo.job --ranks "$RANKS" --threads-per-rank 1 "$@" | sed 's/^/  /'
-mpirun --oversubscribe --allow-run-as-root -np "$RANKS" build/saegap run jobs/demo.job \
-  --out out/demo/result.h5 --threads-per-rank 1 "$@"
-build/saegap verify out/demo/result.h5
+build/saegap plan "$JOB" --ranks "$RANKS" --threads-per-rank 1 "$@" | sed 's/^/  /'
+mpirun --oversubscribe --allow-run-as-root -np "$RANKS" build/saegap run "$JOB" \
+  --out "$OUT/result.h5" --threads-per-rank 1 "$@"
+build/saegap verify "$OUT/result.h5"
 if [ -f analysis/report.py ]; then
-  /usr/bin/python3 analysis/report.py out/demo/result.h5 -o out/demo/report
-  echo "result: out/demo/result.h5; report: out/demo/report/report.html (and report.md, headline.csv, one PNG per figure)"
+  # the report decodes tokens with the tokenizer in the model folder the result records
+  /usr/bin/python3 analysis/report.py "$OUT/result.h5" -o "$OUT/report"
+  echo "result: $OUT/result.h5; report: $OUT/report/report.html (and report.md, headline.csv, one PNG per figure)"
 fi
