@@ -26,7 +26,7 @@ typedef struct {
 
 #define OFF(f) offsetof(Options, f)
 static const OptionSpec OPTIONS[] = {
-    {"model", OPT_STR, OFF(model), 0, "DIR", "Hugging Face GPT-2 folder (config.json + model.safetensors)", "run dump plan"},
+    {"model", OPT_STR, OFF(model), 0, "DIR", "Hugging Face model folder: GPT-2, Pythia or Gemma-2 (config.json + model.safetensors, or sharded)", "run dump plan"},
     {"sae", OPT_LIST, OFF(sae), 0, "DIR", "SAE folder (SAELens, sparsify or Gemma Scope), or a folder of them; repeatable", "run plan"},
     {"sae-hook", OPT_LIST, OFF(sae_hook), 0, "HOOK", "the site of the --sae at the same place in the order (- for the one its folder records); for folders whose path does not say it", "run plan info"},
     {"tokens", OPT_STR, OFF(tokens), 0, "FILE", ".h5/.hdf5 (dataset tokens), .npy, or .bin (uint16 or llm.c)", "run dump plan"},
@@ -91,13 +91,15 @@ static const char *shown(const char *v, char out[SHOWN_MAX]) {
     return out;
 }
 
-/* Option idx may be given more than once: --sae adds a folder each time; --help is harmless. */
+/* The table index of the option called name (N_OPTIONS if none). */
 static size_t option_index(const char *name) {
     size_t i = 0;
     while (i < N_OPTIONS && strcmp(OPTIONS[i].name, name) != 0) i++;
     return i;
 }
 
+/* Option idx may be given more than once: --sae and --sae-hook add an entry each time; --help
+ * is harmless. */
 static int repeatable(size_t idx) { return OPTIONS[idx].kind == OPT_LIST || !strcmp(OPTIONS[idx].name, "help"); }
 
 /* Stores one option's value into o. where is "command line" (the option is named --NAME) or
