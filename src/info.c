@@ -112,12 +112,20 @@ static int info_tokens(const char *path) {
     }
     if (rc != 0) return -1;
     int32_t lo = ts.ids[0], hi = ts.ids[0];
-    size_t bos = 0;
+    size_t gpt2_bos = 0, first_gpt2 = 0, first_zero = 0, first_two = 0;
     for (size_t i = 0; i < ts.n * ts.ctx; i++) {
         lo = ts.ids[i] < lo ? ts.ids[i] : lo, hi = ts.ids[i] > hi ? ts.ids[i] : hi;
-        bos += ts.ids[i] == 50256;
+        gpt2_bos += ts.ids[i] == 50256;
     }
-    printf("  token ids %d..%d, %zu GPT-2 BOS tokens (50256)\n", lo, hi, bos);
+    for (size_t c = 0; c < ts.n; c++) {
+        const int32_t first = ts.ids[c * ts.ctx];
+        first_gpt2 += first == 50256, first_zero += first == 0, first_two += first == 2;
+    }
+    /* a token file names no model: say which BOS convention its contexts follow (GPT-2's 50256,
+     * Pythia's 0, Gemma's 2), so a file cut for one model is not run on another unnoticed */
+    printf("  token ids %d..%d; of %zu contexts, %zu start with 50256 (GPT-2's BOS), %zu with 0 (Pythia's), "
+           "%zu with 2 (Gemma's); %zu tokens are 50256 in all\n", lo, hi, ts.n, first_gpt2, first_zero, first_two,
+           gpt2_bos);
     tokens_free(&ts);
     return 0;
 }

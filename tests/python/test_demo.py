@@ -140,3 +140,17 @@ def test_pythia_demo_reproduces_trainer_metrics(saegap_bin, tmp_path):
     # the report found the model folder's tokenizer.json and decoded the examples with it
     html = open(report / "report.html", encoding="utf-8").read()
     assert "tokenizer.json" in html, "the report did not decode with the demo's tokenizer"
+
+
+def test_info_tells_the_token_files_bos_convention(saegap_bin):
+    """A token file names no model: `info` says which BOS its contexts start with, so the
+    Pythia demo's tokens (BOS 0) and the GPT-2 demo's (50256) are told apart."""
+    out = {}
+    for name, d in (("gpt2", DEMO), ("pythia", PYTHIA)):
+        p = subprocess.run([saegap_bin, "info", os.path.join(d, "tokens.npy")], stdout=subprocess.PIPE, text=True)
+        assert p.returncode == 0
+        out[name] = p.stdout
+    n = np.load(os.path.join(PYTHIA, "tokens.npy")).shape[0]
+    assert "%d with 0 (Pythia's)" % n in out["pythia"] and "0 start with 50256" in out["pythia"], out["pythia"]
+    n = np.load(os.path.join(DEMO, "tokens.npy")).shape[0]
+    assert "%d start with 50256" % n in out["gpt2"] and "0 with 0 (Pythia's)" in out["gpt2"], out["gpt2"]
