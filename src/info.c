@@ -141,16 +141,16 @@ int info_command(const Options *o, MPI_Comm comm) {
         if (stat(p, &sb) != 0) rc = sg_errorf(p, "does not exist");
         else if (S_ISDIR(sb.st_mode)) {
             if (exists_in(p, "config.json")) rc = info_model(p);
-            else if (exists_in(p, "cfg.json") || exists_in(p, "params.npz")) rc = info_sae(p, o->n_sae_hook ? o->sae_hook[0] : NULL);
-            else {
+            else { /* one SAE folder or a folder of them; sae_expand_paths pairs --sae-hook ("-": none) */
                 char **list = NULL;
+                const char **hook_of = NULL;
                 size_t n = 0;
                 const char *args[1] = {p};
                 const char *hooks[1] = {o->n_sae_hook ? o->sae_hook[0] : NULL};
-                rc = sae_expand_paths(&list, &n, NULL, args, hooks, 1);
-                for (size_t i = 0; i < n && rc == 0; i++) rc = info_sae(list[i], NULL);
+                rc = sae_expand_paths(&list, &n, &hook_of, args, hooks, 1);
+                for (size_t i = 0; i < n && rc == 0; i++) rc = info_sae(list[i], hook_of[i]);
                 for (size_t i = 0; i < n; i++) free(list[i]);
-                free(list);
+                free(list), free(hook_of);
             }
         } else {
             size_t len = strlen(p);
