@@ -59,8 +59,7 @@ typedef struct {
     double kl_div_score, ce_loss_score, dead_latents, measured_tokens;
     double mean_kl[IV_COUNT], mean_ce[IV_COUNT], score[SC_COUNT];
 } SiteSummary;
-/* sae_pass_is_saelens: the sae intervention's values are SAELens's SAE pass (no pass of its own). */
 void site_summary(SiteSummary *v, double *density, const ReproSum *tot, const int64_t *cnt, const int64_t *fire,
-                  size_t d, size_t F, int sae_pass_is_saelens);
+                  size_t d, size_t F);
 
 #endif

@@ -51,8 +51,12 @@ typedef struct {
 
 /* Whether a token is measured (BOS only with --bos include). */
 int sweep_is_measured(const SweepJob *j, int32_t tok);
-/* SAELens's SAE pass is saegap's sae pass at this site (no score pass of its own). */
-int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s);
+/* Whether SAELens's score pass `score` (SC_KL_ZERO or SC_KL_SAE) of a batch's N tokens is the
+ * zero_ablation or sae intervention's pass of that batch: the same value at the same rows (at
+ * --scope all, when the measured tokens are exactly the ones the score pass replaces). Then
+ * sweep.c runs it once for both; plan.c counts it once. */
+int sweep_score_is_pass(const Gpt2Config *c, int bos_include, int scope_position, SiteKind kind, int score,
+                        const int32_t *ids, size_t N);
 
 /* Passes restarted at a site run this many at a time as one pass (the work buffers hold that
  * many copies of the batch): the GEMMs get SWEEP_STACK x B x T rows, so BLIS packs each weight

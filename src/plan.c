@@ -121,6 +121,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double layer = 2 * D * Wq + 2 * Zw * D + 2 * mlp_mats * D * Fm + 4 * T * Zw;
         double f_clean = n * T * (L * layer + 2 * D * Vp), f_iv = 0, f_unembed_iv = 0, f_sae = 0, f_stats = 0;
         double kl_rows = 0, n_passes = 0;
+        const size_t B = schedule_batch_contexts(ts.ctx); /* contexts per batch, as run.c */
         for (size_t i = 0; i < K; i++) {
             Site st;
             site_parse(&st, saes[i].hook_name, &c, "plan");
@@ -132,11 +133,18 @@ int plan_command(const Options *o, MPI_Comm comm) {
                     passes += s;
                     if (iv_needs_decode((Intervention)iv)) decodes += s;
                 }
-            /* SAELens's scores (sae and zero_ablation run): a zero-ablation pass of every
-             * position, and an SAE pass of their own unless the sae pass is SAELens's (sweep.c) */
+            /* SAELens's scores (sae and zero_ablation run): its zero-ablation and SAE passes, each
+             * in the batches where it is not the intervention's own pass (sweep.c); per context */
             double score = 0;
-            if ((mask >> IV_SAE & 1) && (mask >> IV_ZERO_ABLATION & 1))
-                score = 1 + (position || ch.bos_include || st.kind == SG_SITE_ATTN_Z);
+            if ((mask >> IV_SAE & 1) && (mask >> IV_ZERO_ABLATION & 1)) {
+                for (size_t c0 = 0; c0 < ts.n; c0 += B) {
+                    const size_t nb = ts.n - c0 < B ? ts.n - c0 : B;
+                    for (int sc = 0; sc < 2; sc++)
+                        score += sweep_score_is_pass(&c, ch.bos_include, position, st.kind, sc ? SC_KL_SAE : SC_KL_ZERO,
+                                                     ts.ids + c0 * ts.ctx, nb * ts.ctx) ? 0 : (double)nb;
+                }
+                score /= n;
+            }
             n_passes += passes + score;
             /* at --scope position an intervention's pass computes its window [P, P + W) only (a
              * suffix pass, whose attention still spans all T keys); score passes all T */
@@ -154,7 +162,6 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9 / threads;
         double t_total = t_gemm + t_kl;
         /* units: as run lays them out (--ranks is at most INT_MAX: cli.c) */
-        const size_t B = schedule_batch_contexts(ts.ctx);
         UnitLayout layout;
         schedule_layout(&layout, ts.n, B, K, (int)ranks);
         const size_t units = layout.n_units, n_blocks = layout.n_blocks;

@@ -355,7 +355,7 @@ static void finish_site(Run *r, size_t si, MPI_Comm comm, int rank) {
             for (size_t i = 0; i < s->F; i++) fire[i] += f[i];
         }
         record_check_sums(tot, n_sums, s->name);
-        site_summary(&v, density, tot, cnt, fire, s->d, s->F, sweep_sae_pass_is_saelens(&r->job, s));
+        site_summary(&v, density, tot, cnt, fire, s->d, s->F);
         free(tot), free(one), free(fire), free(f);
     }
     SG_MPI(MPI_Bcast(&v, (int)(sizeof v / sizeof(double)), MPI_DOUBLE, 0, comm), "broadcasting aggregates");

@@ -103,7 +103,7 @@ void record_check_sums(const ReproSum *sums, size_t n, const char *site) {
 }
 
 void site_summary(SiteSummary *v, double *density, const ReproSum *tot, const int64_t *cnt, const int64_t *fire,
-                  size_t d, size_t F, int sae_pass_is_saelens) {
+                  size_t d, size_t F) {
     memset(v, 0, sizeof *v);
     double Nm = (double)cnt[CN_MEASURED], mean_sq = 0;
     for (size_t i = 0; i < d; i++) {
@@ -121,10 +121,6 @@ void site_summary(SiteSummary *v, double *density, const ReproSum *tot, const in
         v->mean_ce[i] = repro_value(tot[AG_CE0 + i]) / (double)cnt[CN_CE0 + i];
     }
     for (int k = 0; k < SC_COUNT; k++) v->score[k] = repro_value(tot[AG_SCORE + k]) / (double)cnt[CN_SCORE + k];
-    if (sae_pass_is_saelens) { /* the sae pass and the clean CE are SAELens's own */
-        v->score[SC_KL_SAE] = v->mean_kl[IV_SAE], v->score[SC_CE_SAE] = v->mean_ce[IV_SAE];
-        v->score[SC_CE_CLEAN] = v->mean_ce_clean;
-    }
     v->kl_div_score = (v->score[SC_KL_ZERO] - v->score[SC_KL_SAE]) / v->score[SC_KL_ZERO];
     v->ce_loss_score = (v->score[SC_CE_ZERO] - v->score[SC_CE_SAE]) / (v->score[SC_CE_ZERO] - v->score[SC_CE_CLEAN]);
     for (size_t i = 0; i < F; i++) {

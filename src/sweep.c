@@ -14,11 +14,24 @@ int sweep_is_measured(const SweepJob *j, int32_t tok) {
     return j->bos_include || tok != j->model->cfg.bos_token_id;
 }
 
-/* SAELens's SAE pass leaves special tokens clean, except at attn.hook_z, whose
- * all_head_replacement_hook substitutes every position. With --scope all and BOS excluded,
- * saegap's sae pass is that pass elsewhere: its values are reused, no pass of its own. */
-int sweep_sae_pass_is_saelens(const SweepJob *j, const SiteRun *s) {
-    return !j->shape->scope_position && !j->bos_include && s->sae.site.kind != SG_SITE_ATTN_Z;
+/* SAELens's ignore_tokens: the tokenizer's pad, eos and bos ids */
+static int is_special(const Gpt2Config *c, int32_t tok) {
+    return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
+}
+
+/* Whether a score pass replaces the site at a token: SAELens's zero-ablation at every position;
+ * its SAE pass at every position but the special tokens, and at every position at attn.hook_z,
+ * whose all_head_replacement_hook substitutes them all. */
+static int score_replaces(const Gpt2Config *c, SiteKind kind, int score, int32_t tok) {
+    return score == SC_KL_ZERO || kind == SG_SITE_ATTN_Z || !is_special(c, tok);
+}
+
+int sweep_score_is_pass(const Gpt2Config *c, int bos_include, int scope_position, SiteKind kind, int score,
+                        const int32_t *ids, size_t N) {
+    if (scope_position) return 0; /* the intervention replaces position P only */
+    for (size_t r = 0; r < N; r++)
+        if ((bos_include || ids[r] != c->bos_token_id) != score_replaces(c, kind, score, ids[r])) return 0;
+    return 1;
 }
 
 void work_alloc(Work *w, const SweepJob *j) {
@@ -150,12 +163,6 @@ void sweep_clean_batch(const SweepJob *j, Work *w, size_t c0, size_t nb) {
     }
 }
 
-/* SAELens's ignore_tokens: the tokenizer's pad, eos and bos ids */
-static int is_special(const SweepJob *j, int32_t tok) {
-    const Gpt2Config *c = &j->model->cfg;
-    return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
-}
-
 /* One of SAELens's score passes, run in the stack at work_row0 (a full pass: row r of the batch
  * is work row work_row0 + r): KL and CE of every row whose token is not special added to score
  * slots kl_slot and kl_slot + 1. */
@@ -164,7 +171,7 @@ static void record_score(const SweepJob *j, Work *w, SiteRun *s, int kl_slot, si
     const int32_t *ids = j->ts->ids + c0 * T;
     ReproSum *sums = s->rec.sums;
     for (size_t r = 0; r < N; r++) {
-        if (is_special(j, ids[r])) continue;
+        if (is_special(&j->model->cfg, ids[r])) continue;
         const size_t q = work_row0 + r;
         repro_add_checked(&sums[AG_SCORE + kl_slot], w->kl_rows[q]), s->rec.counts[CN_SCORE + kl_slot]++;
         if (w->next[r] >= 0)
@@ -172,20 +179,28 @@ static void record_score(const SweepJob *j, Work *w, SiteRun *s, int kl_slot, si
     }
 }
 
-/* SAELens's scores need the zero-ablation pass of every position, and, unless the sae pass
- * already is SAELens's, the SAE pass with special tokens clean and the clean CE over every
- * position (docs/output-schema.md). Adds those passes to the site's list; the clean CE here. */
-static size_t add_score_passes(const SweepJob *j, Work *w, SiteRun *s, PassId *passes, size_t c0, size_t nb) {
-    size_t n = 0;
-    passes[n++] = (PassId){IV_SAE, 0, SC_KL_ZERO};
-    if (sweep_sae_pass_is_saelens(j, s)) return n;
-    passes[n++] = (PassId){IV_SAE, 0, SC_KL_SAE};
+/* SAELens's scores need its zero-ablation pass, its SAE pass and the clean CE over the
+ * non-special tokens (docs/output-schema.md). A score pass that is, in this batch, the sae or
+ * zero_ablation intervention's pass (the same value written at the same rows:
+ * sweep_score_is_pass) is not run again: score_of[iv] names the score that intervention's pass
+ * also records (exact: rows never interact). The others are added to the site's list; the clean
+ * CE is summed here. */
+static size_t add_score_passes(const SweepJob *j, Work *w, SiteRun *s, PassId *passes, int *score_of, size_t c0,
+                               size_t nb) {
+    const Gpt2Config *c = &j->model->cfg;
     const size_t T = j->ts->ctx, N = nb * T;
     const int32_t *ids = j->ts->ids + c0 * T;
+    const struct { int score; Intervention iv; } SCORES[2] = {{SC_KL_ZERO, IV_ZERO_ABLATION}, {SC_KL_SAE, IV_SAE}};
+    size_t n = 0;
+    for (int k = 0; k < 2; k++)
+        if (sweep_score_is_pass(c, j->bos_include, j->shape->scope_position, s->sae.site.kind, SCORES[k].score, ids, N))
+            score_of[SCORES[k].iv] = SCORES[k].score;
+        else
+            passes[n++] = (PassId){IV_SAE, 0, SCORES[k].score};
     for (size_t r = 0; r < N; r++)
-        if (!is_special(j, ids[r]) && w->next[r] >= 0) {
+        if (!is_special(c, ids[r]) && w->next[r] >= 0) {
             repro_add_checked(&s->rec.sums[AG_SCORE + SC_CE_CLEAN],
-                              w->lse_clean[r] - w->logits_clean[r * j->model->cfg.vocab_size + w->next[r]]);
+                              w->lse_clean[r] - w->logits_clean[r * c->vocab_size + w->next[r]]);
             s->rec.counts[CN_SCORE + SC_CE_CLEAN]++;
         }
     return n;
@@ -210,16 +225,10 @@ static void write_pass(const SweepJob *j, Work *w, SiteRun *s, IvBatch *ib, Pass
         return;
     }
     unsigned char *active = w->score_active;
-    if (pass.score == SC_KL_ZERO) {
-        memset(active, 1, N);
-        memset(w->out, 0, N * s->d * sizeof(float));
-        site_write(&w->work, m, s->sae.site, s->sae.basis, w->out, active, work_row0, N);
-        return;
-    }
     const int32_t *ids = j->ts->ids + c0 * T;
-    const int every_position = s->sae.site.kind == SG_SITE_ATTN_Z;
-    for (size_t r = 0; r < N; r++) active[r] = (unsigned char)(every_position || !is_special(j, ids[r]));
-    site_write(&w->work, m, s->sae.site, s->sae.basis, w->x_hat, active, work_row0, N);
+    for (size_t r = 0; r < N; r++) active[r] = (unsigned char)score_replaces(&m->cfg, s->sae.site.kind, pass.score, ids[r]);
+    if (pass.score == SC_KL_ZERO) memset(w->out, 0, N * s->d * sizeof(float));
+    site_write(&w->work, m, s->sae.site, s->sae.basis, pass.score == SC_KL_ZERO ? w->out : w->x_hat, active, work_row0, N);
 }
 
 /* KL and CE of one (intervention, sample) pass whose rows start at work_row0 in the work
@@ -289,7 +298,9 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
             for (size_t smp = 0; smp < rf_samples_of(sh, (Intervention)ivi); smp++)
                 passes[n_passes++] = (PassId){(Intervention)ivi, (uint32_t)smp, -1};
         }
-    if (j->scores) n_passes += add_score_passes(j, w, s, passes + n_passes, c0, nb);
+    int score_of[IV_COUNT]; /* the score an intervention's pass also records, or -1 */
+    for (int ivi = 0; ivi < IV_COUNT; ivi++) score_of[ivi] = -1;
+    if (j->scores) n_passes += add_score_passes(j, w, s, passes + n_passes, score_of, c0, nb);
     for (size_t p0 = 0, copies; p0 < n_passes; p0 += copies) {
         if (*j->stop) return -1;
         /* a stack of passes that restart at the same position: the interventions at --scope
@@ -307,8 +318,13 @@ int sweep_site_batch(const SweepJob *j, Work *w, size_t si, size_t c0, size_t nb
         gpt2_forward_from(&w->work, m, layer, stage);
         stack_kl_ce(j, w, copies, c0);
         for (size_t k = 0; k < copies; k++) {
-            if (passes[p0 + k].score >= 0) record_score(j, w, s, passes[p0 + k].score, k * copy_rows, c0, nb);
-            else record_pass(j, w, s, passes[p0 + k], k * copy_rows, nb);
+            const PassId pass = passes[p0 + k];
+            if (pass.score >= 0) {
+                record_score(j, w, s, pass.score, k * copy_rows, c0, nb);
+                continue;
+            }
+            record_pass(j, w, s, pass, k * copy_rows, nb);
+            if (score_of[pass.iv] >= 0 && pass.sample == 0) record_score(j, w, s, score_of[pass.iv], k * copy_rows, c0, nb);
         }
     }
     if (rf_has_zscore(sh)) zscore_rows(w->zscore, w->kl_out[IV_SAE], w->kl_out[IV_EPS_RANDOM], nb * sh->window, sh->samples);

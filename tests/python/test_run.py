@@ -651,6 +651,84 @@ def test_scores_scope_position(world, tmp_path, run_saegap):
     assert not errs, errs
 
 
+SCORE_ATTRS = ("kl_div_score", "ce_loss_score", "kl_div_with_sae", "kl_div_with_ablation",
+               "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_without_sae")
+
+
+def _plan_passes(run_saegap, args):
+    """`saegap plan`'s intervened passes per context for a run's arguments."""
+    p = run_saegap(["plan", "--ranks", "1"] + args[1:], check=False)
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr.decode()
+    return float(out.split(" intervened passes per context")[0].rsplit(",", 1)[1])
+
+
+@pytest.mark.parametrize("bos", ["exclude", "include"])
+def test_scores_shared_passes(world, tmp_path, run_saegap, bos):
+    """A score pass that is, in a batch, the sae or zero_ablation intervention's own pass (no
+    special token in the batch, or --bos include, or hook_z) is read from that pass instead of
+    run again: the scores still equal the float64 reference's, and plan counts one pass less."""
+    sites = ("blocks.1.hook_resid_pre", "blocks.1.attn.hook_z")
+    saes = [build_sae(world, tmp_path / ("s%d" % i), st, "standard", "v6")["dir"] for i, st in enumerate(sites)]
+    tok = np.ascontiguousarray(world["tokens_pos"][:, 1:])  # BOS (the only special id) cut off
+    assert not np.isin(tok, [BOS]).any()
+    cases = {"no special token": tok, "BOS at position 0": world["tokens_pos"]}
+    passes = {}
+    for i, (what, t) in enumerate(cases.items()):
+        tpath = write_tokens_h5(str(tmp_path / ("t%d.h5" % i)), t)
+        out = tmp_path / ("o%d.h5" % i)
+        args = run_args(world, saes, out, "sae,zero_ablation", ["--bos", bos, "--quiet"], tokens=tpath)
+        passes[what] = _plan_passes(run_saegap, args)
+        run_saegap(args)
+        res = read_result(str(out))
+        ref = rr.reference_run(None, saes, t, bos=bos, model=world["model"], interventions=("sae", "zero_ablation"))
+        errs = []
+        for site in sites:
+            for k in SCORE_ATTRS:
+                cmp_scalar(errs, "%s %s@%s" % (what, site, k), res["sites"][site]["attrs"].get(k),
+                           ref["sites"][site]["attrs"][k])
+        assert not errs, errs
+    # passes per context: 2 sites x (sae, zero_ablation) = 4, plus the score passes run apart:
+    # no special token: none; BOS at 0: at exclude SAELens's zero-ablation of both sites and the
+    # SAE pass at hook_z (which replaces BOS too); at include the SAE pass at hook_resid_pre
+    assert passes["no special token"] == 4, passes
+    assert passes["BOS at position 0"] == (7 if bos == "exclude" else 5), passes
+
+
+def test_scores_eos_not_bos(world, tmp_path, run_saegap):
+    """SAELens leaves eos and pad tokens out of its scores as it does BOS: with an eos id that is
+    not BOS and occurs in the contexts, kl_div_with_sae (and the scores) still equal the reference
+    (saegap's sae pass replaces those tokens, so SAELens's SAE pass is run apart there)."""
+    tok = world["tokens_pos"]
+    vals, counts = np.unique(tok[:, 1:], return_counts=True)
+    eos = int(vals[np.argmax(counts)])  # the commonest token, to be sure it occurs
+    mdir = str(tmp_path / "model-eos")
+    os.makedirs(mdir)
+    for f in os.listdir(world["model_dir"]):
+        os.symlink(os.path.join(world["model_dir"], f), os.path.join(mdir, f))
+    os.remove(os.path.join(mdir, "config.json"))
+    with open(os.path.join(world["model_dir"], "config.json")) as f:
+        cfg = json.load(f)
+    cfg["eos_token_id"] = eos
+    with open(os.path.join(mdir, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    config, params = world["model"]
+    config = dict(config, eos_token_id=eos)
+    site = "blocks.1.hook_resid_pre"
+    s = build_sae(world, tmp_path / "s", site, "standard", "v6")
+    out = tmp_path / "o.h5"
+    args = run_args(world, [s["dir"]], out, "sae,zero_ablation", ["--quiet"], tokens=world["tokens_pos_h5"])
+    args[args.index("--model") + 1] = mdir
+    run_saegap(args)
+    a = read_result(str(out))["sites"][site]["attrs"]
+    ref = rr.reference_run(None, [s["dir"]], tok, model=(config, params),
+                           interventions=("sae", "zero_ablation"))["sites"][site]["attrs"]
+    errs = []
+    for k in SCORE_ATTRS:
+        cmp_scalar(errs, k, a.get(k), ref[k])
+    assert not errs, errs
+
+
 # ================================================================ basis
 
 KW_RAW = {"center_writing_weights": False, "fold_ln": False, "fold_value_biases": False}
