@@ -411,8 +411,15 @@ def main():
     t_end = time.perf_counter()
     loop = t_end - t_loop
     passes = (1 + len(saes) * len(a.ivs)) * ((n + a.batch - 1) // a.batch)
+    # the loop's matrix FLOPs, counted as saegap plan counts its own (src/plan.c): per token and
+    # full forward L (24 D^2 + 4 T D) + 2 D V; per token and SAE 4 D d_sae (encode + decode)
+    D, L, V = model.D, model.L, model.unembed.shape[1]
+    fwd = n * T * (L * (24 * D * D + 4 * T * D) + 2 * D * V)
+    flops = (1 + len(saes) * len(a.ivs)) * fwd + sum(n * T * 4 * D * s.p["W_enc"].shape[1] for s in saes)
     print("torch_loop: loop %.2f s (%d forward passes), total incl. loading %.2f s, %.1f tokens/s (loop)"
           % (loop, passes, t_end - t_start, n * T / loop))
+    print("torch_loop: FLOPs %.3g (%d full forwards per context + %d SAEs), %.1f GFLOP/s in the loop"
+          % (flops, 1 + len(saes) * len(a.ivs), len(saes), flops / loop / 1e9))
     means = {site: {iv: sums[site][iv] / count for iv in a.ivs} for site in sums}
     for site in means:
         for iv in a.ivs:

@@ -27,10 +27,16 @@ fi
 IV=sae,eps_random,zero_ablation
 OUT=$(mktemp -u /tmp/saegap-bench-torch.XXXXXX.h5)
 trap 'rm -f "$OUT"' EXIT
+ARGS=(--model "$W" --sae "$W/saes" --tokens "$W/tokens.npy" --contexts "$N" --interventions "$IV"
+      --examples 0 --threads-per-rank "$TH" --allow-model-mismatch)
+# saegap's FLOPs and BLIS's sgemm rate, as `saegap plan` measures them (again after the loop:
+# the host's speed drifts; the mean of the two is the limit both are compared with)
+plan_sgemm() { "$BIN" plan --ranks 1 "${ARGS[@]}" 2>&1 | sed -n 's/.*measured here: sgemm \([0-9.]*\) GFLOP\/s.*/\1/p'; }
+flops=$("$BIN" plan --ranks 1 "${ARGS[@]}" 2>&1 | sed -n 's/.*; total \([0-9.e+]*\).*/\1/p')
+g0=$(plan_sgemm)
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 t0=$(date +%s%N)
-"$BIN" run --model "$W" --sae "$W/saes" --tokens "$W/tokens.npy" --contexts "$N" --interventions "$IV" \
-    --examples 0 --threads-per-rank "$TH" --allow-model-mismatch --quiet --out "$OUT"
+"$BIN" run "${ARGS[@]}" --quiet --out "$OUT"
 t1=$(date +%s%N)
 set +e
 /usr/bin/python3 bench/torch_loop.py --model "$W" --sae "$W/saes" --tokens "$W/tokens.npy" --contexts "$N" \
@@ -41,9 +47,16 @@ t2=$(date +%s%N)
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$rc" -ne 2 ] || exit 2
 loop=$(sed -n 's/^torch_loop: loop \([0-9.]*\) s.*/\1/p' "$OUT.torch.txt")
+tflops=$(sed -n 's/^torch_loop: FLOPs \([0-9.e+]*\) .*/\1/p' "$OUT.torch.txt")
 rm -f "$OUT.torch.txt"
-awk -v a="$t0" -v b="$t1" -v c="$t2" -v l="$loop" -v n="$N" -v th="$TH" 'BEGIN {
-  s = (b - a) / 1e9; t = (c - b) / 1e9;
+g1=$(plan_sgemm)
+awk -v a="$t0" -v b="$t1" -v c="$t2" -v l="$loop" -v n="$N" -v th="$TH" -v f="$flops" -v tf="$tflops" \
+    -v g0="$g0" -v g1="$g1" 'BEGIN {
+  s = (b - a) / 1e9; t = (c - b) / 1e9; g = (g0 + g1) / 2;
   printf "saegap %.1f s, torch loop %.1f s (%.1f s without loading), %d contexts x 128 tokens, %d threads\n", s, t, l, n, th;
-  printf "saegap/torch wall time: %.2f  (saegap is %.2fx as fast as torch; %.2fx against torch without its loading)\n", s / t, t / s, l / s }'
+  printf "saegap/torch wall time: %.2f  (saegap is %.2fx as fast as torch; %.2fx against torch without its loading)\n", s / t, t / s, l / s;
+  printf "rates against BLIS sgemm %.1f GFLOP/s (plan, before %.1f / after %.1f): saegap %.1f GFLOP/s = %.0f%% over its whole run; torch %.1f GFLOP/s = %.0f%% in its loop\n",
+         g, g0, g1, f / s / 1e9, 100 * f / s / 1e9 / g, tf / l / 1e9, 100 * tf / l / 1e9 / g;
+  printf "FLOPs: saegap %.3g, torch %.3g (saegap does %.2fx of the loop'"'"'s): at equal rates saegap would be %.2fx as fast\n",
+         f, tf, f / tf, tf / f }'
 exit "$rc"
