@@ -14,6 +14,10 @@ char *textfile_read(const char *path, size_t max_bytes);
  * 1e+20, null as null), cut to cap - 1 bytes with "..." when longer; "(absent)" for NULL. For
  * messages that refuse a value: the user sees what the file says, not a converted number.
  * Returns buf. */
+/* The file's top-level JSON object (free with cJSON_Delete), or NULL with a pending error naming
+ * the path: unreadable (as textfile_read), not valid JSON, or valid JSON but not an object. */
+struct cJSON *json_object_file(const char *path, size_t max_bytes);
+
 const char *json_text(const struct cJSON *v, char *buf, size_t cap);
 
 #endif

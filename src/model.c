@@ -251,13 +251,9 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
     if (!S_ISDIR(sb.st_mode)) return sg_errorf(dir, "--model must be a folder holding config.json and model.safetensors");
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = textfile_read(path, 16u << 20);
-    if (!text) return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    if (!root) return sg_errorf(path, "not valid JSON");
+    cJSON *root = json_object_file(path, 16u << 20);
+    if (!root) return -1;
     int rc = -1;
-    if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
     /* Hugging Face names the model's class in "architectures": it picks the family's keys, and
      * another family is refused by that name (its folder has none of the keys read below) */
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");

@@ -177,13 +177,9 @@ static void sae_apply_basis_override(Sae *s, const SaeLoadOptions *opt) {
 static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
     char path[4096];
     snprintf(path, sizeof path, "%s/cfg.json", dir);
-    char *text = textfile_read(path, 16u << 20);
-    if (!text) return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    if (!root) return sg_errorf(path, "not valid JSON");
+    cJSON *root = json_object_file(path, 16u << 20);
+    if (!root) return -1;
     int rc = -1;
-    if (!cJSON_IsObject(root)) { sg_errorf(path, "not a JSON object"); goto done; }
     const cJSON *meta = get(root, "metadata");
     if (meta && !cJSON_IsObject(meta)) meta = NULL;
     const cJSON *reshape = NULL;

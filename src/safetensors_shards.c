@@ -12,14 +12,8 @@
 
 /* The index's weight_map, validated: an object of tensor name -> shard file name. */
 static int read_weight_map(const char *index_path, cJSON **root_out, const cJSON **map_out) {
-    char *text = textfile_read(index_path, 64u << 20);
-    if (!text) return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return sg_errorf(index_path, "not a JSON object");
-    }
+    cJSON *root = json_object_file(index_path, 64u << 20);
+    if (!root) return -1;
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(map) || !map->child) {
         cJSON_Delete(root);

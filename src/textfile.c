@@ -33,6 +33,23 @@ char *textfile_read(const char *path, size_t max_bytes) {
     return buf;
 }
 
+cJSON *json_object_file(const char *path, size_t max_bytes) {
+    char *text = textfile_read(path, max_bytes);
+    if (!text) return NULL;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root) {
+        sg_errorf(path, "not valid JSON");
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        sg_errorf(path, "not a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
 const char *json_text(const cJSON *v, char *buf, size_t cap) {
     if (!cap) return buf;
     if (!v) {
