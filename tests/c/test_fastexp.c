@@ -17,37 +17,50 @@ static double ulp_error(float got, double want) {
     return fabs((double)got - want) / ulp;
 }
 
-__attribute__((optimize("no-tree-vectorize"), noinline)) static void exp_scalar(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = sg_expf(x[i]);
-}
-__attribute__((noinline)) static void exp_sse2(float *y, const float *x, size_t n) {
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) y[i] = sg_expf(x[i]);
-}
+/* The same loop over FN four ways: scalar (vectoriser off), and vectorised for SSE2, AVX2 and
+ * AVX-512 (a run's values must not depend on the vector width the machine picked). */
+typedef void (*Loop)(float *y, const float *x, size_t n);
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target("avx2"), noinline)) static void exp_avx2(float *y, const float *x, size_t n) {
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) y[i] = sg_expf(x[i]);
-}
-__attribute__((target("avx512f"), noinline)) static void exp_avx512(float *y, const float *x, size_t n) {
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) y[i] = sg_expf(x[i]);
-}
+#define WIDE_LOOPS(NAME, FN)                                                                                 \
+    __attribute__((target("avx2"), noinline)) static void NAME##_avx2(float *y, const float *x, size_t n) {  \
+        _Pragma("omp simd") for (size_t i = 0; i < n; i++) y[i] = FN(x[i]);                                  \
+    }                                                                                                          \
+    __attribute__((target("avx512f"), noinline)) static void NAME##_avx512(float *y, const float *x, size_t n) { \
+        _Pragma("omp simd") for (size_t i = 0; i < n; i++) y[i] = FN(x[i]);                                  \
+    }
+#define WIDE(NAME) NAME##_avx2, NAME##_avx512
+#else
+#define WIDE_LOOPS(NAME, FN)
+#define WIDE(NAME) NULL, NULL
 #endif
+#define LOOPS(NAME, FN)                                                                                       \
+    __attribute__((optimize("no-tree-vectorize"), noinline)) static void NAME##_scalar(float *y, const float *x, \
+                                                                                        size_t n) {             \
+        for (size_t i = 0; i < n; i++) y[i] = FN(x[i]);                                                        \
+    }                                                                                                          \
+    __attribute__((noinline)) static void NAME##_sse2(float *y, const float *x, size_t n) {                    \
+        _Pragma("omp simd") for (size_t i = 0; i < n; i++) y[i] = FN(x[i]);                                  \
+    }                                                                                                          \
+    WIDE_LOOPS(NAME, FN)                                                                                       \
+    static const Loop NAME##_loops[4] = {NAME##_scalar, NAME##_sse2, WIDE(NAME)};
 
-__attribute__((optimize("no-tree-vectorize"), noinline)) static void tanh_scalar(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = sg_tanhf(x[i]);
-}
-__attribute__((noinline)) static void tanh_sse2(float *y, const float *x, size_t n) {
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) y[i] = sg_tanhf(x[i]);
-}
+LOOPS(exp, sg_expf)
+LOOPS(tanh, sg_tanhf)
+
+/* The vectorised loops give y's bits (y: the scalar loop's values), on every width this CPU has. */
+static void check_same_bits(const char *what, const Loop loops[4], const float *y, const float *x, float *z, size_t n) {
+    static const char *const NAMES[4] = {"scalar", "SSE2", "AVX2", "AVX-512"};
+    for (int k = 1; k < 4; k++) {
+        if (!loops[k]) continue;
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target("avx2"), noinline)) static void tanh_avx2(float *y, const float *x, size_t n) {
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) y[i] = sg_tanhf(x[i]);
-}
+        /* __builtin_cpu_supports takes a literal */
+        if ((k == 2 && !__builtin_cpu_supports("avx2")) || (k == 3 && !__builtin_cpu_supports("avx512f"))) continue;
 #endif
+        memset(z, 0, n * sizeof *z);
+        loops[k](z, x, n);
+        CHECK(!memcmp(y, z, n * sizeof *y), "%s: the %s loop differs from the scalar one", what, NAMES[k]);
+    }
+}
 
 /* sg_tanhf over [-12, 12] (every float from 1e-6 up is covered on a log grid too), its oddness,
  * and the same bits scalar and vectorised. */
@@ -58,7 +71,7 @@ static void check_tanh(void) {
     for (size_t i = 0; i < n; i++) x[i] = -12.0f + 24.0f * (float)((double)i / (double)(n - 1));
     for (size_t i = 0; i < n; i++) x[n + i] = (float)(1e-6 * pow(1.2e7, (double)i / (double)(n - 1))); /* 1e-6 .. 12 */
     x[0] = 0.0f, x[1] = -0.0f, x[2] = 0.55f, x[3] = nextafterf(0.55f, 0.0f), x[4] = 9.5f, x[5] = 1e30f, x[6] = -1e30f;
-    tanh_scalar(y, x, 2 * n);
+    tanh_loops[0](y, x, 2 * n);
     double worst = 0;
     float at = 0;
     for (size_t i = 0; i < 2 * n; i++) {
@@ -69,19 +82,14 @@ static void check_tanh(void) {
     printf("sg_tanhf: worst error %.2f ulp at x = %.9g over %zu points; odd; same bits scalar and vectorised\n", worst, at, 2 * n);
     CHECK(worst <= 3.0, "sg_tanhf is %.2f ulp off at x = %.9g (limit 3)", worst, at);
     CHECK(sg_tanhf(0.0f) == 0.0f && sg_tanhf(1e30f) == 1.0f && sg_tanhf(-1e30f) == -1.0f, "sg_tanhf edges");
-    tanh_sse2(z, x, 2 * n);
-    CHECK(!memcmp(y, z, 2 * n * sizeof *y), "vectorised (SSE2) tanh loop differs from the scalar one");
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    if (__builtin_cpu_supports("avx2")) {
-        memset(z, 0, 2 * n * sizeof *z);
-        tanh_avx2(z, x, 2 * n);
-        CHECK(!memcmp(y, z, 2 * n * sizeof *y), "AVX2 tanh loop differs from the scalar one");
-    }
-#endif
+    check_same_bits("sg_tanhf", tanh_loops, y, x, z, 2 * n);
     free(x), free(y), free(z);
 }
 
 int main(void) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+#endif
     const size_t n = (size_t)1 << 24;
     const float lo = -87.3f, hi = 88.0f;
     float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *z = malloc(n * sizeof *z);
@@ -90,7 +98,7 @@ int main(void) {
     /* a few exact and edge points */
     x[0] = lo, x[1] = 0.0f, x[2] = -0.0f, x[3] = 1.0f, x[4] = -1.0f, x[5] = 0.34657359f, x[6] = -0.34657359f;
     x[7] = 88.0f, x[8] = 1e-8f, x[9] = -1e-8f;
-    exp_scalar(y, x, n);
+    exp_loops[0](y, x, n);
     double worst = 0;
     float at = 0;
     for (size_t i = 0; i < n; i++) {
@@ -102,21 +110,7 @@ int main(void) {
     CHECK(sg_expf(0.0f) == 1.0f, "sg_expf(0) = %.9g", sg_expf(0.0f));
     CHECK(sg_expf(-100.0f) == 0.0f && sg_expf(-1e30f) == 0.0f, "below the range: not 0");
     CHECK(sg_expf(1e30f) == sg_expf(88.0f) && isfinite(sg_expf(1e30f)), "above the range: not exp(88)");
-    exp_sse2(z, x, n);
-    CHECK(!memcmp(y, z, n * sizeof *y), "vectorised (SSE2) loop differs from the scalar one");
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) {
-        memset(z, 0, n * sizeof *z);
-        exp_avx2(z, x, n);
-        CHECK(!memcmp(y, z, n * sizeof *y), "AVX2 loop differs from the scalar one");
-    }
-    if (__builtin_cpu_supports("avx512f")) {
-        memset(z, 0, n * sizeof *z);
-        exp_avx512(z, x, n);
-        CHECK(!memcmp(y, z, n * sizeof *y), "AVX-512 loop differs from the scalar one");
-    }
-#endif
+    check_same_bits("sg_expf", exp_loops, y, x, z, n);
     free(x), free(y), free(z);
     check_tanh();
     if (failures) fprintf(stderr, "%d failure(s)\n", failures);
