@@ -7,7 +7,10 @@
 # process, model and SAE loading included), their ratio, and the mean-KL comparison (the
 # script fails when torch and saegap differ by more than 1e-3 relative, or when torch would
 # run on the reference BLAS).
-#   Usage: bash bench/torch_vs_saegap.sh [THREADS (default 2)] [CONTEXTS (default 4)] [TORCH_BATCH (default 4)]
+#   Usage: bash bench/torch_vs_saegap.sh [THREADS (default 2)] [CONTEXTS (default 4)] [TORCH_BATCH (default 4)] [TOKENS]
+#   TOKENS: 'bos' or a .npy token file (default the bench's tokens.npy: uniform random ids, no BOS, so
+#   SAELens's ablation score pass is the zero_ablation pass; tokens-bos.npy, the same with BOS
+#   at position 0 as real contexts have, makes it a pass of its own at --bos exclude).
 #   Needs: bash env/setup-bench-debian.sh (python3-torch, BLIS behind libblas.so.3); the model,
 #   SAEs and tokens are written once by bench/sweep.sh into $SAEGAP_BENCH_DIR
 #   (default /tmp/saegap-bench-gpt2-small).  SAEGAP_BIN: another saegap binary.
@@ -16,6 +19,7 @@ cd "$(dirname "$0")/.."
 TH=${1:-2}
 N=${2:-4}
 TB=${3:-4}
+TOK=${4:-}
 BIN=${SAEGAP_BIN:-build/saegap}
 [ -x "$BIN" ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /dev/null && cmake --build build -j > /dev/null; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -25,9 +29,14 @@ if [ ! -f "$W/model.safetensors" ] || [ ! -f "$W/saes/blocks.10.hook_resid_pre/s
   exit 1
 fi
 IV=sae,eps_random,zero_ablation
+if [ "$TOK" = bos ] || [ "$TOK" = "$W/tokens-bos.npy" ]; then
+  TOK=$W/tokens-bos.npy
+  [ -f "$TOK" ] || /usr/bin/python3 -c "import numpy as np, sys; t = np.load(sys.argv[1]); t[:, 0] = 50256; np.save(sys.argv[2], t)" "$W/tokens.npy" "$TOK"
+fi
+TOK=${TOK:-$W/tokens.npy}
 OUT=$(mktemp -u /tmp/saegap-bench-torch.XXXXXX.h5)
 trap 'rm -f "$OUT"' EXIT
-ARGS=(--model "$W" --sae "$W/saes" --tokens "$W/tokens.npy" --contexts "$N" --interventions "$IV"
+ARGS=(--model "$W" --sae "$W/saes" --tokens "$TOK" --contexts "$N" --interventions "$IV"
       --examples 0 --threads-per-rank "$TH" --allow-model-mismatch)
 # saegap's FLOPs and BLIS's sgemm rate, as `saegap plan` measures them (again after the loop:
 # the host's speed drifts; the mean of the two is the limit both are compared with)
@@ -39,7 +48,7 @@ t0=$(date +%s%N)
 "$BIN" run "${ARGS[@]}" --quiet --out "$OUT"
 t1=$(date +%s%N)
 set +e
-/usr/bin/python3 bench/torch_loop.py --model "$W" --sae "$W/saes" --tokens "$W/tokens.npy" --contexts "$N" \
+/usr/bin/python3 bench/torch_loop.py --model "$W" --sae "$W/saes" --tokens "$TOK" --contexts "$N" \
     --interventions "$IV" --threads "$TH" --batch "$TB" --compare "$OUT" | tee "$OUT.torch.txt"
 rc=${PIPESTATUS[0]}
 set -e
