@@ -36,10 +36,11 @@ void schedule_layout_from(UnitLayout *u, size_t n, size_t B, size_t K, size_t bp
 void schedule_layout(UnitLayout *u, size_t n, size_t B, size_t K, int ranks) {
     size_t n_batches = (n + B - 1) / B;
     size_t bpb = (n_batches + MAX_BLOCKS - 1) / MAX_BLOCKS;
+    if (bpb == 0) bpb = 1; /* no contexts (callers refuse that): an empty layout, not a division by zero */
     size_t n_blocks = (n_batches + bpb - 1) / bpb;
     /* split sites only when blocks alone cannot give every rank two units */
     size_t want = 2 * (size_t)ranks, G = 1;
-    if (n_blocks < want) G = (want + n_blocks - 1) / n_blocks;
+    if (n_blocks > 0 && n_blocks < want) G = (want + n_blocks - 1) / n_blocks;
     schedule_layout_from(u, n, B, K, bpb, G);
 }
 

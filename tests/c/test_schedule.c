@@ -192,6 +192,8 @@ int main(int argc, char **argv) {
         size_t s0, s1;
         group_sites(&u, 2, &s0, &s1);
         CHECK(s0 == 2 && s1 == 3, "group 2 of 3 sites: [%zu, %zu)", s0, s1);
+        schedule_layout(&u, 0, 8, 3, 2); /* no contexts: no units (and no division by zero) */
+        CHECK(u.n_blocks == 0 && u.n_units == 0, "0 contexts: blocks %zu units %zu", u.n_blocks, u.n_units);
         /* stored values out of range are clamped: bpb 0 -> 1, groups 0 -> 1, groups > K -> K */
         schedule_layout_from(&u, 100, 4, 6, 0, 0);
         CHECK(u.batches_per_block == 1 && u.n_groups == 1 && u.n_blocks == 25 && u.n_units == 25,
