@@ -59,14 +59,12 @@ explicitly; test_gemma_reference.py checks that it agrees with the raw path
 to float64 rounding.
 """
 
-import json
 import math
-import os
 
 import numpy as np
 
 # the GPT-2 reference's own safetensors reader (F64/F32/F16/BF16 and the integer dtypes)
-from gpt2_reference import load_safetensors  # noqa: F401  (part of this module's API)
+from gpt2_reference import load_checkpoint, load_safetensors  # noqa: F401  (load_safetensors: part of this module's API)
 
 __all__ = ["load_safetensors", "load_model", "model_dims", "embed_normalizer",
            "sliding_layers", "attention_mask", "apply_rotary", "rms_norm",
@@ -220,29 +218,7 @@ def load_model(dir):
     accepted (used only when tie_word_embeddings is false); any other
     unexpected tensor, a missing one or a wrong shape is an error.
     """
-    with open(os.path.join(dir, "config.json")) as f:
-        config = json.load(f)
-    single = os.path.join(dir, "model.safetensors")
-    index = os.path.join(dir, "model.safetensors.index.json")
-    t = {}
-    if os.path.exists(single):
-        t = load_safetensors(single)
-    elif os.path.exists(index):
-        with open(index) as f:
-            wm = json.load(f)["weight_map"]
-        for shard in sorted(set(wm.values())):
-            part = load_safetensors(os.path.join(dir, shard))
-            for k, v in part.items():
-                if k in t:
-                    raise ValueError("tensor %s in two shards" % k)
-                if wm.get(k) != shard:
-                    raise ValueError("tensor %s not mapped to %s" % (k, shard))
-                t[k] = v
-        absent = [k for k in wm if k not in t]
-        if absent:
-            raise ValueError("index names tensors not in the shards: %s" % absent)
-    else:
-        raise FileNotFoundError("no model.safetensors or index in %s" % dir)
+    config, t = load_checkpoint(dir)
     shapes = expected_shapes(config)
     d = model_dims(config)
     optional = {"lm_head.weight": (d["V"], d["D"])}

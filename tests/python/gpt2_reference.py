@@ -68,6 +68,36 @@ def load_safetensors(path, names=None):
     return out
 
 
+def load_checkpoint(dir):
+    """A Hugging Face folder -> (config dict, {name: float64 ndarray}): model.safetensors, or the
+    shards a model.safetensors.index.json maps (each tensor in exactly the shard it names, every
+    mapped tensor present). neox_reference.py and gemma_reference.py read their folders with it."""
+    with open(os.path.join(dir, "config.json")) as f:
+        config = json.load(f)
+    single = os.path.join(dir, "model.safetensors")
+    index = os.path.join(dir, "model.safetensors.index.json")
+    t = {}
+    if os.path.exists(single):
+        t = load_safetensors(single)
+    elif os.path.exists(index):
+        with open(index) as f:
+            wm = json.load(f)["weight_map"]
+        for shard in sorted(set(wm.values())):
+            part = load_safetensors(os.path.join(dir, shard))
+            for k, v in part.items():
+                if k in t:
+                    raise ValueError("tensor %s in two shards" % k)
+                if wm.get(k) != shard:
+                    raise ValueError("tensor %s not mapped to %s" % (k, shard))
+                t[k] = v
+        absent = [k for k in wm if k not in t]
+        if absent:
+            raise ValueError("index names tensors not in the shards: %s" % absent)
+    else:
+        raise FileNotFoundError("no model.safetensors or index in %s" % dir)
+    return config, t
+
+
 def load_model(dir):
     """-> (config dict, params dict keyed without the `transformer.` prefix)."""
     with open(os.path.join(dir, "config.json")) as f:

@@ -40,14 +40,12 @@ mlp.hook_post unchanged; ln*.hook_normalized = the LayerNorm output before
 its weight and bias; log-probs unchanged.
 """
 
-import json
 import math
-import os
 
 import numpy as np
 
 # the GPT-2 reference's own safetensors reader (F64/F32/F16/BF16 and the integer dtypes)
-from gpt2_reference import layer_norm, load_safetensors  # noqa: F401  (part of this module's API)
+from gpt2_reference import layer_norm, load_checkpoint, load_safetensors  # noqa: F401  (load_safetensors: part of this module's API)
 
 __all__ = ["load_safetensors", "load_model", "model_dims", "rotary_ndims",
            "apply_rotary", "forward", "site_names", "extra_site_names",
@@ -126,29 +124,7 @@ def load_model(dir):
     (attention.bias, attention.masked_bias, rotary_emb.inv_freq) are ignored;
     any other unexpected tensor, a missing one or a wrong shape is an error.
     """
-    with open(os.path.join(dir, "config.json")) as f:
-        config = json.load(f)
-    single = os.path.join(dir, "model.safetensors")
-    index = os.path.join(dir, "model.safetensors.index.json")
-    t = {}
-    if os.path.exists(single):
-        t = load_safetensors(single)
-    elif os.path.exists(index):
-        with open(index) as f:
-            wm = json.load(f)["weight_map"]
-        for shard in sorted(set(wm.values())):
-            part = load_safetensors(os.path.join(dir, shard))
-            for k, v in part.items():
-                if k in t:
-                    raise ValueError("tensor %s in two shards" % k)
-                if wm.get(k) != shard:
-                    raise ValueError("tensor %s not mapped to %s" % (k, shard))
-                t[k] = v
-        absent = [k for k in wm if k not in t]
-        if absent:
-            raise ValueError("index names tensors not in the shards: %s" % absent)
-    else:
-        raise FileNotFoundError("no model.safetensors or index in %s" % dir)
+    config, t = load_checkpoint(dir)
     shapes = _expected_shapes(config)
     params = {}
     for k, v in t.items():
