@@ -13,18 +13,15 @@ used; the safetensors writer is saegap_fixtures.write_safetensors.
 * `gemma2_config(...)`: config.json as Gemma2Config writes it.
 """
 
-import json
 import os
 
 import numpy as np
 
-from saegap_fixtures import _NP_DTYPES, round_to_dtype, write_safetensors
+from saegap_fixtures import INDEX_NAME, SHARD_NAMES, round_to_dtype, write_checkpoint
 
 __all__ = ["make_gemma2_model", "write_gemma2_folder", "gemma2_config",
            "param_names", "SHARD_NAMES", "INDEX_NAME"]
 
-SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
-INDEX_NAME = "model.safetensors.index.json"
 _TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
@@ -83,10 +80,6 @@ def gemma2_config(n_layer=2, n_head=4, n_kv_heads=2, head_dim=16, hidden_size=48
     }
 
 
-def _nbytes(arr, dt):
-    return int(np.prod(np.shape(arr), dtype=np.int64)) * _NP_DTYPES[dt].itemsize
-
-
 def write_gemma2_folder(dir, config, tensors, dtype="F32", sharded=False):
     """Write config.json and the weights of a Gemma2ForCausalLM folder.
 
@@ -105,34 +98,8 @@ def write_gemma2_folder(dir, config, tensors, dtype="F32", sharded=False):
         raise ValueError("missing tensors: %s" % missing)
     out = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
     params = {k: round_to_dtype(v, dtype) for k, v in out.items()}
-    with open(os.path.join(dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    if not sharded:
-        write_safetensors(os.path.join(dir, "model.safetensors"), out, dtype=dtype)
-        return params
-    first = (L + 1) // 2
-
-    def shard_of(name):
-        if name.startswith("model.embed_tokens."):
-            return 0
-        if name.startswith("model.layers."):
-            return 0 if int(name.split(".")[2]) < first else 1
-        return 1
-
-    parts = ({}, {})
-    for k, v in out.items():
-        parts[shard_of(k)][k] = v
-    weight_map = {}
-    total = 0
-    for i, part in enumerate(parts):
-        write_safetensors(os.path.join(dir, SHARD_NAMES[i]), part, dtype=dtype)
-        for k, v in part.items():
-            weight_map[k] = SHARD_NAMES[i]
-            total += _nbytes(v, dtype)
-    index = {"metadata": {"total_size": total},
-             "weight_map": {k: weight_map[k] for k in sorted(weight_map)}}
-    with open(os.path.join(dir, INDEX_NAME), "w") as f:
-        json.dump(index, f, indent=2)
+    write_checkpoint(dir, config, out, {k: dtype for k in out}, sharded, "model.embed_tokens.", "model.layers.",
+                     int(config["num_hidden_layers"]))
     return params
 
 

@@ -16,19 +16,16 @@ F32/F16/BF16 and the integer dtypes (U8 for the causal-mask buffer).
   component j of q (s=0), k (s=1) or v (s=2) of head h.
 """
 
-import json
 import os
 
 import numpy as np
 
-from saegap_fixtures import _NP_DTYPES, round_to_dtype, write_safetensors
+from saegap_fixtures import INDEX_NAME, SHARD_NAMES, round_to_dtype, write_checkpoint
 
 __all__ = ["make_pythia_model", "write_pythia_folder", "pythia_config",
            "param_names", "buffer_names", "qkv_row", "SHARD_NAMES",
            "INDEX_NAME"]
 
-SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
-INDEX_NAME = "model.safetensors.index.json"
 _TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
@@ -108,10 +105,6 @@ def _buffers(config, dtype):
     return tensors, dts
 
 
-def _nbytes(arr, dt):
-    return int(np.prod(np.shape(arr), dtype=np.int64)) * _NP_DTYPES[dt].itemsize
-
-
 def write_pythia_folder(dir, config, tensors, dtype="F32", sharded=False,
                         with_buffers=False):
     """Write config.json and the weights of a GPTNeoXForCausalLM folder.
@@ -138,35 +131,7 @@ def write_pythia_folder(dir, config, tensors, dtype="F32", sharded=False,
         out.update(bt)
         dts.update(bd)
     params = {k: round_to_dtype(tensors[k], dtype) for k in param_names(L)}
-    with open(os.path.join(dir, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    if not sharded:
-        write_safetensors(os.path.join(dir, "model.safetensors"), out, dtype=dtype, dtypes=dts)
-        return params
-    first = (L + 1) // 2
-
-    def shard_of(name):
-        if name.startswith("gpt_neox.embed_in."):
-            return 0
-        if name.startswith("gpt_neox.layers."):
-            return 0 if int(name.split(".")[2]) < first else 1
-        return 1
-
-    parts = ({}, {})
-    for k, v in out.items():
-        parts[shard_of(k)][k] = v
-    weight_map = {}
-    total = 0
-    for i, part in enumerate(parts):
-        write_safetensors(os.path.join(dir, SHARD_NAMES[i]), part, dtype=dtype,
-                          dtypes={k: dts[k] for k in part})
-        for k, v in part.items():
-            weight_map[k] = SHARD_NAMES[i]
-            total += _nbytes(v, dts[k])
-    index = {"metadata": {"total_size": total},
-             "weight_map": {k: weight_map[k] for k in sorted(weight_map)}}
-    with open(os.path.join(dir, INDEX_NAME), "w") as f:
-        json.dump(index, f, indent=2)
+    write_checkpoint(dir, config, out, dts, sharded, "gpt_neox.embed_in.", "gpt_neox.layers.", L)
     return params
 
 

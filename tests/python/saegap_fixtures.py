@@ -135,6 +135,45 @@ def write_safetensors(path, tensors, dtype="F32", metadata=None, dtypes=None):
     return path
 
 
+SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def write_checkpoint(dir, config, tensors, dtypes, sharded, embed_prefix, layers_prefix, n_layer):
+    """config.json and `tensors` ({name: float64 array}, stored as dtypes[name]) as
+    model.safetensors, or (sharded) as Hugging Face's two shards and their index: SHARD_NAMES[0]
+    holds the names under embed_prefix and the first ceil(n_layer/2) layers (layers_prefix +
+    "<l>."), SHARD_NAMES[1] the rest; INDEX_NAME = {"metadata": {"total_size": bytes},
+    "weight_map": {name: shard}}. The Pythia and Gemma-2 fixtures write their folders with it."""
+    with open(os.path.join(dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    if not sharded:
+        write_safetensors(os.path.join(dir, "model.safetensors"), tensors, dtypes=dtypes)
+        return
+    first = (n_layer + 1) // 2
+
+    def shard_of(name):
+        if name.startswith(embed_prefix):
+            return 0
+        if name.startswith(layers_prefix):
+            return 0 if int(name[len(layers_prefix):].split(".")[0]) < first else 1
+        return 1
+
+    parts = ({}, {})
+    for k, v in tensors.items():
+        parts[shard_of(k)][k] = v
+    weight_map, total = {}, 0
+    for i, part in enumerate(parts):
+        write_safetensors(os.path.join(dir, SHARD_NAMES[i]), part, dtypes={k: dtypes[k] for k in part})
+        for k, v in part.items():
+            weight_map[k] = SHARD_NAMES[i]
+            total += int(np.prod(np.shape(v), dtype=np.int64)) * _NP_DTYPES[dtypes[k]].itemsize
+    index = {"metadata": {"total_size": total},
+             "weight_map": {k: weight_map[k] for k in sorted(weight_map)}}
+    with open(os.path.join(dir, INDEX_NAME), "w") as f:
+        json.dump(index, f, indent=2)
+
+
 def make_gpt2_model(dir, n_layer=2, n_head=5, n_embd=60, n_positions=40,
                     vocab_size=211, dtype="F32", prefix=True, seed=0,
                     extra_buffers=True, activation_function="gelu_new",
