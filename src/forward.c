@@ -50,14 +50,25 @@ static void encoder_forward(float *embed, float *pos_embed, float *resid, const 
 static void rotary_forward(float *qkv, size_t B, size_t Tq, size_t P, size_t W, size_t NH, size_t NKV, QkvLayout lay,
                            size_t rot, double base) {
     const size_t half = rot / 2;
+    /* the cosines and sines of the Tq positions, once for the B contexts and all heads (each row
+     * used to recompute its own), with the same expressions: the same bits */
+    float *cs = sg_xcalloc(Tq * half * 2, sizeof(float));
+    const long n_pos = (long)Tq;
+    SG_ROWS_ON_TEAM
+    for (long t = 0; t < n_pos; t++) {
+        const double pos = (double)(P + (size_t)t);
+        for (size_t i = 0; i < half; i++) {
+            const double angle = pos * pow(base, -2.0 * (double)i / (double)rot);
+            cs[((size_t)t * half + i) * 2] = (float)cos(angle), cs[((size_t)t * half + i) * 2 + 1] = (float)sin(angle);
+        }
+    }
     const long rows = (long)(B * Tq);
     SG_ROWS_ON_TEAM
     for (long r = 0; r < rows; r++) {
-        const double pos = (double)(P + (size_t)r % Tq);
+        const float *row_cs = cs + ((size_t)r % Tq) * half * 2;
         float *row = qkv + (size_t)r * W;
         for (size_t i = 0; i < half; i++) {
-            const double angle = pos * pow(base, -2.0 * (double)i / (double)rot);
-            const float c = (float)cos(angle), sn = (float)sin(angle);
+            const float c = row_cs[2 * i], sn = row_cs[2 * i + 1];
             for (size_t h = 0; h < NH + NKV; h++) {
                 float *x = row + (h < NH ? lay.q_base + h * lay.q_stride : lay.k_base + (h - NH) * lay.kv_stride);
                 const float lo = x[i], hi = x[i + half];
@@ -66,6 +77,7 @@ static void rotary_forward(float *qkv, size_t B, size_t Tq, size_t P, size_t W, 
             }
         }
     }
+    free(cs);
 }
 
 /* out (N,D) = (inp - mean) / sqrt(var + eps) * w + b, biased variance, statistics in double. */
