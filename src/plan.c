@@ -204,7 +204,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         }
         char b1[32], b2[32], b3[32], b4[32];
         printf("saegap plan: %s\n", o->job_file ? o->job_file : "(options)");
-        printf("  job: %zu contexts x %zu tokens, %zu SAE site(s), %.0f intervened passes per context, %zu units\n",
+        printf("  job: %zu contexts x %zu tokens, %zu SAE site(s), %.4g intervened passes per context, %zu units\n",
                ts.n, ts.ctx, K, n_passes, units);
         printf("  FLOPs: clean passes %.3g, intervened passes %.3g, unembedding (intervened) %.3g, SAEs %.3g, "
                "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);
