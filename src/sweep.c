@@ -10,9 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-int sweep_is_measured(const SweepJob *j, int32_t tok) {
-    return j->bos_include || tok != j->model->cfg.bos_token_id;
+/* --bos: every token, or all but BOS-id tokens */
+static int measured(const Gpt2Config *c, int bos_include, int32_t tok) {
+    return bos_include || tok != c->bos_token_id;
 }
+
+int sweep_is_measured(const SweepJob *j, int32_t tok) { return measured(&j->model->cfg, j->bos_include, tok); }
 
 /* SAELens's ignore_tokens: the tokenizer's pad, eos and bos ids */
 static int is_special(const Gpt2Config *c, int32_t tok) {
@@ -30,7 +33,7 @@ int sweep_score_is_pass(const Gpt2Config *c, int bos_include, int scope_position
                         const int32_t *ids, size_t N) {
     if (scope_position) return 0; /* the intervention replaces position P only */
     for (size_t r = 0; r < N; r++)
-        if ((bos_include || ids[r] != c->bos_token_id) != score_replaces(c, kind, score, ids[r])) return 0;
+        if (measured(c, bos_include, ids[r]) != score_replaces(c, kind, score, ids[r])) return 0;
     return 1;
 }
 
