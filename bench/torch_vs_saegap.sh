@@ -38,11 +38,12 @@ OUT=$(mktemp -u /tmp/saegap-bench-torch.XXXXXX.h5)
 trap 'rm -f "$OUT"' EXIT
 ARGS=(--model "$W" --sae "$W/saes" --tokens "$TOK" --contexts "$N" --interventions "$IV"
       --examples 0 --threads-per-rank "$TH" --allow-model-mismatch)
-# saegap's FLOPs and BLIS's sgemm rate, as `saegap plan` measures them (again after the loop:
-# the host's speed drifts; the mean of the two is the limit both are compared with)
-plan_sgemm() { "$BIN" plan --ranks 1 "${ARGS[@]}" 2>&1 | sed -n 's/.*measured here: sgemm \([0-9.]*\) GFLOP\/s.*/\1/p'; }
-flops=$("$BIN" plan --ranks 1 "${ARGS[@]}" 2>&1 | sed -n 's/.*; total \([0-9.e+]*\).*/\1/p')
-g0=$(plan_sgemm)
+# saegap's FLOPs and BLIS's sgemm rate, as `saegap plan` measures them (the rate again after
+# the loop: the host's speed drifts; the mean of the two is the limit both are compared with)
+plan_sgemm() { sed -n 's/.*measured here: sgemm \([0-9.]*\) GFLOP\/s.*/\1/p' <<< "$1"; }
+PLAN=$("$BIN" plan --ranks 1 "${ARGS[@]}" 2>&1)
+flops=$(sed -n 's/.*; total \([0-9.e+]*\).*/\1/p' <<< "$PLAN")
+g0=$(plan_sgemm "$PLAN")
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 t0=$(date +%s%N)
 "$BIN" run "${ARGS[@]}" --quiet --out "$OUT"
@@ -58,7 +59,7 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 loop=$(sed -n 's/^torch_loop: loop \([0-9.]*\) s.*/\1/p' "$OUT.torch.txt")
 tflops=$(sed -n 's/^torch_loop: FLOPs \([0-9.e+]*\) .*/\1/p' "$OUT.torch.txt")
 rm -f "$OUT.torch.txt"
-g1=$(plan_sgemm)
+g1=$(plan_sgemm "$("$BIN" plan --ranks 1 "${ARGS[@]}" 2>&1)")
 awk -v a="$t0" -v b="$t1" -v c="$t2" -v l="$loop" -v n="$N" -v th="$TH" -v f="$flops" -v tf="$tflops" \
     -v g0="$g0" -v g1="$g1" 'BEGIN {
   s = (b - a) / 1e9; t = (c - b) / 1e9; g = (g0 + g1) / 2;
