@@ -98,8 +98,7 @@ def write_gemma2_folder(dir, config, tensors, dtype="F32", sharded=False):
         raise ValueError("missing tensors: %s" % missing)
     out = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
     params = {k: round_to_dtype(v, dtype) for k, v in out.items()}
-    write_checkpoint(dir, config, out, {k: dtype for k in out}, sharded, "model.embed_tokens.", "model.layers.",
-                     int(config["num_hidden_layers"]))
+    write_checkpoint(dir, config, out, {k: dtype for k in out}, sharded, "model.embed_tokens.", "model.layers.", L)
     return params
 
 
