@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# tests/fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]
+# tests/fuzz/run.sh --replay [RUNS] [TARGET...]     the gating run (tests/run-all.sh, CI)
+# tests/fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]  open-ended exploration (not gating)
 #
 # Builds the libFuzzer targets (clang-14, ASan + UBSan; -DSAEGAP_FUZZ=ON) in their own build
 # directory, replays every saved regression input tests/fuzz/regressions/<target>/* through
-# its target, then fuzzes each target for SECONDS_PER_TARGET (default 30) on one core, from
-# the seeds of tests/fuzz/corpus/<target>/. Fails on any crash, hang (an input running longer
-# than SAEGAP_FUZZ_TIMEOUT s, default 10), out-of-memory or sanitizer report; the input is
-# left in $BUILD/fuzz-artifacts/<target>/ (copy it to tests/fuzz/regressions/<target>/).
+# its target, then fuzzes each target on one core, from the seeds of tests/fuzz/corpus/<target>/.
+#
+# --replay: deterministic, so that a correct submission never fails at random. Each target runs
+# the checked-in seeds, then exactly RUNS mutations (default 20000) with a fixed seed
+# (-seed=1000+i for the i-th target of the full list), in one process, starting from the
+# checked-in seeds only (what earlier runs found is not read). The same binary on the same
+# inputs does the same executions every time.
+# SECONDS_PER_TARGET: wall-clock fuzzing in fork mode (default 30), starting also from what
+# earlier runs found ($BUILD/fuzz-corpus/<target>/): finds new inputs, so its result can differ
+# from run to run; docs/testing.md, "Long runs".
+#
+# Fails on any crash, hang (an input running longer than SAEGAP_FUZZ_TIMEOUT s, default 10),
+# out-of-memory or sanitizer report in saegap's code; the input is left in
+# $BUILD/fuzz-artifacts/<target>/ (copy it to tests/fuzz/regressions/<target>/).
 #
 #   SAEGAP_FUZZ_BUILD  build directory (default build-fuzz)
 #   SAEGAP_FUZZ_ARGS   more libFuzzer flags, e.g. "-fork=1 -ignore_crashes=1" for long runs
@@ -16,8 +27,17 @@
 # from them); the checked-in seeds are never modified. docs/testing.md: long runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SECS=${1:-30}
-shift || true
+MODE=explore
+if [ "${1:-}" = --replay ]; then
+  MODE=replay
+  shift
+  RUNS=20000
+  case ${1:-} in ''|*[!0-9]*) ;; *) RUNS=$1; shift ;; esac
+  SECS=0
+else
+  SECS=${1:-30}
+  shift || true
+fi
 ALL=(safetensors safetensors_index model_config sae_cfg gemma_scope_npz tokens_npy tokens_bin tokens_hdf5 job_file result_verify result_info result_resume)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
@@ -27,6 +47,8 @@ TIMEOUT=${SAEGAP_FUZZ_TIMEOUT:-10}
 # crashes libhdf5 ends its process on purpose (fuzz_common.c, sg_h5_fault), and every finding is
 # kept and judged afterwards (blame below) instead of ending the run.
 read -r -a EXTRA <<< "${SAEGAP_FUZZ_ARGS:--fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1}"
+# replay: one process, no fork mode (whose children's timing decides what is merged)
+[ "$MODE" = replay ] && EXTRA=()
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -114,14 +136,54 @@ for t in "${TARGETS[@]}"; do
   # would mean no limit)
   limit=(-max_total_time="$SECS")
   [ "$SECS" = 0 ] && limit=(-runs=0)
-  { time { "$bin" "${limit[@]}" -timeout="$TIMEOUT" -rss_limit_mb=2048 -detect_leaks=0 \
+  # new inputs go to the first folder; replay starts each time from an empty one and the seeds
+  corpus=("$BUILD/fuzz-corpus/$t" "tests/fuzz/corpus/$t")
+  if [ "$MODE" = replay ]; then
+    idx=0
+    for i in "${!ALL[@]}"; do [ "${ALL[$i]}" = "$t" ] && idx=$i; done
+    corpus=("$SAEGAP_FUZZ_TMP/corpus-$t" "tests/fuzz/corpus/$t")
+    mkdir -p "${corpus[0]}"
+  fi
+  fuzz_once() { # libFuzzer flags... -> appends to the log
+    "$bin" "$@" -timeout="$TIMEOUT" -rss_limit_mb=2048 -detect_leaks=0 \
       -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$BUILD/fuzz-artifacts/$t/" "${EXTRA[@]}" \
-      "$BUILD/fuzz-corpus/$t" "tests/fuzz/corpus/$t" > "$logdir/$t.log" 2>&1 || rc=$?; }; } 2> "$logdir/$t.time"
+      "${corpus[@]}" >> "$logdir/$t.log" 2>&1
+  }
+  : > "$logdir/$t.log"
+  if [ "$MODE" = replay ]; then
+    # A damaged HDF5 file that crashes libhdf5 ends the fuzzing process on purpose
+    # (fuzz_common.c); the run then goes on from where it stopped, with the next fixed seed and
+    # the inputs found so far, until RUNS executions (at most 8 restarts): still deterministic.
+    { time {
+      left=$RUNS
+      for restart in 0 1 2 3 4 5 6 7 8; do
+        before=$(grep -acE '^#[0-9]+' "$logdir/$t.log" || true)
+        fuzz_once -runs="$left" -seed=$((1000 + 100 * restart + idx)) || rc=$?
+        # executions of this round: the last "#N" status line it printed
+        last=$(tail -n +"$((before + 1))" <(grep -aoE '^#[0-9]+' "$logdir/$t.log") | tail -1 | tr -dc '0-9')
+        if grep -aq 'stat::number_of_executed_units' <(tail -5 "$logdir/$t.log"); then break; fi
+        # anything but the fuzz target's own libhdf5-fault exit ends the loop with its status
+        grep -aq 'NOTE .* libhdf5-fault' <(tail -3 "$logdir/$t.log") || break
+        ls "$BUILD/fuzz-artifacts/$t"/* > /dev/null 2>&1 && break
+        rc=0
+        [ -z "$last" ] && break
+        left=$((left - last))
+        [ "$left" -le 0 ] && break
+        echo "== run.sh: round $restart ended after $last executions (libhdf5 fault); $left left" >> "$logdir/$t.log"
+      done
+    }; } 2> "$logdir/$t.time"
+  else
+    { time { fuzz_once "${limit[@]}" || rc=$?; }; } 2> "$logdir/$t.time"
+  fi
   cpu=$(awk '{s += $1 + $2} END {printf "%.1f", s}' "$logdir/$t.time")
   # executions: libFuzzer's final stats, or in fork mode its last status line "#N: cov: ..."
   execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$logdir/$t.log" | awk '{s += $2} END {print s + 0}' || true)
   if [ "${execs:-0}" = 0 ]; then
     execs=$(grep -aoE '^#[0-9]+: cov' "$logdir/$t.log" | tail -1 | tr -dc '0-9' || true)
+  fi
+  if [ "$MODE" = replay ]; then # plus the rounds a libhdf5 fault ended
+    more=$( (grep -aoE 'ended after [0-9]+ executions' "$logdir/$t.log" || true) | awk '{s += $3} END {print s + 0}')
+    execs=$(( ${execs:-0} + more ))
   fi
   ours=0 theirs=0
   for f in "$BUILD/fuzz-artifacts/$t"/*; do
@@ -154,4 +216,8 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "== tests/fuzz/run.sh: FAILED: ${failed[*]} (inputs in $BUILD/fuzz-artifacts/)" >&2
   exit 1
 fi
-echo "== tests/fuzz/run.sh: ${#TARGETS[@]} target(s), ${SECS} s each: no crash, hang or sanitizer report in saegap's code"
+if [ "$MODE" = replay ]; then
+  echo "== tests/fuzz/run.sh: ${#TARGETS[@]} target(s), seeds + saved inputs + $RUNS fixed-seed mutations each: no crash, hang or sanitizer report in saegap's code"
+else
+  echo "== tests/fuzz/run.sh: ${#TARGETS[@]} target(s), ${SECS} s each: no crash, hang or sanitizer report in saegap's code"
+fi
