@@ -44,8 +44,15 @@ H5Out *h5out_open_readonly(const char *path);
 int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims);
 
 /* FNV-1a of the datasets for which wanted(path) is true, each as its path then its bytes, in
- * name order; -1 when one of them cannot be read. */
-int h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset), uint64_t *sum);
+ * name order; -1 when one of them cannot be read. With attr_wanted, each object's attributes
+ * for which attr_wanted(object path, "." for the root, attribute name) is true come first, in
+ * name order: object and name, then the value (strings as bytes, integers as int64, floats as
+ * double, whatever type stores them). */
+int h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset),
+                         int (*attr_wanted)(const char *object, const char *attr), uint64_t *sum);
+
+/* The shape of an open dataset handle: 0, or -1. */
+int h5out_dims(H5Out *h, int ds, int *ndims, uint64_t *dims);
 
 /* Like h5out_read_rows, but returns -1 instead of failing (damaged files). */
 int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *data);

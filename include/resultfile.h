@@ -40,7 +40,8 @@ typedef struct {
 
 size_t rf_samples_of(const RfShape *s, Intervention iv); /* samples for random ones, else 1 */
 int rf_has_iv(const RfShape *s, Intervention iv);
-int rf_has_zscore(const RfShape *s); /* sae_kl_zscore: --scope position, samples > 1, sae and eps_random */
+int rf_has_zscore(const RfShape *s);
+int rf_has_scores(const RfShape *s); /* sae and zero_ablation: SAELens's kl_div_score and ce_loss_score */ /* sae_kl_zscore: --scope position, samples > 1, sae and eps_random */
 
 /* One site as the schema sees it. */
 typedef struct {
@@ -63,6 +64,7 @@ typedef struct {
     int tokens, clean_ce, done, unit_checksum, ex_contexts, ex_position, ex_clean_ids, ex_clean_lp;
     int corr[IV_COUNT][3];      /* pearson, spearman, sites; -1 when not written */
     RfSiteSets *sites;
+    int ck_records;             /* unit checksums cover the unit's aggregate records too */
 } ResultFile;
 
 /* The job's identity: every item is written as attribute job_<name> and compared by --resume. */
@@ -125,12 +127,23 @@ int rf_rows_ds(const ResultFile *rf, const RfRows *rows); /* the dataset handle 
 /* ---- per-unit progress ----------------------------------------------------------------------- */
 
 /* Independent. The site's aggregate record of a block: sums (packed, reprosum.h), counts,
- * latent firing counts. */
+ * latent firing counts; folded into the unit's *checksum after its rows (rf->ck_records). */
 void rf_write_record(ResultFile *rf, size_t site, size_t block, const ReproSum *sums, const int64_t *counts,
-                     const int32_t *fire);
+                     const int32_t *fire, uint64_t *checksum);
 void rf_read_record(ResultFile *rf, size_t site, size_t block, ReproSum *sums, int64_t *counts, int32_t *fire);
 void rf_mark_done(ResultFile *rf, size_t unit, uint64_t checksum); /* checksum, then the done flag */
 void rf_read_done(ResultFile *rf, int32_t *done);                  /* n_units flags */
+
+/* What a unit's checksum covers: its rows in the walk's order, then (files that record
+ * unit_checksum_covers = RF_UNIT_CK_RECORDS, written since the attribute exists) the aggregate
+ * records of its sites for its block. Older files: the rows only. */
+#define RF_UNIT_CK_RECORDS "rows,records"
+int rf_unit_ck_records(H5Out *h);
+/* A finished unit's checksum recomputed from the file: with rf, through the handles this run has
+ * open (every rank may call; independent reads); without, datasets looked up by name (verify).
+ * 0, or -1 when a dataset is missing, of another shape or unreadable. */
+int rf_unit_reread(H5Out *h, const ResultFile *rf, const RfShape *s, const char *const *site_names, size_t unit,
+                   int records, uint64_t *sum);
 
 /* ---- reading a result without the job (verify, info) -------------------------------------- */
 

@@ -89,6 +89,7 @@ struct H5Out {
     hid_t file;
     hid_t *dsets;
     H5OutType *types;
+    char **found;       /* h5out_find_dataset's name of each handle (NULL: not found by name) */
     int n_dsets, cap_dsets;
 };
 
@@ -316,10 +317,25 @@ static int add_handle(H5Out *h, hid_t d, H5OutType type) {
         h->cap_dsets = h->cap_dsets ? 2 * h->cap_dsets : 16;
         h->dsets = sg_xrealloc(h->dsets, (size_t)h->cap_dsets * sizeof *h->dsets);
         h->types = sg_xrealloc(h->types, (size_t)h->cap_dsets * sizeof *h->types);
+        h->found = sg_xrealloc(h->found, (size_t)h->cap_dsets * sizeof *h->found);
     }
     h->dsets[h->n_dsets] = d;
     h->types[h->n_dsets] = type;
+    h->found[h->n_dsets] = NULL;
     return h->n_dsets++;
+}
+
+int h5out_dims(H5Out *h, int ds, int *ndims, uint64_t *dims) {
+    if (h->dry || ds < 0 || ds >= h->n_dsets) return -1;
+    hid_t sp = H5Dget_space(h->dsets[ds]);
+    int nd = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
+    hsize_t got[8];
+    if (nd >= 0 && nd <= 8) H5Sget_simple_extent_dims(sp, got, NULL);
+    if (sp >= 0) H5Sclose(sp);
+    if (nd < 0 || nd > 8) return -1;
+    *ndims = nd;
+    for (int i = 0; i < nd; i++) dims[i] = got[i];
+    return 0;
 }
 
 /* --resume: the stored type must be the one saegap creates the dataset with. libhdf5 converts
@@ -392,6 +408,9 @@ H5Out *h5out_open_readonly(const char *path) {
 }
 
 static int find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims) {
+    /* verify looks the same datasets up once per unit: one handle each, not one per lookup */
+    for (int i = 0; i < h->n_dsets; i++)
+        if (h->found[i] && h->types[i] == type && !strcmp(h->found[i], name)) return h5out_dims(h, i, ndims, dims) ? -1 : i;
     if (H5Lexists(h->file, name, H5P_DEFAULT) <= 0) return -1;
     hid_t d = H5Dopen2(h->file, name, H5P_DEFAULT);
     if (d < 0) return -1;
@@ -419,7 +438,9 @@ static int find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, 
     }
     *ndims = nd;
     for (int i = 0; i < nd; i++) dims[i] = got[i];
-    return add_handle(h, d, type);
+    int ds = add_handle(h, d, type);
+    h->found[ds] = sg_xstrdup(name);
+    return ds;
 }
 
 int h5out_find_dataset(H5Out *h, const char *name, H5OutType type, int *ndims, uint64_t *dims) {
@@ -617,7 +638,21 @@ static hid_t open_obj(H5Out *h, const char *obj) {
 static void write_attr(H5Out *h, const char *obj, const char *name, hid_t ftype, hid_t mtype, const void *value) {
     if (h->dry) return;
     hid_t o = open_obj(h, obj);
-    if (H5Aexists(o, name) > 0) SG_H5(H5Adelete(o, name), "replacing attribute %s", name);
+    if (H5Aexists(o, name) > 0) {
+        /* the same type and one value: rewritten in place, so the metadata needs no new space
+         * (resultfile.c creates the end of the run's attributes up front for this) */
+        hid_t a = H5Aopen(o, name, H5P_DEFAULT), t = a < 0 ? -1 : H5Aget_type(a), sp = a < 0 ? -1 : H5Aget_space(a);
+        int same = t >= 0 && sp >= 0 && H5Tequal(t, ftype) > 0 && H5Sget_simple_extent_type(sp) == H5S_SCALAR;
+        if (sp >= 0) H5Sclose(sp);
+        if (t >= 0) H5Tclose(t);
+        if (same) SG_H5(H5Awrite(a, mtype, value), "writing attribute %s on %s", name, obj);
+        if (a >= 0) H5Aclose(a);
+        if (same) {
+            H5Oclose(o);
+            return;
+        }
+        SG_H5(H5Adelete(o, name), "replacing attribute %s", name);
+    }
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t a = H5Acreate2(o, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT);
     SG_H5(a, "creating attribute %s on %s", name, obj);
@@ -669,6 +704,8 @@ uint64_t h5out_dry_bytes(const H5Out *h) { return h->dry_bytes; }
 
 void h5out_close(H5Out *h) {
     if (!h) return;
+    for (int i = 0; i < h->n_dsets; i++) free(h->found[i]);
+    free(h->found);
     if (h->dry) {
         free(h->dsets), free(h->types), free(h->path), free(h);
         return;
@@ -693,7 +730,14 @@ void h5out_close(H5Out *h) {
 
 /* file: stored_enough needs the file's id (H5Fget_filesize); H5Ovisit2 hands the callback the
  * location it started from, which is not one */
-typedef struct { uint64_t h; int bad; int (*wanted)(const char *); hid_t file; } FinalSum;
+typedef struct {
+    uint64_t h;
+    int bad;
+    int (*wanted)(const char *);
+    int (*attr_wanted)(const char *object, const char *attr); /* NULL: no attributes */
+    hid_t file;
+    const char *object; /* the object whose attributes fold_attribute sees */
+} FinalSum;
 
 /* Folds the dataset's bytes into fs->h in blocks of whole rows of about 8 MB: the same hash as
  * one read of the whole dataset, in memory that does not grow with the file (verify runs on
@@ -733,8 +777,68 @@ static int fold_rows(FinalSum *fs, hid_t d, hid_t t, hid_t fspace, size_t total_
     return rc;
 }
 
-static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, void *op) {
+/* An attribute's value, whatever type h5py or saegap stored it with: strings as their bytes,
+ * integers as int64, floats as double (so that the value, not the storage, is checksummed).
+ * Anything else, or more than 4096 values, is not a saegap attribute: -1. */
+#define ATTR_FOLD_MAX 4096
+static int fold_attribute_value(FinalSum *fs, hid_t a) {
+    hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+    hssize_t n = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+    H5T_class_t cls = t < 0 ? H5T_NO_CLASS : H5Tget_class(t);
+    int rc = -1;
+    if (n < 0 || n > ATTR_FOLD_MAX) goto done;
+    if (cls == H5T_INTEGER || cls == H5T_FLOAT) {
+        void *buf = sg_xcalloc((size_t)(n ? n : 1), 8);
+        rc = H5Aread(a, cls == H5T_INTEGER ? H5T_NATIVE_INT64 : H5T_NATIVE_DOUBLE, buf) < 0 ? -1 : 0;
+        if (rc == 0) fs->h = fnv1a(fs->h, buf, (size_t)n * 8);
+        free(buf);
+    } else if (cls == H5T_STRING && H5Tis_variable_str(t) > 0) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(t));
+        char **strs = sg_xcalloc((size_t)(n ? n : 1), sizeof *strs);
+        rc = H5Aread(a, mt, strs) < 0 ? -1 : 0;
+        for (hssize_t i = 0; i < n; i++) {
+            if (rc == 0) fs->h = fnv1a(fs->h, strs[i] ? strs[i] : "", strs[i] ? strlen(strs[i]) + 1 : 1);
+            if (strs[i]) H5free_memory(strs[i]);
+        }
+        free(strs);
+        H5Tclose(mt);
+    } else if (cls == H5T_STRING) {
+        size_t len = H5Tget_size(t), bytes = 0;
+        if (len == 0 || len > (1u << 16) || sg_mul_overflow(len, (size_t)(n ? n : 1), &bytes)) goto done;
+        char *buf = sg_xcalloc(bytes, 1);
+        rc = H5Aread(a, t, buf) < 0 ? -1 : 0;
+        if (rc == 0) fs->h = fnv1a(fs->h, buf, bytes);
+        free(buf);
+    }
+done:
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+    return rc;
+}
+
+static herr_t fold_attribute(hid_t obj, const char *name, const H5A_info_t *info, void *op) {
+    (void)info;
     FinalSum *fs = op;
+    if (!fs->attr_wanted(fs->object, name)) return 0;
+    fs->h = fnv1a(fs->h, fs->object, strlen(fs->object) + 1);
+    fs->h = fnv1a(fs->h, name, strlen(name) + 1);
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0 || fold_attribute_value(fs, a) != 0) fs->bad = 1;
+    if (a >= 0) H5Aclose(a);
+    return 0;
+}
+
+static herr_t fold_object(hid_t loc, const char *name, const H5O_info_t *info, void *op) {
+    FinalSum *fs = op;
+    if (fs->attr_wanted && (info->type == H5O_TYPE_GROUP || info->type == H5O_TYPE_DATASET)) {
+        /* the object's attributes in name order, before its data */
+        fs->object = name;
+        hsize_t idx = 0;
+        if (H5Aiterate_by_name(loc, name, H5_INDEX_NAME, H5_ITER_INC, &idx, fold_attribute, fs, H5P_DEFAULT) < 0)
+            fs->bad = 1;
+    }
     if (info->type != H5O_TYPE_DATASET) return 0;
     if (!fs->wanted(name)) return 0;
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
@@ -754,16 +858,18 @@ static herr_t fold_dataset(hid_t loc, const char *name, const H5O_info_t *info, 
     return 0;
 }
 
-static int checksum_final(H5Out *h, int (*wanted)(const char *), uint64_t *sum) {
-    FinalSum fs = {FNV1A_INIT, 0, wanted, h->file};
-    if (H5Ovisit2(h->file, H5_INDEX_NAME, H5_ITER_INC, fold_dataset, &fs, H5O_INFO_BASIC) < 0) fs.bad = 1;
+static int checksum_final(H5Out *h, int (*wanted)(const char *), int (*attr_wanted)(const char *, const char *),
+                          uint64_t *sum) {
+    FinalSum fs = {FNV1A_INIT, 0, wanted, attr_wanted, h->file, ""};
+    if (H5Ovisit2(h->file, H5_INDEX_NAME, H5_ITER_INC, fold_object, &fs, H5O_INFO_BASIC) < 0) fs.bad = 1;
     *sum = fs.h;
     return fs.bad ? -1 : 0;
 }
 
-int h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset), uint64_t *sum) {
+int h5out_checksum_final(H5Out *h, int (*wanted)(const char *dataset),
+                         int (*attr_wanted)(const char *object, const char *attr), uint64_t *sum) {
     h5guard_enter(h->path, 1);
-    int rc = checksum_final(h, wanted, sum);
+    int rc = checksum_final(h, wanted, attr_wanted, sum);
     h5guard_leave();
     return rc;
 }

@@ -11,8 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* final_checksum until the run completes: the length of the value that replaces it */
+#define FINAL_CHECKSUM_PLACEHOLDER "fnv1a64+attributes:0000000000000000"
+
 int rf_has_iv(const RfShape *s, Intervention iv) { return (s->iv_mask >> iv) & 1u; }
 size_t rf_samples_of(const RfShape *s, Intervention iv) { return iv_samples(iv, s->samples); }
+int rf_has_scores(const RfShape *s) { return rf_has_iv(s, IV_SAE) && rf_has_iv(s, IV_ZERO_ABLATION); }
 int rf_has_zscore(const RfShape *s) {
     return s->scope_position && s->samples > 1 && rf_has_iv(s, IV_SAE) && rf_has_iv(s, IV_EPS_RANDOM);
 }
@@ -98,6 +102,7 @@ static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const 
     h5out_attr_i64(h, "/", "bos_token_id", prov->bos_token_id);
     h5out_attr_i64(h, "/", "ranks", prov->ranks);
     h5out_attr_i64(h, "/", "complete", 0);
+    h5out_attr_str(h, "/", "unit_checksum_covers", RF_UNIT_CK_RECORDS);
     h5out_attr_i64(h, "/", "unit_batch_contexts", (int64_t)s->layout.B);
     h5out_attr_i64(h, "/", "unit_batches_per_block", (int64_t)s->layout.batches_per_block);
     h5out_attr_i64(h, "/", "unit_site_groups", (int64_t)s->layout.n_groups);
@@ -274,6 +279,26 @@ static void create_dataset(ResultFile *rf, H5Out *h, const DatasetSpec *d, size_
     *handle = d->strings ? h5out_dataset_strings(h, path, dims[0]) : h5out_dataset(h, path, d->type, nd, dims);
 }
 
+/* Every attribute the end of the run writes exists from the start, with a placeholder of its
+ * type (NaN, -1, a checksum of zeros): the end then rewrites values in place, and the file's
+ * metadata does not grow after the units. So nothing written after them needs new space on
+ * disk, which a full disk could refuse, leaving the units behind metadata that no longer
+ * reads (a file system without fallocate cannot hold space back for it). */
+static void end_of_run_placeholders(ResultFile *rf, H5Out *h, const RfSite *sites) {
+    SiteSummary nan;
+    double *v = (double *)&nan;
+    for (size_t i = 0; i < sizeof nan / sizeof(double); i++) v[i] = __builtin_nan("");
+    nan.dead_latents = nan.measured_tokens = -1; /* integers */
+    for (size_t i = 0; i < rf->shape.n_sites; i++) rf_write_site_summary(rf, i, sites[i].name, &nan, rf_has_scores(&rf->shape));
+    for (int iv = 0; iv < IV_COUNT; iv++)
+        if (rf->corr[iv][0] >= 0) {
+            char g[128];
+            snprintf(g, sizeof g, "correlation/%s_minus_eps_random", iv_name((Intervention)iv));
+            h5out_attr_i64(h, g, "tokens", -1);
+        }
+    h5out_attr_str(h, "/", "final_checksum", FINAL_CHECKSUM_PLACEHOLDER);
+}
+
 void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,
                const RfProvenance *prov) {
     memset(rf, 0, sizeof *rf);
@@ -284,6 +309,7 @@ void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, 
         rf->sites[i].n_sums = sites[i].n_sums, rf->sites[i].F = sites[i].sae ? sites[i].sae->d_sae : 0;
     const int fresh = !h5out_resuming(h);
     if (fresh) root_attributes(h, s, job, prov);
+    rf->ck_records = fresh || rf_unit_ck_records(h); /* a resumed file's units go on as it began them */
     static const Each site_order[] = {EACH_SITE_IV, EACH_SITE_METRIC, EACH_SITE};
     for (Part part = PART_MAIN; part < PART_COUNT; part++) {
         for (size_t k = 0; k < N_SCHEMA; k++)
@@ -304,6 +330,7 @@ void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, 
             for (size_t k = 0; k < N_SCHEMA; k++)
                 if (SCHEMA[k].part == part && SCHEMA[k].each == EACH_IV) create_dataset(rf, h, &SCHEMA[k], 0, NULL, w);
     }
+    if (fresh) end_of_run_placeholders(rf, h, sites);
     if (fresh && s->n_examples && sg_rank() == 0) { /* which contexts and position the examples are */
         int32_t *v = sg_xcalloc(s->n_examples, sizeof(int32_t));
         for (size_t k = 0; k < s->n_examples; k++) v[k] = (int32_t)k;
@@ -381,14 +408,99 @@ int rf_rows_ds(const ResultFile *rf, const RfRows *r) {
 /* ---- per-unit progress ------------------------------------------------------------------------- */
 
 void rf_write_record(ResultFile *rf, size_t site, size_t block, const ReproSum *sums, const int64_t *counts,
-                     const int32_t *fire) {
+                     const int32_t *fire, uint64_t *checksum) {
     RfSiteSets *ss = &rf->sites[site];
     int64_t *pairs = sg_xcalloc(2 * ss->n_sums, sizeof(int64_t));
     repro_pack(pairs, sums, ss->n_sums);
     h5out_write_rows(rf->h, ss->rec_sums, block, 1, pairs);
     h5out_write_rows(rf->h, ss->rec_counts, block, 1, counts);
     h5out_write_rows(rf->h, ss->rec_fire, block, 1, fire);
+    if (rf->ck_records) { /* the order rf_unit_reread folds them in */
+        *checksum = fnv1a(*checksum, pairs, 2 * ss->n_sums * sizeof(int64_t));
+        *checksum = fnv1a(*checksum, counts, CN_COUNT * sizeof(int64_t));
+        *checksum = fnv1a(*checksum, fire, ss->F * sizeof(int32_t));
+    }
     free(pairs);
+}
+
+/* ---- a finished unit's checksum, recomputed from the file ------------------------------------ */
+
+int rf_unit_ck_records(H5Out *h) {
+    char v[64] = "";
+    return h5out_get_attr_str(h, "/", "unit_checksum_covers", v, sizeof v) == 0 && !strcmp(v, RF_UNIT_CK_RECORDS);
+}
+
+typedef struct {
+    H5Out *h;
+    const ResultFile *rf;       /* the handles of a file this run has open; NULL: by name */
+    unsigned char *buf;
+    size_t cap;
+    uint64_t sum;
+} UnitReread;
+
+/* Folds rows [row0, row0 + nrows) of dataset ds (elem bytes a value) into u->sum. per_row: the
+ * values a row must hold (0: as stored). -1 when missing, of another shape or unreadable. */
+static int fold_ds(UnitReread *u, int ds, size_t row0, size_t nrows, size_t per_row, size_t elem) {
+    int nd;
+    uint64_t dims[8];
+    if (ds < 0 || h5out_dims(u->h, ds, &nd, dims) != 0 || nd < 1) return -1;
+    size_t per = 1, bytes = 0;
+    for (int i = 1; i < nd; i++)
+        if (sg_mul_overflow(per, dims[i], &per)) return -1;
+    if ((per_row && per != per_row) || row0 > dims[0] || nrows > dims[0] - row0 || sg_mul_overflow(nrows, per, &bytes) ||
+        sg_mul_overflow(bytes, elem, &bytes))
+        return -1;
+    if (bytes > u->cap) {
+        u->buf = sg_xrealloc(u->buf, bytes);
+        u->cap = bytes;
+    }
+    if (h5out_try_read_rows(u->h, ds, row0, nrows, u->buf) != 0) return -1;
+    u->sum = fnv1a(u->sum, u->buf, bytes);
+    return 0;
+}
+
+static int spec_ds(UnitReread *u, const DatasetSpec *d, size_t site, const char *site_name, int which) {
+    if (u->rf) return *handle_of((ResultFile *)u->rf, d, site, which);
+    char name[320];
+    int nd;
+    uint64_t dims[8];
+    spec_path(name, sizeof name, d, site_name, which);
+    return h5out_find_dataset(u->h, name, d->type, &nd, dims);
+}
+
+static int reread_rows(void *ctx, const RfRows *rows) {
+    UnitReread *u = ctx;
+    int ds, nd;
+    uint64_t dims[8];
+    if (u->rf) ds = rf_rows_ds(u->rf, rows);
+    else ds = h5out_find_dataset(u->h, rows->name, H5OUT_F32, &nd, dims); /* the walk names it */
+    return fold_ds(u, ds, rows->c0, rows->nb, rows->per_context, sizeof(float));
+}
+
+static const DatasetSpec *record_spec(size_t handle) {
+    for (size_t k = 0; k < N_SCHEMA; k++)
+        if (SCHEMA[k].each == EACH_SITE && SCHEMA[k].handle == handle) return &SCHEMA[k];
+    sg_fatal("resultfile", "no record dataset at offset %zu", handle);
+}
+
+int rf_unit_reread(H5Out *h, const ResultFile *rf, const RfShape *s, const char *const *site_names, size_t unit,
+                   int records, uint64_t *sum) {
+    UnitReread u = {.h = h, .rf = rf, .sum = FNV1A_INIT};
+    int rc = rf_unit_walk(s, site_names, unit, reread_rows, &u);
+    if (rc == 0 && records) {
+        size_t block, group, s0, s1;
+        unit_parts(&s->layout, unit, &block, &group);
+        group_sites(&s->layout, group, &s0, &s1);
+        const size_t rec[] = {offsetof(RfSiteSets, rec_sums), offsetof(RfSiteSets, rec_counts), offsetof(RfSiteSets, rec_fire)};
+        for (size_t si = s0; si < s1 && rc == 0; si++)
+            for (size_t k = 0; k < 3 && rc == 0; k++) {
+                const DatasetSpec *d = record_spec(rec[k]);
+                rc = fold_ds(&u, spec_ds(&u, d, si, site_names[si], 0), block, 1, 0, d->type == H5OUT_I32 ? 4 : 8);
+            }
+    }
+    free(u.buf);
+    *sum = u.sum;
+    return rc == 0 ? 0 : -1;
 }
 
 void rf_read_record(ResultFile *rf, size_t site, size_t block, ReproSum *sums, int64_t *counts, int32_t *fire) {
@@ -568,10 +680,23 @@ static int in_final_checksum(const char *name) {
     return 0;
 }
 
-static int final_checksum(H5Out *h, char out[64]) {
+/* The result attributes the final checksum covers since it has its "+attributes" prefix: every
+ * attribute of every object (the per-site aggregates and scores, the mean KLs, the correlations'
+ * token counts, the job and provenance), except the two written after it. */
+static int in_final_attributes(const char *object, const char *attr) {
+    return !(!strcmp(object, ".") && (!strcmp(attr, "final_checksum") || !strcmp(attr, "complete")));
+}
+
+#define FINAL_PREFIX_DATASETS "fnv1a64:"              /* datasets only: files written before */
+#define FINAL_PREFIX_ATTRIBUTES "fnv1a64+attributes:" /* datasets and result attributes */
+
+/* The final checksum in the form `recorded` has (datasets only for files written before the
+ * attributes were covered; NULL: the current form). */
+static int final_checksum(H5Out *h, const char *recorded, char out[64]) {
     uint64_t sum = 0;
-    if (h5out_checksum_final(h, in_final_checksum, &sum) != 0) return -1;
-    snprintf(out, 64, "fnv1a64:%016llx", (unsigned long long)sum);
+    int attrs = !recorded || !strncmp(recorded, FINAL_PREFIX_ATTRIBUTES, strlen(FINAL_PREFIX_ATTRIBUTES));
+    if (h5out_checksum_final(h, in_final_checksum, attrs ? in_final_attributes : NULL, &sum) != 0) return -1;
+    snprintf(out, 64, "%s%016llx", attrs ? FINAL_PREFIX_ATTRIBUTES : FINAL_PREFIX_DATASETS, (unsigned long long)sum);
     return 0;
 }
 
@@ -583,17 +708,24 @@ RfFinalCheck rf_final_checksum_check(H5Out *h) {
     char want[64] = "", got[64];
     if (h5out_get_attr_str(h, "/", "final_checksum", want, sizeof want) != 0) return RF_FINAL_MISMATCH;
     if (strcmp(want, FINAL_CHECKSUM_NOT_COMPUTED) == 0) return RF_FINAL_NOT_RECORDED;
-    if (final_checksum(h, got) != 0) return RF_FINAL_MISMATCH;
+    if (final_checksum(h, want, got) != 0) return RF_FINAL_MISMATCH;
     return strcmp(want, got) == 0 ? RF_FINAL_OK : RF_FINAL_MISMATCH;
 }
 
 void rf_complete(ResultFile *rf, const char *path, MPI_Comm comm, int rank) {
     char ck[64] = "";
-    if (rank == 0 && final_checksum(rf->h, ck) != 0) ck[0] = '\0';
+    if (rank == 0 && final_checksum(rf->h, NULL, ck) != 0) ck[0] = '\0';
     SG_MPI(MPI_Bcast(ck, sizeof ck, MPI_CHAR, 0, comm), "broadcasting the final checksum");
     if (!ck[0]) /* the datasets were just written by this run: not a user's error */
         sg_fatal(path, "cannot read back the datasets written after the units to checksum them; the file "
                  "stays incomplete (--resume finishes it)");
     h5out_attr_str(rf->h, "/", "final_checksum", ck);
+    h5out_flush(rf->h);
+    /* complete = 1 only over a file whose final checksum reads back as written */
+    int ok = rank == 0 ? rf_final_checksum_check(rf->h) == RF_FINAL_OK : 1;
+    SG_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm), "broadcasting the final check");
+    if (!ok)
+        sg_fatal(path, "the datasets and attributes written after the units do not read back as written (a lost "
+                 "write?); the file stays incomplete (saegap verify tells; --resume finishes it)");
     h5out_attr_i64(rf->h, "/", "complete", 1);
 }

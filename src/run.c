@@ -253,7 +253,7 @@ static void describe_job(Run *r) {
     job_identity(r, JOB_HASH_XXH3);
     r->job = (SweepJob){.model = &r->model, .ts = &r->ts, .sites = r->sites, .n_sites = r->n_sites, .shape = &r->shape,
                         .B = s->layout.B, .bos_include = r->bos_include,
-                        .scores = rf_has_iv(&r->shape, IV_SAE) && rf_has_iv(&r->shape, IV_ZERO_ABLATION), .latent_noise = o->latent_noise,
+                        .scores = rf_has_scores(&r->shape), .latent_noise = o->latent_noise,
                         .seed = (uint64_t)o->seed, .stop = &g_stop_signal};
 }
 
@@ -330,9 +330,73 @@ static int run_unit(Run *r, Work *w, size_t unit) {
     if (rf_unit_walk(&r->shape, r->site_names, unit, write_unit_rows, &u) != 0) return -1;
     for (size_t si = s0; si < s1; si++) record_check_sums(r->sites[si].rec.sums, r->sites[si].rec.n_sums, r->sites[si].name);
     for (size_t si = s0; si < s1; si++)
-        rf_write_record(&r->rf, si, block, r->sites[si].rec.sums, r->sites[si].rec.counts, r->sites[si].rec.fire);
+        rf_write_record(&r->rf, si, block, r->sites[si].rec.sums, r->sites[si].rec.counts, r->sites[si].rec.fire,
+                        &u.checksum);
     rf_mark_done(&r->rf, unit, u.checksum);
     return 0;
+}
+
+/* Tests only: SAEGAP_TEST_HOLD=MOMENT:FILE holds every rank at MOMENT ("after_units") until FILE
+ * exists, so that the disk-full tests can fill the disk at that moment, not about then. */
+static void test_hold(const char *moment, MPI_Comm comm, int rank) {
+    const char *v = getenv("SAEGAP_TEST_HOLD");
+    size_t n = strlen(moment);
+    if (!v || strncmp(v, moment, n) != 0 || v[n] != ':') return;
+    if (rank == 0) {
+        fprintf(stderr, "saegap run: held at %s until %s exists (SAEGAP_TEST_HOLD)\n", moment, v + n + 1);
+        const struct timespec ten_ms = {0, 10 * 1000 * 1000};
+        while (access(v + n + 1, F_OK) != 0) nanosleep(&ten_ms, NULL);
+    }
+    SG_MPI(MPI_Barrier(comm), "holding at %s", moment);
+}
+
+/* ---- finished units, read back --------------------------------------------------------------- */
+
+/* Collective. Every rank re-reads its share of the units marked done (done[u] == 1) and compares
+ * each with the checksum the unit recorded; a unit that fails is set back to pending in done[],
+ * the same on every rank. Returns how many failed; names up to 8 of them in `list`. */
+static size_t recheck_finished_units(Run *r, int32_t *done, MPI_Comm comm, int rank, int size, char *list, size_t cap) {
+    size_t n = r->shape.layout.n_units, k = 0, n_bad = 0;
+    int64_t *ck = sg_xcalloc(n, sizeof *ck);
+    int32_t *bad = sg_xcalloc(n, sizeof *bad);
+    if (rank == 0) h5out_read_rows(r->rf.h, r->rf.unit_checksum, 0, n, ck);
+    SG_MPI(MPI_Bcast(ck, (int)n, MPI_INT64_T, 0, comm), "broadcasting the unit checksums");
+    for (size_t u = 0; u < n; u++) {
+        if (done[u] != 1 || k++ % (size_t)size != (size_t)rank) continue;
+        uint64_t sum = 0;
+        bad[u] = rf_unit_reread(r->rf.h, &r->rf, &r->shape, r->site_names, u, r->rf.ck_records, &sum) != 0 ||
+                 (int64_t)sum != ck[u];
+    }
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, bad, (int)n, MPI_INT32_T, MPI_MAX, comm), "gathering the unit checks");
+    list[0] = 0;
+    for (size_t u = 0; u < n; u++) {
+        if (!bad[u]) continue;
+        done[u] = 0;
+        if (n_bad++ < 8) snprintf(list + strlen(list), cap - strlen(list), "%s%zu", n_bad > 1 ? ", " : "", u);
+    }
+    if (n_bad > 8) snprintf(list + strlen(list), cap - strlen(list), ", ...");
+    free(ck), free(bad);
+    return n_bad;
+}
+
+/* Collective, after every unit ran: each must read back as done and as written (a write the
+ * file system lost, or a collective write error reported to another rank only, shows here)
+ * before anything is computed from them. 0, or -1 with the error agreed. */
+static int check_units_written(Run *r, MPI_Comm comm, int rank, int size) {
+    size_t n = r->shape.layout.n_units, not_done = 0;
+    int32_t *done = sg_xcalloc(n, sizeof *done);
+    if (rank == 0) rf_read_done(&r->rf, done);
+    SG_MPI(MPI_Bcast(done, (int)n, MPI_INT32_T, 0, comm), "broadcasting the done flags");
+    for (size_t u = 0; u < n; u++) not_done += done[u] != 1;
+    char list[160];
+    size_t bad = recheck_finished_units(r, done, comm, rank, size, list, sizeof list);
+    free(done);
+    int rc = 0;
+    if (rank == 0 && (bad || not_done))
+        rc = sg_errorf(r->o->out, "%zu unit(s) do not read back as written%s%s%s (lost writes: a full disk or a failing "
+                       "file system?); the file stays incomplete: saegap verify tells, and the same command with "
+                       "--resume recomputes them", bad + not_done, bad ? " (units " : "", bad ? list : "", bad ? ")" : "");
+    return sg_agree(comm, rc);
 }
 
 /* ---- aggregates: exact sums of every block's record ------------------------------------------ */
@@ -519,6 +583,8 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     create_schema(&r, h, size);
     const int resuming = h5out_resuming(h);
     if (!resuming && rank == 0) h5out_write_rows(h, r.rf.tokens, 0, r.ts.n, r.ts.ids);
+    /* a resumed file may rewrite units and aggregates: not complete until rf_complete says so */
+    if (resuming) h5out_attr_i64(h, "/", "complete", 0);
     h5out_flush(h); /* schema on disk before any unit runs: a kill cannot damage metadata */
     /* every byte the run will write is backed by the file system now: a disk that fills up
      * later cannot cost a unit or the file's metadata */
@@ -543,6 +609,11 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     if (resuming) {
         if (rank == 0) rf_read_done(&r.rf, done);
         SG_MPI(MPI_Bcast(done, (int)n_units, MPI_INT32_T, 0, comm), "broadcasting the done flags");
+        /* check before trusting: a finished unit whose data fail their checksum is run again */
+        char list[160];
+        size_t bad = recheck_finished_units(&r, done, comm, rank, size, list, sizeof list);
+        if (bad)
+            sg_warnf("%s: %zu finished unit(s) fail their checksum (units %s): computing them again", o->out, bad, list);
     }
     size_t *pending = sg_xcalloc(n_units, sizeof(size_t));
     for (size_t u = 0; u < n_units; u++)
@@ -592,17 +663,22 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         h5out_flush(h);
         SG_MPI(MPI_Barrier(comm), "barrier after the units");
         if (rank == 0 && !sg_quiet())
-            fprintf(stderr, "saegap run: units done in %.1f s; aggregates and correlations\n", MPI_Wtime() - t_start);
-        for (size_t i = 0; i < r.n_sites; i++) finish_site(&r, i, comm, rank);
-        write_correlations(&r, comm, rank);
-        h5out_flush(h);
-        SG_MPI(MPI_Barrier(comm), "barrier before completing the file");
-        rf_complete(&r.rf, o->out, comm, rank);
+            fprintf(stderr, "saegap run: units done in %.1f s; reading them back, then aggregates and correlations\n",
+                    MPI_Wtime() - t_start);
+        test_hold("after_units", comm, rank);
+        if (check_units_written(&r, comm, rank, size) != 0) status = 1;
+        else {
+            for (size_t i = 0; i < r.n_sites; i++) finish_site(&r, i, comm, rank);
+            write_correlations(&r, comm, rank);
+            h5out_flush(h);
+            SG_MPI(MPI_Barrier(comm), "barrier before completing the file");
+            rf_complete(&r.rf, o->out, comm, rank);
+        }
     }
     h5out_close(h);
     if (reserved) out_release_reserve(o->out, result_slack(&r)); /* the slack past the end, back */
     if (rank == 0) out_lock_release(lock_fd);
-    if (rank == 0 && !sg_quiet() && !any_stop)
+    if (rank == 0 && !sg_quiet() && status == 0)
         fprintf(stderr, "saegap run: wrote %s in %.1f s\n", o->out, MPI_Wtime() - t_start);
     run_free(&r);
     return status;

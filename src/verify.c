@@ -31,38 +31,6 @@ static int damaged(V *v, const char *fmt, const char *arg) {
     return SAEGAP_VERIFY_DAMAGED;
 }
 
-/* Adds rows [c0, c0+nb) of dataset `name` (float32) to the checksum; -1 when unreadable. */
-static int fold(V *v, uint64_t *ck, const char *name, size_t c0, size_t nb, float **buf, size_t *cap) {
-    int nd;
-    uint64_t dims[8];
-    int ds = h5out_find_dataset(v->h, name, H5OUT_F32, &nd, dims);
-    if (ds < 0) return -1;
-    /* the shape is stored in full (h5out_find_dataset), so these products fit; the rows asked
-     * for come from attributes and are checked against it before any buffer is sized */
-    size_t per = 1, want = 0;
-    for (int i = 1; i < nd; i++) per *= dims[i];
-    if (nd < 1 || c0 > dims[0] || nb > dims[0] - c0 || sg_mul_overflow(nb, per, &want)) return -1;
-    if (want > *cap) {
-        *cap = want;
-        *buf = sg_xreallocarray(*buf, *cap, sizeof(float));
-    }
-    if (h5out_try_read_rows(v->h, ds, c0, nb, *buf)) return -1;
-    *ck = fnv1a(*ck, *buf, nb * per * sizeof(float));
-    return 0;
-}
-
-typedef struct {
-    V *v;
-    uint64_t h64;
-    float *buf;
-    size_t cap;
-} Refold;
-
-static int refold(void *ctx, const RfRows *rows) {
-    Refold *f = ctx;
-    return fold(f->v, &f->h64, rows->name, rows->c0, rows->nb, &f->buf, &f->cap);
-}
-
 static int verify_file(V *v, size_t *left, size_t *total) {
     H5Out *h = v->h;
     RfFileJob job;
@@ -74,16 +42,16 @@ static int verify_file(V *v, size_t *left, size_t *total) {
     int rc = rf_read_progress(h, n_units, &done, &ck);
     if (rc == -1) return damaged(v, "%s", "the progress record is missing");
     if (rc != 0) return damaged(v, "%s", "the progress record is unreadable");
-    /* every finished unit's rows, re-read in the order run wrote them (resultfile.h's walk) */
-    Refold f = {.v = v};
+    /* every finished unit's rows (and records), re-read in the order run wrote them */
+    const int records = rf_unit_ck_records(h);
     size_t n_left = 0, bad = 0;
     for (size_t u = 0; u < n_units; u++) {
         if (done[u] != 1) { n_left++; continue; }
-        f.h64 = FNV1A_INIT;
-        int err = rf_unit_walk(&job.shape, (const char *const *)job.names, u, refold, &f);
-        if (err || (int64_t)f.h64 != ck[u]) bad++;
+        uint64_t sum = 0;
+        int err = rf_unit_reread(h, NULL, &job.shape, (const char *const *)job.names, u, records, &sum);
+        if (err || (int64_t)sum != ck[u]) bad++;
     }
-    free(f.buf), free(done), free(ck);
+    free(done), free(ck);
     *left = n_left, *total = n_units;
     if (bad) {
         char tmp[64];
@@ -93,8 +61,8 @@ static int verify_file(V *v, size_t *left, size_t *total) {
     if (complete == 1 && n_left == 0) {
         RfFinalCheck fc = rf_final_checksum_check(h);
         if (fc == RF_FINAL_MISMATCH)
-            return damaged(v, "%s", "tokens, aggregate records, feature densities, correlations or examples fail their "
-                                    "checksum");
+            return damaged(v, "%s", "tokens, aggregate records, feature densities, correlations, examples or the "
+                                    "result attributes (aggregates, scores, mean KLs) fail their checksum");
         v->final_unrecorded = fc == RF_FINAL_NOT_RECORDED;
         return 0;
     }

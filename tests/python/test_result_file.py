@@ -60,7 +60,7 @@ def test_final_checksum_is_recorded(saegap_bin, small_result):
         ck = f.attrs["final_checksum"]
         ck = ck.decode() if isinstance(ck, bytes) else ck
         assert f.attrs["complete"] == 1
-    assert ck.startswith("fnv1a64:") and ck != ZERO, ck
+    assert ck.startswith("fnv1a64+attributes:"), ck
     rc, out, _ = verify(saegap_bin, small_result)
     assert rc == 0 and "cannot be verified" not in out, out
 
@@ -135,3 +135,96 @@ def test_resume_of_a_file_with_an_fnv_identity(saegap_bin, small_result, tmp_pat
     p = subprocess.run(cmd + ["--out", str(again), "--resume", "--seed", "7"], cwd=os.path.join(ROOT, "tests", "fuzz"),
                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
     assert p.returncode != 0 and "seed" in p.stderr, p.stderr
+
+
+def _site(path):
+    with h5py.File(path, "r") as f:
+        return sorted(f["sites"].keys())[0]
+
+
+# (object, attribute): the headline numbers, the correlation metadata and a job record
+EDITED = [("sites/%s", "explained_variance"), ("sites/%s", "mean_kl_sae"), ("sites/%s", "mean_kl_eps_random"),
+          ("sites/%s", "kl_div_score"), ("sites/%s", "ce_loss_score"), ("sites/%s", "dead_latents"),
+          ("correlation/sae_minus_eps_random", "tokens"), ("/", "job_seed"), ("/", "n_contexts")]
+
+
+@pytest.mark.parametrize("obj,attr", EDITED, ids=["%s-%s" % (o.split("/")[0] or "root", a) for o, a in EDITED])
+def test_one_edited_result_attribute_is_damage(saegap_bin, small_result, tmp_path, obj, attr):
+    """The final checksum covers the attributes that hold results (issue 25, point 3)."""
+    path = tmp_path / "edited.h5"
+    shutil.copy(small_result, path)
+    obj = obj % _site(path) if "%s" in obj else obj
+    with h5py.File(path, "r+") as f:
+        o = f[obj]
+        v = o.attrs[attr]
+        if isinstance(v, (bytes, str)):
+            new = (v.decode() if isinstance(v, bytes) else v) + "0"
+        elif np.issubdtype(np.asarray(v).dtype, np.integer):
+            new = np.asarray(v) + 1
+        else:
+            new = np.nextafter(np.asarray(v, dtype=np.float64), np.inf)  # the last bit
+        o.attrs.modify(attr, new)
+    rc, out, _ = verify(saegap_bin, path)
+    assert rc == 4, (obj, attr, rc, out)
+    assert "fail their checksum" in out, out
+
+
+def test_an_added_attribute_elsewhere_is_damage_too(saegap_bin, small_result, tmp_path):
+    """Every attribute is covered, so a note added to a result is reported; the check itself:
+    an unchanged copy verifies."""
+    path = tmp_path / "copy.h5"
+    shutil.copy(small_result, path)
+    assert verify(saegap_bin, path)[0] == 0
+    with h5py.File(path, "r+") as f:
+        f["sites"].attrs["note"] = "mine"
+    assert verify(saegap_bin, path)[0] == 4
+
+
+def _datasets(path):
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[...].tobytes()
+        f.visititems(visit)
+    return out
+
+
+def _resume(saegap_bin, out):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return subprocess.run([saegap_bin, "run", "--model", os.path.join(FIX, "model"), "--sae", os.path.join(FIX, "saes"),
+                           "--tokens", os.path.join(FIX, "tokens.npy"), "--interventions", "sae,eps_random,zero_ablation",
+                           "--examples", "1", "--threads-per-rank", "1", "--out", str(out), "--resume"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+
+
+# a finished unit's rows, and (files written since unit checksums cover them) its records
+DAMAGED_UNIT = ["sites/%s/kl/sae", "clean/ce", "progress/%s/sums", "progress/%s/fire"]
+
+
+@pytest.mark.parametrize("dataset", DAMAGED_UNIT)
+def test_resume_recomputes_a_damaged_finished_unit(saegap_bin, small_result, tmp_path, dataset):
+    """--resume checks every finished unit's checksum before it trusts it (issue 25, point 2):
+    a unit whose data changed is named and computed again, and the file ends complete and
+    identical to the uninterrupted run. An interrupted file (complete = 0, as when the run
+    stopped before its aggregates) makes the records part of the unit."""
+    path = tmp_path / "damaged.h5"
+    shutil.copy(small_result, path)
+    ds = dataset % _site(path) if "%s" in dataset else dataset
+    with h5py.File(path, "r+") as f:
+        f.attrs.modify("complete", 0)
+        d = f[ds]
+        v = d[...]
+        bits = v.reshape(-1).view("u%d" % v.dtype.itemsize)
+        bits[0] ^= bits.dtype.type(1)
+        d[...] = v
+    rc, out, _ = verify(saegap_bin, path)
+    assert rc == 4 and "finished unit(s) fail their checksum" in out, (rc, out)
+    r = _resume(saegap_bin, path)
+    assert r.returncode == 0, r.stderr
+    assert "fail their checksum (units 0)" in r.stderr and "computing them again" in r.stderr, r.stderr
+    rc, out, _ = verify(saegap_bin, path)
+    assert rc == 0, out
+    want, got = _datasets(small_result), _datasets(path)
+    assert sorted(want) == sorted(got)
+    assert [k for k in want if want[k] != got[k]] == []
