@@ -114,10 +114,14 @@ int out_check_space(const char *path, uint64_t need, MPI_Comm comm) {
 }
 
 int out_partial_reserve(const char *partial, const char *out, uint64_t bytes) {
-    int fd = open(partial, O_WRONLY);
+    int fd = open(partial, O_RDWR);
     int e = fd < 0 ? errno : fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) != 0 ? errno : 0;
+    /* no fallocate (NFSv3, ZFS before 2.2, older Lustre): reserve by writing instead (glibc's
+     * posix_fallocate writes a byte in every block). The file's size grows to `bytes`, which
+     * HDF5 cuts back to its own end at the first flush, after every dataset is written in
+     * blocks that already exist. */
+    if (e == EOPNOTSUPP || e == ENOSYS) e = posix_fallocate(fd, 0, (off_t)bytes);
     if (fd >= 0) close(fd);
-    if (e == EOPNOTSUPP || e == ENOSYS) return 0; /* out_check_space's check stands */
     if (e == ENOSPC || e == EDQUOT) {
         char a[32], b[32];
         mb(a, sizeof a, bytes), mb(b, sizeof b, out_free_bytes(partial));
@@ -133,7 +137,7 @@ int out_reserve(const char *path, uint64_t slack, const char *name) {
         /* after a flush the file's size is HDF5's end of allocation (H5Fget_filesize fails
          * under the MPI-IO driver in 1.10) */
         off_t size = 0;
-        int fd = open(path, O_WRONLY);
+        int fd = open(path, O_RDWR); /* posix_fallocate reads before it writes where fallocate is missing */
         struct stat sb;
         int e = fd < 0 ? errno : fstat(fd, &sb) != 0 ? errno : 0;
         if (!e) size = sb.st_size;
@@ -157,9 +161,11 @@ int out_reserve(const char *path, uint64_t slack, const char *name) {
 }
 
 void out_release_reserve(const char *path, uint64_t slack) {
+    (void)slack;
+    /* blocks fallocate(KEEP_SIZE) reserved past the end: a truncate to the same size frees them
+     * (ext4, XFS, tmpfs); a hole punched past the end is not freed by ext4 */
     int fd = open(path, O_WRONLY);
     struct stat sb;
-    if (fd >= 0 && fstat(fd, &sb) == 0)
-        (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, sb.st_size, (off_t)slack);
+    if (fd >= 0 && fstat(fd, &sb) == 0) (void)ftruncate(fd, sb.st_size);
     if (fd >= 0) close(fd);
 }
