@@ -2,6 +2,8 @@
  * (token files: tokens.c; Gemma Scope's params.npz members: npz.c).
  * Layout: "\x93NUMPY", version, header length, then a Python dict literal
  * {'descr': '<f4', 'fortran_order': False, 'shape': (a, b), } padded with spaces, then the data.
+ * The header is read as NumPy reads it, or refused (npy.c): exactly the three keys, each once,
+ * 'fortran_order' True or False, 'shape' a tuple of non-negative ints.
  * Shape entries are checked for overflow; the caller checks the data against the bytes it has. */
 #ifndef SAEGAP_NPY_H
 #define SAEGAP_NPY_H
@@ -9,6 +11,8 @@
 #include <stddef.h>
 
 #define NPY_MAX_DIMS 3
+/* numpy.lib.format._MAX_HEADER_SIZE: np.load (allow_pickle=False) refuses longer headers */
+#define NPY_MAX_HEADER 10000
 
 typedef struct {
     char descr[16];               /* e.g. "<i8", "<f4", "|u1" */

@@ -55,6 +55,40 @@ static int find_directory(Npz *z, uint64_t *cd_off, uint64_t *cd_size, uint64_t 
     return sg_errorf(z->path, "not a zip archive (no end-of-central-directory record): not an .npz file");
 }
 
+/* The array a member holds for np.load: its name less ".npy" (np.load's key). */
+static size_t key_len(const char *name) {
+    const size_t n = strlen(name);
+    return n >= 4 && !strcmp(name + n - 4, ".npy") ? n - 4 : n;
+}
+
+static int by_key(const void *a, const void *b) {
+    const char *x = (*(const NpzMember *const *)a)->name, *y = (*(const NpzMember *const *)b)->name;
+    const size_t nx = key_len(x), ny = key_len(y);
+    const int c = memcmp(x, y, nx < ny ? nx : ny);
+    return c ? c : (nx > ny) - (nx < ny);
+}
+
+/* Two members for one array: Python's zipfile keeps the last of two equal names, and np.load
+ * reads a member "W_enc" in place of "W_enc.npy"; saegap refuses both rather than pick one. */
+static int refuse_duplicates(const Npz *z) {
+    if (z->n < 2) return 0;
+    const NpzMember **v = sg_xcalloc(z->n, sizeof *v);
+    for (size_t i = 0; i < z->n; i++) v[i] = &z->members[i];
+    qsort(v, z->n, sizeof *v, by_key);
+    int rc = 0;
+    for (size_t i = 1; rc == 0 && i < z->n; i++) {
+        if (by_key(&v[i - 1], &v[i]) != 0) continue;
+        if (!strcmp(v[i - 1]->name, v[i]->name))
+            rc = sg_errorf(z->path, "member %s appears more than once in the archive (np.load would read the last one)",
+                           v[i]->name);
+        else
+            rc = sg_errorf(z->path, "members %s and %s hold the same array (np.load would read %s)", v[i - 1]->name,
+                           v[i]->name, strlen(v[i - 1]->name) < strlen(v[i]->name) ? v[i - 1]->name : v[i]->name);
+    }
+    free(v);
+    return rc;
+}
+
 int npz_open(Npz *z, const char *path) {
     memset(z, 0, sizeof *z);
     z->path = sg_xstrdup(path);
@@ -114,6 +148,11 @@ int npz_open(Npz *z, const char *path) {
             rc = sg_errorf(path, "member %s: local header outside the file or damaged", m->name);
             break;
         }
+        /* Python's zipfile (np.load) refuses a member whose local header names another file */
+        if (rd16(z->map + local + 26) != nlen || !inside(z, local + 30, nlen) || memcmp(z->map + local + 30, e + 46, nlen)) {
+            rc = sg_errorf(path, "member %s: its local header gives another name (damaged?)", m->name);
+            break;
+        }
         const uint64_t data = local + 30 + rd16(z->map + local + 26) + rd16(z->map + local + 28);
         if (!inside(z, data, csize)) { rc = sg_errorf(path, "member %s: its data runs past the end of the file (truncated?)", m->name); break; }
         if (method == 0 && csize != usize) { rc = sg_errorf(path, "member %s: stored with two different sizes", m->name); break; }
@@ -121,6 +160,7 @@ int npz_open(Npz *z, const char *path) {
         m->crc = rd32(e + 16);
         at += 46 + (uint64_t)nlen + xlen + clen;
     }
+    if (rc == 0) rc = refuse_duplicates(z);
     if (rc != 0) npz_close(z);
     return rc;
 }
@@ -169,7 +209,7 @@ static int member_bytes(const Npz *z, const NpzMember *m, unsigned char *out, si
 int npz_header(const Npz *z, const NpzMember *m, NpyHeader *h) {
     char what[1024];
     snprintf(what, sizeof what, "%s: %s", z->path, m->name);
-    const size_t cap = (1u << 20) + 16; /* the largest header npy.c accepts, and its preamble */
+    const size_t cap = NPY_MAX_HEADER + 16; /* the largest header npy.c accepts, and its preamble */
     unsigned char *buf = sg_xcalloc(cap, 1);
     size_t got = 0;
     int rc = member_bytes(z, m, buf, cap, &got);

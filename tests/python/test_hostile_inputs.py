@@ -286,6 +286,66 @@ def test_npy_u8_id_beyond_int64(world, tmp_path):
     assert_one_error(r, out, "u8.npy", str(2 ** 63 + 5), "context 1, position 2")
 
 
+# Headers NumPy refuses (issue 25, point 4): np.load demands exactly the keys 'descr',
+# 'fortran_order' and 'shape', fortran_order a bool, shape a tuple of ints. saegap used to find
+# them with strstr and read these in C order, marking the run complete.
+NUMPY_REFUSES = [
+    ("fortran-missing", "{'descr': '<i8', 'shape': (%d, %d), }", ("fortran_order", "no")),
+    ("fortran-misspelled", "{'descr': '<i8', 'fortran_ordr': False, 'shape': (%d, %d), }",
+     ("fortran_ordr", "key")),
+    ("fortran-one", "{'descr': '<i8', 'fortran_order': 1, 'shape': (%d, %d), }",
+     ("fortran_order", "true or false", "found 1")),
+    ("fortran-string", "{'descr': '<i8', 'fortran_order': 'True', 'shape': (%d, %d), }",
+     ("fortran_order", "true or false", "'true'")),
+    ("extra-key", "{'descr': '<i8', 'fortran_order': False, 'shape': (%d, %d), 'order': 'C', }",
+     ("'order'", "key")),
+    ("duplicate-key", "{'descr': '<i8', 'fortran_order': False, 'shape': (%d, %d), 'fortran_order': True}",
+     ("fortran_order", "twice")),
+]
+
+
+@pytest.mark.parametrize("name,header,needles", NUMPY_REFUSES, ids=[c[0] for c in NUMPY_REFUSES])
+def test_npy_header_numpy_refuses(world, tmp_path, name, header, needles):
+    p = tmp_path / ("%s.npy" % name)
+    p.write_bytes(npy_bytes("<i8", None, header=header % (N_CTX, CTX),
+                            data=world["tokens"].astype("<i8").tobytes()))
+    if name != "duplicate-key":  # a dict literal keeps the last of two keys: NumPy reads that one
+        with pytest.raises(ValueError):
+            np.load(p, allow_pickle=False)
+    out = tmp_path / "out.h5"
+    r = run_saegap(dump_args(world, p, out))
+    assert_one_error(r, out, p.name, ".npy header", *needles)
+
+
+def test_npz_duplicate_member_is_refused(world, tmp_path):
+    """A params.npz with two W_enc.npy: Python's zipfile (np.load) reads the last, saegap had read
+    the first. Refused, naming the archive and the member."""
+    import io
+    import warnings
+    import zipfile
+    rng = np.random.default_rng(5)
+    p = {"W_enc": rng.standard_normal((D, D_SAE)), "W_dec": rng.standard_normal((D_SAE, D)),
+         "b_enc": np.zeros(D_SAE), "b_dec": np.zeros(D), "threshold": np.full(D_SAE, 0.1)}
+    d = tmp_path / "gemma-scope-2b-pt-res" / "layer_0" / "width_1k" / "average_l0_5"
+    d.mkdir(parents=True)
+
+    def member(a):
+        f = io.BytesIO()
+        np.save(f, np.asarray(a, np.float32))
+        return f.getvalue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile: "Duplicate name"
+        with zipfile.ZipFile(d / "params.npz", "w") as z:
+            for k, v in p.items():
+                z.writestr(k + ".npy", member(v))
+            z.writestr("W_enc.npy", member(2 * p["W_enc"]))
+    with np.load(d / "params.npz", allow_pickle=False) as f:  # NumPy: the last one, silently
+        assert np.array_equal(f["W_enc"], np.float32(2 * p["W_enc"]))
+    out = tmp_path / "out.h5"
+    r = run_saegap(run_args(world, d, out))
+    assert_one_error(r, out, "params.npz", "W_enc.npy", ("more than once", "twice"))
+
+
 # ---------------------------------------------------------------------------------- .bin
 
 def llmc_bytes(count, version=1, body=b""):
