@@ -6,7 +6,8 @@
  *    sg_agree() so that every rank learns of the failure at the same point; one rank
  *    prints "saegap: error: <where>: <problem>" and all ranks return exit status 1.
  *  - Failures after the inputs were checked (an HDF5 write fails, out of memory) go
- *    through sg_fatal(), which prints once and ends every rank with MPI_Abort(comm, 1).
+ *    through sg_fatal(), which prints once and ends every rank with MPI_Abort(comm, 1)
+ *    (one rank: _exit(1)).
  */
 #ifndef SAEGAP_ERROR_H
 #define SAEGAP_ERROR_H
@@ -17,7 +18,9 @@
 #define SG_ERROR_MAX 1024
 
 /* Records "<where>: <message>" as this rank's pending error; returns -1 so callers can
- * write `return sg_errorf(path, "...")`. The first error recorded is kept. */
+ * write `return sg_errorf(path, "...")`. The first error recorded is kept. A `where` too long
+ * for the line (SG_ERROR_MAX) is shortened in its middle ("/a/b/.../file.h5 (1203 characters)"),
+ * never dropped. */
 int sg_errorf(const char *where, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *sg_error_message(void); /* "" when none */
 void sg_error_clear(void);
@@ -33,10 +36,16 @@ int sg_rank(void);
 int sg_quiet(void);
 
 /* Unrecoverable: prints "saegap: error: <where>: <message> [rank r] (file:line)", then
- * MPI_Abort on the communicator set by sg_set_comm (exit(1) before MPI is up). */
+ * MPI_Abort on the communicator set by sg_set_comm, or _exit(1) on one rank: no atexit handler
+ * runs (libhdf5's would close files whose write has just failed, and crash). */
 _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 #define sg_fatal(where, ...) sg_fatal_at(__FILE__, __LINE__, where, __VA_ARGS__)
+
+/* A file that sg_fatal removes before ending this rank (NULL: none): a new output file under
+ * its temporary name, which holds nothing worth keeping until it gets its final name. The
+ * string must outlive its use. */
+void sg_fatal_removes(const char *path);
 
 /* Every MPI call goes through SG_MPI: saegap_run sets MPI_ERRORS_RETURN, so a failure comes back
  * as a code, and a rank that went on after a failed call would leave the others waiting. A

@@ -8,6 +8,7 @@
 #include "h5out.h"
 #include "model.h"
 #include "nodeblock.h"
+#include "outfile.h"
 #include "schedule.h"
 #include "sites.h"
 #include "tokens.h"
@@ -92,8 +93,26 @@ int dump_command(const Options *o, MPI_Comm comm) {
         return 1;
     }
 
-    H5Out *h = h5out_create(o->out, comm);
-    if (sg_agree(comm, h ? 0 : -1)) {
+    /* written as OUT.creating and named OUT once complete (outfile.h): a dump that fails, or
+     * is killed, leaves nothing under the name asked for; a fatal error removes the partial
+     * file (sg_fatal_removes), on whichever rank it happens */
+    static char partial[OUT_PARTIAL_MAX];
+    int lock_fd = -1;
+    rc = out_partial_path(o->out, partial, sizeof partial);
+    if (rc == 0 && rank == 0) {
+        lock_fd = out_partial_claim(o->out, partial);
+        rc = lock_fd < 0 ? -1 : 0;
+    }
+    H5Out *h = NULL;
+    if (sg_agree(comm, rc) == 0) {
+        sg_fatal_removes(partial);
+        h = h5out_create_claimed(partial, comm);
+        if (sg_agree(comm, h ? 0 : -1)) h = NULL;
+    }
+    if (!h) {
+        if (rank == 0 && lock_fd >= 0) unlink(partial);
+        sg_fatal_removes(NULL);
+        out_lock_release(lock_fd);
         free(sl.sites);
         tokens_free(&ts);
         model_free(&model);
@@ -168,12 +187,16 @@ int dump_command(const Options *o, MPI_Comm comm) {
     SG_MPI(MPI_Barrier(comm), "barrier before completing %s failed", o->out);
     h5out_attr_i64(h, "/", "complete", 1);
     h5out_close(h);
-    if (rank == 0 && !sg_quiet())
+    rc = out_publish(partial, o->out, comm);
+    if (rc != 0 && rank == 0) unlink(partial); /* OUT appeared meanwhile: left alone */
+    sg_fatal_removes(NULL);
+    out_lock_release(lock_fd);
+    if (rc == 0 && rank == 0 && !sg_quiet())
         fprintf(stderr, "saegap dump: wrote %zu sites%s for %zu contexts x %zu tokens to %s (%s basis)\n", sl.n,
                 o->logits ? " + logits" : "", n, T, o->out, basis_name(basis));
     free(ds_site);
     free(sl.sites);
     tokens_free(&ts);
     model_free(&model);
-    return 0;
+    return rc == 0 ? 0 : 1;
 }

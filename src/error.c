@@ -9,20 +9,50 @@
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
+#include <unistd.h>
 
 static char g_error[SG_ERROR_MAX];
 static MPI_Comm g_comm = MPI_COMM_NULL;
 static int g_rank = 0;
 static int g_quiet = 0;
 
+/* Copies `where` into buf (cap bytes), shortened when it is longer than `room`: its start and
+ * its end (the file's name) around "...", and its length, so that a message about an over-long
+ * path still names it, e.g. "/very/long/.../file.h5 (1203 characters)". The cuts do not split
+ * a UTF-8 sequence. */
+static void abbreviate(char *buf, size_t cap, const char *where, size_t room) {
+    size_t n = strlen(where);
+    if (n <= room || room < 80) {
+        snprintf(buf, cap, "%s", where);
+        return;
+    }
+    char suffix[48];
+    int sn = snprintf(suffix, sizeof suffix, " (%zu characters)", n);
+    size_t keep = room - 3 - (size_t)sn, head = keep / 3, tail = keep - head;
+    while (head > 0 && ((unsigned char)where[head] & 0xC0) == 0x80) head--;
+    const char *end = where + n - tail;
+    while (*end && ((unsigned char)*end & 0xC0) == 0x80) end++;
+    snprintf(buf, cap, "%.*s...%s%s", (int)head, where, end, suffix);
+}
+
 int sg_errorf(const char *where, const char *fmt, ...) {
     if (g_error[0] != '\0') return -1; /* keep the first (innermost) cause */
-    int n = snprintf(g_error, sizeof g_error, "%s: ", where ? where : "saegap");
-    if (n < 0 || (size_t)n >= sizeof g_error) n = 0;
+    char msg[SG_ERROR_MAX], place[SG_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_error + n, sizeof g_error - (size_t)n, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    /* both parts are kept: an over-long location is shortened in its middle, to leave the
+     * message at least half of the line */
+    size_t len = strlen(msg), half = sizeof g_error / 2, for_msg = len < half ? len : half;
+    abbreviate(place, sizeof place, where ? where : "saegap", sizeof g_error - 3 - for_msg);
+    size_t pl = strlen(place), ml = len;
+    if (pl > sizeof g_error - 3) pl = sizeof g_error - 3;
+    if (ml > sizeof g_error - 3 - pl) ml = sizeof g_error - 3 - pl; /* the message's end is what goes */
+    memcpy(g_error, place, pl);
+    memcpy(g_error + pl, ": ", 2);
+    memcpy(g_error + pl + 2, msg, ml);
+    g_error[pl + 2 + ml] = '\0';
     return -1;
 }
 
@@ -68,6 +98,10 @@ void sg_warnf(const char *fmt, ...) {
     fflush(stderr);
 }
 
+static const char *g_remove_on_fatal;
+
+void sg_fatal_removes(const char *path) { g_remove_on_fatal = path; }
+
 _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const char *fmt, ...) {
     char msg[SG_ERROR_MAX];
     va_list ap;
@@ -78,6 +112,7 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
     fprintf(stderr, "saegap: error: %s: %s [rank %d] (%s:%d)\n", where ? where : "saegap", msg, g_rank,
             file, line);
     fflush(stderr);
+    if (g_remove_on_fatal) unlink(g_remove_on_fatal); /* a new file that holds no result yet */
     /* unchecked: this is where a failed check would lead */
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
@@ -88,7 +123,14 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
         MPI_Comm_size(MPI_COMM_WORLD, &size);
         if (size > 1) MPI_Abort(comm, 1);
     }
-    exit(1);
+    /* _exit, not exit: exit() would run libhdf5's atexit handler, which closes every HDF5 file
+     * still open, so flushes a file whose write has just failed once more (a full disk: libhdf5
+     * 1.10 then crashes in H5F__close_cb, status 139, after the message). MPI_Abort above ends
+     * N ranks without any atexit handler; _exit ends one rank the same way: the file keeps what
+     * its last successful flush wrote, and no library runs on a state that has just failed.
+     * stdio was flushed above; nothing else of saegap's needs an exit handler. */
+    fflush(NULL);
+    _exit(1);
 }
 
 _Noreturn void sg_mpi_fatal_at(const char *file, int line, int code, const char *fmt, ...) {

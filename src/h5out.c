@@ -191,8 +191,29 @@ H5Out *h5out_create_claimed(const char *partial, MPI_Comm comm) {
     return create_file(partial, comm, H5F_ACC_TRUNC);
 }
 
+/* Open MPI 4.1's MPI-IO (OMPIO) tests file locking on "<path>.locktest.<rank>" built with
+ * sprintf into 256 bytes, so MPI_File_open of a longer path aborts the process ("buffer
+ * overflow detected"). Such a path is refused with a message instead: -1 with a pending error. */
+static int mpio_path_fits(const char *path, MPI_Comm comm) {
+#ifdef OPEN_MPI
+    int size = 1;
+    SG_MPI(MPI_Comm_size(comm, &size), "MPI_Comm_size failed");
+    char probe[32];
+    int suffix = snprintf(probe, sizeof probe, ".locktest.%d", size - 1);
+    size_t limit = 255 - (size_t)suffix, n = strlen(path);
+    if (n > limit)
+        return sg_errorf(path, "Open MPI's MPI-IO cannot open a file whose path is longer than %zu characters (it aborts "
+                               "on one), this one has %zu: give a shorter path (a relative one counts from the current "
+                               "folder)", limit, n);
+#else
+    (void)path, (void)comm;
+#endif
+    return 0;
+}
+
 static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags) {
     quiet_hdf5();
+    if (mpio_path_fits(path, comm)) return NULL;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     SG_H5(fapl, "creating a file-access property list");
     /* REQUIRED: every rank opens the one file through MPI-IO */
@@ -214,8 +235,36 @@ static H5Out *create_file(const char *path, MPI_Comm comm, unsigned flags) {
     return h;
 }
 
+/* --resume, before anything opens the file for writing: libhdf5 1.10 opens an empty file for
+ * RDWR as a new one and writes a superblock into it, so an empty or non-HDF5 file is refused
+ * from a read-only look. -1 with a pending error. */
+static int resumable(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return sg_errorf(path, "--resume: cannot read: %s", strerror(errno));
+    struct stat sb;
+    const int empty = fstat(fd, &sb) == 0 && sb.st_size == 0;
+    close(fd);
+    if (empty)
+        return sg_errorf(path, "--resume: the file is empty (0 bytes), not a saegap result; refusing to resume it "
+                               "(left as it is)");
+    if (H5Fis_hdf5(path) <= 0)
+        return sg_errorf(path, "--resume: not an HDF5 file (damaged, or not a saegap result; saegap verify tells); "
+                               "refusing to resume it (left as it is)");
+    return 0;
+}
+
 static H5Out *open_resume(const char *path, MPI_Comm comm) {
     quiet_hdf5();
+    if (mpio_path_fits(path, comm)) return NULL;
+    /* rank 0 looks, every rank follows: a collective open that some ranks skip would hang */
+    int rank, ok = 1;
+    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
+    if (rank == 0) ok = resumable(path) == 0;
+    SG_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, comm), "broadcasting whether %s can be resumed", path);
+    if (!ok) {
+        if (rank != 0) sg_errorf(path, "--resume: refused by rank 0");
+        return NULL;
+    }
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     SG_H5(fapl, "creating a file-access property list");
     SG_H5(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL), "selecting the MPI-IO driver for %s", path);
@@ -379,10 +428,14 @@ int h5out_resuming(const H5Out *h) { return h->resuming; }
 
 static H5Out *open_readonly(const char *path) {
     quiet_hdf5();
-    if (access(path, F_OK) != 0) {
-        sg_errorf(path, "no such file");
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        /* not "cannot be read as an HDF5 file": an unreadable good result is not damaged */
+        if (errno == ENOENT) sg_errorf(path, "no such file");
+        else sg_errorf(path, "cannot read: %s", strerror(errno));
         return NULL;
     }
+    close(fd);
     if (H5Fis_hdf5(path) <= 0) {
         sg_errorf(path, "cannot be read as an HDF5 file");
         return NULL;

@@ -247,7 +247,9 @@ static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg
 int model_read_config(Gpt2Config *cfg, const char *dir) {
     memset(cfg, 0, sizeof *cfg);
     struct stat sb;
-    if (stat(dir, &sb) != 0) return sg_errorf(dir, "model folder does not exist");
+    if (stat(dir, &sb) != 0) /* ENAMETOOLONG, EACCES on a folder above it: the OS's words */
+        return errno == ENOENT ? sg_errorf(dir, "model folder does not exist")
+                               : sg_errorf(dir, "cannot open the model folder: %s", strerror(errno));
     if (!S_ISDIR(sb.st_mode)) return sg_errorf(dir, "--model must be a folder holding config.json and model.safetensors");
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);

@@ -203,8 +203,14 @@ done:
 int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts) {
     memset(ts, 0, sizeof *ts);
     struct stat sb;
-    if (stat(path, &sb) != 0) return sg_errorf(path, "token file does not exist");
+    if (stat(path, &sb) != 0)
+        return errno == ENOENT ? sg_errorf(path, "token file does not exist")
+                               : sg_errorf(path, "cannot open the token file: %s", strerror(errno));
     if (!S_ISREG(sb.st_mode)) return sg_errorf(path, "token path is not a regular file");
+    /* an unreadable file is said so, before a reader takes it for "not an HDF5 file" */
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return sg_errorf(path, "cannot read the token file: %s", strerror(errno));
+    close(fd);
     const char *prev = sg_alloc_for(path);
     int rc;
     if (ends_with(path, ".h5") || ends_with(path, ".hdf5")) {

@@ -12,8 +12,11 @@
 #include "resultfile.h"
 #include "schedule.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +73,17 @@ static int verify_file(V *v, size_t *left, size_t *total) {
     return SAEGAP_VERIFY_RESUMABLE;
 }
 
+/* A file verify cannot open (permissions, a folder) is the user's error, exit 1 with the OS's
+ * reason: "damaged" (exit 4) could lead to deleting a good result. -1 with a pending error. */
+static int check_readable(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return sg_errorf(path, "cannot read: %s", strerror(errno));
+    struct stat sb;
+    const int dir = fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode);
+    close(fd);
+    return dir ? sg_errorf(path, "cannot read: %s (verify takes a result file)", strerror(EISDIR)) : 0;
+}
+
 int verify_command(const Options *o, MPI_Comm comm) {
     int rank;
     SG_MPI(MPI_Comm_rank(comm, &rank), "rank");
@@ -80,6 +94,7 @@ int verify_command(const Options *o, MPI_Comm comm) {
     }
     char partial[OUT_PARTIAL_MAX];
     const int present = access(o->positional, F_OK) == 0;
+    if (sg_agree(comm, rank == 0 && present ? check_readable(o->positional) : 0)) return 1;
     if (rank == 0 && !present && out_partial_path(o->positional, partial, sizeof partial) == 0 &&
         access(partial, F_OK) == 0) {
         /* a run was killed while creating the file (see h5out.h): --resume starts it afresh */

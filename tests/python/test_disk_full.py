@@ -295,3 +295,26 @@ def test_reserve_given_back_on_ext4(tmp_path, reference):
         assert st.st_blocks * 512 <= st.st_size + (64 << 10), (st.st_size, st.st_blocks * 512)
     finally:
         subprocess.run(["umount", "-l", mnt])
+
+
+DUMP_MODEL = os.path.join(ROOT, "jobs", "demo", "model")
+DUMP_TOKENS = os.path.join(ROOT, "jobs", "demo", "tokens.npy")
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_dump_onto_full_disk(tmpfs, np_):
+    """`dump` onto a full disk (issue 25.5): exit 1 with one message naming the file and saying
+    "no space left on device", no crash (on one rank libhdf5's atexit handler used to re-flush
+    the open file and segfault, status 139), and nothing under the final name or the
+    temporary one."""
+    fill(tmpfs)
+    out = os.path.join(tmpfs, "d.h5")
+    r = subprocess.run(["mpirun", "--oversubscribe", "-np", str(np_), BIN, "dump", "--model", DUMP_MODEL,
+                        "--tokens", DUMP_TOKENS, "--contexts", "8", "--sites", "all", "--threads-per-rank", "1",
+                        "--out", out], env=env(), capture_output=True, timeout=TIMEOUT, cwd=ROOT)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1, (r.returncode, err)
+    assert_clean_no_space(err, out)
+    for crash in ("Signal:", "signal 11", "buffer overflow", "core dumped"):
+        assert crash not in err, err
+    assert sorted(os.listdir(tmpfs)) == ["filler"], os.listdir(tmpfs)

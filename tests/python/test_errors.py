@@ -971,3 +971,120 @@ def test_user_error_under_mpirun(model, tmp_path, nranks, case):
         assert_user_error(res, None, needle, mpi=True)
     else:
         assert_user_error(res, out, needle, mpi=True)
+
+
+# ----------------------------------------------------------------------------------------
+# 10. messages that name the path and the OS's reason (issue 25, point 7)
+# ----------------------------------------------------------------------------------------
+
+def _error_lines(res):
+    return "\n".join(ln for ln in res.err.splitlines() if ln.startswith("saegap: error:"))
+
+
+def test_out_path_too_long_named(model, tokens_npy, tmp_path):
+    """A 1200-character --out: the message names it (shortened in its middle, with its
+    length) and gives the OS's reason, instead of a bare "path too long"."""
+    out = str(tmp_path / ("a" * 1200 + ".h5"))
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, None, "File name too long")
+    line = _error_lines(res)
+    assert str(tmp_path) in line and "aaa.h5" in line, describe(res)
+    assert "(%d characters)" % len(out) in line, describe(res)
+    assert not os.listdir(tmp_path) or set(os.listdir(tmp_path)) <= {"model", "tokens.npy"}
+
+
+def _deep_folder(base, total):
+    """An existing folder whose path is longer than `total` characters (longer than PATH_MAX:
+    made one level at a time, relative to an open folder)."""
+    path, fd = str(base), os.open(str(base), os.O_RDONLY)
+    try:
+        while len(path) <= total:
+            name = "d" * 200
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd, path = nfd, path + "/" + name
+        return path
+    finally:
+        os.close(fd)
+
+
+def test_model_path_too_long_named(tmp_path, tokens_npy, out):
+    """A 4900-character --model path to a folder that exists: "File name too long", not
+    "model folder does not exist"; the message keeps the path's start."""
+    m = _deep_folder(tmp_path, 4900)
+    res = run_saegap(dump_args(m, tokens_npy, out))
+    assert_user_error(res, out, "File name too long")
+    line = _error_lines(res)
+    assert "does not exist" not in line and str(tmp_path) in line, describe(res)
+    assert "(%d characters)" % len(m) in line, describe(res)
+
+
+def test_verify_on_a_folder_cannot_read(tmp_path):
+    """verify on a folder: exit 1, "cannot read", never "damaged" (exit 4)."""
+    d = tmp_path / "result.h5"
+    d.mkdir()
+    res = run_saegap(["verify", d])
+    assert res.returncode == 1, describe(res)
+    assert "cannot read" in _error_lines(res) and "damaged" not in res.outtxt + res.err, describe(res)
+
+
+def _dump_result(model, tokens_npy, tmp_path):
+    out = tmp_path / "good.h5"
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert res.returncode == 0, describe(res)
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything: run by tests/run-all.sh as user nobody")
+def test_verify_unreadable_result_cannot_read(model, tokens_npy, tmp_path):
+    """An unreadable result: verify exits 1 with "cannot read: Permission denied", never
+    "damaged" (exit 4), which could lead a user to delete a good result."""
+    out = _dump_result(model, tokens_npy, tmp_path)
+    os.chmod(out, 0)
+    res = run_saegap(["verify", out])
+    assert res.returncode == 1, describe(res)
+    line = _error_lines(res)
+    assert "cannot read" in line and "Permission denied" in line and str(out) in line, describe(res)
+    assert "damaged" not in res.outtxt + res.err, describe(res)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything: run by tests/run-all.sh as user nobody")
+def test_token_h5_unreadable(model, tmp_path, out):
+    """An unreadable token .h5: the OS's reason, not "not an HDF5 file"."""
+    p = tmp_path / "tokens.h5"
+    fx.write_tokens_h5(str(p), good_tokens_array())
+    os.chmod(p, 0)
+    res = run_saegap(dump_args(model, p, out))
+    assert_user_error(res, out, "Permission denied", "tokens.h5")
+    assert "not an HDF5 file" not in res.err, describe(res)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_resume_refuses_empty_file_untouched(tmp_path):
+    """--resume on a zero-length file is refused before anything opens it for writing: still
+    zero bytes, same mtime (libhdf5 1.10 used to write a superblock into it)."""
+    out = tmp_path / "empty.h5"
+    out.write_bytes(b"")
+    os.utime(out, ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+    st = os.stat(out)
+    sae = os.path.join(REPO, "jobs", "demo", "saes", "blocks.1.hook_resid_pre")
+    res = run_saegap(["run", os.path.join(REPO, "jobs", "demo.job"), "--sae", sae, "--interventions", "sae",
+                      "--contexts", "2", "--threads-per-rank", "1", "--out", out, "--resume"], cwd=REPO)
+    assert_user_error(res, None, "empty.h5", "empty")
+    after = os.stat(out)
+    assert after.st_size == 0 and after.st_mtime_ns == st.st_mtime_ns, describe(res)
+
+
+def test_out_path_longer_than_mpi_io_takes(model, tokens_npy, tmp_path):
+    """A valid --out path of about 400 characters: Open MPI 4.1's MPI-IO aborts the process on
+    a path over 244 characters (its lock test copies it into 256 bytes); saegap refuses it
+    with a message naming the file, and leaves nothing behind."""
+    d = tmp_path / ("x" * 200)
+    d.mkdir()
+    out = d / ("y" * 180 + ".h5")
+    res = run_saegap(dump_args(model, tokens_npy, out))
+    assert_user_error(res, out, "shorter path", "y" * 40 + ".h5")
+    assert os.listdir(d) == [], describe(res)
