@@ -15,9 +15,13 @@
  * (ASan's allocator_may_return_null, libFuzzer's -malloc_limit_mb): no address-space bound there */
 #if defined(__SANITIZE_ADDRESS__)
 #define SG_NO_AS_LIMIT 1
+#define SG_ASAN 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(memory_sanitizer)
 #define SG_NO_AS_LIMIT 1
+#endif
+#if __has_feature(address_sanitizer)
+#define SG_ASAN 1
 #endif
 #endif
 
@@ -29,8 +33,10 @@ static struct sigaction g_saved[N_SIGNALS];
 static const char *volatile g_path;
 static volatile sig_atomic_t g_depth;
 static volatile sig_atomic_t g_cpu_limit; /* seconds; 0 = no watchdog in this guard */
+#ifndef SG_NO_AS_LIMIT
 static struct rlimit g_saved_as;          /* the address-space limit before the outermost guard */
 static int g_as_lowered;
+#endif
 static void restore_address_space(void);
 
 /* The message is built into static storage: snprintf of strings and integers only, which
@@ -99,7 +105,6 @@ static int cpu_limit_seconds(void) {
     return 60;
 }
 
-#ifndef SG_NO_AS_LIMIT
 /* How much more address space libhdf5 may take inside one guard: SAEGAP_HDF5_MEM_LIMIT in MB,
  * default 1024 (libhdf5's own caches take tens of MB; saegap's large reads add theirs with
  * h5guard_allow). A damaged length in a file can make libhdf5 1.10 allocate and fill memory
@@ -115,6 +120,7 @@ static unsigned long long mem_budget_bytes(void) {
     return 1024ULL << 20;
 }
 
+#ifndef SG_NO_AS_LIMIT
 static unsigned long long address_space_now(void) {
     unsigned long long pages = 0;
     FILE *f = fopen("/proc/self/statm", "r");
@@ -127,6 +133,57 @@ static unsigned long long address_space_now(void) {
 
 #endif
 
+#ifdef SG_ASAN
+/* Sanitizer builds (the tests' and the fuzzers'): no address-space bound, so the same budget is
+ * kept on the bytes libhdf5 holds through ASan's allocator hooks. Without it, a damaged file
+ * that makes libhdf5 allocate without bound in many small pieces (none large enough for
+ * libFuzzer's -malloc_limit_mb) grew past libFuzzer's 2 GB RSS limit in a second, where the
+ * release build ends with a message at its bound; fuzzing then blamed saegap. Over the budget
+ * the read ends as a crash inside the guard does. */
+/* sanitizer/allocator_interface.h, which GCC 12 does not install; libasan exports both */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+size_t __sanitizer_get_allocated_size(const volatile void *p);
+static volatile size_t g_san_live, g_san_budget;
+static volatile sig_atomic_t g_san_over;
+
+static void san_malloc_hook(const volatile void *p, size_t size) {
+    (void)p;
+    if (g_depth <= 0 || g_san_over) return;
+    g_san_live += size;
+    if (g_san_live > g_san_budget) {
+        g_san_over = 1;
+        const char *path = g_path ? g_path : "(HDF5 file)";
+        disarm();
+        restore_handlers();
+        g_depth = 0;
+        g_path = NULL;
+        snprintf(g_message, sizeof g_message,
+                 "saegap: error: %s: damaged HDF5 file: libhdf5 took more than %zu MB of memory reading it (a damaged "
+                 "length; SAEGAP_HDF5_MEM_LIMIT sets the bound)\n", path, (size_t)(g_san_budget >> 20));
+        sg_h5_fault(g_message);
+    }
+}
+
+static void san_free_hook(const volatile void *p) {
+    if (g_depth <= 0 || !p) return;
+    size_t n = __sanitizer_get_allocated_size(p);
+    g_san_live = n < g_san_live ? g_san_live - n : 0;
+}
+
+static void lower_address_space(void) {
+    static int installed;
+    if (!installed) installed = __sanitizer_install_malloc_and_free_hooks(san_malloc_hook, san_free_hook) != 0;
+    g_san_live = 0, g_san_over = 0;
+    g_san_budget = (size_t)mem_budget_bytes();
+}
+
+void h5guard_allow(size_t bytes) {
+    if (g_depth > 0) g_san_budget += bytes;
+}
+
+static void restore_address_space(void) {}
+#else
 static void lower_address_space(void) {
 #ifndef SG_NO_AS_LIMIT
     unsigned long long budget = mem_budget_bytes(), now = address_space_now();
@@ -160,6 +217,7 @@ static void restore_address_space(void) {
     }
     g_as_lowered = 0;
 }
+#endif
 
 /* An alternate signal stack, so that a stack overflow inside libhdf5 (deep recursion on a
  * damaged file) still reaches the handler. Kept when one is already set (ASan sets its own). */

@@ -62,6 +62,9 @@ export OMP_NUM_THREADS=1 BLIS_NUM_THREADS=1
 # saegap's libhdf5 watchdog (src/h5guard.c) must fire well before libFuzzer's -timeout: a
 # damaged file that makes libhdf5 loop then ends with saegap's message, as it would for a user
 export SAEGAP_HDF5_CPU_LIMIT=${SAEGAP_HDF5_CPU_LIMIT:-3}
+# and its memory bound (in ASan builds kept through the allocator's hooks) well below
+# libFuzzer's 2 GB RSS limit, which ASan's quarantine and shadow memory approach at 1 GB
+export SAEGAP_HDF5_MEM_LIMIT=${SAEGAP_HDF5_MEM_LIMIT:-512}
 
 echo "== tests/fuzz/run.sh: building the fuzz targets in $BUILD (clang-14, ASan + UBSan)"
 mkdir -p "$BUILD"
