@@ -48,18 +48,24 @@ static int verify_file(V *v, size_t *left, size_t *total) {
     /* every finished unit's rows (and records), re-read in the order run wrote them */
     const int records = rf_unit_ck_records(h);
     size_t n_left = 0, bad = 0;
+    char units[160] = ""; /* the first ones, named: --resume computes them again */
     for (size_t u = 0; u < n_units; u++) {
         if (done[u] != 1) { n_left++; continue; }
         uint64_t sum = 0;
         int err = rf_unit_reread(h, NULL, &job.shape, (const char *const *)job.names, u, records, &sum);
-        if (err || (int64_t)sum != ck[u]) bad++;
+        if (err || (int64_t)sum != ck[u]) {
+            if (bad < 8) snprintf(units + strlen(units), sizeof units - strlen(units), "%s%zu", bad ? ", " : "", u);
+            else if (bad == 8) snprintf(units + strlen(units), sizeof units - strlen(units), ", ...");
+            bad++;
+        }
     }
     free(done), free(ck);
     *left = n_left, *total = n_units;
     if (bad) {
-        char tmp[64];
-        snprintf(tmp, sizeof tmp, "%zu", bad);
-        return damaged(v, "%s finished unit(s) fail their checksum or cannot be read", tmp);
+        char tmp[256];
+        snprintf(tmp, sizeof tmp, "%zu finished unit(s) (units %s)", bad, units);
+        return damaged(v, "%s fail their checksum or cannot be read (the same saegap run command with --resume "
+                          "computes them again)", tmp);
     }
     if (complete == 1 && n_left == 0) {
         RfFinalCheck fc = rf_final_checksum_check(h);

@@ -219,7 +219,7 @@ def test_resume_recomputes_a_damaged_finished_unit(saegap_bin, small_result, tmp
         bits[0] ^= bits.dtype.type(1)
         d[...] = v
     rc, out, _ = verify(saegap_bin, path)
-    assert rc == 4 and "finished unit(s) fail their checksum" in out, (rc, out)
+    assert rc == 4 and "finished unit(s) (units 0) fail their checksum" in out and "--resume" in out, (rc, out)
     r = _resume(saegap_bin, path)
     assert r.returncode == 0, r.stderr
     assert "fail their checksum (units 0)" in r.stderr and "computing them again" in r.stderr, r.stderr
