@@ -475,7 +475,7 @@ def _family_model(tmp_path, family):
                            vocab_size=VOCAB, seed=0)
         arrays, _ = st_load_arrays(d / ST)
         tensors = {k: np.asarray(v, np.float64) for k, v in arrays.items()
-                   if not k.endswith(("attn.bias", "attn.masked_bias")) or np.ndim(v) < 2}
+                   if not k.endswith((".attn.bias", ".attn.masked_bias"))}
         pre = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
         prefixes = (pre + "wte.", pre + "h.")
     else:
