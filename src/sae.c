@@ -18,7 +18,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated"};
+static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated", "groupmax"};
 static const char *const NORM_NAME[SAE_NORM_COUNT] = {"none", "constant_norm_rescale", "layer_norm",
                                                       "expected_average_only_in"};
 static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6", "sparsify", "gemma_scope"};
@@ -247,8 +247,8 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         goto done;
     }
     int found = 0;
-    for (int i = 0; i < SAE_ARCH_COUNT; i++)
-        if (!strcmp(arch, ARCH_NAME[i])) { s->arch = (SaeArch)i; found = 1; }
+    for (int i = 0; i < SAE_ARCH_COUNT; i++) /* groupmax is sparsify's, not a SAELens architecture */
+        if (i != SAE_GROUPMAX && !strcmp(arch, ARCH_NAME[i])) { s->arch = (SaeArch)i; found = 1; }
     if (!found) {
         sg_errorf(path, "key \"architecture\" is %s: not supported (standard, jumprelu, topk, gated)",
                   json_text(ja, val, sizeof val));
@@ -675,6 +675,21 @@ void sae_scratch_free(SaeScratch *w) {
     memset(w, 0, sizeof *w);
 }
 
+/* sparsify's groupmax (fused_encoder.py): the d_sae latents, ReLU'd, split into k contiguous
+ * groups of d_sae / k; each group keeps its largest (torch.max: the first on ties), the rest are
+ * zero. A group with no positive pre-activation keeps 0. */
+static void groupmax(float *f, const float *z, size_t n, size_t k) {
+    const size_t g = n / k;
+    memset(f, 0, n * sizeof(float));
+    for (size_t grp = 0; grp < k; grp++) {
+        const float *zg = z + grp * g;
+        size_t best = 0;
+        for (size_t j = 1; j < g; j++)
+            if (zg[j] > zg[best]) best = j;
+        f[grp * g + best] = zg[best] > 0 ? zg[best] : 0.0f;
+    }
+}
+
 /* Keeps the k largest of v (ties to the lower index) in idx, using a small min-heap. */
 static void topk_indices(size_t *idx, const float *v, size_t n, size_t k) {
     size_t h = 0;
@@ -763,6 +778,9 @@ void sae_forward(float *f, float *x_hat, const Sae *s, SaeScratch *w, const floa
             for (size_t j = 0; j < kk; j++) fr[id[j]] = z[id[j]] > 0 ? z[id[j]] : 0.0f;
             if (id != tmp_stack) free(id);
         } break;
+        case SAE_GROUPMAX:
+            groupmax(fr, z, F, s->k);
+            break;
         case SAE_ARCH_COUNT: break;
         }
     }

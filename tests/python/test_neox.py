@@ -306,7 +306,59 @@ def test_sparsify_sae_matches_reference(world, tmp_path, run_saegap, pythia_refe
     check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=folder)
 
 
+def test_sparsify_groupmax_matches_reference(world, tmp_path, run_saegap, pythia_reference):
+    """Issue 26.6: "activation": "groupmax" (sparsify config.py, fused_encoder.py) keeps the largest
+    ReLU'd pre-activation of each of k contiguous groups of d_sae / k latents. saegap ran it as
+    top-k. Its KL, reconstruction and scores must be the float64 groupmax reference's, on an SAE
+    where groupmax and top-k with the same k give different reconstructions."""
+    site, k = "blocks.1.hook_resid_post", 8
+    xs_all = world["fwd"]["raw"][site]
+    flat = xs_all.reshape(-1, D_MODEL)
+    for seed in range(80):
+        s = make_sae(str(tmp_path / ("saelens%d" % seed)), D_MODEL, 2 * D_MODEL, site, architecture="topk",
+                     k=k, seed=seed, x_sample=xs_all[world["meas"]], model_name=NAME)
+        sp = str(tmp_path / ("sparsify%d" % seed) / "layers.1")
+        write_sparsify(sp, s["params"], k, D_MODEL, {"activation": "groupmax"})
+        cfg, params = pythia_reference.load_sae(sp)
+        if rr.sae_discontinuity_margin(cfg, params, flat) >= MARGIN:
+            break
+    else:
+        raise AssertionError("no groupmax SAE with margin %g" % MARGIN)
+    assert rr.parse_sae_cfg(cfg)["architecture"] == "groupmax"
+    # the case the issue found: groupmax is not top-k with the same k on these activations
+    _, xh_group = rr.sae_encode_decode(cfg, params, flat)
+    topk_cfg = dict(cfg, activation="topk")
+    _, xh_topk = rr.sae_encode_decode(topk_cfg, params, flat)
+    assert np.abs(xh_group - xh_topk).max() > 0.05 * np.abs(xh_topk).max()
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", world["model_dir"], "--sae", sp, "--tokens", world["tokens_npy"], "--out",
+                str(out), "--interventions", DET, "--threads-per-rank", "1", "--quiet"])
+    res = read_result(str(out))
+    ref = pythia_reference.reference_run(None, [sp], world["tokens"], model=world["model"])
+    assert ref["sites"][site]["desc"]["generation"] == "sparsify" and ref["sites"][site]["basis"] == "raw"
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what="groupmax")
+    with h5py.File(out, "r") as f:
+        assert int(f["sites"][site].attrs["k"]) == k
+
+
+def test_sparsify_unknown_key_is_said(world, tmp_path, run_saegap):
+    """A key sparsify's main branch never wrote (a fork's, such as embed_skip) is named in one
+    warning: sparsify's loader drops it, so saegap does too, but not silently."""
+    rng = np.random.default_rng(0)
+    params = {"W_enc": rng.standard_normal((D_MODEL, 128)), "b_enc": np.zeros(128),
+              "W_dec": rng.standard_normal((128, D_MODEL)), "b_dec": np.zeros(D_MODEL)}
+    sp = str(tmp_path / "layers.1")
+    write_sparsify(sp, params, 8, D_MODEL, {"embed_skip": True, "activation": "topk"})
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", sp, "--tokens", world["tokens_npy"],
+                    "--out", str(tmp_path / "o.h5"), "--interventions", "sae"])
+    warn = [ln for ln in p.stderr.decode().splitlines() if "embed_skip" in ln]
+    assert len(warn) == 1 and "cfg.json" in warn[0] and "activation" not in warn[0], p.stderr.decode()
+
+
 @pytest.mark.parametrize("edit,needle", [
+    ({"activation": "relu"}, '"activation" is "relu"'),
+    ({"activation": 1}, '"activation"'),
+    ({"activation": "groupmax", "k": 7}, "groupmax"),
     ({"signed": True}, '"signed"'),
     ({"multi_topk": True}, '"multi_topk"'),
     ({"k": 0}, '"k"'),
