@@ -502,10 +502,22 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     };
     size_t n_spec = sizeof spec / sizeof spec[0], total = 0;
     const SafetensorsTensor *found[sizeof spec / sizeof spec[0]] = {0};
+    /* a tensor the architecture does not use (W_skip, a threshold on a topk SAE, ...) would be
+     * dropped silently: SAELens's load_state_dict (strict) refuses it, and so does saegap */
+    for (size_t t = 0; t < s->st.n_tensors; t++) {
+        const char *name = s->st.tensors[t].name;
+        int used = 0;
+        for (size_t i = 0; i < n_spec; i++)
+            used |= !strcmp(name, spec[i].name) && (!spec[i].optional || !strcmp(name, "scaling_factor"));
+        if (!used) {
+            sg_errorf(path, "tensor '%s' is not part of a %s SAE (%s's strict load_state_dict refuses it too): "
+                      "not supported", name, sae_arch_name(s->arch), sparsify ? "sparsify" : "SAELens");
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < n_spec; i++) {
         int needed = !spec[i].optional;
         if (!needed && !safetensors_find(&s->st, spec[i].name)) continue;
-        /* tensors of other architectures are ignored */
         if (!needed && strcmp(spec[i].name, "scaling_factor") != 0) continue;
         int64_t shape[2] = {spec[i].s0, spec[i].s1};
         if (safetensors_expect(&s->st, spec[i].name, &found[i], spec[i].ndim, shape)) goto fail;

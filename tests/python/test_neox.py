@@ -604,3 +604,84 @@ def test_gemma_scope_dtypes_convert_exactly(world, tmp_path, run_saegap):
         kls.append(read_result(str(out))["sites"]["blocks.1.hook_resid_post"]["kl"]["sae"])
     assert np.array_equal(kls[0], kls[1], equal_nan=True) and np.array_equal(kls[0], kls[2], equal_nan=True)
     assert np.nanmax(kls[0]) > 0
+
+
+# ---------------------------------------------------------------- tensors no format has (issue 26.6)
+
+def _small_params(d_sae=128):
+    rng = np.random.default_rng(0)
+    return {"W_enc": rng.standard_normal((D_MODEL, d_sae)), "b_enc": np.zeros(d_sae),
+            "W_dec": rng.standard_normal((d_sae, D_MODEL)), "b_dec": np.zeros(D_MODEL),
+            "threshold": np.full(d_sae, 0.5)}
+
+
+def _refused(run_saegap, world, tmp_path, sae, needles):
+    out = tmp_path / "out.h5"
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", sae, "--tokens", world["tokens_npy"],
+                    "--out", str(out), "--interventions", "sae", "--quiet"], check=False)
+    err = p.stderr.decode().strip()
+    last = err.splitlines()[-1] if err else ""
+    assert p.returncode == 1 and last.startswith("saegap: error:") and all(n in last for n in needles), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arch,extra", [("standard", "W_skip"), ("topk", "threshold"), ("jumprelu", "b_gate")])
+def test_saelens_tensor_outside_the_architecture_is_refused(world, tmp_path, run_saegap, arch, extra):
+    """A tensor the architecture does not use (a skip transcoder's W_skip on a standard SAE, a
+    threshold on a topk one) was dropped silently; SAELens's strict load_state_dict refuses it."""
+    s = make_sae(str(tmp_path / "sae"), D_MODEL, 128, "blocks.1.hook_resid_post", architecture=arch,
+                 model_name=NAME, k=8 if arch == "topk" else None)
+    path = os.path.join(s["dir"], "sae_weights.safetensors")
+    tensors = dict(s["params"])
+    tensors[extra] = np.eye(D_MODEL) if extra == "W_skip" else np.full(128, 0.5)
+    os.remove(path)
+    write_safetensors(path, tensors)
+    _refused(run_saegap, world, tmp_path, s["dir"], ["'%s'" % extra, "sae_weights.safetensors", arch])
+
+
+def test_sparsify_w_skip_without_skip_connection_is_refused(world, tmp_path, run_saegap):
+    """sparsify's W_skip adds x W_skip^T to the output; a file with one is refused even when
+    the cfg does not say skip_connection (sparsify's strict load refuses that file too)."""
+    sp = str(tmp_path / "layers.1")
+    write_sparsify(sp, _small_params(), 8, D_MODEL)
+    p = _small_params()
+    write_safetensors(os.path.join(sp, "sae.safetensors"),
+                      {"encoder.weight": p["W_enc"].T.copy(), "encoder.bias": p["b_enc"], "W_dec": p["W_dec"],
+                       "b_dec": p["b_dec"], "W_skip": np.eye(D_MODEL)})
+    _refused(run_saegap, world, tmp_path, sp, ["'W_skip'", "sae.safetensors"])
+
+
+@pytest.mark.parametrize("extra,value,needles", [
+    ("scaling_factor", 1.5, ["scaling_factor", "not all ones"]),
+    ("W_skip", None, ["'W_skip'", "params.npz"]),
+])
+def test_gemma_scope_array_outside_jumprelu_is_refused(world, tmp_path, run_saegap, extra, value, needles):
+    """params.npz with an array Gemma Scope's JumpReLU does not have was read without it; SAELens's
+    loader refuses a scaling_factor that is not all ones, and its strict load any other array."""
+    p = _small_params()
+    d = write_gemma_scope(str(tmp_path), "res", "layer_1", p)
+    arrays = {k: np.asarray(p[k], np.float32) for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+    if extra == "scaling_factor":
+        arrays[extra] = np.ones(128, np.float32)
+        arrays[extra][37] = value
+    else:
+        arrays[extra] = np.eye(D_MODEL, dtype=np.float32)
+    np.savez(os.path.join(d, "params.npz"), **arrays)
+    _refused(run_saegap, world, tmp_path, d, needles)
+
+
+def test_gemma_scope_all_ones_scaling_factor_is_dropped(world, tmp_path, run_saegap):
+    """An all-ones scaling_factor changes nothing (SAELens drops it): the run goes on and its
+    reconstruction is that of the same archive without the array."""
+    p = _small_params()
+    outs = []
+    for with_ones in (False, True):
+        d = write_gemma_scope(str(tmp_path / str(with_ones)), "res", "layer_1", p)
+        if with_ones:
+            arrays = {k: np.asarray(p[k], np.float32) for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+            np.savez(os.path.join(d, "params.npz"), scaling_factor=np.ones(128, np.float32), **arrays)
+        out = tmp_path / ("o%d.h5" % with_ones)
+        run_saegap(["run", "--model", world["model_dir"], "--sae", d, "--tokens", world["tokens_npy"], "--out",
+                    str(out), "--interventions", "sae", "--threads-per-rank", "1", "--quiet"])
+        outs.append(read_result(str(out))["sites"]["blocks.1.hook_resid_post"]["kl"]["sae"])
+    assert np.array_equal(outs[0], outs[1], equal_nan=True)
