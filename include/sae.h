@@ -12,7 +12,8 @@
 
 #include <stddef.h>
 
-typedef enum { SAE_STANDARD, SAE_JUMPRELU, SAE_TOPK, SAE_GATED, SAE_ARCH_COUNT } SaeArch;
+/* SAE_GROUPMAX: sparsify's "activation": "groupmax" (sae_sparsify.c); no SAELens architecture */
+typedef enum { SAE_STANDARD, SAE_JUMPRELU, SAE_TOPK, SAE_GATED, SAE_GROUPMAX, SAE_ARCH_COUNT } SaeArch;
 typedef enum { SAE_NORM_NONE, SAE_NORM_CONSTANT_NORM_RESCALE, SAE_NORM_LAYER_NORM, SAE_NORM_EXPECTED_AVERAGE,
                SAE_NORM_COUNT } SaeNorm;
 /* the cfg's format: SAELens's three generations, or sparsify's (result attribute cfg_generation) */
@@ -23,7 +24,7 @@ typedef struct {
     char *hook_name;
     char *model_name;
     Site site;
-    size_t d_in, d_sae, k;          /* k: topk only */
+    size_t d_in, d_sae, k;          /* k: topk and groupmax only */
     SaeArch arch;
     SaeNorm norm;
     SaeCfgGeneration generation;
@@ -77,7 +78,7 @@ void sae_free(Sae *s);
 
 /* sparsify cfgs (sae_sparsify.c, read by sae.c's cfg reader): whether root is one (it names
  * num_latents or expansion_factor and no hook), and the Sae it describes (hook from the folder's
- * name, top-k, b_dec subtracted, basis raw). 0 or -1 with a pending error naming the file. */
+ * name, top-k or group-max, b_dec subtracted, basis raw). 0 or -1 with a pending error naming the file. */
 struct cJSON;
 int sae_is_sparsify_cfg(const struct cJSON *root);
 int sae_sparsify_cfg(Sae *s, const char *dir, const struct cJSON *root, const char *path, const char *hook);

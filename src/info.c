@@ -61,7 +61,7 @@ static int info_sae(const char *dir, const char *hook) {
     else if (s.generation == SAE_CFG_GEMMA_SCOPE) printf("%s: Gemma Scope SAE (params.npz; site from the path or --sae-hook)\n", dir);
     else printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
     printf("  hook %s, architecture %s", s.hook_name, sae_arch_name(s.arch));
-    if (s.arch == SAE_TOPK) printf(" (k %zu)", s.k);
+    if (s.arch == SAE_TOPK || s.arch == SAE_GROUPMAX) printf(" (k %zu)", s.k);
     printf(", d_in %zu, d_sae %zu\n", s.d_in, s.d_sae);
     printf("  trained on model \"%s\", normalize_activations %s, apply_b_dec_to_input %s\n",
            s.model_name[0] ? s.model_name : "?", sae_norm_name(s.norm), s.apply_b_dec_to_input ? "true" : "false");

@@ -310,11 +310,22 @@ done:
 }
 
 /* Finds `name` (GPT-2: with or without the "transformer." prefix); checks shape and dtype. */
+/* GPT-2 files name their tensors with or without "transformer." (as save_pretrained of
+ * GPT2LMHeadModel or GPT2Model writes them). */
+static const char *stored_name(const Gpt2Model *m, const char *name, char *full, size_t cap) {
+    snprintf(full, cap, "transformer.%s", name);
+    return m->cfg.family == SG_FAMILY_GPT2 && safetensors_find(&m->st, full) ? full : name;
+}
+
+static int tensor_present(const Gpt2Model *m, const char *name) {
+    char full[256];
+    return safetensors_find(&m->st, stored_name(m, name, full, sizeof full)) != NULL;
+}
+
 static int find_tensor(const Gpt2Model *m, const char *name, int ndim, const int64_t *shape,
                        const SafetensorsTensor **out) {
     char full[256];
-    snprintf(full, sizeof full, "transformer.%s", name);
-    const char *use = m->cfg.family == SG_FAMILY_GPT2 && safetensors_find(&m->st, full) ? full : name;
+    const char *use = stored_name(m, name, full, sizeof full);
     if (!safetensors_find(&m->st, use)) return sg_errorf(m->st.path, "missing tensor '%s'", name);
     return safetensors_expect(&m->st, use, out, ndim, shape);
 }
@@ -352,24 +363,24 @@ int model_open(Gpt2Model *m, const char *dir) {
         return -1;
     }
     if ((sharded ? safetensors_open_sharded : safetensors_open)(&m->st, path) != 0) { model_free(m); return -1; }
-    /* n_layer is bounded by the file before it sizes anything: 12 tensors a layer, 4 more */
+    /* n_layer is bounded by the file before it sizes anything: 12 tensors a layer, 4 more. A
+     * file with fewer tensors than the config needs is refused naming the first one it lacks:
+     * the names of layers 0..T/per_layer are more than the T the file holds, so one is absent. */
     size_t n_specs;
     const int gemma = c->family == SG_FAMILY_GEMMA2;
     const size_t per_layer = gemma ? 11 : 12,
                  n_global = gemma ? 2 : c->family == SG_FAMILY_NEOX && c->tied_unembed ? 3 : 4;
-    if (sg_mul_overflow(c->n_layer, per_layer, &n_specs) || sg_add_overflow(n_specs, n_global, &n_specs) ||
-        n_specs > m->st.n_tensors) {
-        sg_errorf(path, "config.json declares %zu layers (%zu tensors) but the file holds %zu tensors", c->n_layer,
-                  c->n_layer * per_layer + n_global, m->st.n_tensors);
-        model_free(m);
-        return -1;
-    }
+    const int too_few = sg_mul_overflow(c->n_layer, per_layer, &n_specs) ||
+                        sg_add_overflow(n_specs, n_global, &n_specs) || n_specs > m->st.n_tensors;
+    const size_t n_listed_layers = too_few && c->n_layer > m->st.n_tensors / per_layer + 1
+                                       ? m->st.n_tensors / per_layer + 1 : c->n_layer;
+    n_specs = n_listed_layers * per_layer + n_global;
     const char *prev_alloc = sg_alloc_for(m->st.path);
 
-    const int64_t L = (int64_t)c->n_layer, D = (int64_t)c->n_embd, V = (int64_t)c->vocab_size,
+    const int64_t L = (int64_t)n_listed_layers, D = (int64_t)c->n_embd, V = (int64_t)c->vocab_size,
                   P = (int64_t)c->n_positions, F = (int64_t)c->n_inner, Q = (int64_t)z_width(c),
                   KV = (int64_t)(c->n_kv_head * c->head_dim);
-    m->layers = sg_xcalloc(c->n_layer, sizeof *m->layers);
+    m->layers = sg_xcalloc(n_listed_layers, sizeof *m->layers);
     size_t k = 0;
     TensorSpec *specs = sg_xcalloc(n_specs, sizeof *specs);
     char (*names)[96] = sg_xcalloc(n_specs, sizeof *names);
@@ -444,6 +455,24 @@ int model_open(Gpt2Model *m, const char *dir) {
     }
 #undef SPEC
     n_specs = k;
+    if (too_few) {
+        size_t missing = 0, need;
+        while (missing < n_specs && tensor_present(m, specs[missing].name)) missing++;
+        char needs[64] = "more than can be counted";
+        if (!sg_mul_overflow(c->n_layer, per_layer, &need) && !sg_add_overflow(need, n_global, &need))
+            snprintf(needs, sizeof needs, "%zu", need);
+        if (missing < n_specs)
+            sg_errorf(path, "has no tensor '%s': config.json declares %zu layers (%s tensors) but the file holds %zu "
+                      "tensors", specs[missing].name, c->n_layer, needs, m->st.n_tensors);
+        else /* cannot happen (more distinct names than tensors); kept for safety */
+            sg_errorf(path, "config.json declares %zu layers (%s tensors) but the file holds %zu tensors", c->n_layer,
+                      needs, m->st.n_tensors);
+        free(specs);
+        free(names);
+        sg_alloc_for(prev_alloc);
+        model_free(m);
+        return -1;
+    }
 
     /* Pass 1: names, shapes, dtypes. Pass 2: F32 tensors are used in place; the others are
      * checked here and converted by model_place, once per node. NaN/Inf refused either way. */

@@ -18,7 +18,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated"};
+static const char *const ARCH_NAME[SAE_ARCH_COUNT] = {"standard", "jumprelu", "topk", "gated", "groupmax"};
 static const char *const NORM_NAME[SAE_NORM_COUNT] = {"none", "constant_norm_rescale", "layer_norm",
                                                       "expected_average_only_in"};
 static const char *const GEN_NAME[SAE_CFG_COUNT] = {"legacy", "flat", "v6", "sparsify", "gemma_scope"};
@@ -247,8 +247,8 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
         goto done;
     }
     int found = 0;
-    for (int i = 0; i < SAE_ARCH_COUNT; i++)
-        if (!strcmp(arch, ARCH_NAME[i])) { s->arch = (SaeArch)i; found = 1; }
+    for (int i = 0; i < SAE_ARCH_COUNT; i++) /* groupmax is sparsify's, not a SAELens architecture */
+        if (i != SAE_GROUPMAX && !strcmp(arch, ARCH_NAME[i])) { s->arch = (SaeArch)i; found = 1; }
     if (!found) {
         sg_errorf(path, "key \"architecture\" is %s: not supported (standard, jumprelu, topk, gated)",
                   json_text(ja, val, sizeof val));
@@ -502,10 +502,22 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
     };
     size_t n_spec = sizeof spec / sizeof spec[0], total = 0;
     const SafetensorsTensor *found[sizeof spec / sizeof spec[0]] = {0};
+    /* a tensor the architecture does not use (W_skip, a threshold on a topk SAE, ...) would be
+     * dropped silently: SAELens's load_state_dict (strict) refuses it, and so does saegap */
+    for (size_t t = 0; t < s->st.n_tensors; t++) {
+        const char *name = s->st.tensors[t].name;
+        int used = 0;
+        for (size_t i = 0; i < n_spec; i++)
+            used |= !strcmp(name, spec[i].name) && (!spec[i].optional || !strcmp(name, "scaling_factor"));
+        if (!used) {
+            sg_errorf(path, "tensor '%s' is not part of a %s SAE (%s's strict load_state_dict refuses it too): "
+                      "not supported", name, sae_arch_name(s->arch), sparsify ? "sparsify" : "SAELens");
+            goto fail;
+        }
+    }
     for (size_t i = 0; i < n_spec; i++) {
         int needed = !spec[i].optional;
         if (!needed && !safetensors_find(&s->st, spec[i].name)) continue;
-        /* tensors of other architectures are ignored */
         if (!needed && strcmp(spec[i].name, "scaling_factor") != 0) continue;
         int64_t shape[2] = {spec[i].s0, spec[i].s1};
         if (safetensors_expect(&s->st, spec[i].name, &found[i], spec[i].ndim, shape)) goto fail;
@@ -675,6 +687,21 @@ void sae_scratch_free(SaeScratch *w) {
     memset(w, 0, sizeof *w);
 }
 
+/* sparsify's groupmax (fused_encoder.py): the d_sae latents, ReLU'd, split into k contiguous
+ * groups of d_sae / k; each group keeps its largest (torch.max: the first on ties), the rest are
+ * zero. A group with no positive pre-activation keeps 0. */
+static void groupmax(float *f, const float *z, size_t n, size_t k) {
+    const size_t g = n / k;
+    memset(f, 0, n * sizeof(float));
+    for (size_t grp = 0; grp < k; grp++) {
+        const float *zg = z + grp * g;
+        size_t best = 0;
+        for (size_t j = 1; j < g; j++)
+            if (zg[j] > zg[best]) best = j;
+        f[grp * g + best] = zg[best] > 0 ? zg[best] : 0.0f;
+    }
+}
+
 /* Keeps the k largest of v (ties to the lower index) in idx, using a small min-heap. */
 static void topk_indices(size_t *idx, const float *v, size_t n, size_t k) {
     size_t h = 0;
@@ -763,6 +790,9 @@ void sae_forward(float *f, float *x_hat, const Sae *s, SaeScratch *w, const floa
             for (size_t j = 0; j < kk; j++) fr[id[j]] = z[id[j]] > 0 ? z[id[j]] : 0.0f;
             if (id != tmp_stack) free(id);
         } break;
+        case SAE_GROUPMAX:
+            groupmax(fr, z, F, s->k);
+            break;
         case SAE_ARCH_COUNT: break;
         }
     }

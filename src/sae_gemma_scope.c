@@ -85,6 +85,37 @@ int sae_gemma_scope_open(Sae *s, const char *dir, const char *explicit_hook) {
                 return sg_errorf(path, "array %s has %zu in dimension %d, expected %zu (W_enc is %zu x %zu)", ARRAYS[i].name,
                                  h[i].shape[d], d, want, s->d_in, s->d_sae);
         }
+    /* SAELens's loader (gemma_2_sae_huggingface_loader) drops an all-ones scaling_factor and
+     * refuses any other (finetuning_scaling_factor is false for Gemma Scope); its strict
+     * load_state_dict refuses arrays no JumpReLU SAE has. saegap does the same, by name. */
+    for (size_t m = 0; m < s->npz.n; m++) {
+        const char *name = s->npz.members[m].name;
+        size_t len = strlen(name);
+        int known = 0;
+        for (size_t i = 0; i < N_ARRAYS; i++)
+            known |= len == strlen(ARRAYS[i].name) + 4 && !strncmp(name, ARRAYS[i].name, len - 4) && !strcmp(name + len - 4, ".npy");
+        if (known) continue;
+        if (!strcmp(name, "scaling_factor.npy")) {
+            NpyHeader sh;
+            if (npz_header(&s->npz, &s->npz.members[m], &sh)) return -1;
+            if (sh.ndim != 1 || sh.shape[0] != s->d_sae)
+                return sg_errorf(path, "array scaling_factor must have shape (%zu,) like b_enc", s->d_sae);
+            float *v = sg_xcalloc(s->d_sae, sizeof(float));
+            int rc = npz_read_f32(&s->npz, &s->npz.members[m], v, s->d_sae);
+            size_t off = 0;
+            while (rc == 0 && off < s->d_sae && v[off] == 1.0f) off++;
+            const double bad = rc == 0 && off < s->d_sae ? v[off] : 1.0;
+            free(v);
+            if (rc) return -1;
+            if (off < s->d_sae)
+                return sg_errorf(path, "array scaling_factor is %.9g at latent %zu, not all ones: a scaling factor on the "
+                                       "code is not part of Gemma Scope's JumpReLU (SAELens refuses it too): not supported",
+                                 bad, off);
+            continue;
+        }
+        return sg_errorf(path, "holds array '%.*s', which Gemma Scope's JumpReLU SAE does not have (W_enc, W_dec, b_enc, "
+                               "b_dec, threshold; SAELens refuses it too): not supported", (int)(len > 4 ? len - 4 : len), name);
+    }
     s->basis = SG_BASIS_RAW;
     snprintf(s->basis_source, sizeof s->basis_source,
              "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");

@@ -1,6 +1,7 @@
 /* sae_sparsify.c: EleutherAI sparsify SAE folders (cfg.json + sae.safetensors) described as a
  * saegap Sae (sae.h). FAMILIES-FACTS section 4(b): the encoder is a Linear layer,
- * f = top-k(ReLU((x - b_dec) @ encoder.weight^T + encoder.bias)); x_hat = f @ W_dec + b_dec.
+ * f = top-k(ReLU((x - b_dec) @ encoder.weight^T + encoder.bias)), or with "activation": "groupmax"
+ * the largest of each of k contiguous groups of d_sae / k latents; x_hat = f @ W_dec + b_dec.
  * The folder's name says the hook: sparsify saves `layers.N` (the output of layer N, i.e.
  * blocks.N.hook_resid_post), `layers.N.mlp` (hook_mlp_out) and `layers.N.attention`
  * (hook_attn_out), all taken from the model without TransformerLens's processing. */
@@ -58,6 +59,43 @@ static int count_key(const cJSON *root, const char *path, const char *key, int r
     return 0;
 }
 
+/* Every key sparsify's SparseCoderConfig has had on its main branch (config.py, 2024-06 to
+ * 2025-09), and what saegap does with it: the forward keys are read below or refused; the others
+ * only shape training (normalize_decoder: the saved W_dec is used as it is). */
+static const char *const KNOWN_KEYS[] = {"d_in",      "num_latents",     "expansion_factor", "k",
+                                         "activation", "normalize_decoder", "signed",          "multi_topk",
+                                         "skip_connection", "transcode"};
+
+/* "activation" (sparsify config.py: "topk", the default, or "groupmax"); 0 or -1 with a pending error. */
+static int activation_key(Sae *s, const cJSON *root, const char *path) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "activation");
+    if (!j || cJSON_IsNull(j) || (cJSON_IsString(j) && !strcmp(j->valuestring, "topk"))) {
+        s->arch = SAE_TOPK;
+        return 0;
+    }
+    if (cJSON_IsString(j) && !strcmp(j->valuestring, "groupmax")) {
+        s->arch = SAE_GROUPMAX;
+        return 0;
+    }
+    char v[80];
+    return sg_errorf(path, "key \"activation\" is %s: not supported (sparsify's topk or groupmax)",
+                     json_text(j, v, sizeof v));
+}
+
+/* Keys sparsify's main branch never wrote (forks add some that change the forward): said once. */
+static void warn_unknown_keys(const cJSON *root, const char *path) {
+    char unknown[512] = "";
+    for (const cJSON *it = root->child; it; it = it->next) {
+        int known = 0;
+        for (size_t i = 0; i < sizeof KNOWN_KEYS / sizeof *KNOWN_KEYS; i++) known |= !strcmp(it->string, KNOWN_KEYS[i]);
+        size_t len = strlen(unknown);
+        if (!known && len < sizeof unknown - 1) snprintf(unknown + len, sizeof unknown - len, "%s%s", len ? ", " : "", it->string);
+    }
+    if (unknown[0])
+        sg_warnf("%s: keys %s are not sparsify's (its loader drops them): ignored; check they do not change the "
+                 "encoder or decoder", path, unknown);
+}
+
 int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *path, const char *explicit_hook) {
     /* variants whose forward differs: refused by name until implemented */
     static const char *const refused[][2] = {
@@ -81,7 +119,7 @@ int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *pat
     if (rc) return -1;
     s->model_name = sg_xstrdup(""); /* sparsify cfgs do not name the model */
     s->generation = SAE_CFG_SPARSIFY;
-    s->arch = SAE_TOPK;
+    if (activation_key(s, root, path)) return -1;
     s->norm = SAE_NORM_NONE;
     s->apply_b_dec_to_input = 1;
     s->enc_out_in = 1; /* encoder.weight is a Linear [d_sae, d_in] */
@@ -97,6 +135,12 @@ int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *pat
     s->d_sae = latents;
     if (count_key(root, path, "k", 1, 1, &s->k) != 0) return -1;
     if (s->k > s->d_sae) return sg_errorf(path, "key \"k\" is %zu, more than the %zu latents", s->k, s->d_sae);
+    /* torch's unflatten(-1, (k, -1)) in sparsify's groupmax fails unless k divides the latents */
+    if (s->arch == SAE_GROUPMAX && s->d_sae % s->k != 0)
+        return sg_errorf(path, "\"activation\": \"groupmax\" splits the %zu latents into k = %zu equal groups, "
+                               "but %zu is not a multiple of %zu (sparsify cannot run this SAE either)",
+                         s->d_sae, s->k, s->d_sae, s->k);
+    warn_unknown_keys(root, path);
     s->basis = SG_BASIS_RAW;
     snprintf(s->basis_source, sizeof s->basis_source,
              "sparsify SAE: trained on the model's module outputs without TransformerLens processing");

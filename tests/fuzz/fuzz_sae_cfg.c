@@ -2,7 +2,8 @@
  * EleutherAI sparsify's (src/sae_sparsify.c: the folder is named layers.1, so a sparsify cfg
  * gets a hook, and sae.safetensors holds the fixture's sparsify weights):
  * sae_read_cfg (what `saegap info` reads), then sae_load against the fixture model with the
- * fixture's weights (d_in 8, d_sae 16, every architecture's tensors), and, when that loads,
+ * fixture's weights (d_in 8, d_sae 16: the tensors of the architecture sae_read_cfg found, as
+ * sae_load refuses any other), and, when that loads,
  * the SAE's encode/decode on 4 rows, which uses what the cfg says (architecture, k,
  * normalisation, b_dec on the input). */
 #include "fuzz_common.h"
@@ -19,7 +20,14 @@ typedef struct { const char *dir; uint32_t h; } Arg;
 static void body(void *arg) {
     const Arg *a = arg;
     Sae s;
-    if (sae_read_cfg(&s, a->dir, NULL) == 0) sae_free(&s);
+    const char *arch = "standard";
+    if (sae_read_cfg(&s, a->dir, NULL) == 0) {
+        if (s.arch != SAE_GROUPMAX) arch = sae_arch_name(s.arch); /* groupmax: sparsify's sae.safetensors */
+        sae_free(&s);
+    }
+    char weights[1024];
+    snprintf(weights, sizeof weights, "%s/sae-%s/sae_weights.safetensors", fuzz_fixture(), arch);
+    fuzz_link_in(a->dir, "sae_weights.safetensors", weights);
     SaeLoadOptions opt = {0};
     opt.allow_model_mismatch = (a->h & 1) != 0;
     if (a->h & 2) opt.has_override = 1, opt.basis = (Basis)((a->h >> 2) & 7u);
@@ -51,8 +59,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (mkdir(dir, 0700) != 0) abort();
     fuzz_write_in(dir, "cfg.json", data, size);
     char weights[1024];
-    snprintf(weights, sizeof weights, "%s/sae-all-archs/sae_weights.safetensors", fuzz_fixture());
-    fuzz_link_in(dir, "sae_weights.safetensors", weights);
     snprintf(weights, sizeof weights, "%s/sae-sparsify/sae.safetensors", fuzz_fixture());
     fuzz_link_in(dir, "sae.safetensors", weights);
     Arg a = {dir, fuzz_hash(data, size)};

@@ -64,7 +64,8 @@ def make_fixture():
     sx.make_sae(os.path.join(saes, "blocks.1.attn.hook_z"), D, 16, "blocks.1.attn.hook_z",
                 architecture="topk", generation="flat", k=4, model_name=MODEL_NAME,
                 from_pretrained_kwargs={"fold_ln": True, "fold_value_biases": True}, seed=3)
-    # sae_cfg's weights: every architecture's tensors (sae_load ignores the others')
+    # sae_cfg's weights: every architecture's tensors in one file (a safetensors seed), and each
+    # architecture's own in sae-<arch> (sae_load refuses a tensor its architecture does not use)
     rng = np.random.Generator(np.random.PCG64(4))
     F = 16
     t = {"W_enc": rng.standard_normal((D, F)) * 0.3, "W_dec": rng.standard_normal((F, D)) * 0.3,
@@ -74,6 +75,11 @@ def make_fixture():
          "scaling_factor": 1 + 0.1 * rng.standard_normal(F)}
     os.makedirs(os.path.join(FIX, "sae-all-archs"), exist_ok=True)
     fx.write_safetensors(os.path.join(FIX, "sae-all-archs", "sae_weights.safetensors"), t)
+    common = ("W_enc", "b_enc", "W_dec", "b_dec", "scaling_factor")
+    for arch, names in (("standard", common), ("topk", common), ("jumprelu", common + ("threshold",)),
+                        ("gated", ("W_enc", "W_dec", "b_dec", "b_gate", "b_mag", "r_mag", "scaling_factor"))):
+        os.makedirs(os.path.join(FIX, "sae-" + arch), exist_ok=True)
+        fx.write_safetensors(os.path.join(FIX, "sae-" + arch, "sae_weights.safetensors"), {k: t[k] for k in names})
     sx.write_cfg(os.path.join(FIX, "sae-all-archs"), sx._build_cfg("v6", D, F, "blocks.0.hook_resid_pre", "standard", True,
                                                          "none", None, MODEL_NAME, {}, False, False, P))
     fx.write_tokens_npy(os.path.join(FIX, "tokens.npy"), fx.random_tokens(6, 8, V, seed=5, bos=V - 1))

@@ -16,6 +16,11 @@ Pieces:
       topk:      z (* ||W_dec_i|| if rescale_acts_by_decoder_norm), keep the
                  k largest entries, relu them, zero the rest
       gated:     f = 1[x' W_enc + b_gate > 0] * relu(x' (W_enc * exp(r_mag)) + b_mag)
+      groupmax:  (EleutherAI sparsify, fused_encoder.py) r = relu(x' W_enc + b_enc) cut into
+                 k contiguous groups of d_sae / k; each keeps its max (the first on ties)
+  EleutherAI sparsify folders (cfg.json + sae.safetensors, FAMILIES-FACTS 4(b)) are read as
+  the same description: encoder.weight is W_enc transposed, x' = x - b_dec, "activation"
+  topk (default) or groupmax, the hook from the folder's name, raw activations.
       x_hat_n = (f [/ ||W_dec_i||] [* scaling_factor]) W_dec + b_dec
       x_hat = norm_out(x_hat_n)
   The latent code reported (l0, l1, feature density) is f, the encoder's
@@ -79,7 +84,10 @@ def site_width(config, hook):
 
 
 def cfg_generation(cfg):
-    """'legacy' | 'flat' | 'v6' (SAELens decides by sae_lens_version < 6, else by keys)."""
+    """'legacy' | 'flat' | 'v6' (SAELens decides by sae_lens_version < 6, else by keys), or
+    'sparsify' for a folder load_sae read as sparsify's."""
+    if SPARSIFY_FOLDER in cfg:
+        return "sparsify"
     ver = cfg.get("sae_lens_version")
     if ver is None and isinstance(cfg.get("metadata"), dict):
         ver = cfg["metadata"].get("sae_lens_version")
@@ -109,9 +117,33 @@ def _norm_mode(v):
     raise ValueError("normalize_activations %r" % (v,))
 
 
+SPARSIFY_FOLDER = "_sparsify_folder"  # added by load_sae: the folder's name says the hook
+_SPARSIFY_SUFFIX = {"": "hook_resid_post", ".mlp": "hook_mlp_out", ".attention": "hook_attn_out"}
+
+
+def _parse_sparsify_cfg(cfg):
+    """sparsify's SparseCoderConfig (config.py): num_latents 0 means d_in * expansion_factor;
+    activation topk (default) or groupmax; the hook from the folder name layers.N[.mlp|.attention]."""
+    name = cfg[SPARSIFY_FOLDER]
+    assert name.startswith("layers."), name
+    rest = name[len("layers."):]
+    layer = rest.split(".")[0]
+    hook = "blocks.%s.%s" % (layer, _SPARSIFY_SUFFIX[rest[len(layer):]])
+    d_in = int(cfg["d_in"])
+    return {
+        "generation": "sparsify", "hook": hook,
+        "architecture": cfg.get("activation", "topk"),
+        "d_in": d_in, "d_sae": int(cfg.get("num_latents") or d_in * int(cfg["expansion_factor"])),
+        "k": int(cfg["k"]), "apply_b_dec_to_input": True, "normalize": "none",
+        "rescale_acts_by_decoder_norm": False, "model_name": None, "from_pretrained_kwargs": None,
+    }
+
+
 def parse_sae_cfg(cfg):
     """cfg.json dict (any generation) -> normalised description."""
     gen = cfg_generation(cfg)
+    if gen == "sparsify":
+        return _parse_sparsify_cfg(cfg)
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     if gen == "legacy":
         hook = cfg["hook_point"]
@@ -134,7 +166,7 @@ def parse_sae_cfg(cfg):
         k = cfg.get("k")
         model_name = meta.get("model_name", cfg.get("model_name"))
         kwargs = meta.get("model_from_pretrained_kwargs", cfg.get("model_from_pretrained_kwargs"))
-    if arch not in ("standard", "jumprelu", "topk", "gated"):
+    if arch not in ("standard", "jumprelu", "topk", "gated"):  # groupmax: sparsify folders only
         raise ValueError("unknown architecture %r" % arch)
     return {
         "generation": gen,
@@ -161,6 +193,8 @@ def sae_basis(cfg, override=None):
     if override is not None:
         return override
     d = parse_sae_cfg(cfg)
+    if d["generation"] == "sparsify":
+        return "raw"  # sparsify hooks the module outputs of the unprocessed model
     kw = d["from_pretrained_kwargs"]
     if kw is None:
         return "processed"
@@ -178,9 +212,17 @@ def sae_basis(cfg, override=None):
 
 
 def load_sae(dir):
-    """-> (cfg dict as written, params {name: float64 stored values})."""
+    """-> (cfg dict as written, params {name: float64 stored values}). A sparsify folder
+    (sae.safetensors) gets SPARSIFY_FOLDER added and its Linear encoder as W_enc [d_in, d_sae]."""
     with open(os.path.join(dir, "cfg.json")) as f:
         cfg = json.load(f)
+    sp_path = os.path.join(dir, "sae.safetensors")
+    if not os.path.exists(os.path.join(dir, "sae_weights.safetensors")) and os.path.exists(sp_path):
+        cfg = dict(cfg)
+        cfg[SPARSIFY_FOLDER] = os.path.basename(os.path.normpath(dir))
+        P = load_safetensors(sp_path)
+        return cfg, {"W_enc": P["encoder.weight"].T, "b_enc": P["encoder.bias"], "W_dec": P["W_dec"],
+                     "b_dec": P["b_dec"]}
     params = load_safetensors(os.path.join(dir, "sae_weights.safetensors"))
     return cfg, params
 
@@ -247,6 +289,13 @@ def sae_parts(cfg, params, x, norm_scaling_factor=None):
             idx = np.argsort(-z, axis=-1, kind="stable")[..., :k]
             f = np.zeros_like(z)
             np.put_along_axis(f, idx, np.maximum(np.take_along_axis(z, idx, -1), 0.0), -1)
+        elif arch == "groupmax":
+            k = d["k"]
+            r = np.maximum(z, 0.0).reshape(z.shape[:-1] + (k, d["d_sae"] // k))
+            first = np.argmax(r, axis=-1)[..., None]  # numpy's argmax: the first maximum
+            g = np.zeros_like(r)
+            np.put_along_axis(g, first, np.take_along_axis(r, first, -1), -1)
+            f = g.reshape(z.shape)
         else:
             raise ValueError(arch)
         out["pre"] = z
@@ -286,6 +335,12 @@ def sae_discontinuity_margin(cfg, params, x, norm_scaling_factor=None):
         srt = -np.sort(-pre, axis=-1)
         m = (srt[:, k - 1] - srt[:, k]).min()
         m = min(m, np.abs(srt[:, :k]).min())
+    elif arch == "groupmax":
+        # each group's winner and whether it is positive: the gap to the group's second and
+        # the winner's distance from 0
+        k = d["k"]
+        srt = -np.sort(-pre.reshape(-1, k, d["d_sae"] // k), axis=-1)
+        m = min((srt[..., 0] - srt[..., 1]).min(), np.abs(srt[..., 0]).min())
     else:
         mag = p["mag_pre"].reshape(-1, d["d_sae"])
         gate_open = pre > 0

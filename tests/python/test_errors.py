@@ -464,6 +464,73 @@ def test_missing_tensor(model, tokens_npy, out):
     assert_user_error(res, out, "h.1.mlp.c_fc.bias")
 
 
+def _family_model(tmp_path, family):
+    """A 2-layer model of `family` as its fixture writes it -> (folder, config, {stored name:
+    float64 values}, the embedding and layer prefixes write_checkpoint splits shards by). GPT-2's
+    causal-mask buffers are left out, as transformers >= 4.4x saves the file: the file then holds
+    exactly the tensors the config needs."""
+    d = tmp_path / ("model_" + family)
+    if family == "gpt2":
+        fx.make_gpt2_model(str(d), n_layer=N_LAYER, n_head=5, n_embd=60, n_positions=N_POSITIONS,
+                           vocab_size=VOCAB, seed=0)
+        arrays, _ = st_load_arrays(d / ST)
+        tensors = {k: np.asarray(v, np.float64) for k, v in arrays.items()
+                   if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        pre = "transformer." if any(k.startswith("transformer.") for k in tensors) else ""
+        prefixes = (pre + "wte.", pre + "h.")
+    else:
+        import gemma_fixtures
+        import neox_fixtures
+        if family == "pythia":
+            made = neox_fixtures.make_pythia_model(str(d), n_layer=N_LAYER)
+            prefixes = ("gpt_neox.embed_in.", "gpt_neox.layers.")
+        else:
+            made = gemma_fixtures.make_gemma2_model(str(d), n_layer=N_LAYER)
+            prefixes = ("model.embed_tokens.", "model.layers.")
+        tensors = {k: np.asarray(v, np.float64) for k, v in made["params"].items()}
+    with open(d / "config.json") as f:
+        config = json.load(f)
+    return d, config, tensors, prefixes
+
+
+@pytest.mark.parametrize("family,sharded,missing", [
+    ("gpt2", False, "h.1.mlp.c_proj.bias"),
+    ("gpt2", True, "h.0.ln_1.weight"),
+    ("pythia", False, "gpt_neox.layers.1.mlp.dense_4h_to_h.bias"),
+    ("pythia", True, "gpt_neox.final_layer_norm.weight"),
+    ("gemma2", False, "model.layers.1.post_feedforward_layernorm.weight"),
+    ("gemma2", True, "model.norm.weight"),
+])
+def test_missing_tensor_named_in_every_family(tmp_path, tokens_npy, out, family, sharded, missing):
+    """Issue 26.9: a file that holds one tensor fewer than the config needs names the tensor it
+    lacks (it said only "declares 2 layers (28 tensors) but the file holds 27 tensors"), for each
+    family, in a single file and in a sharded checkpoint (absent from its shard and its index)."""
+    d, config, tensors, (embed_prefix, layers_prefix) = _family_model(tmp_path, family)
+    tensors.pop(full_name(tensors, missing))
+    for name in [ST, fx.INDEX_NAME, *fx.SHARD_NAMES]:
+        if (d / name).exists():
+            os.remove(d / name)
+    fx.write_checkpoint(str(d), config, tensors, {k: "F32" for k in tensors}, sharded, embed_prefix,
+                        layers_prefix, N_LAYER)
+    res = run_saegap(dump_args(d, tokens_npy, out))
+    assert_user_error(res, out, missing, fx.INDEX_NAME if sharded else ST)
+
+
+@pytest.mark.parametrize("family,first_absent", [
+    ("gpt2", "h.2.ln_1.weight"),
+    ("pythia", "gpt_neox.layers.2.input_layernorm.weight"),
+    ("gemma2", "model.layers.2.input_layernorm.weight"),
+])
+def test_config_declares_more_layers_than_the_file(tmp_path, tokens_npy, out, family, first_absent):
+    """A config that declares 3 layers over a 2-layer file: the first tensor of layer 2 is named."""
+    d, config, tensors, _ = _family_model(tmp_path, family)
+    key = "n_layer" if family == "gpt2" else "num_hidden_layers"
+    config[key] = N_LAYER + 1
+    (d / "config.json").write_text(json.dumps(config))
+    res = run_saegap(dump_args(d, tokens_npy, out))
+    assert_user_error(res, out, first_absent, "declares 3 layers")
+
+
 @pytest.mark.parametrize("short,slicer", [
     ("wpe.weight", lambda x: x[:N_POSITIONS - 1]),         # 39 positions vs config's 40
     ("h.0.attn.c_attn.weight", lambda x: x.T.copy()),      # [3d, d] instead of [d, 3d]

@@ -306,7 +306,59 @@ def test_sparsify_sae_matches_reference(world, tmp_path, run_saegap, pythia_refe
     check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what=folder)
 
 
+def test_sparsify_groupmax_matches_reference(world, tmp_path, run_saegap, pythia_reference):
+    """Issue 26.6: "activation": "groupmax" (sparsify config.py, fused_encoder.py) keeps the largest
+    ReLU'd pre-activation of each of k contiguous groups of d_sae / k latents. saegap ran it as
+    top-k. Its KL, reconstruction and scores must be the float64 groupmax reference's, on an SAE
+    where groupmax and top-k with the same k give different reconstructions."""
+    site, k = "blocks.1.hook_resid_post", 8
+    xs_all = world["fwd"]["raw"][site]
+    flat = xs_all.reshape(-1, D_MODEL)
+    for seed in range(80):
+        s = make_sae(str(tmp_path / ("saelens%d" % seed)), D_MODEL, 2 * D_MODEL, site, architecture="topk",
+                     k=k, seed=seed, x_sample=xs_all[world["meas"]], model_name=NAME)
+        sp = str(tmp_path / ("sparsify%d" % seed) / "layers.1")
+        write_sparsify(sp, s["params"], k, D_MODEL, {"activation": "groupmax"})
+        cfg, params = pythia_reference.load_sae(sp)
+        if rr.sae_discontinuity_margin(cfg, params, flat) >= MARGIN:
+            break
+    else:
+        raise AssertionError("no groupmax SAE with margin %g" % MARGIN)
+    assert rr.parse_sae_cfg(cfg)["architecture"] == "groupmax"
+    # the case the issue found: groupmax is not top-k with the same k on these activations
+    _, xh_group = rr.sae_encode_decode(cfg, params, flat)
+    topk_cfg = dict(cfg, activation="topk")
+    _, xh_topk = rr.sae_encode_decode(topk_cfg, params, flat)
+    assert np.abs(xh_group - xh_topk).max() > 0.05 * np.abs(xh_topk).max()
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", world["model_dir"], "--sae", sp, "--tokens", world["tokens_npy"], "--out",
+                str(out), "--interventions", DET, "--threads-per-rank", "1", "--quiet"])
+    res = read_result(str(out))
+    ref = pythia_reference.reference_run(None, [sp], world["tokens"], model=world["model"])
+    assert ref["sites"][site]["desc"]["generation"] == "sparsify" and ref["sites"][site]["basis"] == "raw"
+    check_against_reference(res, ref, rr.DETERMINISTIC, world["tokens"], what="groupmax")
+    with h5py.File(out, "r") as f:
+        assert int(f["sites"][site].attrs["k"]) == k
+
+
+def test_sparsify_unknown_key_is_said(world, tmp_path, run_saegap):
+    """A key sparsify's main branch never wrote (a fork's, such as embed_skip) is named in one
+    warning: sparsify's loader drops it, so saegap does too, but not silently."""
+    rng = np.random.default_rng(0)
+    params = {"W_enc": rng.standard_normal((D_MODEL, 128)), "b_enc": np.zeros(128),
+              "W_dec": rng.standard_normal((128, D_MODEL)), "b_dec": np.zeros(D_MODEL)}
+    sp = str(tmp_path / "layers.1")
+    write_sparsify(sp, params, 8, D_MODEL, {"embed_skip": True, "activation": "topk"})
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", sp, "--tokens", world["tokens_npy"],
+                    "--out", str(tmp_path / "o.h5"), "--interventions", "sae"])
+    warn = [ln for ln in p.stderr.decode().splitlines() if "embed_skip" in ln]
+    assert len(warn) == 1 and "cfg.json" in warn[0] and "activation" not in warn[0], p.stderr.decode()
+
+
 @pytest.mark.parametrize("edit,needle", [
+    ({"activation": "relu"}, '"activation" is "relu"'),
+    ({"activation": 1}, '"activation"'),
+    ({"activation": "groupmax", "k": 7}, "groupmax"),
     ({"signed": True}, '"signed"'),
     ({"multi_topk": True}, '"multi_topk"'),
     ({"k": 0}, '"k"'),
@@ -552,3 +604,84 @@ def test_gemma_scope_dtypes_convert_exactly(world, tmp_path, run_saegap):
         kls.append(read_result(str(out))["sites"]["blocks.1.hook_resid_post"]["kl"]["sae"])
     assert np.array_equal(kls[0], kls[1], equal_nan=True) and np.array_equal(kls[0], kls[2], equal_nan=True)
     assert np.nanmax(kls[0]) > 0
+
+
+# ---------------------------------------------------------------- tensors no format has (issue 26.6)
+
+def _small_params(d_sae=128):
+    rng = np.random.default_rng(0)
+    return {"W_enc": rng.standard_normal((D_MODEL, d_sae)), "b_enc": np.zeros(d_sae),
+            "W_dec": rng.standard_normal((d_sae, D_MODEL)), "b_dec": np.zeros(D_MODEL),
+            "threshold": np.full(d_sae, 0.5)}
+
+
+def _refused(run_saegap, world, tmp_path, sae, needles):
+    out = tmp_path / "out.h5"
+    p = run_saegap(["run", "--model", world["model_dir"], "--sae", sae, "--tokens", world["tokens_npy"],
+                    "--out", str(out), "--interventions", "sae", "--quiet"], check=False)
+    err = p.stderr.decode().strip()
+    last = err.splitlines()[-1] if err else ""
+    assert p.returncode == 1 and last.startswith("saegap: error:") and all(n in last for n in needles), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arch,extra", [("standard", "W_skip"), ("topk", "threshold"), ("jumprelu", "b_gate")])
+def test_saelens_tensor_outside_the_architecture_is_refused(world, tmp_path, run_saegap, arch, extra):
+    """A tensor the architecture does not use (a skip transcoder's W_skip on a standard SAE, a
+    threshold on a topk one) was dropped silently; SAELens's strict load_state_dict refuses it."""
+    s = make_sae(str(tmp_path / "sae"), D_MODEL, 128, "blocks.1.hook_resid_post", architecture=arch,
+                 model_name=NAME, k=8 if arch == "topk" else None)
+    path = os.path.join(s["dir"], "sae_weights.safetensors")
+    tensors = dict(s["params"])
+    tensors[extra] = np.eye(D_MODEL) if extra == "W_skip" else np.full(128, 0.5)
+    os.remove(path)
+    write_safetensors(path, tensors)
+    _refused(run_saegap, world, tmp_path, s["dir"], ["'%s'" % extra, "sae_weights.safetensors", arch])
+
+
+def test_sparsify_w_skip_without_skip_connection_is_refused(world, tmp_path, run_saegap):
+    """sparsify's W_skip adds x W_skip^T to the output; a file with one is refused even when
+    the cfg does not say skip_connection (sparsify's strict load refuses that file too)."""
+    sp = str(tmp_path / "layers.1")
+    write_sparsify(sp, _small_params(), 8, D_MODEL)
+    p = _small_params()
+    write_safetensors(os.path.join(sp, "sae.safetensors"),
+                      {"encoder.weight": p["W_enc"].T.copy(), "encoder.bias": p["b_enc"], "W_dec": p["W_dec"],
+                       "b_dec": p["b_dec"], "W_skip": np.eye(D_MODEL)})
+    _refused(run_saegap, world, tmp_path, sp, ["'W_skip'", "sae.safetensors"])
+
+
+@pytest.mark.parametrize("extra,value,needles", [
+    ("scaling_factor", 1.5, ["scaling_factor", "not all ones"]),
+    ("W_skip", None, ["'W_skip'", "params.npz"]),
+])
+def test_gemma_scope_array_outside_jumprelu_is_refused(world, tmp_path, run_saegap, extra, value, needles):
+    """params.npz with an array Gemma Scope's JumpReLU does not have was read without it; SAELens's
+    loader refuses a scaling_factor that is not all ones, and its strict load any other array."""
+    p = _small_params()
+    d = write_gemma_scope(str(tmp_path), "res", "layer_1", p)
+    arrays = {k: np.asarray(p[k], np.float32) for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+    if extra == "scaling_factor":
+        arrays[extra] = np.ones(128, np.float32)
+        arrays[extra][37] = value
+    else:
+        arrays[extra] = np.eye(D_MODEL, dtype=np.float32)
+    np.savez(os.path.join(d, "params.npz"), **arrays)
+    _refused(run_saegap, world, tmp_path, d, needles)
+
+
+def test_gemma_scope_all_ones_scaling_factor_is_dropped(world, tmp_path, run_saegap):
+    """An all-ones scaling_factor changes nothing (SAELens drops it): the run goes on and its
+    reconstruction is that of the same archive without the array."""
+    p = _small_params()
+    outs = []
+    for with_ones in (False, True):
+        d = write_gemma_scope(str(tmp_path / str(with_ones)), "res", "layer_1", p)
+        if with_ones:
+            arrays = {k: np.asarray(p[k], np.float32) for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
+            np.savez(os.path.join(d, "params.npz"), scaling_factor=np.ones(128, np.float32), **arrays)
+        out = tmp_path / ("o%d.h5" % with_ones)
+        run_saegap(["run", "--model", world["model_dir"], "--sae", d, "--tokens", world["tokens_npy"], "--out",
+                    str(out), "--interventions", "sae", "--threads-per-rank", "1", "--quiet"])
+        outs.append(read_result(str(out))["sites"]["blocks.1.hook_resid_post"]["kl"]["sae"])
+    assert np.array_equal(outs[0], outs[1], equal_nan=True)
