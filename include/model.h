@@ -34,7 +34,7 @@ typedef struct {
     NormKind norm;
     int post_norms;                       /* Gemma-2: attn and MLP outputs RMS-normed before each add */
     int gated_mlp;                        /* Gemma-2: down(gelu_tanh(gate(x)) * up(x)) */
-    float embed_scale;                    /* Gemma-2: the embedding times sqrt(D) in the model's dtype; else 1 */
+    float embed_scale;                    /* Gemma-2: the embedding times float32(sqrt D), the compute dtype's; else 1 */
     double attn_scale;                    /* the scores' scale: 1/sqrt(Dh), or query_pre_attn_scalar^-0.5 */
     double attn_softcap;                  /* Gemma-2: scores -> cap * tanh(scores / cap) before the mask; 0 = off */
     double final_softcap;                 /* Gemma-2: logits -> cap * tanh(logits / cap); 0 = off */

@@ -159,19 +159,6 @@ static int read_neox_keys(const cJSON *root, const char *path, Gpt2Config *cfg) 
     return 0;
 }
 
-/* v rounded to the model's dtype ("bfloat16", "float16"; else float32), to nearest even: v is a
- * positive normal number of both formats here (sqrt(hidden_size)). */
-static float round_to_dtype(float v, const char *dtype) {
-    int drop = !strcmp(dtype, "bfloat16") ? 16 : !strcmp(dtype, "float16") ? 13 : 0;
-    if (!drop) return v;
-    uint32_t b;
-    memcpy(&b, &v, 4);
-    b += ((1u << (drop - 1)) - 1) + ((b >> drop) & 1u);
-    b &= ~((1u << drop) - 1);
-    memcpy(&v, &b, 4);
-    return v;
-}
-
 /* Gemma2Config's keys (FAMILIES-FACTS section 2) and Hugging Face's defaults for them. */
 static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg) {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -234,12 +221,11 @@ static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg
     int attention_bias = 0;
     if (cfg_bool(root, path, "attention_bias", &attention_bias, 0)) return -1;
     if (attention_bias) return sg_errorf(path, "attention_bias is true; Gemma-2 has no biases");
-    /* HF: embed * torch.tensor(sqrt(D), dtype=the hidden states' dtype) */
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
-    if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype"); /* transformers v5 */
-    const char *dtype = cJSON_IsString(dt) ? dt->valuestring : "float32";
-    if (!strncmp(dtype, "torch.", 6)) dtype += 6;
-    cfg->embed_scale = round_to_dtype((float)sqrt((double)cfg->n_embd), dtype);
+    /* embed * torch.tensor(sqrt(D), dtype=the compute dtype) (HF: the hidden states' dtype; TL
+     * convert_gemma_weights: its cfg.dtype). saegap computes in float32, as TransformerLens and so
+     * SAELens do, whatever dtype the file stores (torch_dtype): float32(sqrt D), not sqrt(D)
+     * rounded to BF16/F16 (FAMILIES-FACTS section 2, corrected 2026-12-07; issue 26.7) */
+    cfg->embed_scale = (float)sqrt((double)cfg->n_embd);
     cfg->bos_token_id = 2;
     return 0;
 }

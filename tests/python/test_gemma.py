@@ -128,6 +128,46 @@ def test_dump_matches_reference_at_every_site(tmp_path, run_saegap, case, basis)
     assert np.abs(got["logits"]).max() <= float(config["final_logit_softcapping"])  # the final soft-cap
 
 
+EMBED_SCALE_CASES = [("BF16-d68", "BF16", 68), ("F16-d68", "F16", 68), ("BF16-d3584-as-9b", "BF16", 3584)]
+
+
+@pytest.mark.parametrize("cid,dtype,hidden", EMBED_SCALE_CASES, ids=[c[0] for c in EMBED_SCALE_CASES])
+def test_embedding_scale_is_the_compute_dtypes(tmp_path, run_saegap, cid, dtype, hidden):
+    """A BF16/F16 file run in float32 scales its embedding by float32(sqrt D), as TransformerLens
+    (and so SAELens) and a float32 Hugging Face forward do, not by sqrt(D) rounded to the storage
+    dtype (issue 26.7; FAMILIES-FACTS section 2). The widths are ones whose sqrt the storage dtype
+    cannot hold (68: 8.2462 -> 8.25 in both; 3584, gemma-2-9b's: 59.8665 -> 59.75 in BF16), so the
+    rounded scale misses the reference by more than the tolerance at hook_embed and the log-probs
+    (checked below: the test can fail)."""
+    mdir = str(tmp_path / "model")
+    config, params = build_model(mdir, seed=11, dtype=dtype, hidden=hidden)
+    scale32 = gr.embed_normalizer(config)
+    rounded = gr.embed_normalizer(config, {"BF16": "bfloat16", "F16": "float16"}[dtype])
+    assert scale32 == float(np.float32(np.sqrt(hidden))) and rounded != scale32
+    tok = np.random.default_rng(12).integers(0, int(config["vocab_size"]), size=(3, 17))
+    write_tokens_npy(str(tmp_path / "tok.npy"), tok.astype(np.int32))
+    out = str(tmp_path / "dump.h5")
+    run_saegap(["dump", "--model", mdir, "--tokens", str(tmp_path / "tok.npy"), "--sites", "hook_embed",
+                "--logits", "--out", out])
+    with h5py.File(out, "r") as f:
+        embed, logits = f["hook_embed"][()], f["logits"][()]
+    # hook_embed bit for bit: the stored value times float32(sqrt D), one float32 product
+    stored = params["model.embed_tokens.weight"][tok].astype(np.float32)
+    assert np.array_equal(embed, stored * np.float32(scale32)), cid
+    acts, lp = gr.forward(config, params, tok)
+    assert rel_err(embed, acts["hook_embed"]) <= TOL, cid
+    assert rel_err(log_softmax(logits), lp) <= TOL, cid
+    # the old rule (sqrt D in the storage dtype) is more than the tolerance away from the reference
+    old = gr.embed_normalizer
+    try:
+        gr.embed_normalizer = lambda c, compute_dtype="float32": rounded
+        acts_r, lp_r = gr.forward(config, params, tok)
+    finally:
+        gr.embed_normalizer = old
+    assert rel_err(acts_r["hook_embed"], acts["hook_embed"]) > 2 * TOL, cid
+    assert rel_err(lp_r, lp) > 1.5 * TOL, cid
+
+
 def build_sae(world, dir, site, arch, **kw):
     xs_all = world["fwd"][site]
     xs = xs_all[world["meas"]]
