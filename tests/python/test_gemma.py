@@ -397,6 +397,12 @@ def test_special_tokens_in_info_and_each_file_layout(special_world, tmp_path, ru
     with h5py.File(out, "r") as f:
         assert f.attrs["score_special_token_ids"] == "0,1,2"
         assert "no tokenizer files" in f.attrs["score_special_token_source"]
+    # the tokenizer files added afterwards: another set of special tokens is another job
+    write_gemma_tokenizer(mdir)
+    p = run_saegap(["run", "--model", mdir, "--sae", s["dir"], "--tokens", w["tokens_npy"], "--out", str(out),
+                    "--interventions", "sae,zero_ablation", "--threads-per-rank", "1", "--resume"], check=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and "score_special_token_ids is '0,1,2' in the file but '0,1,2,3,106,107' now" in err, err
 
 
 def world_dir(w):
