@@ -14,6 +14,7 @@
 
 #include "nodeblock.h"
 #include "safetensors.h"
+#include "tokenizer_special.h"
 
 #include <stddef.h>
 
@@ -34,7 +35,7 @@ typedef struct {
     NormKind norm;
     int post_norms;                       /* Gemma-2: attn and MLP outputs RMS-normed before each add */
     int gated_mlp;                        /* Gemma-2: down(gelu_tanh(gate(x)) * up(x)) */
-    float embed_scale;                    /* Gemma-2: the embedding times sqrt(D) in the model's dtype; else 1 */
+    float embed_scale;                    /* Gemma-2: the embedding times float32(sqrt D), the compute dtype's; else 1 */
     double attn_scale;                    /* the scores' scale: 1/sqrt(Dh), or query_pre_attn_scalar^-0.5 */
     double attn_softcap;                  /* Gemma-2: scores -> cap * tanh(scores / cap) before the mask; 0 = off */
     double final_softcap;                 /* Gemma-2: logits -> cap * tanh(logits / cap); 0 = off */
@@ -51,7 +52,14 @@ typedef struct {
     int scale_attn_weights;               /* divide scores by sqrt(Dh) (HF default true) */
     int scale_attn_by_inverse_layer_idx;  /* additionally divide by (layer + 1) */
     long bos_token_id;                    /* config bos_token_id (GPT-2: 50256); -1 if outside the vocab */
-    long eos_token_id, pad_token_id;      /* config's, -1 when absent: special tokens of SAELens's scores */
+    long eos_token_id, pad_token_id;      /* config's, -1 when absent: SAELens's special tokens when the folder has no tokenizer files */
+    /* SAELens's special tokens (get_special_token_ids: tokenizer_special.h), which its scores leave
+     * out: read from the folder's tokenizer files, else config.json's bos, eos and pad ids
+     * (special_from_config 1). Sorted, unique, inside the vocabulary. */
+    size_t n_special;
+    long special_ids[SG_MAX_SPECIAL_IDS];
+    int special_from_config;
+    char special_source[256];             /* where they come from, for the file and info */
     char name[256];                       /* _name_or_path, else the folder's name (SAE model check) */
 } Gpt2Config;
 
@@ -130,6 +138,11 @@ void model_place(Gpt2Model *m, MPI_Comm node);
 /* model_open then model_place for this rank alone (tools, tests). */
 int model_load(Gpt2Model *m, const char *dir);
 void model_free(Gpt2Model *m); /* accepts a zeroed struct */
+
+/* Whether tok is one of SAELens's special tokens (cfg.special_ids). */
+int model_is_special(const Gpt2Config *c, long tok);
+/* The special ids as text, "0,1,2" ("" for none), cut with "..." past cap. Returns buf. */
+const char *model_special_text(const Gpt2Config *c, char *buf, size_t cap);
 
 /* Reads config.json only (for `saegap info` and planning). */
 int model_read_config(Gpt2Config *cfg, const char *dir);

@@ -77,6 +77,8 @@ typedef struct {
     double latent_noise;
     const RfSite *sites;
     const char *saes_checksum;  /* of every SAE's weights, basis and normalisation factor */
+    const char *score_special_ids;        /* SAELens's special tokens, "0,1,2,3,106,107" */
+    const char *score_special_ids_before; /* what a file without that record used: config.json's bos, eos, pad */
 } RfJob;
 size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
 
@@ -87,6 +89,7 @@ typedef struct {
     const char *model_architecture; /* config.json's class: GPT2LMHeadModel, GPTNeoXForCausalLM */
     const char *blis_kernels; /* BLIS's kernels: a result's last bits depend on them */
     int64_t bos_token_id;
+    const char *score_special_ids, *score_special_source; /* SAELens's special tokens and where they came from */
     int ranks;
 } RfProvenance;
 void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,

@@ -39,6 +39,9 @@ static int info_model(const char *dir) {
                c->attn_softcap, c->final_softcap, c->sliding_window, (double)c->embed_scale);
     printf("  activation %s, layer_norm_epsilon %g, bos_token_id %ld\n", c->activation_name, c->layer_norm_epsilon,
            c->bos_token_id);
+    char special[4096];
+    printf("  special tokens of SAELens's scores: %s (%s)\n", c->n_special ? model_special_text(c, special, sizeof special)
+                                                                            : "none", c->special_source);
     if (neox)
         printf("  %s residual, rotary on %zu of %zu head dims (base %g), unembedding %s\n",
                c->parallel_residual ? "parallel" : "sequential", c->rotary_dims, c->head_dim, c->rotary_base,

@@ -159,19 +159,6 @@ static int read_neox_keys(const cJSON *root, const char *path, Gpt2Config *cfg) 
     return 0;
 }
 
-/* v rounded to the model's dtype ("bfloat16", "float16"; else float32), to nearest even: v is a
- * positive normal number of both formats here (sqrt(hidden_size)). */
-static float round_to_dtype(float v, const char *dtype) {
-    int drop = !strcmp(dtype, "bfloat16") ? 16 : !strcmp(dtype, "float16") ? 13 : 0;
-    if (!drop) return v;
-    uint32_t b;
-    memcpy(&b, &v, 4);
-    b += ((1u << (drop - 1)) - 1) + ((b >> drop) & 1u);
-    b &= ~((1u << drop) - 1);
-    memcpy(&v, &b, 4);
-    return v;
-}
-
 /* Gemma2Config's keys (FAMILIES-FACTS section 2) and Hugging Face's defaults for them. */
 static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg) {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
@@ -234,12 +221,11 @@ static int read_gemma2_keys(const cJSON *root, const char *path, Gpt2Config *cfg
     int attention_bias = 0;
     if (cfg_bool(root, path, "attention_bias", &attention_bias, 0)) return -1;
     if (attention_bias) return sg_errorf(path, "attention_bias is true; Gemma-2 has no biases");
-    /* HF: embed * torch.tensor(sqrt(D), dtype=the hidden states' dtype) */
-    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
-    if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(root, "dtype"); /* transformers v5 */
-    const char *dtype = cJSON_IsString(dt) ? dt->valuestring : "float32";
-    if (!strncmp(dtype, "torch.", 6)) dtype += 6;
-    cfg->embed_scale = round_to_dtype((float)sqrt((double)cfg->n_embd), dtype);
+    /* embed * torch.tensor(sqrt(D), dtype=the compute dtype) (HF: the hidden states' dtype; TL
+     * convert_gemma_weights: its cfg.dtype). saegap computes in float32, as TransformerLens and so
+     * SAELens do, whatever dtype the file stores (torch_dtype): float32(sqrt D), not sqrt(D)
+     * rounded to BF16/F16 (FAMILIES-FACTS section 2, corrected 2026-12-07; issue 26.7) */
+    cfg->embed_scale = (float)sqrt((double)cfg->n_embd);
     cfg->bos_token_id = 2;
     return 0;
 }
@@ -293,6 +279,26 @@ int model_read_config(Gpt2Config *cfg, const char *dir) {
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, special[i]);
         *special_id[i] = cJSON_IsNumber(j) && j->valuedouble >= 0 && j->valuedouble < (double)cfg->vocab_size
                              ? (long)j->valuedouble : -1;
+    }
+    /* SAELens's special tokens: the tokenizer's (tokenizer_special.h), else config.json's bos, eos, pad */
+    int tr = tokenizer_special_ids(dir, cfg->vocab_size, cfg->special_ids, &cfg->n_special, cfg->special_source,
+                                   sizeof cfg->special_source);
+    if (tr < 0) goto done;
+    if (tr == 1) {
+        const long cand[3] = {cfg->bos_token_id, cfg->eos_token_id, cfg->pad_token_id};
+        for (int i = 0; i < 3; i++) {
+            int seen = cand[i] < 0;
+            for (size_t k = 0; k < cfg->n_special && !seen; k++) seen = cfg->special_ids[k] == cand[i];
+            if (!seen) cfg->special_ids[cfg->n_special++] = cand[i];
+        }
+        for (size_t a = 1; a < cfg->n_special; a++) /* sort the (at most 3) ids */
+            for (size_t b = a; b > 0 && cfg->special_ids[b - 1] > cfg->special_ids[b]; b--) {
+                long t = cfg->special_ids[b];
+                cfg->special_ids[b] = cfg->special_ids[b - 1], cfg->special_ids[b - 1] = t;
+            }
+        cfg->special_from_config = 1;
+        snprintf(cfg->special_source, sizeof cfg->special_source,
+                 "config.json's bos_token_id, eos_token_id, pad_token_id (no tokenizer files in the model folder)");
     }
     const cJSON *nm = cJSON_GetObjectItemCaseSensitive(root, "_name_or_path");
     if (cJSON_IsString(nm) && nm->valuestring[0]) snprintf(cfg->name, sizeof cfg->name, "%s", nm->valuestring);
@@ -569,4 +575,32 @@ void model_free(Gpt2Model *m) {
     nodeblock_free(&m->block);
     free(m->dir);
     memset(m, 0, sizeof *m);
+}
+
+int model_is_special(const Gpt2Config *c, long tok) {
+    size_t lo = 0, hi = c->n_special;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->special_ids[mid] == tok) return 1;
+        if (c->special_ids[mid] < tok) lo = mid + 1;
+        else hi = mid;
+    }
+    return 0;
+}
+
+const char *model_special_text(const Gpt2Config *c, char *buf, size_t cap) {
+    if (!cap) return buf;
+    buf[0] = '\0';
+    size_t len = 0;
+    for (size_t i = 0; i < c->n_special; i++) {
+        char one[32];
+        int w = snprintf(one, sizeof one, "%s%ld", i ? "," : "", c->special_ids[i]);
+        if (len + (size_t)w + 4 >= cap) {
+            snprintf(buf + len, cap - len, "...");
+            break;
+        }
+        memcpy(buf + len, one, (size_t)w + 1);
+        len += (size_t)w;
+    }
+    return buf;
 }

@@ -48,6 +48,8 @@ size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *it) {
         snprintf(sites + strlen(sites), sizeof sites - strlen(sites), "%s%s", i ? "," : "", job->sites[i].name);
     ITEM("sites", "%s", sites);
     ITEM("saes_checksum", "%s (weights, basis, normalisation factor)", job->saes_checksum);
+    /* the tokens SAELens's scores leave out (issue 26.8) */
+    ITEM("score_special_token_ids", "%s", job->score_special_ids ? job->score_special_ids : "");
 #undef ITEM
     return n;
 }
@@ -64,8 +66,13 @@ int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob 
     for (size_t i = 0; i < ni; i++) {
         char have[4096] = "", key[96];
         snprintf(key, sizeof key, "job_%s", it[i].name);
-        if (h5out_get_attr_str(h, "/", key, have, sizeof have) != 0)
-            return sg_errorf(path, "--resume: the file has no '%s' record: not a saegap run file", key);
+        if (h5out_get_attr_str(h, "/", key, have, sizeof have) != 0) {
+            /* written before 2026-12-07: the scores left out config.json's bos, eos and pad ids */
+            if (!strcmp(it[i].name, "score_special_token_ids") && job->score_special_ids_before)
+                snprintf(have, sizeof have, "%s", job->score_special_ids_before);
+            else
+                return sg_errorf(path, "--resume: the file has no '%s' record: not a saegap run file", key);
+        }
         if (strcmp(have, it[i].value) != 0)
             return sg_errorf(path, "--resume: this file is from a different job: %s is '%s' in the file but '%s' now",
                              it[i].name, have, it[i].value);
@@ -100,6 +107,10 @@ static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const 
     if (prov->model_architecture) h5out_attr_str(h, "/", "model_architecture", prov->model_architecture);
     h5out_attr_str(h, "/", "tokens_file", prov->tokens_file);
     h5out_attr_i64(h, "/", "bos_token_id", prov->bos_token_id);
+    if (prov->score_special_ids) { /* SAELens's special tokens, left out of its scores (issue 26.8) */
+        h5out_attr_str(h, "/", "score_special_token_ids", prov->score_special_ids);
+        h5out_attr_str(h, "/", "score_special_token_source", prov->score_special_source);
+    }
     h5out_attr_i64(h, "/", "ranks", prov->ranks);
     h5out_attr_i64(h, "/", "complete", 0);
     h5out_attr_str(h, "/", "unit_checksum_covers", RF_UNIT_CK_RECORDS);

@@ -59,6 +59,7 @@ typedef struct {
     RfSite *rf_sites;
     const char **site_names;
     char tokens_checksum[64], model_checksum[64], saes_checksum[64];
+    char special_ids[4096], special_ids_before[128]; /* SAELens's special tokens: now, and the rule before */
     RfJob identity;
     char out_partial[OUT_PARTIAL_MAX]; /* "<out>.creating": the new file until its schema is on disk */
     uint64_t file_bytes;          /* a new result's size (datasets + metadata reserve): check_space */
@@ -224,9 +225,23 @@ static void job_identity(Run *r, JobHashKind kind) {
         job_hash_update(&h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
     }
     job_hash_final(&h, r->saes_checksum);
+    /* SAELens's special tokens; a file written before they were recorded used config.json's bos,
+     * eos and pad ids (the same text as the fallback's when the folder has no tokenizer files) */
+    const Gpt2Config *c = &r->model.cfg;
+    model_special_text(c, r->special_ids, sizeof r->special_ids);
+    Gpt2Config before = {.vocab_size = c->vocab_size};
+    const long cand[3] = {c->bos_token_id, c->eos_token_id, c->pad_token_id};
+    for (int i = 0; i < 3; i++)
+        if (cand[i] >= 0 && !model_is_special(&before, cand[i])) {
+            size_t k = before.n_special++;
+            for (; k > 0 && before.special_ids[k - 1] > cand[i]; k--) before.special_ids[k] = before.special_ids[k - 1];
+            before.special_ids[k] = cand[i];
+        }
+    model_special_text(&before, r->special_ids_before, sizeof r->special_ids_before);
     r->identity = (RfJob){.model_checksum = r->model_checksum, .tokens_checksum = r->tokens_checksum,
                           .seed = r->o->seed, .bos_include = r->bos_include, .latent_noise = r->o->latent_noise,
-                          .sites = r->rf_sites, .saes_checksum = r->saes_checksum};
+                          .sites = r->rf_sites, .saes_checksum = r->saes_checksum,
+                          .score_special_ids = r->special_ids, .score_special_ids_before = r->special_ids_before};
 }
 
 /* Everything the result file and the compute path follow from, once the inputs are loaded. */
@@ -255,13 +270,19 @@ static void describe_job(Run *r) {
                         .B = s->layout.B, .bos_include = r->bos_include,
                         .scores = rf_has_scores(&r->shape), .latent_noise = o->latent_noise,
                         .seed = (uint64_t)o->seed, .stop = &g_stop_signal};
+    if (r->job.scores && r->model.cfg.special_from_config)
+        sg_warnf("%s has no tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json): SAELens's "
+                 "scores leave out config.json's bos, eos and pad ids (%s) only, where SAELens leaves out every special "
+                 "token of the tokenizer (attribute score_special_token_source)", o->model,
+                 r->special_ids[0] ? r->special_ids : "none");
 }
 
 /* Creates (or, resuming, opens) the schema through h: the real file or a dry run. */
 static void create_schema(Run *r, H5Out *h, int size) {
     RfProvenance prov = {.command_line = r->o->command_line, .model = r->o->model, .tokens_file = r->o->tokens,
                          .model_architecture = r->model.cfg.architecture, .blis_kernels = gemm_kernels(),
-                         .bos_token_id = r->model.cfg.bos_token_id, .ranks = size};
+                         .bos_token_id = r->model.cfg.bos_token_id, .score_special_ids = r->special_ids,
+                         .score_special_source = r->model.cfg.special_source, .ranks = size};
     rf_free(&r->rf);
     rf_create(&r->rf, h, &r->shape, r->rf_sites, &r->identity, &prov);
 }

@@ -17,10 +17,9 @@ static int measured(const Gpt2Config *c, int bos_include, int32_t tok) {
 
 int sweep_is_measured(const SweepJob *j, int32_t tok) { return measured(&j->model->cfg, j->bos_include, tok); }
 
-/* SAELens's ignore_tokens: the tokenizer's pad, eos and bos ids */
-static int is_special(const Gpt2Config *c, int32_t tok) {
-    return tok == c->bos_token_id || tok == c->eos_token_id || tok == c->pad_token_id;
-}
+/* SAELens's ignore_tokens: get_special_token_ids(model.tokenizer), every special id of the
+ * tokenizer (model.h: cfg.special_ids, read from the folder's tokenizer files) */
+static int is_special(const Gpt2Config *c, int32_t tok) { return model_is_special(c, tok); }
 
 /* Whether a score pass replaces the site at a token: SAELens's zero-ablation at every position;
  * its SAE pass at every position but the special tokens, and at every position at attn.hook_z,

@@ -129,6 +129,43 @@ def corpus_model_config():
     write_json(tgt, "gelu-tanh", c, indent=None)
 
 
+# ---------------------------------------------------------------- tokenizer files
+TOKENIZER_SEP = b"\n--8<--\n"
+
+
+def corpus_tokenizer_special():
+    """special_tokens_map.json, tokenizer_config.json, tokenizer.json joined by TOKENIZER_SEP (an
+    empty part: that file absent), as fuzz_tokenizer_special.c splits them; Gemma-2's layout."""
+    tgt = "tokenizer_special"
+
+    def added(c, special=True):
+        return {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                "special": special}
+    toks = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "<start_of_turn>": 106,
+            "<end_of_turn>": 107}
+    smap = {"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"], "bos_token": added("<bos>"),
+            "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": added("<unk>")}
+    tcfg = {"add_bos_token": True, "added_tokens_decoder": {str(i): added(c) for c, i in toks.items()},
+            "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+            "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"], "mask_token": None}
+    tjson = {"version": "1.0", "added_tokens": [dict(added(c), id=i) for c, i in toks.items()],
+             "model": {"type": "BPE", "vocab": dict(toks, a=5, b=6), "merges": []}}
+    unigram = {"added_tokens": [], "model": {"type": "Unigram", "vocab": [["<pad>", 0.0], ["</s>", 0.0],
+                                                                          ["<s>", 0.0], ["<unk>", 0.0]]}}
+    j = lambda o: json.dumps(o).encode()
+    S = TOKENIZER_SEP
+    write_bytes(tgt, "gemma2-all-three", j(smap) + S + j(tcfg) + S + j(tjson))
+    write_bytes(tgt, "gemma2-map-and-tokenizer", j(smap) + S + S + j(tjson))
+    write_bytes(tgt, "gemma2-config-only", S + j(tcfg) + S)
+    write_bytes(tgt, "tokenizer-json-only", S + S + j(tjson))
+    write_bytes(tgt, "unigram-vocab-list", j({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                                              "additional_special_tokens": ["<missing>"]}) + S + S + j(unigram))
+    write_bytes(tgt, "gpt2", j({"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                "unk_token": "<|endoftext|>"}) + S + S +
+                j({"added_tokens": [{"id": 50256, "content": "<|endoftext|>", "special": True}],
+                   "model": {"type": "BPE", "vocab": {"<|endoftext|>": 50256}}}))
+
+
 # ---------------------------------------------------------------- cfg.json
 def corpus_sae_cfg():
     tgt = "sae_cfg"
@@ -301,6 +338,7 @@ def main():
     corpus_safetensors()
     corpus_model_config()
     corpus_sae_cfg()
+    corpus_tokenizer_special()
     corpus_tokens()
     corpus_job_file()
     corpus_results()

@@ -38,7 +38,7 @@ else
   SECS=${1:-30}
   shift || true
 fi
-ALL=(safetensors safetensors_index model_config sae_cfg gemma_scope_npz tokens_npy tokens_bin tokens_hdf5 job_file result_verify result_info result_resume)
+ALL=(safetensors safetensors_index model_config sae_cfg gemma_scope_npz tokens_npy tokens_bin tokens_hdf5 job_file tokenizer_special result_verify result_info result_resume)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
 BUILD=${SAEGAP_FUZZ_BUILD:-build-fuzz}

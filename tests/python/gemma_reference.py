@@ -8,7 +8,7 @@ from the C implementation.  Same API and style as neox_reference.py.
 
 Gemma-2 (W is [out, in], PyTorch Linear layout; no biases anywhere):
     h     = embed[tok] * normalizer                    (hook_embed = blocks.0.hook_resid_pre)
-            normalizer = sqrt(D) rounded to the model dtype (embed_normalizer)
+            normalizer = sqrt(D) rounded to the compute dtype, float32 (embed_normalizer)
     per layer l:
     a     = RMS_in(h)
     q     = a Wq^T [.., H, dh], k = a Wk^T, v = a Wv^T [.., KV, dh]   (heads = contiguous dh rows)
@@ -37,16 +37,19 @@ Precision choices (where HF's float32/bfloat16 arithmetic and this float64
 reference differ):
 * Everything is float64 on the stored tensor values (HF runs RMSNorm, the
   softmax and the rotary angles in float32, the rest in the model dtype).
-* The embedding normalizer is the one value HF rounds explicitly
-  (torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype)), and the
-  rounding is a visible per-model constant (bf16(sqrt 2304) = 48 exactly, but
-  bf16(sqrt 48) = 6.9375 vs 6.9282), so it is reproduced: sqrt(D) is rounded
-  to the dtype config.json names (torch_dtype, or v5's dtype): float32 (also
-  when absent), bfloat16, float16; float64 keeps it exact.  The product
-  embed * normalizer itself is not rounded.  Caveat: transformers 4.x
-  from_pretrained loads in float32 unless torch_dtype="auto" is passed, and
-  TransformerLens rounds to its own cfg.dtype, so a BF16 checkpoint run in
-  float32 would use float32(sqrt D); this reference follows config.json.
+* The embedding normalizer is the one value HF and TransformerLens round
+  explicitly: torch.tensor(hidden_size**0.5, dtype=D) with D the *compute*
+  dtype (HF: the hidden states' dtype; TL convert_gemma_weights: its
+  cfg.dtype, float32 by default), whatever the dtype the checkpoint is stored
+  in (FAMILIES-FACTS section 2, corrected 2026-12-07).  A float32 forward of
+  a BF16 or F16 file, as saegap, TransformerLens and SAELens run it, uses
+  float32(sqrt D).  The rounding is a visible per-model constant (bf16(sqrt
+  2304) = 48 exactly, but bf16(sqrt 48) = 6.9375 vs 6.9282; bf16(sqrt 3584),
+  gemma-2-9b, = 59.75 vs 59.8665), so embed_normalizer takes the compute
+  dtype (float32 by default; bfloat16, float16, float64 = exact) and never
+  reads torch_dtype.  The product embed * normalizer itself is not rounded.
+  Until 2026-12-07 this reference (and saegap) rounded to config.json's
+  torch_dtype, i.e. the storage dtype: wrong for a float32 forward.
 
 basis="processed": TransformerLens's default processing does not change any
 Gemma-2 hook (FAMILIES-FACTS section 3): fold_ln folds the RMSNorm weights
@@ -146,16 +149,14 @@ def sliding_layers(config, n_layer=None):
     return [l % 2 == 0 for l in range(L)]
 
 
-def _compute_dtype(config):
-    return str(config.get("torch_dtype") or config.get("dtype") or "float32").replace("torch.", "")
-
-
-def embed_normalizer(config):
-    """sqrt(hidden_size) as HF's torch.tensor(sqrt(D), dtype=hidden dtype):
-    rounded to float32 (torch_dtype float32 or absent), bfloat16 or float16;
-    exact for float64.  See the module docstring for the caveat."""
+def embed_normalizer(config, compute_dtype="float32"):
+    """sqrt(hidden_size) as torch.tensor(sqrt(D), dtype=compute_dtype):
+    rounded to float32 (the default: saegap's and TransformerLens's forward),
+    bfloat16 or float16; exact for float64.  The dtype the checkpoint is
+    stored in (config.json's torch_dtype) plays no part: see the module
+    docstring."""
     x = math.sqrt(int(config["hidden_size"]))
-    dt = _compute_dtype(config)
+    dt = str(compute_dtype).replace("torch.", "")
     if dt in ("float32", "float"):
         return float(np.float32(x))
     if dt in ("float16", "half"):
@@ -166,7 +167,7 @@ def embed_normalizer(config):
         return float(np.array(u << 16, dtype=np.uint32).view(np.float32))
     if dt in ("float64", "double"):
         return x
-    raise ValueError("torch_dtype %r" % dt)
+    raise ValueError("compute dtype %r" % dt)
 
 
 # ---------------------------------------------------------------- loading

@@ -491,16 +491,23 @@ def measured_mask(config, tokens, bos="exclude"):
     return tokens != int(config["bos_token_id"])
 
 
-def saelens_scores(config, params, tokens, site, basis, x_hat, lp_clean):
+def saelens_scores(config, params, tokens, site, basis, x_hat, lp_clean, special_ids=None):
     """kl_div_score and ce_loss_score as sae_lens/evals.py computes them
     (get_recons_loss + get_downstream_reconstruction_metrics): special tokens
-    (the config's bos, eos and pad ids) are left out of every mean; the SAE pass keeps them clean
+    are left out of every mean.  special_ids: SAELens's ignore_tokens =
+    get_special_token_ids(model.tokenizer) (sae_lens/util.py, v6: every
+    *_token_id of the tokenizer and the ids of its special_tokens_map,
+    additional_special_tokens included: for Gemma also <unk> and the turn
+    markers); None = the config's bos, eos and pad ids (what a model folder
+    without tokenizer files gives saegap).  The SAE pass keeps them clean
     (standard_replacement_hook), except at hook_z, where
     all_head_replacement_hook substitutes every position; the zero-ablation
     pass zeroes the site at every position (standard_zero_ablate_hook).  CE
     per token t predicts t+1, masked by token t (SAELens's mask[:, :-1])."""
-    special = [config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
-    nonspecial = ~np.isin(np.asarray(tokens), [int(t) for t in special if t is not None])
+    if special_ids is None:
+        special = [config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
+        special_ids = [int(t) for t in special if t is not None]
+    nonspecial = ~np.isin(np.asarray(tokens), [int(t) for t in special_ids])
     sae_rows = np.ones_like(nonspecial) if _kind_of_site(site) == "hook_z" else nonspecial
     lp_sae = forward_with_patch(config, params, tokens, site, basis,
                                 lambda xb: np.where(sae_rows[..., None], x_hat, xb))
@@ -522,7 +529,7 @@ def saelens_scores(config, params, tokens, site, basis, x_hat, lp_clean):
 
 def reference_run(model_dir, sae_dirs, tokens, bos="exclude", interventions=DETERMINISTIC,
                   norm_scaling_factor=None, basis=None, scope="all", position=None,
-                  window=16, model=None):
+                  window=16, model=None, special_ids=None):
     """Everything `saegap run` writes for the deterministic interventions.
 
     sae_dirs: list of SAE folders (each holding cfg.json).
@@ -531,6 +538,7 @@ def reference_run(model_dir, sae_dirs, tokens, bos="exclude", interventions=DETE
     basis: None (from each cfg) or 'processed' / 'raw' for all SAEs.
     scope 'position': intervene at `position` only (when that token is
       measured), record KL/CE at position..position+window-1 -> [n, window].
+    special_ids: the tokens SAELens's scores leave out (saelens_scores).
     Returns {"measured": bool [n,T], "clean_ce": [n,T], "clean_logprobs",
              "sites": {site: {...}}}.
     """
@@ -610,6 +618,6 @@ def reference_run(model_dir, sae_dirs, tokens, bos="exclude", interventions=DETE
                 r["ce"][iv] = np.where(row & ce_mask[:, sl], ce[:, sl], np.nan)
             r["attrs"]["mean_kl_" + iv] = float(np.nanmean(r["kl"][iv]))
         if "sae" in r["kl"] and "zero_ablation" in r["kl"]:
-            a.update(saelens_scores(config, params, tokens, site, b, x_hat, lp_clean))
+            a.update(saelens_scores(config, params, tokens, site, b, x_hat, lp_clean, special_ids))
         res["sites"][site] = r
     return res

@@ -128,6 +128,46 @@ def test_dump_matches_reference_at_every_site(tmp_path, run_saegap, case, basis)
     assert np.abs(got["logits"]).max() <= float(config["final_logit_softcapping"])  # the final soft-cap
 
 
+EMBED_SCALE_CASES = [("BF16-d68", "BF16", 68), ("F16-d68", "F16", 68), ("BF16-d3584-as-9b", "BF16", 3584)]
+
+
+@pytest.mark.parametrize("cid,dtype,hidden", EMBED_SCALE_CASES, ids=[c[0] for c in EMBED_SCALE_CASES])
+def test_embedding_scale_is_the_compute_dtypes(tmp_path, run_saegap, cid, dtype, hidden):
+    """A BF16/F16 file run in float32 scales its embedding by float32(sqrt D), as TransformerLens
+    (and so SAELens) and a float32 Hugging Face forward do, not by sqrt(D) rounded to the storage
+    dtype (issue 26.7; FAMILIES-FACTS section 2). The widths are ones whose sqrt the storage dtype
+    cannot hold (68: 8.2462 -> 8.25 in both; 3584, gemma-2-9b's: 59.8665 -> 59.75 in BF16), so the
+    rounded scale misses the reference by more than the tolerance at hook_embed and the log-probs
+    (checked below: the test can fail)."""
+    mdir = str(tmp_path / "model")
+    config, params = build_model(mdir, seed=11, dtype=dtype, hidden=hidden)
+    scale32 = gr.embed_normalizer(config)
+    rounded = gr.embed_normalizer(config, {"BF16": "bfloat16", "F16": "float16"}[dtype])
+    assert scale32 == float(np.float32(np.sqrt(hidden))) and rounded != scale32
+    tok = np.random.default_rng(12).integers(0, int(config["vocab_size"]), size=(3, 17))
+    write_tokens_npy(str(tmp_path / "tok.npy"), tok.astype(np.int32))
+    out = str(tmp_path / "dump.h5")
+    run_saegap(["dump", "--model", mdir, "--tokens", str(tmp_path / "tok.npy"), "--sites", "hook_embed",
+                "--logits", "--out", out])
+    with h5py.File(out, "r") as f:
+        embed, logits = f["hook_embed"][()], f["logits"][()]
+    # hook_embed bit for bit: the stored value times float32(sqrt D), one float32 product
+    stored = params["model.embed_tokens.weight"][tok].astype(np.float32)
+    assert np.array_equal(embed, stored * np.float32(scale32)), cid
+    acts, lp = gr.forward(config, params, tok)
+    assert rel_err(embed, acts["hook_embed"]) <= TOL, cid
+    assert rel_err(log_softmax(logits), lp) <= TOL, cid
+    # the old rule (sqrt D in the storage dtype) is more than the tolerance away from the reference
+    old = gr.embed_normalizer
+    try:
+        gr.embed_normalizer = lambda c, compute_dtype="float32": rounded
+        acts_r, lp_r = gr.forward(config, params, tok)
+    finally:
+        gr.embed_normalizer = old
+    assert rel_err(acts_r["hook_embed"], acts["hook_embed"]) > 2 * TOL, cid
+    assert rel_err(lp_r, lp) > 1.5 * TOL, cid
+
+
 def build_sae(world, dir, site, arch, **kw):
     xs_all = world["fwd"][site]
     xs = xs_all[world["meas"]]
@@ -239,4 +279,172 @@ def test_gemma2_refusals_name_the_problem(world, tmp_path, run_saegap, damage, n
                     "--out", str(out)], check=False)
     err = p.stderr.decode().strip()
     assert p.returncode == 1 and needle in err.splitlines()[-1] and mdir in err.splitlines()[-1], err
+    assert not out.exists()
+
+
+# ---- SAELens's special tokens from the tokenizer files (issue 26.8) ---------------------------
+
+# Gemma-2's tokenizer: <pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4, turn markers 106 and 107
+GEMMA_SPECIAL = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<start_of_turn>": 106, "<end_of_turn>": 107}
+# what sae_lens/util.py get_special_token_ids(tokenizer) gives for it (v6, 91ca16c): the *_token_id
+# attributes (bos, eos, unk, pad; mask, sep and cls are None) and special_tokens_map's values
+# (additional_special_tokens: the turn markers). <mask> (4) is an added token marked special that
+# no key names: not one of them.
+SAELENS_SPECIAL_IDS = [0, 1, 2, 3, 106, 107]
+
+
+def _added(content, special=True):
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+            "special": special}
+
+
+def write_gemma_tokenizer(dir, files=("special_tokens_map.json", "tokenizer_config.json", "tokenizer.json")):
+    """Gemma-2's three tokenizer files, as the Hub's google/gemma-2-2b has them (cut to the ids
+    that matter: the vocabulary is the fixture's 211 entries)."""
+    toks = dict(GEMMA_SPECIAL, **{"<mask>": 4})
+    smap = {"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
+            "bos_token": _added("<bos>"), "eos_token": _added("<eos>"), "pad_token": _added("<pad>"),
+            "unk_token": _added("<unk>")}
+    tcfg = {"add_bos_token": True, "add_eos_token": False, "tokenizer_class": "GemmaTokenizer",
+            "added_tokens_decoder": {str(i): _added(c) for c, i in sorted(toks.items(), key=lambda kv: kv[1])},
+            "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"], "bos_token": "<bos>",
+            "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>", "clean_up_tokenization_spaces": False}
+    vocab = {c: i for c, i in toks.items()}
+    vocab.update({"tok%d" % i: i for i in range(211) if i not in toks.values()})
+    tjson = {"version": "1.0", "added_tokens": [dict(_added(c), id=i) for c, i in sorted(toks.items(), key=lambda kv: kv[1])],
+             "model": {"type": "BPE", "byte_fallback": True, "vocab": vocab, "merges": []}}
+    for name, obj in (("special_tokens_map.json", smap), ("tokenizer_config.json", tcfg), ("tokenizer.json", tjson)):
+        if name in files:
+            with open(os.path.join(dir, name), "w") as f:
+                json.dump(obj, f, indent=2)
+
+
+@pytest.fixture(scope="module")
+def special_world(world, tmp_path_factory):
+    """The world's model in a folder with Gemma-2's tokenizer files, and contexts that hold <unk>,
+    <mask>, the turn markers, eos and pad among ordinary tokens."""
+    base = tmp_path_factory.mktemp("gemma_special")
+    mdir = str(base / NAME)
+    os.makedirs(mdir)
+    for f in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(world["model_dir"], f), os.path.join(mdir, f))
+    write_gemma_tokenizer(mdir)
+    tok = world["tokens"].copy()
+    r = np.random.default_rng(7)
+    for c in range(N_CTX):
+        pos = r.choice(np.arange(2, CTX - 1), size=6, replace=False)
+        tok[c, pos] = [3, 106, 107, 4, 1, 0]
+    tok_npy = str(base / "tokens.npy")
+    write_tokens_npy(tok_npy, tok.astype(np.int32))
+    fwd = gr.forward(world["config"], world["params"], tok, basis="raw")[0]
+    return dict(world, model_dir=mdir, tokens=tok, tokens_npy=tok_npy, fwd=fwd, meas=tok != 2)
+
+
+@pytest.mark.parametrize("site,arch", [("blocks.1.hook_resid_post", "standard"), ("blocks.0.attn.hook_z", "jumprelu")])
+def test_scores_leave_out_every_special_token_of_the_tokenizer(special_world, tmp_path, run_saegap, gemma_reference,
+                                                                site, arch):
+    """kl_div_score, ce_loss_score and their parts leave out every special token of the tokenizer
+    (<unk> and the turn markers too), as SAELens's get_special_token_ids does, not only
+    config.json's bos/eos/pad; the file says which ids and where they came from."""
+    w = special_world
+    s = build_sae(w, tmp_path / "sae", site, arch)
+    out = tmp_path / "out.h5"
+    run_saegap(["run", "--model", w["model_dir"], "--sae", s["dir"], "--tokens", w["tokens_npy"], "--out", str(out),
+                "--interventions", DET, "--threads-per-rank", "1", "--quiet"])
+    res = read_result(str(out))
+    ref = gemma_reference.reference_run(None, [s["dir"]], w["tokens"], model=w["model"], basis="raw",
+                                        special_ids=SAELENS_SPECIAL_IDS)
+    check_against_reference(res, ref, rr.DETERMINISTIC, w["tokens"], what=site)
+    a = res["attrs"]
+    assert str(np.asarray(a["score_special_token_ids"]).astype(str)) == "0,1,2,3,106,107", a["score_special_token_ids"]
+    src = a["score_special_token_source"]
+    src = src.decode() if isinstance(src, bytes) else str(src)
+    assert "special_tokens_map.json" in src and "tokenizer_config.json" in src, src
+    # the old rule (config.json's bos, eos, pad: 2, 1, 0) gives other scores than the tolerance allows
+    old = gemma_reference.reference_run(None, [s["dir"]], w["tokens"], model=w["model"], basis="raw")
+    new_a, old_a = ref["sites"][site]["attrs"], old["sites"][site]["attrs"]
+    moved = [k for k in ("kl_div_score", "ce_loss_score", "kl_div_with_sae", "kl_div_with_ablation")
+             if abs(new_a[k] - old_a[k]) > 1e-3 * max(abs(new_a[k]), 1e-6)]
+    assert moved, (new_a, old_a)
+
+
+def test_special_tokens_in_info_and_each_file_layout(special_world, tmp_path, run_saegap):
+    """`saegap info` names the ids and their source for every layout of the tokenizer files; a
+    folder without them keeps config.json's bos, eos, pad and says so (info, the file, a warning)."""
+    w = special_world
+    cases = [(("special_tokens_map.json", "tokenizer_config.json", "tokenizer.json"), "0,1,2,3,106,107",
+              "special_tokens_map.json and tokenizer_config.json"),
+             (("special_tokens_map.json", "tokenizer.json"), "0,1,2,3,106,107", "special_tokens_map.json, ids from"),
+             (("tokenizer_config.json",), "0,1,2,3,106,107", "tokenizer_config.json"),
+             (("tokenizer.json",), "0,1,2,3,4,106,107", "marks special"),
+             ((), "0,1,2", "no tokenizer files")]
+    for i, (files, ids, source) in enumerate(cases):
+        mdir = str(tmp_path / ("m%d" % i))
+        os.makedirs(mdir)
+        for f in ("config.json", "model.safetensors"):
+            os.symlink(os.path.join(world_dir(w), f), os.path.join(mdir, f))
+        write_gemma_tokenizer(mdir, files)
+        text = run_saegap(["info", mdir]).stdout.decode()
+        line = [l for l in text.splitlines() if "special tokens of SAELens's scores" in l]
+        assert line and (": %s (" % ids) in line[0] and source in line[0], (files, text)
+    # a run on the folder without tokenizer files: the fallback's ids, its source and one warning
+    s = build_sae(w, tmp_path / "sae", "blocks.1.hook_resid_post", "standard")
+    out = tmp_path / "o.h5"
+    p = run_saegap(["run", "--model", mdir, "--sae", s["dir"], "--tokens", w["tokens_npy"], "--out", str(out),
+                    "--interventions", "sae,zero_ablation", "--threads-per-rank", "1"])
+    err = p.stderr.decode()
+    assert err.count("no tokenizer files") == 1 and "score_special_token_source" in err, err
+    with h5py.File(out, "r") as f:
+        assert f.attrs["score_special_token_ids"] == "0,1,2"
+        assert "no tokenizer files" in f.attrs["score_special_token_source"]
+    # the tokenizer files added afterwards: another set of special tokens is another job
+    write_gemma_tokenizer(mdir)
+    p = run_saegap(["run", "--model", mdir, "--sae", s["dir"], "--tokens", w["tokens_npy"], "--out", str(out),
+                    "--interventions", "sae,zero_ablation", "--threads-per-rank", "1", "--resume"], check=False)
+    err = p.stderr.decode().strip()
+    assert p.returncode == 1 and "score_special_token_ids is '0,1,2' in the file but '0,1,2,3,106,107' now" in err, err
+
+
+def world_dir(w):
+    """The folder the fixture's config.json and weights really live in."""
+    return os.path.dirname(os.path.realpath(os.path.join(w["model_dir"], "config.json")))
+
+
+@pytest.mark.parametrize("damage,file,needle", [
+    ("not-json", "tokenizer_config.json", "not valid JSON"),
+    ("bos-number", "special_tokens_map.json", "bos_token is 5: neither a token string"),
+    ("additional-not-list", "special_tokens_map.json", "additional_special_tokens is not a list"),
+    ("bad-id", "tokenizer.json", "added_tokens: id -1 is not a non-negative integer"),
+    ("decoder-key", "tokenizer_config.json", "added_tokens_decoder: key \"x\" of '<bos>' is not an id"),
+])
+def test_malformed_tokenizer_files_are_refused_by_name(special_world, tmp_path, run_saegap, damage, file, needle):
+    w = special_world
+    mdir = str(tmp_path / "m")
+    os.makedirs(mdir)
+    for f in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(world_dir(w), f), os.path.join(mdir, f))
+    write_gemma_tokenizer(mdir)
+    p = os.path.join(mdir, file)
+    if damage == "not-json":
+        open(p, "w").write('{"bos_token": "<bos>",')
+    else:
+        d = json.load(open(p))
+        if damage == "bos-number":
+            d["bos_token"] = 5
+        elif damage == "additional-not-list":
+            d["additional_special_tokens"] = "<start_of_turn>"
+        elif damage == "bad-id":
+            os.remove(os.path.join(mdir, "tokenizer_config.json"))
+            d["added_tokens"][2]["id"] = -1
+        elif damage == "decoder-key":
+            d["added_tokens_decoder"] = {"x": _added("<bos>")}
+        json.dump(d, open(p, "w"))
+    out = tmp_path / "o.h5"
+    r = run_saegap(["info", mdir], check=False)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and needle in err.splitlines()[-1] and p in err.splitlines()[-1], err
+    r = run_saegap(["dump", "--model", mdir, "--tokens", w["tokens_npy"], "--sites", "hook_embed", "--out", str(out)],
+                   check=False)
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and needle in err.splitlines()[-1] and "saegap: error:" in err, err
     assert not out.exists()

@@ -188,18 +188,29 @@ def test_tl_model_agrees_with_raw(model, processed):
 # ---------------------------------------------------------------- (c) closed forms
 
 def test_embed_normalizer_rounding():
+    """sqrt(D) rounded to the compute dtype (float32 unless asked), never to config.json's
+    torch_dtype (the storage dtype): FAMILIES-FACTS section 2, corrected 2026-12-07. HF's and
+    TL's torch.tensor(D ** 0.5, dtype=compute dtype), worked out by hand."""
     c = {"hidden_size": 48}
     s = math.sqrt(48)
-    assert gr.embed_normalizer(c) == float(np.float32(s)) != s          # absent: float32
-    assert gr.embed_normalizer(dict(c, torch_dtype="float32")) == float(np.float32(s))
-    assert gr.embed_normalizer(dict(c, torch_dtype="bfloat16")) == 6.9375
-    assert gr.embed_normalizer(dict(c, dtype="bfloat16")) == 6.9375      # v5 key
-    assert gr.embed_normalizer(dict(c, torch_dtype="float16")) == 6.9296875
-    assert gr.embed_normalizer(dict(c, torch_dtype="float64")) == s
-    assert gr.embed_normalizer({"hidden_size": 2304, "torch_dtype": "bfloat16"}) == 48.0
-    assert gr.embed_normalizer({"hidden_size": 2304}) == 48.0
+    f32 = float(np.float32(s))
+    assert f32 == 6.92820310592651367 != s
+    assert gr.embed_normalizer(c) == f32                                   # a float32 forward
+    for stored in ("float32", "bfloat16", "float16", "torch.bfloat16"):    # the storage dtype plays no part
+        assert gr.embed_normalizer(dict(c, torch_dtype=stored)) == f32
+        assert gr.embed_normalizer(dict(c, dtype=stored)) == f32           # v5 key
+    assert gr.embed_normalizer(c, "bfloat16") == 6.9375                    # 6.928 -> 8 significant bits
+    assert gr.embed_normalizer(c, "torch.bfloat16") == 6.9375
+    assert gr.embed_normalizer(c, "float16") == 6.9296875                  # 11 significant bits
+    assert gr.embed_normalizer(c, "float64") == s
+    # gemma-2-2b: 48 exactly in every dtype; gemma-2-9b (3584): 59.8665 in float32, 59.75 in bfloat16
+    for dt in ("float32", "bfloat16", "float16"):
+        assert gr.embed_normalizer({"hidden_size": 2304, "torch_dtype": "bfloat16"}, dt) == 48.0
+    assert gr.embed_normalizer({"hidden_size": 3584, "torch_dtype": "bfloat16"}) == float(np.float32(math.sqrt(3584)))
+    assert gr.embed_normalizer({"hidden_size": 3584}, "bfloat16") == 59.75
+    assert gr.embed_normalizer({"hidden_size": 3584}, "float16") == 59.875
     with pytest.raises(ValueError):
-        gr.embed_normalizer(dict(c, torch_dtype="int8"))
+        gr.embed_normalizer(c, "int8")
 
 
 def test_rms_norm_closed_form():
@@ -477,15 +488,16 @@ def test_half_dtypes_round_trip(tmp_path, model, dtype):
         assert np.array_equal(params[k], round_to_dtype(params32[k], dtype)), k
     assert any(not np.array_equal(params[k], params32[k]) for k in params)
     acts, lp = gr.forward(config, params, TOKENS)
-    norm = {"BF16": 6.9375, "F16": 6.9296875}[dtype]
+    norm = float(np.float32(math.sqrt(48)))          # the compute dtype's sqrt(D), not the storage dtype's
+    assert norm not in (6.9375, 6.9296875)
     assert np.array_equal(acts["hook_embed"], params["model.embed_tokens.weight"][TOKENS] * norm)
     _, lp32 = gr.forward(config32, params32, TOKENS)
     assert np.all(np.isfinite(lp))
     err = np.abs(lp - lp32).max()
     assert 0 < err < 0.5                              # same model, rounded
-    # the same stored values run as a float32 config differ only by the normalizer
+    # the stored values are what counts: the storage dtype named in config.json changes nothing
     _, lp_f = gr.forward(dict(config, torch_dtype="float32"), params, TOKENS)
-    assert np.abs(lp_f - lp).max() > 1e-6
+    assert np.array_equal(lp_f, lp)
 
 
 def test_sharded_equals_single(tmp_path, model):
