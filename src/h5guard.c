@@ -135,34 +135,58 @@ static unsigned long long address_space_now(void) {
 
 #ifdef SG_ASAN
 /* Sanitizer builds (the tests' and the fuzzers'): no address-space bound, so the same budget is
- * kept on the bytes libhdf5 holds through ASan's allocator hooks. Without it, a damaged file
- * that makes libhdf5 allocate without bound in many small pieces (none large enough for
- * libFuzzer's -malloc_limit_mb) grew past libFuzzer's 2 GB RSS limit in a second, where the
- * release build ends with a message at its bound; fuzzing then blamed saegap. Over the budget
- * the read ends as a crash inside the guard does. */
-/* sanitizer/allocator_interface.h, which GCC 12 does not install; libasan exports both */
+ * kept through ASan's allocator hooks, on the bytes a guarded read holds and (checked every 4 MB
+ * allocated) on the resident memory it adds. Without it, a damaged file that makes libhdf5 allocate without bound in many
+ * small pieces (none large enough for libFuzzer's -malloc_limit_mb) grew past libFuzzer's 2 GB
+ * RSS limit in a second, where the release build ends with a message at its bound; fuzzing then
+ * blamed saegap. Resident memory, not the bytes asked for: ASan's redzones more than double
+ * libhdf5's small allocations. Over the budget the read ends as a crash inside the guard does. */
+#include <fcntl.h>
+/* sanitizer/allocator_interface.h, which GCC 12 does not install; libasan exports it */
 int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
                                               void (*free_hook)(const volatile void *));
 size_t __sanitizer_get_allocated_size(const volatile void *p);
-static volatile size_t g_san_live, g_san_budget;
+static volatile size_t g_san_live, g_san_since_check, g_san_budget, g_san_rss0;
 static volatile sig_atomic_t g_san_over;
+
+/* Resident bytes, read without allocating (called from inside malloc). */
+static size_t resident_bytes(void) {
+    char buf[128];
+    int fd = open("/proc/self/statm", O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *p = buf;
+    while (*p && *p != ' ') p++; /* the second field: resident pages */
+    size_t pages = 0;
+    while (*p == ' ') p++;
+    while (*p >= '0' && *p <= '9') pages = pages * 10 + (size_t)(*p++ - '0');
+    return pages * (size_t)sysconf(_SC_PAGESIZE);
+}
 
 static void san_malloc_hook(const volatile void *p, size_t size) {
     (void)p;
     if (g_depth <= 0 || g_san_over) return;
     g_san_live += size;
-    if (g_san_live > g_san_budget) {
-        g_san_over = 1;
-        const char *path = g_path ? g_path : "(HDF5 file)";
-        disarm();
-        restore_handlers();
-        g_depth = 0;
-        g_path = NULL;
-        snprintf(g_message, sizeof g_message,
-                 "saegap: error: %s: damaged HDF5 file: libhdf5 took more than %zu MB of memory reading it (a damaged "
-                 "length; SAEGAP_HDF5_MEM_LIMIT sets the bound)\n", path, (size_t)(g_san_budget >> 20));
-        sg_h5_fault(g_message);
+    g_san_since_check += size;
+    if (g_san_live <= g_san_budget) {
+        if (g_san_since_check < ((size_t)4 << 20)) return;
+        g_san_since_check = 0;
+        size_t now = resident_bytes();
+        if (now <= g_san_rss0 || now - g_san_rss0 <= g_san_budget) return;
     }
+    g_san_over = 1;
+    const char *path = g_path ? g_path : "(HDF5 file)";
+    disarm();
+    restore_handlers();
+    g_depth = 0;
+    g_path = NULL;
+    snprintf(g_message, sizeof g_message,
+             "saegap: error: %s: damaged HDF5 file: libhdf5 took more than %zu MB of memory reading it (a damaged "
+             "length; SAEGAP_HDF5_MEM_LIMIT sets the bound)\n", path, (size_t)(g_san_budget >> 20));
+    sg_h5_fault(g_message);
 }
 
 static void san_free_hook(const volatile void *p) {
@@ -174,7 +198,8 @@ static void san_free_hook(const volatile void *p) {
 static void lower_address_space(void) {
     static int installed;
     if (!installed) installed = __sanitizer_install_malloc_and_free_hooks(san_malloc_hook, san_free_hook) != 0;
-    g_san_live = 0, g_san_over = 0;
+    g_san_live = 0, g_san_since_check = 0, g_san_over = 0;
+    g_san_rss0 = resident_bytes();
     g_san_budget = (size_t)mem_budget_bytes();
 }
 
