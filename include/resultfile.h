@@ -68,7 +68,8 @@ typedef struct {
 } ResultFile;
 
 /* The job's identity: every item is written as attribute job_<name> and compared by --resume. */
-typedef struct { const char *name; char value[4096]; } RfJobItem;
+/* if_absent: what a file written before the item existed did (compared in its place), or NULL. */
+typedef struct { const char *name; char value[4096]; const char *if_absent; } RfJobItem;
 #define RF_JOB_ITEMS_MAX 32
 typedef struct {
     const char *model_checksum, *tokens_checksum;
@@ -77,6 +78,8 @@ typedef struct {
     double latent_noise;
     const RfSite *sites;
     const char *saes_checksum;  /* of every SAE's weights, basis and normalisation factor */
+    const char *context_source; /* tokens_context_source: how the contexts were made */
+    int flat_tokens;            /* the token file is a flat stream (files before context_source cut it without BOS) */
 } RfJob;
 size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
 
@@ -88,6 +91,8 @@ typedef struct {
     const char *blis_kernels; /* BLIS's kernels: a result's last bits depend on them */
     int64_t bos_token_id;
     int ranks;
+    int prepend_bos;                /* contexts.h: the rule that applied, and why */
+    const char *prepend_bos_source;
 } RfProvenance;
 void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,
                const RfProvenance *prov);
