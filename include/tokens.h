@@ -22,6 +22,7 @@ typedef struct {
     const char *format;  /* "hdf5" | "npy" | "llm.c bin" | "uint16 bin" */
     int flat;            /* a flat stream, cut here */
     int cut_with_bos;    /* flat and cut with BOS at position 0 of each context */
+    size_t n_unused;     /* flat: trailing stream tokens that fill no context */
 } TokenSet;
 
 /* How a flat stream is cut (a 2-D file ignores prepend_bos; ctx, when not 0, must equal its rows'). */

@@ -145,7 +145,9 @@ static int load_u16(TokenSet *ts, const char *path, const unsigned char *p, size
         if (rows == 0) return sg_errorf(path, "holds %zu tokens, fewer than one context of --ctx %zu", count, ctx);
         if (count % ctx)
             sg_warnf("%s: %zu trailing tokens do not fill a context of %zu and are not used", path, count % ctx, ctx);
-        return convert(ts, path, p, 2, 0, 0, rows, ctx, rows_used(rows, max_contexts));
+        int rc = convert(ts, path, p, 2, 0, 0, rows, ctx, rows_used(rows, max_contexts));
+        ts->n_unused = count % ctx;
+        return rc;
     }
     if (ctx < 2)
         return sg_errorf(path, "a context of %zu token cut with BOS holds nothing but BOS (--ctx 2 or more)", ctx);
@@ -157,7 +159,7 @@ static int load_u16(TokenSet *ts, const char *path, const unsigned char *p, size
     if (rest)
         sg_warnf("%s: %zu trailing tokens do not fill a context of %zu cut with BOS and are not used", path, rest, ctx);
     const size_t use = rows_used(rows, max_contexts);
-    ts->n_available = rows, ts->n = use, ts->ctx = ctx, ts->cut_with_bos = 1;
+    ts->n_available = rows, ts->n = use, ts->ctx = ctx, ts->cut_with_bos = 1, ts->n_unused = rest;
     ts->ids = sg_xcalloc(use * ctx, sizeof(int32_t)); /* use * ctx <= count + use: fits */
     cut_with_bos(p, count, ctx, cut->bos, &rows, &rest, ts->ids, use);
     return 0;

@@ -375,3 +375,54 @@ def test_kl_on_cut_contexts_matches_reference(run_saegap, models, tmp_path):
     assert e <= 1e-4, e
     # the first position of every context is BOS, so never measured
     assert np.isnan(got[:, 0]).all()
+
+
+# ================================================================ identity, info, plan
+
+def test_resume_treats_another_cut_as_another_job(run_saegap, models, tmp_path):
+    """A file written before context_source existed cut its flat stream without
+    BOS: it resumes with that cut and is refused with the BOS cut."""
+    m = models["gpt2"]
+    stream = nanogpt_stream(documents(np.random.default_rng(9), 20, 1, 40, {m["bos"]}), m["bos"])
+    tok = write_tokens_bin(str(tmp_path / "t.bin"), stream)
+    s = sae_dir(tmp_path, "sae")
+    out = tmp_path / "old.h5"
+    run(run_saegap, m["dir"], [s["dir"]], tok, out, ["--prepend-bos", "no"])
+    with h5py.File(out, "r+") as f:       # as written before the item existed
+        for k in ("job_context_source", "context_source", "prepend_bos", "prepend_bos_source"):
+            del f.attrs[k]
+        f.attrs["complete"] = 0
+    p = run(run_saegap, m["dir"], [s["dir"]], tok, out, ["--prepend-bos", "no", "--resume"], check=False)
+    assert p.returncode == 0, p.stderr.decode()
+    p = run(run_saegap, m["dir"], [s["dir"]], tok, out, ["--resume"], check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "different job" in err, err
+    # a new file with BOS, resumed without: context_source named when nothing else differs
+    rows = np.tile(np.r_[m["bos"], np.arange(3, 3 + CTX - 1)], 4)   # every context already starts with BOS
+    tok2 = write_tokens_bin(str(tmp_path / "u.bin"), rows)
+    out2 = tmp_path / "new.h5"
+    run(run_saegap, m["dir"], [s["dir"]], tok2, out2)
+    with h5py.File(out2, "r+") as f:
+        f.attrs["complete"] = 0
+    p = run(run_saegap, m["dir"], [s["dir"]], tok2, out2, ["--prepend-bos", "no", "--resume"], check=False)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "context_source" in err and "flat stream cut with BOS" in err, err
+
+
+def test_info_and_plan_say_the_cut(run_saegap, models, tmp_path):
+    m = models["gpt2"]
+    stream = nanogpt_stream(documents(np.random.default_rng(10), 20, 1, 40, {m["bos"]}), m["bos"])
+    tok = write_tokens_bin(str(tmp_path / "t.bin"), stream)
+    with_bos, rest = saelens_stream_contexts(stream, CTX, m["bos"], True)
+    plain, rest0 = saelens_stream_contexts(stream, CTX, m["bos"], False)
+    out = run_saegap(["info", tok, "--ctx", CTX, "--model", m["dir"]]).stdout.decode()
+    assert ("without BOS (--prepend-bos no, or SAEs whose cfgs say prepend_bos false): %d contexts, %d trailing"
+            % (len(plain), len(rest0))) in out, out
+    assert ("cut with BOS %d (the model's" % m["bos"]) in out and ("%d contexts of BOS + %d stream tokens"
+                                                                  % (len(with_bos), CTX - 1)) in out, out
+    s = sae_dir(tmp_path, "sae")
+    out = run_saegap(["plan", "--model", m["dir"], "--sae", s["dir"], "--tokens", tok, "--ranks", "1"]).stdout.decode()
+    assert "contexts: flat stream cut with BOS" in out and ("%d contexts x %d tokens" % (len(with_bos), CTX)) in out, out
+    out = run_saegap(["plan", "--model", m["dir"], "--sae", s["dir"], "--tokens", tok, "--ranks", "1",
+                      "--prepend-bos", "no"]).stdout.decode()
+    assert "contexts: flat stream cut without BOS" in out and ("%d contexts x" % len(plain)) in out, out
