@@ -1,6 +1,7 @@
 /* info.c: `saegap info`: describes a path by what it holds, on rank 0, without running anything. */
 #include "info.h"
 
+#include "contexts.h"
 #include "error.h"
 #include "h5out.h"
 #include "resultfile.h"
@@ -70,6 +71,13 @@ static int info_sae(const char *dir, const char *hook) {
            (s.basis & SG_BASIS_FOLD_VALUE_BIASES) != 0);
     printf("    from %s\n", s.basis_source);
     if (s.basis_note[0]) printf("    %s\n", s.basis_note);
+    SaeContexts cv = contexts_of_sae(&s);
+    if (cv.context_size)
+        printf("  contexts: prepend_bos %s, context_size %zu (%s)\n", cv.prepend_bos ? "true" : "false", cv.context_size,
+               cv.source);
+    else
+        printf("  contexts: prepend_bos %s, no context_size (%s): a flat token file is cut at --ctx\n",
+               cv.prepend_bos ? "true" : "false", cv.source);
     sae_free(&s);
     return 0;
 }
