@@ -12,6 +12,7 @@ typedef struct {
     const char *command;        /* run | dump | plan | info | verify */
     const char *positional;     /* JOB_FILE (run, plan) or PATH (info, verify) */
     const char *model, *tokens, *out, *sites, *interventions, *scope, *bos, *basis;
+    const char *prepend_bos;    /* --prepend-bos yes|no (NULL: the SAEs' convention; contexts.h) */
     const char **sae;           /* --sae, repeatable */
     size_t n_sae;
     const char **sae_hook;      /* --sae-hook, repeatable: the i-th names the site of the i-th --sae */

@@ -68,7 +68,8 @@ typedef struct {
 } ResultFile;
 
 /* The job's identity: every item is written as attribute job_<name> and compared by --resume. */
-typedef struct { const char *name; char value[4096]; } RfJobItem;
+/* if_absent: what a file written before the item existed did (compared in its place), or NULL. */
+typedef struct { const char *name; char value[4096]; const char *if_absent; } RfJobItem;
 #define RF_JOB_ITEMS_MAX 32
 typedef struct {
     const char *model_checksum, *tokens_checksum;
@@ -79,6 +80,8 @@ typedef struct {
     const char *saes_checksum;  /* of every SAE's weights, basis and normalisation factor */
     const char *score_special_ids;        /* SAELens's special tokens, "0,1,2,3,106,107" */
     const char *score_special_ids_before; /* what a file without that record used: config.json's bos, eos, pad */
+    const char *context_source; /* tokens_context_source: how the contexts were made */
+    int flat_tokens;            /* the token file is a flat stream (files before context_source cut it without BOS) */
 } RfJob;
 size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *items);
 
@@ -91,6 +94,8 @@ typedef struct {
     int64_t bos_token_id;
     const char *score_special_ids, *score_special_source; /* SAELens's special tokens and where they came from */
     int ranks;
+    int prepend_bos;                /* contexts.h: the rule that applied, and why */
+    const char *prepend_bos_source;
 } RfProvenance;
 void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,
                const RfProvenance *prov);

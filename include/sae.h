@@ -34,6 +34,8 @@ typedef struct {
     Basis cfg_basis;               /* the basis the cfg implies, before --basis */
     char basis_source[768];        /* where the basis came from (with the cfg's text), recorded per site */
     char basis_note[1100];         /* kwargs keys ignored because they change no activation, or "" */
+    int has_prepend_bos, prepend_bos; /* the cfg's prepend_bos (top level, or metadata in v6), when it has one */
+    size_t context_size;           /* the cfg's context_size; 0 when it has none (contexts.h) */
     double norm_scaling_factor;    /* expected_average_only_in: 0 until given or estimated */
     char norm_scaling_factor_source[192]; /* "--norm-scaling-factor " + site name (< 128) + "=" + %.17g */
     const float *W_enc;            /* (d_in, d_sae), or (d_sae, d_in) with enc_out_in */

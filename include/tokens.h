@@ -3,6 +3,11 @@
  *   .npy       integer array [n_contexts, ctx] (C or Fortran order, little-endian)
  *   .bin       llm.c (256 x int32 header, magic 20240520, then uint16 ids; needs --ctx)
  *              or flat little-endian uint16 (nanoGPT train.bin/val.bin; needs --ctx)
+ * A 2-D file's rows are the contexts, as stored. A flat stream (.bin) is cut into contexts of
+ * ctx tokens; with prepend_bos as SAELens's concat_and_batch_sequences cuts a stream given as
+ * one sequence with begin_batch_token_id = BOS: each context is BOS followed by ctx - 1 stream
+ * tokens, except where the next stream token already is BOS (not doubled: the context is then ctx
+ * stream tokens); a final context that the stream cannot fill is dropped, with a warning.
  */
 #ifndef SAEGAP_TOKENS_H
 #define SAEGAP_TOKENS_H
@@ -15,11 +20,30 @@ typedef struct {
     size_t n, ctx;
     size_t n_available;  /* contexts in the file before --contexts */
     const char *format;  /* "hdf5" | "npy" | "llm.c bin" | "uint16 bin" */
+    int flat;            /* a flat stream, cut here */
+    int cut_with_bos;    /* flat and cut with BOS at position 0 of each context */
+    size_t n_unused;     /* flat: trailing stream tokens that fill no context */
 } TokenSet;
+
+/* How a flat stream is cut (a 2-D file ignores prepend_bos; ctx, when not 0, must equal its rows'). */
+typedef struct {
+    size_t ctx;          /* tokens per context; 0: not known (a flat file is refused: needs --ctx) */
+    int prepend_bos;     /* flat: every context starts with bos */
+    int32_t bos;
+} TokenCut;
+
+/* Whether path names a flat stream (.bin), by its name alone. */
+int tokens_is_flat(const char *path);
+
+/* The source of the contexts as the result file records it (root attribute context_source):
+ * "flat stream cut with BOS", "flat stream cut without BOS" or "rows as stored". */
+const char *tokens_context_source(int flat, int cut_with_bos);
 
 /* ctx: --ctx (0 when not given); max_contexts: --contexts (0 = all). Values that do not fit
  * int32 or are negative are refused here; the vocabulary is checked by tokens_check. */
 int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts);
+/* The same with the cut: a flat stream with prepend_bos is cut as above (ctx >= 2 then). */
+int tokens_load_cut(TokenSet *ts, const char *path, const TokenCut *cut, size_t max_contexts);
 
 /* Every id < vocab_size (prints the first bad id and where it is), ctx <= n_positions. */
 int tokens_check(const TokenSet *ts, const char *path, size_t vocab_size, size_t n_positions);

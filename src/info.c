@@ -1,6 +1,7 @@
 /* info.c: `saegap info`: describes a path by what it holds, on rank 0, without running anything. */
 #include "info.h"
 
+#include "contexts.h"
 #include "error.h"
 #include "h5out.h"
 #include "resultfile.h"
@@ -73,6 +74,13 @@ static int info_sae(const char *dir, const char *hook) {
            (s.basis & SG_BASIS_FOLD_VALUE_BIASES) != 0);
     printf("    from %s\n", s.basis_source);
     if (s.basis_note[0]) printf("    %s\n", s.basis_note);
+    SaeContexts cv = contexts_of_sae(&s);
+    if (cv.context_size)
+        printf("  contexts: prepend_bos %s, context_size %zu (%s)\n", cv.prepend_bos ? "true" : "false", cv.context_size,
+               cv.source);
+    else
+        printf("  contexts: prepend_bos %s, no context_size (%s): a flat token file is cut at --ctx\n",
+               cv.prepend_bos ? "true" : "false", cv.source);
     sae_free(&s);
     return 0;
 }
@@ -99,7 +107,32 @@ static int info_result(const char *path) {
     return 1; /* not ours: try as a token file */
 }
 
-static int info_tokens(const char *path) {
+/* How a flat stream would be cut into contexts of ctx tokens: without BOS, and with the BOS of
+ * --model (or of each family when no model is given), as `run` cuts it (tokens.h). */
+static void info_cut(const char *path, size_t ctx, const char *model) {
+    TokenSet ts;
+    const TokenCut plain = {.ctx = ctx};
+    if (tokens_load_cut(&ts, path, &plain, 0) != 0) { sg_error_clear(); return; }
+    printf("  cut into contexts of %zu: without BOS (--prepend-bos no, or SAEs whose cfgs say prepend_bos false): "
+           "%zu contexts, %zu trailing tokens unused\n", ctx, ts.n, ts.n_unused);
+    tokens_free(&ts);
+    Gpt2Config c;
+    struct { int32_t bos; const char *name; } with[3] = {{50256, "GPT-2's"}, {0, "Pythia's"}, {2, "Gemma-2's"}};
+    size_t n_with = 3;
+    if (model && model_read_config(&c, model) == 0 && c.bos_token_id >= 0)
+        with[0].bos = (int32_t)c.bos_token_id, with[0].name = "the model's", n_with = 1;
+    else if (model) sg_error_clear();
+    for (size_t i = 0; i < n_with; i++) {
+        const TokenCut cut = {.ctx = ctx, .prepend_bos = 1, .bos = with[i].bos};
+        if (tokens_load_cut(&ts, path, &cut, 0) != 0) { sg_error_clear(); continue; }
+        printf("  cut with BOS %d (%s; SAEs whose cfgs say prepend_bos true or lack it, as SAELens's): %zu contexts of "
+               "BOS + %zu stream tokens (a stream BOS at the start is not doubled), %zu trailing tokens unused\n",
+               (int)with[i].bos, with[i].name, ts.n, ctx - 1, ts.n_unused);
+        tokens_free(&ts);
+    }
+}
+
+static int info_tokens(const char *path, size_t ctx, const char *model) {
     TokenSet ts;
     /* a flat .bin has no context length: describe it with one context per file */
     int rc = tokens_load(&ts, path, 0, 0);
@@ -110,6 +143,7 @@ static int info_tokens(const char *path) {
         size_t n = (size_t)sb.st_size / 2;
         rc = tokens_load(&ts, path, n > 0 ? n : 1, 0);
         if (rc == 0) printf("%s: flat token file (%s), %zu tokens (cut into contexts with --ctx N)\n", path, ts.format, n);
+        if (rc == 0 && ctx) info_cut(path, ctx, model);
     } else if (rc == 0) {
         printf("%s: token file (%s), %zu contexts x %zu tokens\n", path, ts.format, ts.n, ts.ctx);
     }
@@ -159,7 +193,7 @@ int info_command(const Options *o, MPI_Comm comm) {
             size_t len = strlen(p);
             int h5 = (len > 3 && !strcasecmp(p + len - 3, ".h5")) || (len > 5 && !strcasecmp(p + len - 5, ".hdf5"));
             rc = h5 ? info_result(p) : 1;
-            if (rc == 1) rc = info_tokens(p);
+            if (rc == 1) rc = info_tokens(p, o->ctx > 0 ? (size_t)o->ctx : 0, o->model);
         }
         fflush(stdout);
     }

@@ -17,6 +17,7 @@
 #include "schedule.h"
 #include "sites.h"
 #include "tokens.h"
+#include "contexts.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -99,7 +100,13 @@ int plan_command(const Options *o, MPI_Comm comm) {
     free(hooks);
     TokenSet ts;
     memset(&ts, 0, sizeof ts);
-    if (rc == 0) rc = tokens_load(&ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);
+    ContextRule rule;
+    memset(&rule, 0, sizeof rule);
+    if (rc == 0)
+        rc = contexts_resolve(&rule, saes, sizeof *saes, K, o->prepend_bos, o->ctx > 0 ? (size_t)o->ctx : 0,
+                              (int32_t)c.bos_token_id, tokens_is_flat(o->tokens));
+    if (rc == 0) rc = tokens_load_cut(&ts, o->tokens, &rule.cut, o->contexts > 0 ? (size_t)o->contexts : 0);
+    if (rc == 0) contexts_check_rows(&rule, &ts, o->tokens);
     uint32_t mask = 0;
     if (rc == 0) rc = iv_parse_list(&mask, o->interventions ? o->interventions : "all");
     SweepChoices ch;
@@ -206,6 +213,8 @@ int plan_command(const Options *o, MPI_Comm comm) {
         printf("saegap plan: %s\n", o->job_file ? o->job_file : "(options)");
         printf("  job: %zu contexts x %zu tokens, %zu SAE site(s), %.4g intervened passes per context, %zu units\n",
                ts.n, ts.ctx, K, n_passes, units);
+        printf("  contexts: %s%s (prepend_bos %s: %s)\n", tokens_context_source(ts.flat, ts.cut_with_bos),
+               ts.flat ? "" : " (a 2-D file)", rule.prepend_bos ? "true" : "false", rule.prepend_bos_source);
         printf("  FLOPs: clean passes %.3g, intervened passes %.3g, unembedding (intervened) %.3g, SAEs %.3g, "
                "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);
         printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank (BLIS kernels '%s'), KL/CE %.2f ns per "

@@ -3,6 +3,7 @@
 #include "resultfile.h"
 
 #include "checksum.h"
+#include "contexts.h"
 #include "error.h"
 #include "sites.h"
 
@@ -25,10 +26,13 @@ int rf_has_zscore(const RfShape *s) {
 
 size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *it) {
     size_t n = 0;
-#define ITEM(nm, ...) (it[n].name = (nm), snprintf(it[n].value, sizeof it[n].value, __VA_ARGS__), n++)
+#define ITEM(nm, ...) (it[n].name = (nm), it[n].if_absent = NULL, snprintf(it[n].value, sizeof it[n].value, __VA_ARGS__), n++)
     ITEM("model_checksum", "%s", job->model_checksum);
     ITEM("n_contexts", "%zu", s->n_contexts);
     ITEM("ctx", "%zu", s->ctx);
+    /* files written before this item cut a flat stream without BOS and used rows as stored */
+    ITEM("context_source", "%s", job->context_source ? job->context_source : tokens_context_source(job->flat_tokens, 0));
+    it[n - 1].if_absent = tokens_context_source(job->flat_tokens, 0);
     ITEM("tokens_checksum", "%s", job->tokens_checksum); /* after the counts: name the plainer difference */
     ITEM("seed", "%lld", job->seed);
     char ivs[256] = "";
@@ -50,6 +54,7 @@ size_t rf_job_items(const RfShape *s, const RfJob *job, RfJobItem *it) {
     ITEM("saes_checksum", "%s (weights, basis, normalisation factor)", job->saes_checksum);
     /* the tokens SAELens's scores leave out (issue 26.8) */
     ITEM("score_special_token_ids", "%s", job->score_special_ids ? job->score_special_ids : "");
+    it[n - 1].if_absent = job->score_special_ids_before; /* before 2026-12-07: config.json's bos, eos, pad */
 #undef ITEM
     return n;
 }
@@ -67,11 +72,9 @@ int rf_check_same_job(H5Out *h, const char *path, const RfShape *s, const RfJob 
         char have[4096] = "", key[96];
         snprintf(key, sizeof key, "job_%s", it[i].name);
         if (h5out_get_attr_str(h, "/", key, have, sizeof have) != 0) {
-            /* written before 2026-12-07: the scores left out config.json's bos, eos and pad ids */
-            if (!strcmp(it[i].name, "score_special_token_ids") && job->score_special_ids_before)
-                snprintf(have, sizeof have, "%s", job->score_special_ids_before);
-            else
+            if (!it[i].if_absent)
                 return sg_errorf(path, "--resume: the file has no '%s' record: not a saegap run file", key);
+            snprintf(have, sizeof have, "%s", it[i].if_absent); /* a file written before the item */
         }
         if (strcmp(have, it[i].value) != 0)
             return sg_errorf(path, "--resume: this file is from a different job: %s is '%s' in the file but '%s' now",
@@ -111,6 +114,8 @@ static void root_attributes(H5Out *h, const RfShape *s, const RfJob *job, const 
         h5out_attr_str(h, "/", "score_special_token_ids", prov->score_special_ids);
         h5out_attr_str(h, "/", "score_special_token_source", prov->score_special_source);
     }
+    h5out_attr_i64(h, "/", "prepend_bos", prov->prepend_bos);
+    if (prov->prepend_bos_source) h5out_attr_str(h, "/", "prepend_bos_source", prov->prepend_bos_source);
     h5out_attr_i64(h, "/", "ranks", prov->ranks);
     h5out_attr_i64(h, "/", "complete", 0);
     h5out_attr_str(h, "/", "unit_checksum_covers", RF_UNIT_CK_RECORDS);
@@ -148,6 +153,10 @@ static void site_attributes(H5Out *h, const char *g, const Sae *a) {
     h5out_attr_i64(h, g, "apply_b_dec_to_input", a->apply_b_dec_to_input);
     h5out_attr_str(h, g, "basis", basis_name(a->basis));
     h5out_attr_str(h, g, "basis_source", a->basis_source);
+    /* the cfg's own keys (-1: it has none) and the convention taken (contexts.h) */
+    h5out_attr_i64(h, g, "prepend_bos", a->has_prepend_bos ? a->prepend_bos : -1);
+    h5out_attr_i64(h, g, "context_size", a->context_size ? (int64_t)a->context_size : -1);
+    h5out_attr_str(h, g, "context_convention", contexts_of_sae(a).source);
     for (int f = 0; f < SG_BASIS_FLAG_COUNT; f++) {
         char key[64];
         snprintf(key, sizeof key, "basis_%s", basis_flag_name(f));

@@ -10,6 +10,7 @@
 #include "run.h"
 
 #include "checksum.h"
+#include "contexts.h"
 #include "correlate.h"
 #include "error.h"
 #include "gemm.h"
@@ -45,6 +46,7 @@ typedef struct {
     const Options *o;
     Gpt2Model model;
     TokenSet ts;
+    ContextRule contexts;         /* how the contexts are made (contexts.h) */
     SiteRun *sites;
     size_t n_sites;
     uint32_t iv_mask;
@@ -241,7 +243,9 @@ static void job_identity(Run *r, JobHashKind kind) {
     r->identity = (RfJob){.model_checksum = r->model_checksum, .tokens_checksum = r->tokens_checksum,
                           .seed = r->o->seed, .bos_include = r->bos_include, .latent_noise = r->o->latent_noise,
                           .sites = r->rf_sites, .saes_checksum = r->saes_checksum,
-                          .score_special_ids = r->special_ids, .score_special_ids_before = r->special_ids_before};
+                          .score_special_ids = r->special_ids, .score_special_ids_before = r->special_ids_before,
+                          .context_source = tokens_context_source(r->ts.flat, r->ts.cut_with_bos),
+                          .flat_tokens = r->ts.flat};
 }
 
 /* Everything the result file and the compute path follow from, once the inputs are loaded. */
@@ -282,7 +286,8 @@ static void create_schema(Run *r, H5Out *h, int size) {
     RfProvenance prov = {.command_line = r->o->command_line, .model = r->o->model, .tokens_file = r->o->tokens,
                          .model_architecture = r->model.cfg.architecture, .blis_kernels = gemm_kernels(),
                          .bos_token_id = r->model.cfg.bos_token_id, .score_special_ids = r->special_ids,
-                         .score_special_source = r->model.cfg.special_source, .ranks = size};
+                         .score_special_source = r->model.cfg.special_source, .ranks = size,
+                         .prepend_bos = r->contexts.prepend_bos, .prepend_bos_source = r->contexts.prepend_bos_source};
     rf_free(&r->rf);
     rf_create(&r->rf, h, &r->shape, r->rf_sites, &r->identity, &prov);
 }
@@ -584,11 +589,16 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     MPI_Comm node = nodeblock_node_comm(comm); /* derived and converted weights: once per node */
     model_place(&r.model, node);
     const Gpt2Config *c = &r.model.cfg;
-    int rc = tokens_load(&r.ts, o->tokens, o->ctx > 0 ? (size_t)o->ctx : 0, o->contexts > 0 ? (size_t)o->contexts : 0);
+    /* the SAEs first: their cfgs say how the contexts are cut (contexts.h) */
+    int rc = load_saes(&r);
+    if (rc == 0)
+        rc = contexts_resolve(&r.contexts, &r.sites[0].sae, sizeof *r.sites, r.n_sites, o->prepend_bos,
+                              o->ctx > 0 ? (size_t)o->ctx : 0, (int32_t)c->bos_token_id, tokens_is_flat(o->tokens));
+    if (rc == 0) rc = tokens_load_cut(&r.ts, o->tokens, &r.contexts.cut, o->contexts > 0 ? (size_t)o->contexts : 0);
     if (rc == 0) rc = tokens_check(&r.ts, o->tokens, c->vocab_size, c->n_positions);
+    if (rc == 0) contexts_check_rows(&r.contexts, &r.ts, o->tokens);
     if (rc == 0 && r.scope_position && r.P + r.W > r.ts.ctx)
         rc = sg_errorf("--position", "position %zu + window %zu exceeds the context length %zu", r.P, r.W, r.ts.ctx);
-    if (rc == 0) rc = load_saes(&r);
     if (sg_agree(comm, rc)) rc = -1;
     else
         for (size_t i = 0; i < r.n_sites; i++) sae_place(&r.sites[i].sae, node);

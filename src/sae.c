@@ -227,6 +227,19 @@ static int parse_cfg(Sae *s, const char *dir, const Gpt2Model *m, const char *mo
     const cJSON *mn = get_meta(root, meta, "model_name");
     s->model_name = sg_xstrdup(cJSON_IsString(mn) ? mn->valuestring : "");
 
+    /* How its training contexts were cut (contexts.h): SAELens's ActivationsStore.from_sae reads both */
+    const cJSON *pb = get_meta(root, meta, "prepend_bos"), *cs = get_meta(root, meta, "context_size");
+    if (pb && !cJSON_IsNull(pb)) {
+        if (!cJSON_IsBool(pb)) {
+            char v[80];
+            sg_errorf(path, "key \"prepend_bos\" must be true or false, not %s", json_text(pb, v, sizeof v));
+            goto done;
+        }
+        s->has_prepend_bos = 1, s->prepend_bos = cJSON_IsTrue(pb);
+    }
+    if (cs && !cJSON_IsNull(cs) && int_value(cs, path, "context_size", 1, SAE_SIZE_MAX, "a positive integer", &s->context_size))
+        goto done;
+
     /* Architecture and activation. Pre-v6 flat files may spell topk as an activation fn. An
      * absent architecture is standard (legacy and early flat cfgs have none); anything present
      * must be the string of a known name. */

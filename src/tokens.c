@@ -108,18 +108,64 @@ static int convert(TokenSet *ts, const char *path, const unsigned char *data, si
     return 0;
 }
 
-static int load_u16(TokenSet *ts, const char *path, const unsigned char *p, size_t count, size_t ctx,
-                    size_t max_contexts) {
-    if (count == 0) return sg_errorf(path, "holds no tokens");
-    if (ctx == 0) return sg_errorf(path, "a flat token file needs --ctx N to cut it into contexts");
-    size_t rows = count / ctx;
-    if (rows == 0) return sg_errorf(path, "holds %zu tokens, fewer than one context of --ctx %zu", count, ctx);
-    if (count % ctx)
-        sg_warnf("%s: %zu trailing tokens do not fill a context of %zu and are not used", path, count % ctx, ctx);
-    return convert(ts, path, p, 2, 0, 0, rows, ctx, rows_used(rows, max_contexts));
+/* The contexts of a flat stream of count ids at p cut with BOS (tokens.h): how many the stream
+ * fills (*rows), and the stream tokens left over (*rest); when out is not NULL, the first `use`
+ * of them written to out (use <= *rows). */
+static void cut_with_bos(const unsigned char *p, size_t count, size_t ctx, int32_t bos, size_t *rows, size_t *rest,
+                         int32_t *out, size_t use) {
+    size_t pos = 0, r = 0;
+    for (;;) {
+        uint16_t first = 0;
+        if (pos < count) memcpy(&first, p + 2 * pos, 2);
+        const size_t insert = pos < count && first == (uint32_t)bos ? 0 : 1, need = ctx - insert;
+        if (count - pos < need || pos == count) break;
+        if (out && r < use) {
+            int32_t *row = out + r * ctx;
+            if (insert) row[0] = bos;
+            for (size_t j = 0; j < need; j++) {
+                uint16_t x;
+                memcpy(&x, p + 2 * (pos + j), 2);
+                row[insert + j] = x;
+            }
+        }
+        pos += need, r++;
+    }
+    *rows = r, *rest = count - pos;
 }
 
-static int load_bin(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts) {
+static int load_u16(TokenSet *ts, const char *path, const unsigned char *p, size_t count, const TokenCut *cut,
+                    size_t max_contexts) {
+    const size_t ctx = cut->ctx;
+    ts->flat = 1;
+    if (count == 0) return sg_errorf(path, "holds no tokens");
+    if (ctx == 0)
+        return sg_errorf(path, "a flat token file needs --ctx N to cut it into contexts");
+    if (!cut->prepend_bos) {
+        size_t rows = count / ctx;
+        if (rows == 0) return sg_errorf(path, "holds %zu tokens, fewer than one context of --ctx %zu", count, ctx);
+        if (count % ctx)
+            sg_warnf("%s: %zu trailing tokens do not fill a context of %zu and are not used", path, count % ctx, ctx);
+        int rc = convert(ts, path, p, 2, 0, 0, rows, ctx, rows_used(rows, max_contexts));
+        ts->n_unused = count % ctx;
+        return rc;
+    }
+    if (ctx < 2)
+        return sg_errorf(path, "a context of %zu token cut with BOS holds nothing but BOS (--ctx 2 or more)", ctx);
+    size_t rows, rest;
+    cut_with_bos(p, count, ctx, cut->bos, &rows, &rest, NULL, 0);
+    if (rows == 0)
+        return sg_errorf(path, "holds %zu tokens, fewer than one context of %zu cut with BOS (%zu stream tokens)", count,
+                         ctx, ctx - 1);
+    if (rest)
+        sg_warnf("%s: %zu trailing tokens do not fill a context of %zu cut with BOS and are not used", path, rest, ctx);
+    const size_t use = rows_used(rows, max_contexts);
+    ts->n_available = rows, ts->n = use, ts->ctx = ctx, ts->cut_with_bos = 1, ts->n_unused = rest;
+    ts->ids = sg_xcalloc(use * ctx, sizeof(int32_t)); /* use * ctx <= count + use: fits */
+    cut_with_bos(p, count, ctx, cut->bos, &rows, &rest, ts->ids, use);
+    return 0;
+}
+
+static int load_bin(TokenSet *ts, const char *path, const TokenCut *cut, size_t max_contexts) {
     Mapped m;
     if (map_file(&m, path)) return -1;
     const unsigned char *p = m.p;
@@ -144,12 +190,12 @@ static int load_bin(TokenSet *ts, const char *path, size_t ctx, size_t max_conte
             else if (sg_mul_overflow((size_t)hdr[2], 2, &need) || body != need)
                 rc = sg_errorf(path, "llm.c header promises %d tokens (%zu bytes) but the file holds %zu bytes of them%s",
                                hdr[2], need, body, body < need ? " (truncated?)" : "");
-            else rc = load_u16(ts, path, p + LLMC_HEADER_INTS * 4, (size_t)hdr[2], ctx, max_contexts);
+            else rc = load_u16(ts, path, p + LLMC_HEADER_INTS * 4, (size_t)hdr[2], cut, max_contexts);
         }
     } else {
         ts->format = "uint16 bin";
         if (size % 2) rc = sg_errorf(path, "size %zu bytes is odd: not a file of uint16 token ids", size);
-        else rc = load_u16(ts, path, p, size / 2, ctx, max_contexts);
+        else rc = load_u16(ts, path, p, size / 2, cut, max_contexts);
     }
     unmap_file(&m);
     return rc;
@@ -200,7 +246,19 @@ done:
     return rc;
 }
 
+int tokens_is_flat(const char *path) { return ends_with(path, ".bin"); }
+
+const char *tokens_context_source(int flat, int cut_with_bos) {
+    return !flat ? "rows as stored" : cut_with_bos ? "flat stream cut with BOS" : "flat stream cut without BOS";
+}
+
 int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts) {
+    const TokenCut cut = {.ctx = ctx};
+    return tokens_load_cut(ts, path, &cut, max_contexts);
+}
+
+int tokens_load_cut(TokenSet *ts, const char *path, const TokenCut *cut, size_t max_contexts) {
+    const size_t ctx = cut->ctx;
     memset(ts, 0, sizeof *ts);
     struct stat sb;
     if (stat(path, &sb) != 0)
@@ -223,7 +281,7 @@ int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts)
     } else if (ends_with(path, ".npy")) {
         rc = load_npy(ts, path, max_contexts);
     } else if (ends_with(path, ".bin")) {
-        rc = load_bin(ts, path, ctx, max_contexts);
+        rc = load_bin(ts, path, cut, max_contexts);
     } else {
         rc = sg_errorf(path, "unknown token file type (expected .h5/.hdf5, .npy or .bin)");
     }
