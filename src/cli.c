@@ -154,6 +154,14 @@ static int apply_option(Options *o, size_t idx, const char *value, const char *w
     return 0;
 }
 
+/* A job-file key names an option by its long name; '_' stands for '-' (prepend_bos, sae_hook:
+ * SAELens's and YAML's spelling of the same words). */
+static int same_key(const char *option, const char *key) {
+    for (; *option && *key; option++, key++)
+        if (*option != *key && !(*option == '-' && *key == '_')) return 0;
+    return *option == *key;
+}
+
 /* Applies the job file's entries to job: each key once (sae may repeat), each a known option. */
 static int apply_job_entries(Options *job, const JobFile *jf, const char *path) {
     size_t first_line[N_OPTIONS] = {0};
@@ -165,7 +173,7 @@ static int apply_job_entries(Options *job, const JobFile *jf, const char *path) 
         char buf[SHOWN_MAX];
         snprintf(where, where_len, "%s: line %zu", path, e->line);
         size_t i = 0;
-        while (i < N_OPTIONS && strcmp(OPTIONS[i].name, e->key) != 0) i++;
+        while (i < N_OPTIONS && !same_key(OPTIONS[i].name, e->key)) i++;
         if (i == N_OPTIONS) {
             rc = sg_errorf(where, "unknown key '%s' (keys are the long option names of saegap run --help)",
                            shown(e->key, buf));

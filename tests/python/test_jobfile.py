@@ -285,3 +285,17 @@ def test_empty_and_comment_only_job_file_adds_nothing(world, run_saegap, tmp_pat
     p = plan(run_saegap, job, "--model", world / "model", "--tokens", world / "t.npy", "--sae", world / "saes",
              "--contexts", "4")
     assert planned(p)[:2] == (4, 2)
+
+
+def test_underscore_spelling_of_a_key(world, run_saegap, tmp_path):
+    """'_' stands for '-' in keys (SAELens's and YAML's spelling: latent_noise, prepend_bos); both
+    spellings of one key are the same key, given twice."""
+    job = write(tmp_path / "under.job", "\n".join(base(world) + ["contexts = 4", "latent_noise = 0.25"]) + "\n")
+    out = tmp_path / "under.h5"
+    seed_of_run(run_saegap, job, out)
+    with h5py.File(out) as f:
+        assert float(f.attrs["latent_noise_sigma"]) == 0.25
+    job = write(tmp_path / "both.job", "\n".join(base(world) + ["latent_noise = 0.25", "latent-noise = 0.5"]) + "\n")
+    refused(plan(run_saegap, job, check=False), job, "twice")
+    job = write(tmp_path / "bad.job", "\n".join(base(world) + ["latent__noise = 0.25"]) + "\n")
+    refused(plan(run_saegap, job, check=False), job, "unknown key")
