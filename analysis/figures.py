@@ -6,6 +6,7 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.font_manager  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -54,53 +55,141 @@ def finish(fig, title, legend_from=None, ncol=4):
     if legend_from is None:
         fig.tight_layout()
         return fig
-    handles, labels = legend_from.get_legend_handles_labels()
+    handles, labels = legend_entries(legend_from)
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.32 / h),
                ncol=ncol, frameon=False, fontsize=8.5, markerscale=2.5)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / h))
     return fig
 
 
-def log_if_wide(ax, values, span=30.0):
-    """Log y axis only when the positive values span more than `span`x (mean KLs of
-    ablations vs SAEs); otherwise a linear axis reads better.  Ticks at 1, 2, 5 x 10^k
-    labelled as plain numbers (0.02, 0.05, 0.1), readable also within one decade."""
+class ReadableLogLocator(matplotlib.ticker.Locator):
+    """Major ticks of a log axis that are always there, labelled and apart, whatever its
+    span.  matplotlib's LogLocator(subs=(1, 2, 5)) returns no tick at all once the range
+    needs a decade stride > 1 (about 9 decades: mean KLs of ablations vs an SAE that leaves
+    the output unchanged), and none within a range narrower than its subs.  Here: the densest
+    of 1-9, 1-2-5, 1-3 x 10^k, then every 1st, 2nd, 3rd ... power of ten, whose neighbouring
+    labels stay a label's size apart on the axis as drawn; plain 1-2-5 linear steps when
+    fewer than two powers of ten fall in view."""
+
+    CANDIDATES = ((tuple(range(1, 10)), 1), ((1, 2, 5), 1), ((1, 3), 1), ((1,), 1), ((1,), 2),
+                  ((1,), 3), ((1,), 4), ((1,), 5), ((1,), 10))
+
+    def __call__(self):
+        lo, hi = self.axis.get_view_interval()
+        ax, name = self.axis.axes, self.axis.axis_name
+        length = ax.bbox.height if name == "y" else ax.bbox.width
+        font = matplotlib.font_manager.FontProperties(size=plt.rcParams["%stick.labelsize" % name])
+        px = font.get_size_in_points() * ax.figure.dpi / 72.0
+        return self.tick_values(lo, hi, length, px * (1.6 if name == "y" else 4.0))
+
+    def tick_values(self, vmin, vmax, length_px=300.0, need_px=20.0):
+        lo, hi = sorted((float(vmin), float(vmax)))
+        if not (hi > 0 and np.isfinite(hi)):
+            return []
+        if not (lo > 0 and np.isfinite(lo)):
+            lo = hi * 1e-6
+        dec = max(math.log10(hi / lo), 1e-12)
+        a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+        for subs, step in self.CANDIDATES:
+            ticks = [s * 10.0 ** k for k in range(a, b + 1) if k % step == 0 for s in subs]
+            ticks = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+            if len(ticks) < 2:
+                break
+            gaps = np.diff(np.log10(ticks)) / dec * length_px
+            if gaps.min() >= need_px:
+                return ticks
+        nbins = int(max(1, min(4, length_px // need_px)))
+        lin = matplotlib.ticker.MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+        return [t for t in lin if t > 0 and lo <= t <= hi]
+
+
+def tick_text(v, _pos=None):
+    """A tick value as a short plain number: 0.02, 5, 2000, 1e-05, 1e+06."""
+    if 1 <= abs(v) < 1e5 and v == round(v):
+        return "%d" % round(v)
+    return "%.3g" % v
+
+
+def readable_log(ax, axis="y"):
+    """Log scale on `axis` with ReadableLogLocator's labelled major ticks and unlabelled
+    minor ones."""
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    a.set_major_locator(ReadableLogLocator())
+    a.set_major_formatter(matplotlib.ticker.FuncFormatter(tick_text))
+    a.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def log_if_wide(ax, values, span=30.0, floor=0.0):
+    """Log y axis only when the positive values (above `floor`) span more than `span`x
+    (mean KLs of ablations vs SAEs); otherwise a linear axis reads better."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if v.size and (v > 0).all() and v.max() / v.min() > span:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: "%g" % y))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def headroom(ax, factor=1.35):
-    """Room above the data for a legend: x factor on a linear axis, x factor**8 on a log
-    axis (legends otherwise sit on the curves)."""
-    lo, hi = ax.get_ylim()
-    if ax.get_yscale() == "log":
-        ax.set_ylim(lo, hi * factor ** 8)
-    else:
-        ax.set_ylim(lo, lo + (hi - lo) * factor)
+    v = v[v > floor]
+    if v.size and v.max() / v.min() > span:
+        readable_log(ax)
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------- overview
 
+# On a log axis a mean KL at or below this is drawn at this floor as an open triangle.
+# Where the output cannot move (sae_norm before a final LayerNorm; a last-layer site at the
+# positions after a single-position intervention) the file holds rounding residue of
+# 1e-17..1e-11 nats or a tiny negative number; drawn as they are, they stretch the axis over
+# many empty decades (or vanish) and squeeze every other curve.
+KL_FLOOR = 1e-8
+FLOOR_LABEL = "mean KL <= %s nats (drawn at the floor)" % tick_text(KL_FLOOR)
+
+
+def kl_errorbar(ax, x, m, se, log, **kw):
+    """Means with standard-error bars; on a log axis, means at or below KL_FLOOR drawn at
+    the floor as open triangles and lower bars stopped at the floor.  True if any was."""
+    m, se = np.asarray(m, float), np.nan_to_num(np.asarray(se, float))
+    low = np.isfinite(m) & (m <= KL_FLOOR) if log else np.zeros(m.shape, bool)
+    y = np.where(low, KL_FLOOR, m)
+    lower = np.where(low, 0, np.minimum(se, np.maximum(y - KL_FLOOR, 0)) if log else se)
+    ax.errorbar(x, y, yerr=np.vstack([lower, np.where(low, 0, se)]), **kw)
+    if low.any():
+        ax.plot(np.asarray(x)[low], y[low], "v", ms=7, mfc="white", color=kw.get("color"), zorder=4)
+    return bool(low.any())
+
+
+def show_floor(ax, key_ax=None):
+    """After the last curve: the axis down to below the floor, and a legend entry (on
+    key_ax, default ax) for the floor's open triangles."""
+    ax.set_ylim(bottom=KL_FLOOR / 2)
+    key_ax = key_ax or ax
+    if FLOOR_LABEL not in key_ax.get_legend_handles_labels()[1]:
+        key_ax.plot([], [], "v", ms=7, mfc="white", color="0.3", ls="none", label=FLOOR_LABEL)
+
+
+def legend_entries(ax):
+    """(handles, labels) of ax with the floor's entry, if any, last."""
+    hl = list(zip(*ax.get_legend_handles_labels()))
+    hl.sort(key=lambda t: t[1] == FLOOR_LABEL)
+    return [h for h, _ in hl], [lab for _, lab in hl]
+
+
 def overview(rows, ivs):
-    """Mean KL of every intervention per site (lines across sites, log scale)."""
+    """Mean KL of every intervention per site (lines across sites; log scale when they
+    span more than 30x)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(rows) + 4), 4.2))
     x = np.arange(len(rows))
+    means = {iv: np.array([r["kl"].get(iv, (np.nan,) * 3)[0] for r in rows]) for iv in ivs}
+    log = log_if_wide(ax, np.concatenate([means[iv] for iv in ivs]) if ivs else [], floor=KL_FLOOR)
+    floored = False
     for iv in ivs:
-        m = np.array([r["kl"].get(iv, (np.nan,) * 3)[0] for r in rows])
         se = np.array([r["kl"].get(iv, (np.nan,) * 3)[1] for r in rows])
-        if not np.isfinite(m).any():
-            continue
-        ax.errorbar(x, m, yerr=np.nan_to_num(se), marker="o", ms=4, lw=1.3, capsize=2,
-                    color=color(iv), label=iv)
+        if np.isfinite(means[iv]).any():
+            floored |= kl_errorbar(ax, x, means[iv], se, log, marker="o", ms=4, lw=1.3,
+                                   capsize=2, color=color(iv), label=iv)
+    if floored:
+        show_floor(ax)
     ax.set_xticks(x)
     ax.set_xticklabels([short_site(r["site"]) for r in rows], rotation=30, ha="right")
-    log_if_wide(ax, [r["kl"][iv][0] for r in rows for iv in r["kl"]])
-    ax.set_ylabel("mean KL(clean || intervened) [nats]")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_ylabel("mean KL(clean || intervened) [nats]" + (", log scale" if log else ""))
+    ax.legend(*legend_entries(ax), loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return finish(fig, "Mean KL per intervention and site (error bars: standard error)")
 
@@ -112,39 +201,41 @@ def _step(ax, h, iv, label):
     ax.stairs(c, e, color=color(iv), lw=1.4, label=label)
 
 
+def _means_title(site, d):
+    """Panel title: the site, then each intervention's mean (the legend is shared)."""
+    return "%s\nmean %s" % (short_site(site), ", ".join("%s %s" % (iv, fmt(h["mean"]))
+                                                        for iv, h in d.items()))
+
+
 def kl_histograms(data):
-    fig, axes = grid(len(data))
+    fig, axes = grid(len(data), h=2.7)
     for ax, (site, d) in zip(axes, data.items()):
         clamp = None
         for iv, h in d.items():
-            _step(ax, h, iv, "%s: mean %s, p99.9 %s" % (iv, fmt(h["mean"]), fmt(h["percentile"])))
+            _step(ax, h, iv, iv)
             clamp = h["clamp"]
-        ax.set_yscale("log")
-        headroom(ax)
-        ax.set_title(short_site(site))
+        readable_log(ax)
+        ax.set_title(_means_title(site, d))
         ax.set_xlabel("KL [nats] (values > %s in the last bin)" % fmt(clamp))
         ax.set_ylabel("tokens")
-        ax.legend(loc="upper right", frameon=False)
-    return finish(fig, "Per-token KL: SAE vs eps-random (upper tail clamped at the 99.9th percentile)")
+    return finish(fig, "Per-token KL: SAE vs eps-random (upper tail clamped at the 99.9th "
+                       "percentile; log count axis)", legend_from=axes[0])
 
 
 def ce_histograms(data):
     hist = data["hist"]
-    fig, axes = grid(len(hist))
+    fig, axes = grid(len(hist), h=2.7)
     for ax, (site, d) in zip(axes, hist.items()):
         top = max(h["counts"].max() for h in d.values())
         for iv, h in d.items():
-            _step(ax, h, iv, "%s: mean %s" % (iv, fmt(h["mean"])))
-            # mean lines stop at the highest bar, leaving the legend's band free
+            _step(ax, h, iv, iv)
             ax.vlines(h["mean"], 0.8, top, color=color(iv), ls="--", lw=1)
-        ax.set_yscale("log")
-        headroom(ax)
-        ax.set_title(short_site(site))
+        readable_log(ax)
+        ax.set_title(_means_title(site, d))
         ax.set_xlabel("CE intervened - CE clean [nats]")
         ax.set_ylabel("tokens")
-        ax.legend(loc="upper right", frameon=False)
     return finish(fig, "Next-token CE increase (tails clamped at the 0.1/99.9th percentiles; "
-                       "dashed: means)")
+                       "dashed: means; log count axis)", legend_from=axes[0])
 
 
 def kl_by_position(data):
@@ -166,16 +257,20 @@ def window(data):
     sites = data["sites"]
     fig, axes = grid(len(sites))
     for ax, (site, d) in zip(axes, sites.items()):
+        floored_here = False
+        log = log_if_wide(ax, np.concatenate([s["mean"] for s in d.values()]) if d else [],
+                          span=10, floor=KL_FLOOR)
         for iv, s in d.items():
             ok = np.isfinite(s["mean"])
-            x = data["offsets"][ok]
-            ax.errorbar(x, s["mean"][ok], yerr=np.nan_to_num(s["se"][ok]), marker="o", ms=3,
-                        lw=1.2, capsize=2, color=color(iv), label=iv,
-                        zorder=3 if iv == "sae" else 2)
-        log_if_wide(ax, np.concatenate([s["mean"] for s in d.values()]) if d else [], span=10)
+            floored_here |= kl_errorbar(ax, data["offsets"][ok], s["mean"][ok], s["se"][ok], log,
+                                   marker="o", ms=3, lw=1.2, capsize=2, color=color(iv), label=iv,
+                                   zorder=3 if iv == "sae" else 2)
         ax.set_title(short_site(site))
         ax.set_xlabel("positions after the intervened one")
         ax.set_ylabel("mean KL [nats]")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if floored_here:
+            show_floor(ax, axes[0])
     return finish(fig, "Single-position intervention at position %d: KL there and at the "
                        "following positions" % data["position"], legend_from=axes[0], ncol=6)
 
@@ -196,7 +291,9 @@ def examples(data, vocab=None):
                            fontsize=7 if vocab else 6.5)
         ax.set_ylabel("log-prob")
         ax.set_xlim(0.5, x[-1] + 0.5)
-        ax.legend(loc="upper right", frameon=False, fontsize=8)
+        # beside the panel: the curves fill it (clean falls left to right, the others
+        # cross it anywhere)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
         ax.set_title(_example_title(it, vocab), fontsize=8.5, loc="left")
     return finish(fig, "Clean top-25 next tokens vs the same tokens after SAE and eps-random "
                        "substitution at %s" % short_site(data["site"]))
@@ -250,7 +347,7 @@ def correlation(data):
         ax.set_xticks(range(K))
         ax.set_yticks(range(K))
         ax.set_xticklabels(labels, rotation=45, ha="right")
-        ax.set_yticklabels(labels if kind == "pearson" else [])
+        ax.set_yticklabels(labels)
         ax.set_title(kind.capitalize())
         if K <= 16:
             for i in range(K):
@@ -279,7 +376,7 @@ def top_tokens(data, vocab=None):
     ax.set_title("Top %d tokens by mean gap (>= %d occurrences)" % (top["id"].size, data["min_count"]))
     t = data["table"]
     ax2.scatter(t["count"], t["mean"], s=10, color="0.3", alpha=0.6, lw=0)
-    ax2.set_xscale("log")
+    readable_log(ax2, "x")
     ax2.axhline(0, color="k", lw=0.6)
     ax2.set_xlabel("occurrences among measured tokens (log scale)")
     ax2.set_ylabel("mean KL gap of the token")
@@ -293,25 +390,20 @@ def top_tokens(data, vocab=None):
 
 def zscore_examples(data):
     items = data["items"]
-    fig, axes = grid(len(items), ncols=3)
+    fig, axes = grid(len(items), ncols=3, h=2.7)
     for ax, it in zip(axes, items):
-        counts, _, _ = ax.hist(it["eps"], bins=min(30, max(5, it["eps"].size // 3)),
-                               color=color("eps_random"), alpha=0.75,
-                               label="eps_random draws (%d)" % it["eps"].size)
-        # the SAE's line stops at the tallest bar, below the legend
-        ax.vlines(it["sae"], 0, 1.08 * counts.max(), color=color("sae"), lw=2,
-                  label="SAE KL: z = %s" % fmt(it["z"], 3))
-        ax.set_title("context %d, position %d" % (it["context"], it["position"]))
+        ax.hist(it["eps"], bins=min(30, max(5, it["eps"].size // 3)), color=color("eps_random"),
+                alpha=0.75, label="eps_random draws (%d per token)" % it["eps"].size)
+        ax.axvline(it["sae"], color=color("sae"), lw=2, label="the SAE's KL")
+        ax.set_title("context %d, position %d\nSAE KL %s: z = %s" % (
+            it["context"], it["position"], fmt(it["sae"]), fmt(it["z"], 3)))
         ax.set_xlabel("KL [nats]")
         ax.set_ylabel("draws")
-        headroom(ax, 1.45)
         lo, hi = min(it["eps"].min(), it["sae"]), max(it["eps"].max(), it["sae"])
         pad = 0.06 * (hi - lo + 1e-12)
         ax.set_xlim(lo - pad, hi + pad)
-        # legend on the side away from the SAE's line
-        ax.legend(frameon=False, loc="upper left" if it["sae"] > (lo + hi) / 2 else "upper right")
     return finish(fig, "SAE KL against %d eps-random draws of the same size (%s)"
-                  % (data["samples"], short_site(data["site"])))
+                  % (data["samples"], short_site(data["site"])), legend_from=axes[0])
 
 
 def zscore_distribution(data):
@@ -352,8 +444,7 @@ def grouped_means(data, ivs, title, ratios=()):
     ax.set_xticks(x)
     ax.set_xticklabels([short_site(s) for s in sites], rotation=30, ha="right")
     ax.set_ylabel("mean KL [nats] (+- standard error)")
-    headroom(ax, 1.2)
-    ax.legend(frameon=False, ncol=len(ivs), loc="upper center")
+    ax.legend(frameon=False, ncol=len(ivs), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     ax.grid(axis="y", alpha=0.3)
     if ratios:
         ax2 = axes[0, 1]
@@ -367,7 +458,6 @@ def grouped_means(data, ivs, title, ratios=()):
         ax2.set_xticks(x)
         ax2.set_xticklabels([short_site(s) for s in sites], rotation=30, ha="right")
         ax2.set_ylabel("ratio of mean KL (95% bootstrap CI)")
-        headroom(ax2, 1.25)
-        ax2.legend(frameon=False, loc="upper center")
+        ax2.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         ax2.grid(axis="y", alpha=0.3)
     return finish(fig, title)

@@ -1,12 +1,15 @@
-"""The post's figures and tables from one `saegap run` result file.
+"""The post's figures and tables from one or more `saegap run` result files.
 
-    /usr/bin/python3 -m analysis.report RESULT.h5 -o DIR [--vocab DIR_OR_encoder.json] [--site S]
+    /usr/bin/python3 -m analysis.report RESULT.h5 [MORE.h5 ...] -o DIR [--vocab DIR_OR_encoder.json] [--site S]
     /usr/bin/python3 analysis/report.py RESULT.h5 -o DIR
 
 writes DIR/report.md, DIR/report.html (self-contained), DIR/headline.csv and one PNG per
 figure.  Numbers come from sections.py (tested against synthetic files with known
-answers); this module only arranges them into text, tables and figures.  A part whose data
-is not in the file is replaced by one line saying why.
+answers); this module only arranges them into text, tables and figures.  With several
+files (a --scope all run and a --scope position --samples S run of the same job: the post
+needs both), each part comes from the first file that holds its data, and says which file
+when it is not the first.  A part whose data is in no file is replaced by one line saying
+why.
 """
 
 import argparse
@@ -69,8 +72,9 @@ def ci(rci):
 class Context:
     """What every section needs: the result, output folder, vocabulary, focus site."""
 
-    def __init__(self, result, outdir, vocab=None, site=None, strict=False):
+    def __init__(self, result, outdir, vocab=None, site=None, strict=False, index=None):
         self.r = result
+        self.index = index  # position among several results (None: the only one)
         self.outdir = outdir
         self.vocab = vocab
         self.site = sections.focus_site(result, site) if result.sites else None
@@ -85,25 +89,55 @@ class Context:
         return path
 
 
-def attempt(doc, ctx, what, fn):
-    """Run one section; a Skip (data absent) becomes its one line.  Any other error is a
-    bug: strict (tests) re-raises it, otherwise the report says so and goes on."""
-    try:
-        fn(doc, ctx)
-    except Skip as s:
-        doc.skip(what, str(s))
-    except Exception as e:  # noqa: BLE001 - a report must not die on one figure
-        if ctx.strict:
-            raise
-        traceback.print_exc()
-        doc.skip(what, "failed with %s: %s (a bug; please report it)" % (type(e).__name__, e))
+def describe_run(r):
+    """One phrase for what a run measured: 'scope all, 1 sample' or 'scope position at
+    position 32, window 16, 32 samples'."""
+    p = r.provenance
+    where = "scope %s" % p.get("scope", "?")
+    if p.get("scope") == "position":
+        where += " at position %s, window %s" % (p.get("position"), p.get("window"))
+    n = p.get("samples", 1)
+    return "%s, %s sample%s" % (where, n, "" if n == 1 else "s")
+
+
+def attempt(doc, ctxs, what, fn):
+    """Run one section on the first result that holds its data (ctxs in the order given);
+    a Skip (data absent) from every one becomes its one line.  Any other error is a bug:
+    strict (tests) re-raises it, otherwise the report says so and goes on."""
+    reasons = []
+    for k, ctx in enumerate(ctxs):
+        part = Document(doc.title)
+        try:
+            fn(part, ctx)
+        except Skip as s:
+            reasons.append((ctx, str(s)))
+            continue
+        except Exception as e:  # noqa: BLE001 - a report must not die on one figure
+            if ctx.strict:
+                raise
+            traceback.print_exc()
+            doc.skip(what, "failed with %s: %s (a bug; please report it)" % (type(e).__name__, e))
+            return
+        if len(ctxs) > 1 and k > 0:
+            # under the part's heading: which file, when it is not the first
+            at = 1 if part.blocks and part.blocks[0][0] == "h" else 0
+            part.blocks.insert(at, ("p", "From %s (%s)." % (os.path.basename(ctx.r.path),
+                                                            describe_run(ctx.r))))
+        doc.blocks += part.blocks
+        return
+    if len(reasons) == 1:
+        doc.skip(what, reasons[0][1])
+    else:
+        doc.skip(what, "; ".join("%s: %s" % (os.path.basename(c.r.path), why.rstrip("."))
+                                 for c, why in reasons))
 
 
 # ---------------------------------------------------------------------------- sections
 
 def add_provenance(doc, ctx):
     r = ctx.r
-    doc.heading("Data")
+    doc.heading("Data" if ctx.index is None else "Data: %s (%s)" % (os.path.basename(r.path),
+                                                                  describe_run(r)))
     doc.para("Where these numbers come from: the root attributes of %s." % os.path.abspath(r.path))
     rows = []
     for k in ROOT_KEYS:
@@ -167,9 +201,10 @@ def add_headline(doc, ctx):
     write_headline_csv(os.path.join(ctx.outdir, "headline.csv"), rows, ivs)
     fig = figures.overview(rows, ivs)
     doc.figure(ctx.save(fig, "overview"),
-               "Mean KL of every intervention at every site (log scale when they span more than 30x): "
-               "the SAE should sit near its same-size random baselines if its errors are "
-               "harmless.")
+               "Mean KL of every intervention at every site (log scale when they span more than 30x; "
+               "there a mean of %s nats or less, where the intervention cannot move the output, "
+               "is drawn at that floor as an open triangle): the SAE should sit near its "
+               "same-size random baselines if its errors are harmless." % figures.tick_text(figures.KL_FLOOR))
 
 
 def write_headline_csv(path, rows, ivs):
@@ -199,7 +234,7 @@ def add_kl_hist(doc, ctx):
                "error of the same size (log count axis); if the whole SAE curve sits to the "
                "right, the gap is not driven by a few outliers. Values above the larger 99.9th "
                "percentile of the two are counted in the last bin; each percentile is in the "
-               "legend.")
+               "table below, each mean above its panel.")
     doc.table(["site", "p99.9 KL sae", "p99.9 KL eps_random", "clamped at", "tokens"],
               [[s, num(d[SAE]["percentile"]), num(d[EPS]["percentile"]), num(d[SAE]["clamp"]),
                 d[SAE]["n"]] for s, d in data.items()])
@@ -233,7 +268,10 @@ def add_window(doc, ctx):
     doc.figure(ctx.save(figures.window(data), "window"),
                "The activation is replaced at position %d only, and KL is measured there and "
                "at the following positions: a gap that persists shows the SAE's error is not "
-               "just errors compounding over many substituted positions." % data["position"])
+               "just errors compounding over many substituted positions. Where the "
+               "intervened site cannot reach later positions (a last-layer site), KL there "
+               "is 0; on a log axis a mean of %s nats or less is drawn at that floor as an "
+               "open triangle." % (data["position"], figures.tick_text(figures.KL_FLOOR)))
 
 
 def add_examples(doc, ctx):
@@ -304,8 +342,8 @@ def add_zscore(doc, ctx):
     if data["items"]:
         doc.figure(ctx.save(figures.zscore_examples(data), "zscore_examples"),
                    "For single tokens, the KL of %d independent random errors of the SAE's "
-                   "size (blue) and the SAE's own KL (red line); the legend gives how many "
-                   "standard deviations the SAE lies above the random mean (z)." % data["samples"])
+                   "size (blue) and the SAE's own KL (red line); each panel's title gives how "
+                   "many standard deviations the SAE lies above the random mean (z)." % data["samples"])
     where = ("at the intervened position" if data["scope"] == "position"
              else "over all measured tokens")
     doc.figure(ctx.save(figures.zscore_distribution(data), "zscore_distribution"),
@@ -368,24 +406,36 @@ SECTIONS = (
 )
 
 
-def build(result, outdir, vocab=None, site=None, strict=False):
-    """Make every figure (PNG in outdir) and return (Document, Context)."""
+def build(results, outdir, vocab=None, site=None, strict=False):
+    """Make every figure (PNG in outdir) from one Result or a list of them and return
+    (Document, [Context])."""
     os.makedirs(outdir, exist_ok=True)
-    ctx = Context(result, outdir, vocab, site, strict)
-    doc = Document("saegap report: %s" % os.path.basename(result.path))
-    add_provenance(doc, ctx)
-    add_method(doc, ctx)
+    if isinstance(results, Result):
+        results = [results]
+    ctxs = [Context(r, outdir, vocab, site, strict, None if len(results) == 1 else k)
+            for k, r in enumerate(results)]
+    doc = Document("saegap report: %s" % ", ".join(os.path.basename(r.path) for r in results))
+    for ctx in ctxs:
+        add_provenance(doc, ctx)
+    add_method(doc, ctxs[0])
     for what, fn in SECTIONS:
-        attempt(doc, ctx, what, fn)
-    return doc, ctx
+        attempt(doc, ctxs, what, fn)
+    return doc, ctxs
 
 
-def make_report(path, outdir, vocab_path=None, site=None, strict=False):
-    """The command's work: returns the Document (tests inspect its skip lines)."""
-    with Result(path) as r:
-        enc = find_encoder(vocab_path, r.provenance.get("model_architecture"), r.provenance.get("model"))
+def make_report(paths, outdir, vocab_path=None, site=None, strict=False):
+    """The command's work on one result file or a list of them (each part from the first
+    file that holds its data): returns the Document (tests inspect its skip lines)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    results = [Result(p) for p in paths]
+    try:
+        first = results[0].provenance
+        enc = find_encoder(vocab_path, first.get("model_architecture"), first.get("model"))
         vocab = Vocab(enc) if enc else None
-        doc, _ = build(r, outdir, vocab, site, strict)
+        doc, _ = build(results, outdir, vocab, site, strict)
+    finally:
+        for r in results:
+            r.close()
     write(doc, outdir)
     return doc
 
@@ -417,7 +467,9 @@ def headline_text(csv_path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="The post's figures and tables from a saegap "
                                              "run result file.")
-    ap.add_argument("result", help="result file of saegap run (HDF5)")
+    ap.add_argument("result", nargs="+", help="result file(s) of saegap run (HDF5); with several (e.g. a "
+                                               "--scope all run and a --scope position --samples S run), "
+                                               "each part comes from the first that holds its data")
     ap.add_argument("-o", "--out", required=True, help="output folder (created)")
     ap.add_argument("--vocab", help="encoder.json / vocab.json / tokenizer.json, or a folder holding one "
                                     "(default: the tokenizer.json / vocab.json / encoder.json in the model folder the "
@@ -433,7 +485,7 @@ def main(argv=None):
     csv_path = os.path.join(a.out, "headline.csv")
     if os.path.exists(csv_path):
         print("\nheadline of %s (mean per-token KL; the post found sae/eps_random 2-4.5x on GPT-2 small):"
-              % a.result)
+              % a.result[0])
         print(headline_text(csv_path))
     return 0
 

@@ -10,6 +10,7 @@ No saegap binary is needed.
 """
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -476,9 +477,10 @@ def test_examples_section(tmp_path):
 
 # ================================================================ whole reports
 
-def rich_file(tmp_path):
-    """Every part present: 3 sites, all sections' data, examples, /correlation, samples."""
-    n, T, S = 6, 12, 3
+def rich_file(tmp_path, S=3):
+    """Every part present: 3 sites, all sections' data, examples, /correlation, S samples
+    (S = 1: no samples axis, as saegap writes it)."""
+    n, T = 6, 12
     rng = np.random.default_rng(7)
     tok = tokens_with_bos(n, T)
     tok[:, 1:] = rng.integers(0, 8, size=(n, T - 1))  # few distinct tokens: counts >= 5
@@ -501,13 +503,17 @@ def rich_file(tmp_path):
             ce[iv] = clean + (mean_over_samples(kl[iv]) if kl[iv].ndim == 3 else kl[iv])
             if ce[iv].ndim == 2 and iv != "sae":
                 ce[iv] = np.repeat(ce[iv][..., None], S, axis=-1)
+        if S == 1:
+            kl = {iv: a[..., 0] if a.ndim == 3 else a for iv, a in kl.items()}
+            ce = {iv: a[..., 0] if a.ndim == 3 else a for iv, a in ce.items()}
         cos = per_token(rng.uniform(0.8, 1.0, size=n * (T - 1)), tok)
         sites[s] = {"kl": kl, "ce": ce,
                     "recon": {"cossim": cos, "l0": per_token(rng.integers(10, 60, n * (T - 1)), tok)},
                     "attrs": {"kl_div_score": 0.9, "ce_loss_score": 0.8,
                               "explained_variance": 0.7, "mean_l0": 35.0}}
     eye = np.eye(3)
-    return write_result(tmp_path / "rich.h5", tokens=tok, sites=sites, clean_ce=clean,
+    return write_result(tmp_path / ("rich.h5" if S == 3 else "rich%d.h5" % S), tokens=tok,
+                        sites=sites, clean_ce=clean,
                         root={"samples": S},
                         correlation={"sae": (eye, eye, site_names, 60)},
                         examples=examples_block(site_names[1]))
@@ -596,3 +602,194 @@ def test_command_line_both_ways(tmp_path, how):
     assert p.returncode == 0, p.stderr.decode()
     assert (out / "report.md").exists() and (out / "report.html").exists()
     assert "parts skipped" in p.stdout.decode()
+
+
+# ================================================================ figures are readable
+
+def _labelled_ticks(axis):
+    """(loc, text, Text) of the major ticks inside the axis's view with their label shown."""
+    lo, hi = sorted(axis.get_view_interval())
+    tol = 1e-9 * max(abs(lo), abs(hi), 1e-300)
+    out = []
+    for tick in axis.get_major_ticks():
+        loc = tick.get_loc()
+        if loc is None or not (lo - tol <= loc <= hi + tol):
+            continue
+        for lab in (tick.label1, tick.label2):
+            if lab.get_visible():
+                out.append((loc, lab.get_text(), lab))
+    return out
+
+
+def _overlap(a, b, px=0.5):
+    """Do two display bboxes share an area (more than px pixels each way)?"""
+    return (min(a.x1, b.x1) - max(a.x0, b.x0) > px) and (min(a.y1, b.y1) - max(a.y0, b.y0) > px)
+
+
+def check_figure_readable(fig, name):
+    """What a reader needs from a figure, checked on the drawn Figure: every major tick in
+    view labelled (a log axis with at least two labels, whatever its span), tick labels of one
+    axis not on top of each other, and no legend over any axes' plotting area, tick label,
+    axis label or title (legends sit beside, above or below the panels)."""
+    fig.canvas.draw()
+    rend = fig.canvas.get_renderer()
+    texts = []                                   # (what, bbox) a legend must not cover
+    for k, ax in enumerate(fig.axes):
+        if not ax.axison:
+            continue
+        texts.append(("axes %d plotting area" % k, ax.get_window_extent(rend)))
+        for which, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            if not axis.get_visible():
+                continue
+            ticks = _labelled_ticks(axis)
+            if axis.get_scale() == "log":
+                assert len([t for t in ticks if t[1].strip()]) >= 2, \
+                    "%s: log %s axis of axes %d has %d labelled ticks in view %s" % (
+                        name, which, k, len(ticks), axis.get_view_interval())
+            for loc, text, _ in ticks:
+                assert text.strip(), "%s: %s tick at %g of axes %d has no label" % (name, which, loc, k)
+            ticks = [t for t in ticks if t[1].strip()]
+            boxes = [lab.get_window_extent(rend) for _, _, lab in ticks]
+            for i in range(len(ticks)):
+                for j in range(i + 1, len(ticks)):
+                    a, b = ticks[i][2], ticks[j][2]
+                    rot = abs(a.get_rotation()) % 180
+                    if rot in (0, 90) or which == "y":
+                        apart = not _overlap(boxes[i], boxes[j], px=1.0)
+                    else:
+                        # slanted labels run parallel: apart when the distance between their
+                        # ticks, across the slant, is at least a line of text
+                        d = abs(ax.transData.transform((ticks[j][0], 0))[0]
+                                - ax.transData.transform((ticks[i][0], 0))[0])
+                        apart = d * math.sin(math.radians(rot)) >= 0.9 * a.get_fontsize() * fig.dpi / 72
+                    assert apart, "%s: %s tick labels %r and %r of axes %d overlap" % (
+                        name, which, ticks[i][1], ticks[j][1], k)
+            texts += [("%s tick label %r of axes %d" % (which, t, k), b)
+                      for (_, t, _), b in zip(ticks, boxes)]
+            label = axis.get_label()
+            if label.get_visible() and label.get_text():
+                texts.append(("%s label of axes %d" % (which, k), label.get_window_extent(rend)))
+        for t in (ax.title, ax._left_title, ax._right_title):
+            if t.get_visible() and t.get_text():
+                texts.append(("title of axes %d" % k, t.get_window_extent(rend)))
+    if fig._suptitle is not None:
+        texts.append(("figure title", fig._suptitle.get_window_extent(rend)))
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    for leg in legends:
+        lb = leg.get_window_extent(rend)
+        for what, b in texts:
+            assert not _overlap(lb, b), "%s: a legend covers the %s" % (name, what)
+
+
+@pytest.fixture
+def checked_figures(monkeypatch):
+    """Every figure the report saves goes through check_figure_readable first; yields the
+    names checked."""
+    from analysis import report
+    seen = []
+    save = report.Context.save
+
+    def checked_save(self, fig, name):
+        check_figure_readable(fig, name)
+        seen.append(name)
+        return save(self, fig, name)
+
+    monkeypatch.setattr(report.Context, "save", checked_save)
+    return seen
+
+
+def position_file(tmp_path, name="pos.h5"):
+    """A --scope position run: P = 3, W = 5, S = 4 eps_random draws, the file's
+    sae_kl_zscore, 3 sites; at the last site nothing after the intervened position moves
+    (KL 1e-16 there, as a last-layer site gives), so its window axis reaches the floor."""
+    n, T, P, W, S = 6, 12, 3, 5, 4
+    rng = np.random.default_rng(3)
+    tok = tokens_with_bos(n, T)
+    decay = np.array([5e-2, 1e-4, 8e-5, 6e-5, 5e-5])
+    sites = {}
+    for i in range(3):
+        sae = np.tile(decay * (i + 1), (n, 1)) * rng.uniform(0.8, 1.2, size=(n, W))
+        eps = np.tile(decay[None, :, None] * (i + 1) / 3, (n, 1, S)) * rng.uniform(0.5, 1.5, (n, W, S))
+        if i == 2:
+            sae[:, 1:], eps[:, 1:] = 1e-16, 1e-16
+        z = np.tile([3.0, 1.0, 1.0, 1.0, 1.0], (n, 1))
+        z[:, 0] = np.arange(n)                  # mean 2.5, median 2.5, 3 of 6 above 2
+        sites["blocks.%d.hook_resid_pre" % i] = {"kl": {"sae": sae, "eps_random": eps}, "zscore": z}
+    return write_result(tmp_path / name, tokens=tok, sites=sites,
+                        root={"scope": "position", "position": P, "window": W, "samples": S})
+
+
+def wide_file(tmp_path):
+    """Mean KLs over 12 decades, as the GPT-2 demo has them: zero_ablation ~30 nats, attn
+    SAEs ~2e-5, and sae_norm 1e-11 where a final LayerNorm undoes it (rounding residue)."""
+    tok = tokens_with_bos(4, 6)
+    sites = {}
+    for i, (sae, norm) in enumerate(((2e-5, 1e-3), (3e-2, 1e-11))):
+        kl = {"sae": sae, "sae_norm": norm, "eps_random": sae / 3, "zero_ablation": 30.0 - i}
+        sites["blocks.%d.hook_resid_pre" % i] = {"kl": {iv: per_token(v, tok) for iv, v in kl.items()}}
+    return write_result(tmp_path / "wide.h5", tokens=tok, sites=sites)
+
+
+def test_every_figure_has_tick_labels_and_no_legend_over_anything(tmp_path, checked_figures):
+    """Issue 26.10: the overview's log axis over 12 decades had no tick label at all (matplotlib's
+    LogLocator with subs gives none once it strides decades), and kl_histograms' legends sat
+    on the y tick labels.  Every figure of a full report, a position run and a file whose mean
+    KLs span 12 decades passes check_figure_readable."""
+    make_report(rich_file(tmp_path), str(tmp_path / "rich"), strict=True)
+    make_report(position_file(tmp_path), str(tmp_path / "pos"), strict=True)
+    make_report(wide_file(tmp_path), str(tmp_path / "wide"), strict=True)
+    assert {"overview", "kl_histograms", "ce_histograms", "kl_by_position", "window", "examples",
+            "gap_vs_cossim", "gap_vs_l0", "correlation", "top_tokens", "zscore_examples",
+            "zscore_distribution", "latent_noise", "cov_random"} <= set(checked_figures)
+
+
+def test_readable_log_ticks_at_every_span():
+    """The log axes' locator puts at least two ticks in view, a label's height apart on an axis
+    220 px long (17 px labels), for spans from 1.2x to 1e14x; their labels differ."""
+    from analysis.figures import ReadableLogLocator, tick_text
+    loc = ReadableLogLocator()
+    for lo, hi in ((0.31, 0.38), (0.02, 0.09), (0.7, 2.5), (1, 3000), (3e-6, 40), (1e-12, 30),
+                   (1e-17, 1e-3)):
+        t = [v for v in loc.tick_values(lo, hi, 220, 17) if lo <= v <= hi]
+        assert len(t) >= 2, (lo, hi, t)
+        assert (np.diff(np.log10(t)) / np.log10(hi / lo) * 220 >= 17 - 1e-9).all(), (lo, hi, t)
+        assert len({tick_text(v) for v in t}) == len(t), (lo, hi, [tick_text(v) for v in t])
+    assert tick_text(2000.0) == "2000" and tick_text(0.02) == "0.02" and tick_text(1e-8) == "1e-08"
+
+
+def test_position_run_report_and_two_runs_in_one_report(tmp_path):
+    """A --scope position --samples S result gives the single-position window and the z-score
+    parts (the post's "Single token intervention" and "How pathological" figures); given
+    after a --scope all --samples 1 result (what jobs/run-demo.sh writes), one report holds
+    every part, each from the file that has its data, and says which."""
+    pos = position_file(tmp_path)
+    out = tmp_path / "pos"
+    doc = make_report(pos, str(out), strict=True)
+    pngs = {f[:-4] for f in os.listdir(out) if f.endswith(".png")}
+    assert {"window", "zscore_examples", "zscore_distribution", "overview"} <= pngs
+    md = (out / "report.md").read_text()
+    assert "## Single-position intervention" in md and "## How unusual is the SAE's error?" in md
+    # z from the file's sae_kl_zscore at the intervened position: 0..5 -> mean 2.5, 3 of 6 > 2
+    assert "| blocks.0.hook_resid_pre | 2.5 | 2.5 | 0.5 | 6 | sae_kl_zscore |" in md
+    assert [s for s in doc.skips if s.startswith("Mean KL by position")]
+
+    both = tmp_path / "both"
+    doc = make_report([rich_file(tmp_path, S=1), pos], str(both), strict=True)
+    assert doc.skips == [], doc.skips
+    pngs = {f[:-4] for f in os.listdir(both) if f.endswith(".png")}
+    assert {"kl_by_position", "window", "zscore_examples", "zscore_distribution"} <= pngs
+    md = (both / "report.md").read_text()
+    said = "From pos.h5 (scope position at position 3, window 5, 4 samples)."
+    assert md.count(said) == 2, md                      # the window and the z-score parts
+    assert md.index("## Single-position intervention") < md.index(said)
+    assert "## Data: rich1.h5 (scope all, 1 sample)" in md and \
+        "## Data: pos.h5 (scope position at position 3, window 5, 4 samples)" in md
+    html = check_html_self_contained(str(both))
+    assert len(images_in_html(html)) == len(pngs)
+
+    # neither file has a part: one line naming each file's reason
+    min1 = write_result(tmp_path / "min1.h5", tokens=tokens_with_bos(2, 6),
+                        sites={"blocks.0.hook_resid_pre": {"kl": {"sae": np.ones((2, 6))}}})
+    doc = make_report([min1, pos], str(tmp_path / "none"), strict=True)
+    line = [s for s in doc.skips if s.startswith("cov_random vs eps_random vs sae")]
+    assert len(line) == 1 and "min1.h5: " in line[0] and "pos.h5: " in line[0], doc.skips

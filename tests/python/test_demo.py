@@ -95,6 +95,41 @@ def test_demo_job_file_end_to_end(saegap_bin, tmp_path):
     run_demo_job(saegap_bin, tmp_path, "jobs/demo.job", DEMO, 4)
 
 
+def test_main_job_report_shows_every_part_of_the_post(saegap_bin, tmp_path):
+    """jobs/run-demo.sh's two sweeps on 4 contexts: jobs/demo.job, then jobs/demo-position.job
+    (sae and eps_random at position 32, window 16, 16 draws per token), and one report from
+    both files: no part skipped, the single-position window and the z-scores taken from the
+    position file (the post's 'Single token intervention' and 'How pathological' figures)."""
+    env = dict(os.environ, OMPI_MCA_rmaps_base_oversubscribe="1")
+    files = []
+    for job, name in (("jobs/demo.job", "result.h5"), ("jobs/demo-position.job", "position.h5")):
+        out = tmp_path / name
+        p = subprocess.run(mpirun_cmd() + ["-np", "2", saegap_bin, "run", job, "--contexts", "4",
+                                           "--out", str(out), "--threads-per-rank", "1", "--quiet"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr
+        files.append(str(out))
+    with h5py.File(files[1], "r") as f:
+        a = f.attrs
+        assert (a["scope"], int(a["position"]), int(a["window"]), int(a["samples"])) == ("position", 32, 16, 16)
+        for site in f["sites"]:
+            assert f["sites/%s/kl/eps_random" % site].shape == (4, 16, 16)
+            assert np.isfinite(f["sites/%s/sae_kl_zscore" % site][()][:, 0]).all()
+    r = subprocess.run(["/usr/bin/python3", "analysis/report.py"] + files + ["-o", str(tmp_path / "report")],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "(0 parts skipped)" in r.stdout, r.stdout
+    md = open(tmp_path / "report" / "report.md", encoding="utf-8").read()
+    for part in ("## KL by position", "## Single-position intervention", "## How unusual is the SAE's error?"):
+        assert part in md, part
+    assert md.count("From position.h5 (scope position at position 32, window 16, 16 samples).") == 2
+    for png in ("window", "zscore_examples", "zscore_distribution", "kl_by_position"):
+        assert os.path.exists(tmp_path / "report" / (png + ".png")), png
+    script = open(os.path.join(ROOT, "jobs", "run-demo.sh")).read()
+    assert "jobs/$NAME-position.job" in script and '"${RESULTS[@]}"' in script
+
+
 # ---------------------------------------------------------------- the Pythia-architecture demo
 
 def test_pythia_demo_files():
