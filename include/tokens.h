@@ -23,13 +23,17 @@ typedef struct {
     int flat;            /* a flat stream, cut here */
     int cut_with_bos;    /* flat and cut with BOS at position 0 of each context */
     size_t n_unused;     /* flat: trailing stream tokens that fill no context */
+    size_t row_width;    /* 2-D: the rows' length in the file; ctx < row_width when they were cut */
 } TokenSet;
 
-/* How a flat stream is cut (a 2-D file ignores prepend_bos; ctx, when not 0, must equal its rows'). */
+/* How a flat stream is cut. A 2-D file ignores prepend_bos; its rows are cut to their first ctx
+ * (or rows_to) tokens when longer, as SAELens uses a pretokenized dataset's rows
+ * (row[:context_size]); a ctx longer than its rows is refused. */
 typedef struct {
-    size_t ctx;          /* tokens per context; 0: not known (a flat file is refused: needs --ctx) */
+    size_t ctx;          /* tokens per context (--ctx); 0: not known (a flat file is refused: needs --ctx) */
     int prepend_bos;     /* flat: every context starts with bos */
     int32_t bos;
+    size_t rows_to;      /* 2-D, without ctx: the SAEs' cfg context_size (0: rows as stored; longer: a warning) */
 } TokenCut;
 
 /* Whether path names a flat stream (.bin), by its name alone. */
@@ -38,6 +42,8 @@ int tokens_is_flat(const char *path);
 /* The source of the contexts as the result file records it (root attribute context_source):
  * "flat stream cut with BOS", "flat stream cut without BOS" or "rows as stored". */
 const char *tokens_context_source(int flat, int cut_with_bos);
+/* The same for a loaded set, with "rows cut to their first ctx tokens" for cut rows. */
+const char *tokens_source(const TokenSet *ts);
 
 /* ctx: --ctx (0 when not given); max_contexts: --contexts (0 = all). Values that do not fit
  * int32 or are negative are refused here; the vocabulary is checked by tokens_check. */

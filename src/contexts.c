@@ -99,6 +99,19 @@ int contexts_resolve(ContextRule *r, const Sae *saes, size_t stride, size_t n, c
                          contexts_of_sae(b).context_size);
     } else if (flat && sized < n) {
         r->cut.ctx = contexts_of_sae(at(saes, stride, sized)).context_size;
+    } else if (!flat) {
+        /* a 2-D file: the context_size the SAEs' own cfgs record (not a format's convention) cuts
+         * longer rows; SAEs that record different ones are refused, as on a flat stream */
+        size_t first = n;
+        for (size_t i = 0; i < n; i++) {
+            const Sae *s = at(saes, stride, i);
+            if (!s->context_size) continue;
+            if (first == n) first = i, r->cut.rows_to = s->context_size;
+            else if (s->context_size != r->cut.rows_to)
+                return sg_errorf(at(saes, stride, first)->dir, "its context_size is %zu but that of %s is %zu: SAEs of one "
+                                 "job use a token file's rows at one length; --ctx N settles it", r->cut.rows_to, s->dir,
+                                 s->context_size);
+        }
     }
     return 0;
 }

@@ -213,7 +213,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         printf("saegap plan: %s\n", o->job_file ? o->job_file : "(options)");
         printf("  job: %zu contexts x %zu tokens, %zu SAE site(s), %.4g intervened passes per context, %zu units\n",
                ts.n, ts.ctx, K, n_passes, units);
-        printf("  contexts: %s%s (prepend_bos %s: %s)\n", tokens_context_source(ts.flat, ts.cut_with_bos),
+        printf("  contexts: %s%s (prepend_bos %s: %s)\n", tokens_source(&ts),
                ts.flat ? "" : " (a 2-D file)", rule.prepend_bos ? "true" : "false", rule.prepend_bos_source);
         printf("  FLOPs: clean passes %.3g, intervened passes %.3g, unembedding (intervened) %.3g, SAEs %.3g, "
                "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);

@@ -244,7 +244,7 @@ static void job_identity(Run *r, JobHashKind kind) {
                           .seed = r->o->seed, .bos_include = r->bos_include, .latent_noise = r->o->latent_noise,
                           .sites = r->rf_sites, .saes_checksum = r->saes_checksum,
                           .score_special_ids = r->special_ids, .score_special_ids_before = r->special_ids_before,
-                          .context_source = tokens_context_source(r->ts.flat, r->ts.cut_with_bos),
+                          .context_source = tokens_source(&r->ts),
                           .flat_tokens = r->ts.flat};
 }
 

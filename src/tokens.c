@@ -252,6 +252,17 @@ const char *tokens_context_source(int flat, int cut_with_bos) {
     return !flat ? "rows as stored" : cut_with_bos ? "flat stream cut with BOS" : "flat stream cut without BOS";
 }
 
+const char *tokens_source(const TokenSet *ts) {
+    return !ts->flat && ts->ctx < ts->row_width ? "rows cut to their first ctx tokens"
+                                                : tokens_context_source(ts->flat, ts->cut_with_bos);
+}
+
+/* A 2-D file's rows cut to their first `to` tokens, in place (SAELens: row[:context_size]). */
+static void cut_rows(TokenSet *ts, size_t to) {
+    for (size_t r = 0; r < ts->n; r++) memmove(ts->ids + r * to, ts->ids + r * ts->ctx, to * sizeof *ts->ids);
+    ts->ctx = to;
+}
+
 int tokens_load(TokenSet *ts, const char *path, size_t ctx, size_t max_contexts) {
     const TokenCut cut = {.ctx = ctx};
     return tokens_load_cut(ts, path, &cut, max_contexts);
@@ -286,8 +297,18 @@ int tokens_load_cut(TokenSet *ts, const char *path, const TokenCut *cut, size_t 
         rc = sg_errorf(path, "unknown token file type (expected .h5/.hdf5, .npy or .bin)");
     }
     sg_alloc_for(prev);
-    if (rc == 0 && ctx && ts->ctx != ctx)
-        rc = sg_errorf(path, "--ctx %zu disagrees with the file's context length %zu", ctx, ts->ctx);
+    if (rc == 0 && !ts->flat) ts->row_width = ts->ctx;
+    const size_t to = ctx ? ctx : cut->rows_to;
+    if (rc == 0 && !ts->flat && to && to < ts->ctx) {
+        sg_warnf("%s: its rows of %zu tokens are cut to their first %zu (%s), as SAELens uses a pretokenized dataset's "
+                 "rows", path, ts->ctx, to, ctx ? "--ctx" : "the SAEs' cfg context_size");
+        cut_rows(ts, to);
+    } else if (rc == 0 && ctx && ts->ctx != ctx) {
+        rc = sg_errorf(path, "--ctx %zu is longer than the file's rows of %zu tokens", ctx, ts->ctx);
+    } else if (rc == 0 && !ts->flat && to > ts->ctx) {
+        sg_warnf("%s: its rows of %zu tokens are shorter than the contexts of %zu tokens the SAEs' cfgs record (SAELens "
+                 "refuses such a pretokenized dataset); used as stored", path, ts->ctx, to);
+    }
     if (rc != 0) tokens_free(ts);
     return rc;
 }

@@ -320,8 +320,10 @@ def test_disagreeing_saes_refused(run_saegap, models, tmp_path):
     # settled by the option
     run(run_saegap, m["dir"], [a["dir"], b["dir"]], tok, tmp_path / "s1.h5", ["--prepend-bos", "yes"])
     run(run_saegap, m["dir"], [a["dir"], c["dir"]], tok, tmp_path / "s2.h5", ["--ctx", "20"])
-    # context sizes matter only on a flat stream
-    run(run_saegap, m["dir"], [a["dir"], c["dir"]], tok2, tmp_path / "s3.h5")
+    # on a 2-D file too: SAELens uses a pretokenized row's first context_size tokens
+    p = run(run_saegap, m["dir"], [a["dir"], c["dir"]], tok2, tmp_path / "s3.h5", check=False)
+    assert p.returncode == 1 and "--ctx" in p.stderr.decode() and c["dir"] in p.stderr.decode(), p.stderr.decode()
+    run(run_saegap, m["dir"], [a["dir"], c["dir"]], tok2, tmp_path / "s4.h5", ["--ctx", "16"])
     p = run(run_saegap, m["dir"], [a["dir"]], tok, tmp_path / "bad.h5", ["--prepend-bos", "maybe"], check=False)
     assert p.returncode == 1 and "--prepend-bos" in p.stderr.decode()
 
@@ -354,6 +356,39 @@ def test_rows_as_stored_and_warned(run_saegap, models, tmp_path, fmt):
     p = run(run_saegap, m["dir"], [s2["dir"]], tok, tmp_path / "c.h5")
     w = [x for x in warnings_of(p) if "position 0" in x]
     assert len(w) == 1 and "row 0" in w[0] and "start with" in w[0], warnings_of(p)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "h5"])
+def test_rows_cut_to_the_cfg_context_size(run_saegap, models, tmp_path, fmt):
+    """SAELens's ActivationsStore uses a pretokenized dataset's rows as row[:context_size] and
+    refuses rows shorter than context_size: rows of 24 with a cfg of 16 are measured as their
+    first 16 tokens (one warning; context_source says so); a cfg of 32 leaves them as stored
+    with one warning; --ctx longer than the rows is refused."""
+    m = models["gpt2"]
+    rows = np.random.default_rng(8).integers(3, VOCAB - 1, size=(5, 24))
+    rows[:, 0] = m["bos"]
+    write = write_tokens_npy if fmt == "npy" else write_tokens_h5
+    tok = write(str(tmp_path / ("t." + fmt)), rows)
+    s16 = sae_dir(tmp_path, "s16", context_size=16)
+    p = run(run_saegap, m["dir"], [s16["dir"]], tok, tmp_path / "a.h5")
+    r = result(tmp_path / "a.h5")
+    assert np.array_equal(r["tokens"], rows[:, :16])
+    assert astr(r["attrs"]["context_source"]) == "rows cut to their first ctx tokens"
+    assert int(r["attrs"]["ctx"]) == 16
+    w = [x for x in warnings_of(p) if "cut to their first 16" in x]
+    assert len(w) == 1 and "rows of 24" in w[0], warnings_of(p)
+    s32 = sae_dir(tmp_path, "s32", context_size=32)
+    p = run(run_saegap, m["dir"], [s32["dir"]], tok, tmp_path / "b.h5")
+    r = result(tmp_path / "b.h5")
+    assert np.array_equal(r["tokens"], rows) and astr(r["attrs"]["context_source"]) == "rows as stored"
+    assert len([x for x in warnings_of(p) if "shorter than the contexts of 32" in x]) == 1, warnings_of(p)
+    p = run(run_saegap, m["dir"], [s16["dir"]], tok, tmp_path / "c.h5", ["--ctx", "30"], check=False)
+    lines = [l for l in p.stderr.decode().splitlines() if l.startswith("saegap: error:")]
+    assert p.returncode == 1 and len(lines) == 1 and "--ctx 30" in lines[0] and tok in lines[0], p.stderr.decode()
+    # the cut is part of the job: the file resumes only with it
+    p = run(run_saegap, m["dir"], [s16["dir"]], tok, tmp_path / "a.h5", ["--resume", "--ctx", "16"])
+    p = run(run_saegap, m["dir"], [s32["dir"]], tok, tmp_path / "a.h5", ["--resume"], check=False)
+    assert p.returncode == 1, p.stderr.decode()
 
 
 # ================================================================ KL on these contexts vs float64
