@@ -328,8 +328,13 @@ def gap_vs_recon(data, metric):
             pad = 0.05 * (hi - lo + 1e-12)
             ax.set_ylim(lo - pad, hi + pad)
         ax.axhline(0, color="k", lw=0.6, alpha=0.5)
-        ax.set_title("%s\nPearson r %s, Spearman %s" % (short_site(site), fmt(d["pearson"], 2),
-                                                        fmt(d["spearman"], 2)))
+        x = np.asarray(d["x"], dtype=float)
+        if x.size and np.nanmin(x) == np.nanmax(x):  # a top-k SAE: L0 is k at every token
+            ax.set_title("%s\nno correlation: %s is %s at every token" % (short_site(site), LABELS[metric].split(" (")[0],
+                                                                            fmt(float(np.nanmin(x)), 3)))
+        else:
+            ax.set_title("%s\nPearson r %s, Spearman %s" % (short_site(site), fmt(d["pearson"], 2),
+                                                            fmt(d["spearman"], 2)))
         ax.set_xlabel(LABELS[metric])
         ax.set_ylabel("KL gap sae - eps_random")
     return finish(fig, "Per-token KL gap vs %s" % LABELS[metric], legend_from=axes[0])
