@@ -28,7 +28,8 @@
  *                       metadata written at the end, so that no later write can meet a full
  *                       disk; -1 with a pending error naming `name` (no space: the message
  *                       says so)
- *   out_release_reserve rank 0, after the file is closed: gives the slack back */
+ *   out_release_reserve rank 0, after the file is closed: gives the slack back (a truncate to
+ *                       the file's size frees the blocks reserved past its end) */
 #ifndef SAEGAP_OUTFILE_H
 #define SAEGAP_OUTFILE_H
 
@@ -51,7 +52,7 @@ void out_lock_release(int fd);
 int out_check_space(const char *path, uint64_t need, MPI_Comm comm);
 int out_partial_reserve(const char *partial, const char *out, uint64_t bytes);
 int out_reserve(const char *path, uint64_t slack, const char *name);
-void out_release_reserve(const char *path, uint64_t slack);
+void out_release_reserve(const char *path);
 
 /* Bytes the file system can still give this path's folder (unprivileged), or UINT64_MAX. */
 uint64_t out_free_bytes(const char *path);

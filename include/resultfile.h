@@ -147,6 +147,8 @@ void rf_read_done(ResultFile *rf, int32_t *done);                  /* n_units fl
  * records of its sites for its block. Older files: the rows only. */
 #define RF_UNIT_CK_RECORDS "rows,records"
 int rf_unit_ck_records(H5Out *h);
+/* Names the units whose flag is set, the first 8 of them ("3, 17, ..."), into buf; how many. */
+size_t rf_list_units(char *buf, size_t cap, const int32_t *flag, size_t n);
 /* A finished unit's checksum recomputed from the file: with rf, through the handles this run has
  * open (every rank may call; independent reads); without, datasets looked up by name (verify).
  * 0, or -1 when a dataset is missing, of another shape or unreadable. */

@@ -160,8 +160,7 @@ int out_reserve(const char *path, uint64_t slack, const char *name) {
     return rc;
 }
 
-void out_release_reserve(const char *path, uint64_t slack) {
-    (void)slack;
+void out_release_reserve(const char *path) {
     /* blocks fallocate(KEEP_SIZE) reserved past the end: a truncate to the same size frees them
      * (ext4, XFS, tmpfs); a hole punched past the end is not freed by ext4 */
     int fd = open(path, O_WRONLY);

@@ -443,6 +443,18 @@ void rf_write_record(ResultFile *rf, size_t site, size_t block, const ReproSum *
     free(pairs);
 }
 
+size_t rf_list_units(char *buf, size_t cap, const int32_t *flag, size_t n) {
+    size_t count = 0;
+    buf[0] = 0;
+    for (size_t u = 0; u < n; u++) {
+        if (!flag[u]) continue;
+        if (count < 8) snprintf(buf + strlen(buf), cap - strlen(buf), "%s%zu", count ? ", " : "", u);
+        else if (count == 8) snprintf(buf + strlen(buf), cap - strlen(buf), ", ...");
+        count++;
+    }
+    return count;
+}
+
 /* ---- a finished unit's checksum, recomputed from the file ------------------------------------ */
 
 int rf_unit_ck_records(H5Out *h) {

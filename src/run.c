@@ -382,7 +382,7 @@ static void test_hold(const char *moment, MPI_Comm comm, int rank) {
  * each with the checksum the unit recorded; a unit that fails is set back to pending in done[],
  * the same on every rank. Returns how many failed; names up to 8 of them in `list`. */
 static size_t recheck_finished_units(Run *r, int32_t *done, MPI_Comm comm, int rank, int size, char *list, size_t cap) {
-    size_t n = r->shape.layout.n_units, k = 0, n_bad = 0;
+    size_t n = r->shape.layout.n_units, k = 0, n_bad;
     int64_t *ck = sg_xcalloc(n, sizeof *ck);
     int32_t *bad = sg_xcalloc(n, sizeof *bad);
     if (rank == 0) h5out_read_rows(r->rf.h, r->rf.unit_checksum, 0, n, ck);
@@ -394,13 +394,9 @@ static size_t recheck_finished_units(Run *r, int32_t *done, MPI_Comm comm, int r
                  (int64_t)sum != ck[u];
     }
     SG_MPI(MPI_Allreduce(MPI_IN_PLACE, bad, (int)n, MPI_INT32_T, MPI_MAX, comm), "gathering the unit checks");
-    list[0] = 0;
-    for (size_t u = 0; u < n; u++) {
-        if (!bad[u]) continue;
-        done[u] = 0;
-        if (n_bad++ < 8) snprintf(list + strlen(list), cap - strlen(list), "%s%zu", n_bad > 1 ? ", " : "", u);
-    }
-    if (n_bad > 8) snprintf(list + strlen(list), cap - strlen(list), ", ...");
+    n_bad = rf_list_units(list, cap, bad, n);
+    for (size_t u = 0; u < n; u++)
+        if (bad[u]) done[u] = 0;
     free(ck), free(bad);
     return n_bad;
 }
@@ -707,7 +703,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         }
     }
     h5out_close(h);
-    if (reserved) out_release_reserve(o->out, result_slack(&r)); /* the slack past the end, back */
+    if (reserved) out_release_reserve(o->out); /* the slack past the end, back */
     if (rank == 0) out_lock_release(lock_fd);
     if (rank == 0 && !sg_quiet() && status == 0)
         fprintf(stderr, "saegap run: wrote %s in %.1f s\n", o->out, MPI_Wtime() - t_start);

@@ -47,19 +47,17 @@ static int verify_file(V *v, size_t *left, size_t *total) {
     if (rc != 0) return damaged(v, "%s", "the progress record is unreadable");
     /* every finished unit's rows (and records), re-read in the order run wrote them */
     const int records = rf_unit_ck_records(h);
-    size_t n_left = 0, bad = 0;
-    char units[160] = ""; /* the first ones, named: --resume computes them again */
+    size_t n_left = 0;
+    int32_t *failed = sg_xcalloc(n_units, sizeof *failed);
     for (size_t u = 0; u < n_units; u++) {
         if (done[u] != 1) { n_left++; continue; }
         uint64_t sum = 0;
         int err = rf_unit_reread(h, NULL, &job.shape, (const char *const *)job.names, u, records, &sum);
-        if (err || (int64_t)sum != ck[u]) {
-            if (bad < 8) snprintf(units + strlen(units), sizeof units - strlen(units), "%s%zu", bad ? ", " : "", u);
-            else if (bad == 8) snprintf(units + strlen(units), sizeof units - strlen(units), ", ...");
-            bad++;
-        }
+        failed[u] = err || (int64_t)sum != ck[u];
     }
-    free(done), free(ck);
+    char units[160]; /* the first ones, named: --resume computes them again */
+    const size_t bad = rf_list_units(units, sizeof units, failed, n_units);
+    free(failed), free(done), free(ck);
     *left = n_left, *total = n_units;
     if (bad) {
         char tmp[256];
