@@ -46,6 +46,9 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
  * its temporary name, which holds nothing worth keeping until it gets its final name. The
  * string must outlive its use. */
 void sg_fatal_removes(const char *path);
+/* A lock file that MPI-IO made beside an open output (outfile.h, out_mpiio_lock_of_this_run):
+ * removed too (copied; NULL or "": none). */
+void sg_fatal_removes_lock(const char *path);
 
 /* Every MPI call goes through SG_MPI: saegap_run sets MPI_ERRORS_RETURN, so a failure comes back
  * as a code, and a rank that went on after a failed call would leave the others waiting. A

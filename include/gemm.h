@@ -21,6 +21,11 @@ const char *gemm_kernels_warning(void);
 void gemm_set_threads(int n);
 int gemm_get_threads(void);
 
+/* fn(ctx) runs before every GEMM that the calling thread starts (never on another thread), until
+ * set to NULL: rank 0 answers the other ranks' requests for work there while it computes
+ * (schedule.h), at most one GEMM's time after they ask. */
+void gemm_set_poll(void (*fn)(void *), void *ctx);
+
 /* out (M,N) = x (M,K) @ w (K,N) + bias (N); bias may be NULL. */
 void gemm_xw_bias(float *out, const float *x, const float *w, const float *bias, size_t M, size_t K, size_t N);
 

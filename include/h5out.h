@@ -64,6 +64,9 @@ int h5out_get_attr_f64(H5Out *h, const char *obj, const char *name, double *v);
 
 /* Collective. Creates a dataset (intermediate groups made as needed); returns its handle index. */
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims);
+/* The same, for a dataset added to the schema after files were written: on --resume of a file
+ * without it, it is created (empty) instead of refused as missing. */
+int h5out_dataset_added(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims);
 
 /* Independent. Writes rows [row0, row0+nrows) along the first dimension; data is native. */
 void h5out_write_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, const void *data);

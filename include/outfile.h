@@ -38,6 +38,7 @@
 #include <stdint.h>
 
 #define OUT_PARTIAL_MAX 4200 /* a buffer for out_partial_path */
+#define OUT_MPIIO_LOCK_MAX (2 * OUT_PARTIAL_MAX)
 int out_partial_path(const char *path, char *buf, size_t cap);
 int out_partial_claim(const char *out, const char *partial);
 int out_publish(const char *partial, const char *path, MPI_Comm comm);
@@ -56,5 +57,14 @@ void out_release_reserve(const char *path);
 
 /* Bytes the file system can still give this path's folder (unprivileged), or UINT64_MAX. */
 uint64_t out_free_bytes(const char *path);
+
+/* Open MPI's file-I/O layer, when a file's ranks span several nodes, keeps a lock file beside it,
+ * "<opened name>-<job id>-<pid of rank 0>.lock", and removes it on close; a killed run leaves it.
+ * Rank 0, holding the writer lock of path (so no live run uses these): removes such files of
+ * path and of its partial name, each named in a warning. */
+void out_remove_stale_mpiio_locks(const char *path);
+/* Rank 0, after opening `opened` through MPI-IO: this run's own lock file, or "" (none: one
+ * node, or another MPI), into buf (OUT_MPIIO_LOCK_MAX bytes), for sg_fatal_removes_lock. */
+void out_mpiio_lock_of_this_run(const char *opened, char *buf);
 
 #endif

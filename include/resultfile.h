@@ -62,6 +62,8 @@ typedef struct {
     H5Out *h;
     RfShape shape;
     int tokens, clean_ce, done, unit_checksum, ex_contexts, ex_position, ex_clean_ids, ex_clean_lp;
+    int sched_rank, sched_run, sched_seconds, sched_wait; /* schedule/unit_* */
+    int32_t run_index;          /* this run's index among the runs on the file (0: the first) */
     int corr[IV_COUNT][3];      /* pearson, spearman, sites; -1 when not written */
     RfSiteSets *sites;
     int ck_records;             /* unit checksums cover the unit's aggregate records too */
@@ -139,6 +141,12 @@ int rf_rows_ds(const ResultFile *rf, const RfRows *rows); /* the dataset handle 
 void rf_write_record(ResultFile *rf, size_t site, size_t block, const ReproSum *sums, const int64_t *counts,
                      const int32_t *fire, uint64_t *checksum);
 void rf_read_record(ResultFile *rf, size_t site, size_t block, ReproSum *sums, int64_t *counts, int32_t *fire);
+/* How the units were shared out (not results: no unit checksum covers them). */
+#define RF_UNIT_QUEUE "rank 0 answers two-sided requests between its GEMMs"
+void rf_write_unit_schedule(ResultFile *rf, size_t unit, int rank, double seconds, double wait_seconds);
+/* Collective. The run that completes the file: its ranks and, summed over them, seconds computing
+ * units, waiting for one, the longest wait, seconds after the rank's last unit until all ended. */
+void rf_write_schedule_summary(ResultFile *rf, int ranks, const double v[4]);
 void rf_mark_done(ResultFile *rf, size_t unit, uint64_t checksum); /* checksum, then the done flag */
 void rf_read_done(ResultFile *rf, int32_t *done);                  /* n_units flags */
 

@@ -99,8 +99,13 @@ void sg_warnf(const char *fmt, ...) {
 }
 
 static const char *g_remove_on_fatal;
+static char g_lock_on_fatal[4096];
 
 void sg_fatal_removes(const char *path) { g_remove_on_fatal = path; }
+
+void sg_fatal_removes_lock(const char *path) {
+    snprintf(g_lock_on_fatal, sizeof g_lock_on_fatal, "%s", path ? path : "");
+}
 
 _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const char *fmt, ...) {
     char msg[SG_ERROR_MAX];
@@ -113,6 +118,7 @@ _Noreturn void sg_fatal_at(const char *file, int line, const char *where, const 
             file, line);
     fflush(stderr);
     if (g_remove_on_fatal) unlink(g_remove_on_fatal); /* a new file that holds no result yet */
+    if (g_lock_on_fatal[0]) unlink(g_lock_on_fatal);   /* MPI-IO's lock beside the result */
     /* unchecked: this is where a failed check would lead */
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);

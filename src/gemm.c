@@ -2,6 +2,7 @@
 #include "gemm.h"
 
 #include <blis.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,8 +41,19 @@ int gemm_get_threads(void) {
     return n > 0 ? (int)n : 1;
 }
 
+static void (*g_poll)(void *);
+static void *g_poll_ctx;
+static pthread_t g_poll_thread;
+
+void gemm_set_poll(void (*fn)(void *), void *ctx) {
+    g_poll = fn, g_poll_ctx = ctx;
+    g_poll_thread = pthread_self();
+}
+
 void gemm_strided(size_t M, size_t N, size_t K, float alpha, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
                   const float *B, ptrdiff_t rsb, ptrdiff_t csb, float beta, float *C, ptrdiff_t rsc, ptrdiff_t csc) {
+    /* only on the thread that set it (MPI is called from the main thread alone) */
+    if (g_poll && pthread_equal(pthread_self(), g_poll_thread)) g_poll(g_poll_ctx);
     if (M == 0 || N == 0) return;
     float a = alpha, b = beta;
     bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)M, (dim_t)N, (dim_t)K, &a, (float *)A, (inc_t)rsa,

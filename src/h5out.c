@@ -537,6 +537,8 @@ int h5out_try_read_rows(H5Out *h, int ds, uint64_t row0, uint64_t nrows, void *d
 
 static size_t type_size(H5OutType t) { return t == H5OUT_F32 || t == H5OUT_I32 ? 4 : 8; }
 
+static int create_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims);
+
 int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
     if (h->dry) {
         uint64_t n = type_size(type);
@@ -545,6 +547,31 @@ int h5out_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const u
         return add_handle(h, -1, type);
     }
     if (h->resuming) return open_dataset(h, name, type, ndims, dims);
+    return create_dataset(h, name, type, ndims, dims);
+}
+
+int h5out_dataset_added(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
+    if (h->dry || !h->resuming) return h5out_dataset(h, name, type, ndims, dims);
+    h5guard_enter(h->path, 1);
+    /* each prefix in turn: H5Lexists fails (not 0) below a group that does not exist */
+    htri_t there = 1;
+    char prefix[512];
+    for (const char *p = name; there > 0 && p; p = strchr(p + 1, '/')) {
+        size_t len = strcspn(p + (*p == '/'), "/") + (size_t)(p - name) + (*p == '/');
+        if (len >= sizeof prefix) sg_fatal(h->path, "dataset name %s too long", name);
+        memcpy(prefix, name, len), prefix[len] = '\0';
+        there = H5Lexists(h->file, prefix, H5P_DEFAULT);
+    }
+    if (there > 0) {
+        int r = open_dataset_unguarded(h, name, type, ndims, dims);
+        h5guard_leave();
+        return r;
+    }
+    h5guard_leave();
+    return create_dataset(h, name, type, ndims, dims);
+}
+
+static int create_dataset(H5Out *h, const char *name, H5OutType type, int ndims, const uint64_t *dims) {
     hsize_t hd[8];
     for (int i = 0; i < ndims && i < 8; i++) hd[i] = dims[i];
     hid_t space = H5Screate_simple(ndims, hd, NULL);

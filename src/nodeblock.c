@@ -29,9 +29,28 @@ void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill) {
     if (bytes > (size_t)(MPI_Aint)(((size_t)-1) >> 1)) sg_fatal("node memory", "a block of %zu bytes", bytes);
     void *mine = NULL;
     /* the whole block on node rank 0; the others attach to it */
-    SG_MPI(MPI_Win_allocate_shared(rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0, 1, MPI_INFO_NULL, node, &mine,
-                                   &b->win),
-           "allocating %zu bytes of node-shared memory for the weights", bytes);
+    int rc = MPI_Win_allocate_shared(rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0, 1, MPI_INFO_NULL, node, &mine,
+                                     &b->win);
+    int failed = rc != MPI_SUCCESS;
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, node), "agreeing on node-shared memory");
+    if (failed) {
+        /* an MPI without shared windows (every MPI-3 library has them; a build may not): each
+         * rank keeps its own copy, as before node blocks existed */
+        if (rc == MPI_SUCCESS) SG_MPI(MPI_Win_free(&b->win), "freeing a node-shared window");
+        static int warned;
+        if (!warned++ && rank == 0) {
+            char why[MPI_MAX_ERROR_STRING] = "";
+            int len = 0;
+            if (rc != MPI_SUCCESS) MPI_Error_string(rc, why, &len);
+            sg_warnf("MPI cannot share memory between the ranks of a node here (MPI_Win_allocate_shared: %s): every "
+                     "rank keeps its own copy of the converted weights (more memory per node)",
+                     *why ? why : "failed on another rank of the node");
+        }
+        b->shared = 0;
+        *fill = 1;
+        b->base = sg_xcalloc(bytes ? bytes : 1, 1);
+        return b->base;
+    }
     MPI_Aint size;
     int disp;
     SG_MPI(MPI_Win_shared_query(b->win, 0, &size, &disp, &b->base), "attaching to the node's weights");

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <dirent.h>
 #include <unistd.h>
 
 static int lock_fd(int fd, const char *path);
@@ -167,4 +168,58 @@ void out_release_reserve(const char *path) {
     struct stat sb;
     if (fd >= 0 && fstat(fd, &sb) == 0) (void)ftruncate(fd, sb.st_size);
     if (fd >= 0) close(fd);
+}
+
+/* "<base>-<digits>-<digits>.lock": the name Open MPI's shared-file-pointer component
+ * (sharedfp/lockedfile, which it selects when a file's ranks span several nodes) gives its lock
+ * file: the opened name, the job id, rank 0's pid. pid 0: any pid. */
+static int is_mpiio_lock(const char *entry, const char *base, long pid) {
+    size_t n = strlen(base);
+    if (strncmp(entry, base, n) != 0 || entry[n] != '-') return 0;
+    const char *p = entry + n + 1, *q = p;
+    while (*q >= '0' && *q <= '9') q++;
+    if (q == p || *q != '-') return 0;
+    p = ++q;
+    long got = 0;
+    while (*q >= '0' && *q <= '9' && q - p < 10) got = got * 10 + (*q++ - '0');
+    if (q == p || strcmp(q, ".lock") != 0) return 0;
+    return pid == 0 || got == pid;
+}
+
+/* Calls fn on each matching lock file in path's folder; -1 when the folder is unreadable. */
+static int each_mpiio_lock(const char *path, long pid, void (*fn)(const char *lock, void *ctx), void *ctx) {
+    char dir[OUT_PARTIAL_MAX];
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!is_mpiio_lock(e->d_name, base, pid)) continue;
+        char full[2 * OUT_PARTIAL_MAX];
+        snprintf(full, sizeof full, "%s/%s", dir, e->d_name);
+        fn(full, ctx);
+    }
+    closedir(d);
+    return 0;
+}
+
+static void remove_lock(const char *lock, void *ctx) {
+    (void)ctx;
+    if (unlink(lock) == 0) sg_warnf("%s: removed this lock file that MPI-IO left behind an interrupted run", lock);
+}
+
+void out_remove_stale_mpiio_locks(const char *path) {
+    char partial[OUT_PARTIAL_MAX];
+    each_mpiio_lock(path, 0, remove_lock, NULL);
+    if (out_partial_path(path, partial, sizeof partial) == 0) each_mpiio_lock(partial, 0, remove_lock, NULL);
+    else sg_error_clear();
+}
+
+static void remember_lock(const char *lock, void *ctx) { snprintf(ctx, OUT_MPIIO_LOCK_MAX, "%s", lock); }
+
+void out_mpiio_lock_of_this_run(const char *opened, char *buf) {
+    buf[0] = '\0';
+    each_mpiio_lock(opened, (long)getpid(), remember_lock, buf);
 }

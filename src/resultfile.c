@@ -196,6 +196,7 @@ typedef struct {
     int (*when)(const RfShape *s, int iv); /* NULL: always */
     size_t handle;              /* offset of its handle in ResultFile (EACH_FILE, EACH_IV) or RfSiteSets */
     size_t stride;              /* bytes between the handles of consecutive interventions or metrics */
+    int added;                  /* new since files were written: --resume creates it in such a file */
 } DatasetSpec;
 
 static int when_iv(const RfShape *s, int iv) { return rf_has_iv(s, (Intervention)iv); }
@@ -208,14 +209,20 @@ static int when_example_iv(const RfShape *s, int iv) {
     return s->n_examples > 0 && iv_writes_examples((Intervention)iv) && rf_has_iv(s, (Intervention)iv);
 }
 
-#define IN_FILE(f) offsetof(ResultFile, f), 0
-#define IN_SITE(f) offsetof(RfSiteSets, f), sizeof(int)
-#define IN_CORR(k) offsetof(ResultFile, corr) + (k) * sizeof(int), 3 * sizeof(int)
+#define IN_FILE(f) offsetof(ResultFile, f), 0, 0
+#define IN_SITE(f) offsetof(RfSiteSets, f), sizeof(int), 0
+#define IN_CORR(k) offsetof(ResultFile, corr) + (k) * sizeof(int), 3 * sizeof(int), 0
+#define IN_FILE_ADDED(f) offsetof(ResultFile, f), 0, 1 /* added since files were written */
 static const DatasetSpec SCHEMA[] = {
     {PART_MAIN, "tokens", H5OUT_I32, 0, EACH_FILE, {D_CONTEXTS, D_CTX}, CK_FINAL, 0, NULL, IN_FILE(tokens)},
     {PART_MAIN, "clean/ce", H5OUT_F32, 0, EACH_FILE, {D_CONTEXTS, D_CTX}, CK_UNIT, RF_ROWS_CLEAN_CE, NULL, IN_FILE(clean_ce)},
     {PART_MAIN, "progress/unit_done", H5OUT_I32, 0, EACH_FILE, {D_UNITS}, CK_NONE, 0, NULL, IN_FILE(done)},
     {PART_MAIN, "progress/unit_checksum", H5OUT_I64, 0, EACH_FILE, {D_UNITS}, CK_NONE, 0, NULL, IN_FILE(unit_checksum)},
+    /* who computed each unit and how long it took and waited (rf_write_unit_schedule) */
+    {PART_MAIN, "schedule/unit_rank", H5OUT_I32, 0, EACH_FILE, {D_UNITS}, CK_FINAL, 0, NULL, IN_FILE_ADDED(sched_rank)},
+    {PART_MAIN, "schedule/unit_run", H5OUT_I32, 0, EACH_FILE, {D_UNITS}, CK_FINAL, 0, NULL, IN_FILE_ADDED(sched_run)},
+    {PART_MAIN, "schedule/unit_seconds", H5OUT_F64, 0, EACH_FILE, {D_UNITS}, CK_FINAL, 0, NULL, IN_FILE_ADDED(sched_seconds)},
+    {PART_MAIN, "schedule/unit_wait_seconds", H5OUT_F64, 0, EACH_FILE, {D_UNITS}, CK_FINAL, 0, NULL, IN_FILE_ADDED(sched_wait)},
     {PART_SITES, "sites/%s/kl/%s", H5OUT_F32, 0, EACH_SITE_IV, {D_CONTEXTS, D_WK, D_SAMPLES}, CK_UNIT, RF_ROWS_KL, when_iv, IN_SITE(kl)},
     {PART_SITES, "sites/%s/ce/%s", H5OUT_F32, 0, EACH_SITE_IV, {D_CONTEXTS, D_WK, D_SAMPLES}, CK_UNIT, RF_ROWS_CE, when_iv, IN_SITE(ce)},
     {PART_SITES, "sites/%s/sae_kl_zscore", H5OUT_F32, 0, EACH_SITE, {D_CONTEXTS, D_WINDOW}, CK_UNIT, RF_ROWS_ZSCORE, when_zscore,
@@ -296,7 +303,9 @@ static void create_dataset(ResultFile *rf, H5Out *h, const DatasetSpec *d, size_
         if (d->dims[k] == D_SAMPLES && v == 1) continue; /* one draw: [n, Wk] */
         dims[nd++] = v;
     }
-    *handle = d->strings ? h5out_dataset_strings(h, path, dims[0]) : h5out_dataset(h, path, d->type, nd, dims);
+    *handle = d->strings ? h5out_dataset_strings(h, path, dims[0])
+              : d->added   ? h5out_dataset_added(h, path, d->type, nd, dims)
+                           : h5out_dataset(h, path, d->type, nd, dims);
 }
 
 /* Every attribute the end of the run writes exists from the start, with a placeholder of its
@@ -317,6 +326,44 @@ static void end_of_run_placeholders(ResultFile *rf, H5Out *h, const RfSite *site
             h5out_attr_i64(h, g, "tokens", -1);
         }
     h5out_attr_str(h, "/", "final_checksum", FINAL_CHECKSUM_PLACEHOLDER);
+}
+
+static const char *const SCHEDULE_F64[] = {"schedule_seconds_computing", "schedule_seconds_waiting",
+                                           "schedule_longest_wait_seconds", "schedule_seconds_after_units"};
+#define N_SCHEDULE_F64 (sizeof SCHEDULE_F64 / sizeof SCHEDULE_F64[0])
+
+/* This run's index among the runs that worked on the file (schedule/unit_run), and the
+ * placeholders of the schedule summary that the end of the run rewrites in place. A resumed
+ * file written before they existed gains them here, before any unit runs. */
+static void schedule_begin(ResultFile *rf, H5Out *h, int fresh) {
+    int64_t runs = 0;
+    if (!fresh && h5out_get_attr_i64(h, "/", "schedule_runs", &runs) != 0) runs = 1; /* at least the first */
+    if (runs < 0 || runs > INT32_MAX - 1) runs = 1;
+    rf->run_index = (int32_t)runs;
+    h5out_attr_i64(h, "/", "schedule_runs", runs + 1);
+    char have[128];
+    if (fresh || h5out_get_attr_str(h, "/", "unit_queue", have, sizeof have) != 0)
+        h5out_attr_str(h, "/", "unit_queue", RF_UNIT_QUEUE);
+    int64_t v;
+    if (fresh || h5out_get_attr_i64(h, "/", "schedule_ranks", &v) != 0) h5out_attr_i64(h, "/", "schedule_ranks", -1);
+    for (size_t k = 0; k < N_SCHEDULE_F64; k++) {
+        double d;
+        if (fresh || h5out_get_attr_f64(h, "/", SCHEDULE_F64[k], &d) != 0)
+            h5out_attr_f64(h, "/", SCHEDULE_F64[k], __builtin_nan(""));
+    }
+}
+
+void rf_write_unit_schedule(ResultFile *rf, size_t unit, int rank, double seconds, double wait_seconds) {
+    int32_t r = rank;
+    h5out_write_rows(rf->h, rf->sched_rank, unit, 1, &r);
+    h5out_write_rows(rf->h, rf->sched_run, unit, 1, &rf->run_index);
+    h5out_write_rows(rf->h, rf->sched_seconds, unit, 1, &seconds);
+    h5out_write_rows(rf->h, rf->sched_wait, unit, 1, &wait_seconds);
+}
+
+void rf_write_schedule_summary(ResultFile *rf, int ranks, const double v[4]) {
+    h5out_attr_i64(rf->h, "/", "schedule_ranks", ranks);
+    for (size_t k = 0; k < N_SCHEDULE_F64; k++) h5out_attr_f64(rf->h, "/", SCHEDULE_F64[k], v[k]);
 }
 
 void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, const RfJob *job,
@@ -351,6 +398,7 @@ void rf_create(ResultFile *rf, H5Out *h, const RfShape *s, const RfSite *sites, 
                 if (SCHEMA[k].part == part && SCHEMA[k].each == EACH_IV) create_dataset(rf, h, &SCHEMA[k], 0, NULL, w);
     }
     if (fresh) end_of_run_placeholders(rf, h, sites);
+    schedule_begin(rf, h, fresh);
     if (fresh && s->n_examples && sg_rank() == 0) { /* which contexts and position the examples are */
         int32_t *v = sg_xcalloc(s->n_examples, sizeof(int32_t));
         for (size_t k = 0; k < s->n_examples; k++) v[k] = (int32_t)k;
@@ -646,6 +694,15 @@ int rf_describe(H5Out *h, const char *path, FILE *out) {
         fprintf(out, "  %-15s %s (%zu of %llu units done; saegap verify checks the data)\n", "state",
                 complete == 1 ? "complete" : "incomplete", n_done, (unsigned long long)dims[0]);
     }
+    int64_t ranks = -1;
+    double f[N_SCHEDULE_F64];
+    int have = h5out_get_attr_i64(h, "/", "schedule_ranks", &ranks) == 0 && ranks > 0;
+    for (size_t k = 0; k < N_SCHEDULE_F64; k++) have = have && h5out_get_attr_f64(h, "/", SCHEDULE_F64[k], &f[k]) == 0;
+    double total = have ? f[0] + f[1] + f[3] : 0;
+    if (total > 0) /* the run that completed the file; schedule/unit_* per unit */
+        fprintf(out, "  %-15s %lld rank(s): computing %.1f%% of the rank-seconds, waiting for a unit %.2f%% (longest "
+                     "%.2f s), after their last unit %.1f%%\n", "schedule", (long long)ranks, 100 * f[0] / total,
+                100 * f[1] / total, f[2], 100 * f[3] / total);
     return 0;
 }
 

@@ -65,6 +65,8 @@ typedef struct {
     RfJob identity;
     char out_partial[OUT_PARTIAL_MAX]; /* "<out>.creating": the new file until its schema is on disk */
     uint64_t file_bytes;          /* a new result's size (datasets + metadata reserve): check_space */
+    MPI_Comm comm;
+    double seconds_computing;     /* this rank's, in run_unit */
 } Run;
 
 
@@ -347,7 +349,8 @@ static int write_unit_rows(void *ctx, const RfRows *rows) {
 }
 
 /* One unit: its rows, then its aggregate records, then its done flag. -1: abandoned (stop). */
-static int run_unit(Run *r, Work *w, size_t unit) {
+static int run_unit(Run *r, Work *w, size_t unit, double wait_seconds) {
+    double t0 = MPI_Wtime();
     size_t block, group, s0, s1;
     unit_parts(&r->shape.layout, unit, &block, &group);
     group_sites(&r->shape.layout, group, &s0, &s1);
@@ -358,8 +361,29 @@ static int run_unit(Run *r, Work *w, size_t unit) {
     for (size_t si = s0; si < s1; si++)
         rf_write_record(&r->rf, si, block, r->sites[si].rec.sums, r->sites[si].rec.counts, r->sites[si].rec.fire,
                         &u.checksum);
+    double seconds = MPI_Wtime() - t0;
+    r->seconds_computing += seconds;
+    rf_write_unit_schedule(&r->rf, unit, sg_rank(), seconds, wait_seconds);
     rf_mark_done(&r->rf, unit, u.checksum);
     return 0;
+}
+
+static void poll_queue(void *q) { queue_poll(q); }
+
+/* Collective: the schedule's figures summed over the ranks, into the file, and a line for the
+ * log (waiting for a unit as a share of the rank-seconds of the unit loop). */
+static void schedule_summary(Run *r, const UnitQueue *q, double after_units, int rank, int size) {
+    double v[4] = {r->seconds_computing, q->seconds_waiting, q->longest_wait, after_units};
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_SUM, r->comm),
+           "summing the schedule's figures");
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, v + 2, 1, MPI_DOUBLE, MPI_MAX, r->comm), "the longest wait for a unit");
+    SG_MPI(MPI_Allreduce(MPI_IN_PLACE, v + 3, 1, MPI_DOUBLE, MPI_SUM, r->comm), "summing the time after the units");
+    rf_write_schedule_summary(&r->rf, size, v);
+    double total = v[0] + v[1] + v[3];
+    if (rank == 0 && !sg_quiet() && total > 0)
+        fprintf(stderr, "saegap run: %d rank(s): computing units %.1f%% of the rank-seconds, waiting for a unit %.2f%% "
+                        "(longest wait %.2f s), after their last unit %.1f%%\n",
+                size, 100 * v[0] / total, 100 * v[1] / total, v[2], 100 * v[3] / total);
 }
 
 /* Tests only: SAEGAP_TEST_HOLD=MOMENT:FILE holds every rank at MOMENT ("after_units") until FILE
@@ -526,6 +550,15 @@ static int check_space(Run *r, MPI_Comm comm, int size) {
     return out_check_space(r->o->out, r->file_bytes, comm);
 }
 
+/* Rank 0: MPI-IO's lock file of this run, if it made one (ranks on several nodes), goes with
+ * an error that ends the run (outfile.h); a normal close removes it itself. */
+static void note_mpiio_lock(const char *opened, int rank) {
+    if (rank != 0) return;
+    char lock[OUT_MPIIO_LOCK_MAX];
+    out_mpiio_lock_of_this_run(opened, lock);
+    sg_fatal_removes_lock(lock);
+}
+
 /* Opens the result file: a new one, or (--resume) the existing one of the same job. Rank 0
  * holds the writer lock for the whole run. Sets *lock_fd on rank 0. NULL after an error. */
 static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_fd) {
@@ -540,10 +573,12 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         if (rank == 0) {
             *lock_fd = out_lock_acquire(o->out);
             rc = *lock_fd < 0 ? -1 : 0;
+            if (rc == 0) out_remove_stale_mpiio_locks(o->out);
         }
         if (sg_agree(comm, rc)) return NULL;
         h = h5out_open(o->out, comm);
         if (sg_agree(comm, h ? 0 : -1)) return NULL;
+        note_mpiio_lock(o->out, rank);
         if (rf_job_hash_kind(h) != JOB_HASH_XXH3) job_identity(r, rf_job_hash_kind(h)); /* an older file */
         rc = rf_check_same_job(h, o->out, &r->shape, &r->identity);
         if (rc == 0) rc = rf_read_layout(h, o->out, r->ts.n, r->job.B, r->n_sites, &r->shape.layout);
@@ -559,6 +594,7 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
     if (rank == 0) {
         *lock_fd = out_partial_claim(o->out, r->out_partial);
         rc = *lock_fd < 0 ? -1 : 0;
+        if (rc == 0) out_remove_stale_mpiio_locks(o->out);
     }
     if (sg_agree(comm, rc)) return NULL;
     h = h5out_create_claimed(r->out_partial, comm);
@@ -566,6 +602,7 @@ static H5Out *open_output(Run *r, MPI_Comm comm, int rank, int size, int *lock_f
         drop_partial(r, rank, lock_fd);
         return NULL;
     }
+    note_mpiio_lock(r->out_partial, rank);
     /* after H5Fcreate (which truncates the file), before HDF5 writes: creation cannot meet a
      * full disk */
     if (rank == 0 && out_partial_reserve(r->out_partial, o->out, r->file_bytes) != 0)
@@ -580,6 +617,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     Run r;
     memset(&r, 0, sizeof r);
     r.o = o;
+    r.comm = comm;
     if (sg_agree(comm, check_options(&r))) return 1;
     if (sg_agree(comm, model_open(&r.model, o->model))) return 1;
     MPI_Comm node = nodeblock_node_comm(comm); /* derived and converted weights: once per node */
@@ -604,9 +642,19 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     if (check_space(&r, comm, size)) { run_free(&r); return 1; }
 
     if (sg_agree(comm, statistics_pass(&r, comm, rank, size))) { run_free(&r); return 1; }
+    /* the unit loop's memory and queue before the file exists: a failure to start leaves no file */
+    Work w;
+    work_alloc(&w, &r.job);
+    UnitQueue q;
+    queue_open(&q, comm);
     int lock_fd = -1;
     H5Out *h = open_output(&r, comm, rank, size, &lock_fd);
-    if (!h) { run_free(&r); return 1; }
+    if (!h) {
+        queue_close(&q);
+        work_free(&w);
+        run_free(&r);
+        return 1;
+    }
     create_schema(&r, h, size);
     const int resuming = h5out_resuming(h);
     if (!resuming && rank == 0) h5out_write_rows(h, r.rf.tokens, 0, r.ts.n, r.ts.ids);
@@ -626,6 +674,8 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         /* OUT appeared meanwhile: leave it alone, drop this run's partial file */
         h5out_close(h);
         drop_partial(&r, rank, &lock_fd);
+        queue_close(&q);
+        work_free(&w);
         run_free(&r);
         return 1;
     }
@@ -652,31 +702,32 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
                 r.ts.n, r.ts.ctx, r.n_sites, n_units, n_pending, resuming ? ", resumed" : "", size, gemm_get_threads(),
                 gemm_kernels());
 
-    Work w;
-    work_alloc(&w, &r.job);
-    UnitQueue q;
-    queue_open(&q, n_pending, comm);
-    double t_start = MPI_Wtime(), last = t_start;
+    queue_start(&q, n_pending);
+    gemm_set_poll(poll_queue, &q); /* rank 0 answers requests for units while it computes */
+    double t_start = MPI_Wtime(), last = t_start, t_last_unit = t_start;
     size_t my_units = 0;
     int stopped = 0;
     for (long k; !stopped && (k = queue_next(&q)) >= 0;) {
-        if (run_unit(&r, &w, pending[k]) != 0) stopped = 1;
+        if (run_unit(&r, &w, pending[k], q.last_wait) != 0) stopped = 1;
         else my_units++;
+        t_last_unit = MPI_Wtime();
         if (g_stop_signal) stopped = 1;
         if (stopped) queue_request_stop(&q);
         double now = MPI_Wtime();
         if (rank == 0 && !sg_quiet() && (now - last > 10 || (size_t)k + 1 == n_pending)) {
-            double el = now - t_start, frac = (double)(k + 1) / (double)n_pending;
-            fprintf(stderr, "saegap run: ~%ld/%zu pending units handed out, %.0f s elapsed, ETA %.0f s\n", k + 1,
+            double el = now - t_start, frac = (double)q.next / (double)n_pending;
+            fprintf(stderr, "saegap run: %zu/%zu pending units handed out, %.0f s elapsed, ETA %.0f s\n", q.next,
                     n_pending, el, el / frac * (1 - frac));
             last = now;
         }
     }
+    queue_close(&q); /* rank 0 answers the last requests */
+    gemm_set_poll(NULL, NULL);
     work_free(&w);
     /* every rank leaves the loop; then all learn whether anyone stopped */
     int any_stop = stopped || g_stop_signal;
     SG_MPI(MPI_Allreduce(MPI_IN_PLACE, &any_stop, 1, MPI_INT, MPI_MAX, comm), "agreeing on a stop");
-    queue_close(&q);
+    const double after_units = MPI_Wtime() - t_last_unit;
     free(pending);
     int status = 0;
     if (any_stop) {
@@ -695,6 +746,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         test_hold("after_units", comm, rank);
         if (check_units_written(&r, comm, rank, size) != 0) status = 1;
         else {
+            schedule_summary(&r, &q, after_units, rank, size);
             for (size_t i = 0; i < r.n_sites; i++) finish_site(&r, i, comm, rank);
             write_correlations(&r, comm, rank);
             h5out_flush(h);
@@ -703,6 +755,7 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         }
     }
     h5out_close(h);
+    sg_fatal_removes_lock(NULL);
     if (reserved) out_release_reserve(o->out); /* the slack past the end, back */
     if (rank == 0) out_lock_release(lock_fd);
     if (rank == 0 && !sg_quiet() && status == 0)

@@ -3,6 +3,7 @@
 
 #include "error.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #define MAX_BLOCKS 128
@@ -60,36 +61,113 @@ void group_sites(const UnitLayout *u, size_t g, size_t *s0, size_t *s1) {
     *s1 = u->n_sites * (g + 1) / u->n_groups;
 }
 
-void queue_open(UnitQueue *q, size_t n_pending, MPI_Comm comm) {
-    int rank;
-    SG_MPI(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank failed");
+/* The queue's messages: a request (REQ, or LEAVE from a rank that stops taking units) and its
+ * answer, a pending-list index or -1. On a duplicate communicator, so they meet nothing else. */
+enum { TAG_REQUEST = 1, TAG_ANSWER = 2 };
+enum { MSG_REQ = 1, MSG_LEAVE = 2 };
+
+/* Rank 0: the next pending index for a rank that asks, or -1 when none is left or a stop was
+ * requested. */
+static long take(UnitQueue *q) {
+    if (q->stop || q->next >= q->n_pending) return -1;
+    return (long)q->next++;
+}
+
+/* Rank 0: one message from a rank. */
+static void serve(UnitQueue *q, int from, int msg) {
+    if (msg == MSG_LEAVE) { /* it takes no more units and waits for no answer */
+        q->stop = 1;
+        q->ranks_out++;
+        return;
+    }
+    int64_t k = take(q);
+    if (k < 0) q->ranks_out++;
+    /* the asking rank waits in MPI_Recv for this answer: an 8-byte send completes at once */
+    SG_MPI(MPI_Send(&k, 1, MPI_INT64_T, from, TAG_ANSWER, q->comm), "answering rank %d's request for a unit", from);
+}
+
+static void post_receive(UnitQueue *q) {
+    SG_MPI(MPI_Irecv(&q->msg, 1, MPI_INT, MPI_ANY_SOURCE, TAG_REQUEST, q->comm, &q->request),
+           "waiting for requests for units");
+}
+
+void queue_poll(UnitQueue *q) {
+    if (q->rank != 0 || q->size == 1 || q->request == MPI_REQUEST_NULL) return;
+    for (;;) {
+        int arrived = 0;
+        MPI_Status st;
+        SG_MPI(MPI_Test(&q->request, &arrived, &st), "checking for requests for units");
+        if (!arrived) return;
+        serve(q, st.MPI_SOURCE, q->msg);
+        if (q->ranks_out == q->size - 1) {
+            q->request = MPI_REQUEST_NULL; /* every other rank is done with the queue */
+            return;
+        }
+        post_receive(q);
+    }
+}
+
+void queue_open(UnitQueue *q, MPI_Comm comm) {
+    memset(q, 0, sizeof *q);
+    SG_MPI(MPI_Comm_dup(comm, &q->comm), "creating the unit queue's communicator");
+    SG_MPI(MPI_Comm_rank(q->comm, &q->rank), "MPI_Comm_rank failed");
+    SG_MPI(MPI_Comm_size(q->comm, &q->size), "MPI_Comm_size failed");
+    q->request = MPI_REQUEST_NULL;
+}
+
+void queue_start(UnitQueue *q, size_t n_pending) {
     q->n_pending = n_pending;
-    MPI_Aint bytes = rank == 0 ? 2 * (MPI_Aint)sizeof(int) : 0;
-    SG_MPI(MPI_Win_allocate(bytes, sizeof(int), MPI_INFO_NULL, comm, &q->base, &q->win),
-           "cannot create the unit queue window");
-    if (rank == 0) q->base[0] = 0, q->base[1] = 0;
-    SG_MPI(MPI_Barrier(comm), "barrier after creating the unit queue failed");
+    q->started = 1;
+    if (q->rank == 0 && q->size > 1) post_receive(q);
 }
 
 long queue_next(UnitQueue *q) {
-    int one = 1, next = 0, stop = 0, dummy = 0;
-    const char *what = "taking the next unit from rank 0 failed";
-    SG_MPI(MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, q->win), "%s", what);
-    SG_MPI(MPI_Fetch_and_op(&dummy, &stop, MPI_INT, 0, 1, MPI_NO_OP, q->win), "%s", what);
-    SG_MPI(MPI_Fetch_and_op(&one, &next, MPI_INT, 0, 0, MPI_SUM, q->win), "%s", what);
-    SG_MPI(MPI_Win_unlock(0, q->win), "%s", what);
-    if (stop || next < 0 || (size_t)next >= q->n_pending) return -1;
-    return next;
+    if (!q->started) sg_fatal("saegap run", "internal error: the unit queue was not started");
+    double t0 = MPI_Wtime();
+    long k;
+    if (q->rank == 0) {
+        queue_poll(q);
+        k = take(q);
+    } else if (q->left) {
+        k = -1;
+    } else {
+        int req = MSG_REQ;
+        int64_t answer = -1;
+        SG_MPI(MPI_Send(&req, 1, MPI_INT, 0, TAG_REQUEST, q->comm), "asking rank 0 for a unit");
+        SG_MPI(MPI_Recv(&answer, 1, MPI_INT64_T, 0, TAG_ANSWER, q->comm, MPI_STATUS_IGNORE),
+               "receiving a unit from rank 0");
+        k = answer >= 0 && (size_t)answer < q->n_pending ? (long)answer : -1;
+        if (k < 0) q->left = 1;
+    }
+    double waited = MPI_Wtime() - t0;
+    q->last_wait = waited;
+    if (k >= 0) {
+        q->seconds_waiting += waited;
+        if (waited > q->longest_wait) q->longest_wait = waited;
+    }
+    return k;
 }
 
 void queue_request_stop(UnitQueue *q) {
-    int one = 1, old = 0;
-    SG_MPI(MPI_Win_lock(MPI_LOCK_SHARED, 0, 0, q->win), "requesting a stop failed");
-    SG_MPI(MPI_Fetch_and_op(&one, &old, MPI_INT, 0, 1, MPI_REPLACE, q->win), "requesting a stop failed");
-    SG_MPI(MPI_Win_unlock(0, q->win), "requesting a stop failed");
+    if (q->rank == 0) {
+        q->stop = 1;
+        return;
+    }
+    if (q->left) return;
+    int leave = MSG_LEAVE;
+    SG_MPI(MPI_Send(&leave, 1, MPI_INT, 0, TAG_REQUEST, q->comm), "telling rank 0 this rank stops");
+    q->left = 1;
 }
 
 void queue_close(UnitQueue *q) {
-    SG_MPI(MPI_Win_free(&q->win), "freeing the unit queue window failed");
-    memset(q, 0, sizeof *q);
+    /* rank 0 answers until every other rank has heard "no more units" or left */
+    while (q->rank == 0 && q->request != MPI_REQUEST_NULL) {
+        MPI_Status st;
+        SG_MPI(MPI_Wait(&q->request, &st), "waiting for the other ranks to finish their units");
+        serve(q, st.MPI_SOURCE, q->msg);
+        if (q->ranks_out == q->size - 1) q->request = MPI_REQUEST_NULL;
+        else post_receive(q);
+    }
+    SG_MPI(MPI_Comm_free(&q->comm), "freeing the unit queue's communicator");
+    q->comm = MPI_COMM_NULL;
 }

@@ -14,6 +14,59 @@
 
 static size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
+/* Busy for `seconds`, calling queue_poll every millisecond when q is given (rank 0's GEMMs). */
+static void compute(double seconds, UnitQueue *q) {
+    double t0 = MPI_Wtime(), next_poll = t0;
+    while (MPI_Wtime() - t0 < seconds)
+        if (q && MPI_Wtime() >= next_poll) queue_poll(q), next_poll += 1e-3;
+}
+
+/* The queue on several ranks (mpiexec -np 3 test_schedule): every unit handed out exactly once;
+ * while rank 0 computes long units, the others, asking between their short ones, wait about one
+ * poll interval, not one of rank 0's units; a stop from any rank ends every rank's loop. */
+static void queue_across_ranks(void) {
+    int rank, size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    enum { N = 60 };
+    const double rank0_unit = 0.3, other_unit = 0.005;
+    int taken[N] = {0};
+    UnitQueue q;
+    queue_open(&q, MPI_COMM_WORLD);
+    queue_start(&q, N);
+    for (long k; (k = queue_next(&q)) >= 0;) {
+        if (k < N) taken[k]++;
+        compute(rank == 0 ? rank0_unit : other_unit, rank == 0 ? &q : NULL);
+    }
+    double longest = q.longest_wait;
+    queue_close(&q);
+    MPI_Allreduce(MPI_IN_PLACE, taken, N, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    int once = 1;
+    for (int k = 0; k < N; k++) once &= taken[k] == 1;
+    CHECK(once, "rank %d: a unit was handed out %s", rank, "not exactly once");
+    /* without rank 0's polls a request waits for the end of its 0.3 s unit */
+    if (rank != 0) CHECK(longest < 0.1, "rank %d waited %.3f s for a unit while rank 0 computed", rank, longest);
+    MPI_Allreduce(MPI_IN_PLACE, &longest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (rank == 0) printf("test_schedule: %d ranks, longest wait for a unit %.4f s (rank 0's units %.1f s)\n", size,
+                          longest, rank0_unit);
+
+    /* a stop from the last rank after its second unit: every rank's loop ends, nothing hangs */
+    int mine = 0, total = 0;
+    queue_open(&q, MPI_COMM_WORLD);
+    queue_start(&q, 1000);
+    for (long k; (k = queue_next(&q)) >= 0;) {
+        mine++;
+        compute(0.002, rank == 0 ? &q : NULL);
+        if (rank == size - 1 && mine == 2) {
+            queue_request_stop(&q);
+            break;
+        }
+    }
+    queue_close(&q);
+    MPI_Allreduce(&mine, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    CHECK(total < 1000, "a stop did not end the queue (%d units handed out)", total);
+}
+
 /* Checks every promise of a layout of n contexts in batches of B and K sites; `ranks` > 0 when
  * u came from schedule_layout for that many ranks. Returns the failures it found. */
 static int check_layout(const UnitLayout *u, size_t n, size_t B, size_t K, int ranks) {
@@ -212,9 +265,14 @@ int main(int argc, char **argv) {
     }
 
     /* ---- the unit queue on one rank: 0, 1, ..., n-1, then -1; a stop ends it early ---- */
-    {
+    int size;
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size > 1) {
+        queue_across_ranks();
+    } else {
         UnitQueue q;
-        queue_open(&q, 7, MPI_COMM_WORLD);
+        queue_open(&q, MPI_COMM_SELF);
+        queue_start(&q, 7);
         long got[9];
         for (int i = 0; i < 9; i++) got[i] = queue_next(&q);
         int in_order = 1;
@@ -222,13 +280,15 @@ int main(int argc, char **argv) {
         CHECK(in_order && got[7] == -1 && got[8] == -1, "queue handed out %ld %ld %ld ... %ld %ld", got[0], got[1],
               got[2], got[7], got[8]);
         queue_close(&q);
-        queue_open(&q, 5, MPI_COMM_WORLD);
+        queue_open(&q, MPI_COMM_SELF);
+        queue_start(&q, 5);
         long a = queue_next(&q), b = queue_next(&q);
         queue_request_stop(&q);
         long c = queue_next(&q);
         CHECK(a == 0 && b == 1 && c == -1, "queue with a stop: %ld %ld %ld", a, b, c);
         queue_close(&q);
-        queue_open(&q, 0, MPI_COMM_WORLD);
+        queue_open(&q, MPI_COMM_SELF);
+        queue_start(&q, 0);
         CHECK(queue_next(&q) == -1, "an empty queue handed out a unit");
         queue_close(&q);
     }

@@ -227,4 +227,36 @@ def test_resume_recomputes_a_damaged_finished_unit(saegap_bin, small_result, tmp
     assert rc == 0, out
     want, got = _datasets(small_result), _datasets(path)
     assert sorted(want) == sorted(got)
-    assert [k for k in want if want[k] != got[k]] == []
+    # results bit-identical; the schedule records who computed unit 0 again: the second run
+    sched = [k for k in want if k.startswith("schedule/")]
+    assert len(sched) == 4
+    assert [k for k in want if want[k] != got[k] and k not in sched] == []
+    with h5py.File(small_result, "r") as a, h5py.File(path, "r") as b:
+        assert int(b.attrs["schedule_runs"]) == int(a.attrs["schedule_runs"]) + 1 == 2
+        run_a, run_b = a["schedule/unit_run"][...], b["schedule/unit_run"][...]
+        assert run_b[0] == 1 and (run_b[1:] == run_a[1:]).all() and (run_a == 0).all(), (run_a, run_b)
+        for k in ("unit_seconds", "unit_wait_seconds"):
+            va, vb = a["schedule/" + k][...], b["schedule/" + k][...]
+            assert (vb[1:] == va[1:]).all() and np.isfinite(vb).all() and (vb >= 0).all(), k
+
+
+def test_resume_removes_stale_mpiio_locks(saegap_bin, small_result, tmp_path):
+    """Issue 27.1: Open MPI's file-I/O layer keeps "<file>-<job id>-<pid>.lock" beside a file
+    whose ranks span several nodes, and a killed run leaves it. --resume (holding saegap's own
+    writer lock, so no live run uses them) removes those of the result and of its .creating
+    name, naming each; files that only look alike stay."""
+    path = tmp_path / "r.h5"
+    shutil.copy(small_result, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs.modify("complete", 0)
+    stale = [tmp_path / "r.h5-3735879681-4242.lock", tmp_path / "r.h5.creating-17-99.lock"]
+    kept = [tmp_path / "r.h5-x-1.lock", tmp_path / "r.h5-1-2.lock.bak", tmp_path / "other.h5-1-2.lock",
+            tmp_path / "r.h5-12.lock"]
+    for p in stale + kept:
+        p.write_text("")
+    r = _resume(saegap_bin, path)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in stale if p.exists()] == [], r.stderr
+    assert [p.name for p in kept if not p.exists()] == []
+    for p in stale:
+        assert "%s: removed this lock file" % p in r.stderr, r.stderr
