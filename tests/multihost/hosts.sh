@@ -193,7 +193,8 @@ mh_kill_wait() {
 
 mh_down() {
   local dir=$1 what name ns pids p k bad=0
-  [ -f "$dir/made" ] || { rm -rf "$dir"; return 0; }
+  # not a DIR of `up` (no ledger): remove it only when empty, never anything else
+  [ -f "$dir/made" ] || { rmdir "$dir" 2> /dev/null; return 0; }
   # first every process inside a host (its ranks, orted, ssh sessions), then the sshd holders
   for k in $(ls "$dir" | sed -n 's/^holder-\([0-9]*\)\.pid$/\1/p'); do
     p=$(mh_holder "$dir" "$k")
@@ -229,8 +230,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     probe) mh_probe ;;
     up)
       [ $# = 2 ] || { echo "usage: hosts.sh up DIR N" >&2; exit 2; }
-      # on any failure (or a signal) undo what was made; the caller keeps an empty DIR? no: down removes it
-      trap 'mh_down "$1" > /dev/null 2>&1' INT TERM
+      # on any failure (or a signal) undo what was made, DIR included
+      MH_UP_DIR=$1   # not "$1" in the trap: inside a function that is the function's argument
+      trap 'mh_down "$MH_UP_DIR" > /dev/null 2>&1; exit 130' INT TERM
       if ! mh_up "$1" "$2"; then mh_down "$1"; exit 1; fi ;;
     exec) mh_exec "$@" ;;
     pids) mh_pids "$@" ;;
