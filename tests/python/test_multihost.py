@@ -18,8 +18,8 @@ N_CONTEXTS contexts, every intervention) runs:
      resumable; then `--resume` on 3 hosts x 1 rank: every item equal to the reference again.
 
 After each finished run: `verify` = 0, and nothing but the result beside it (no `*.lock`, no
-`*.creating*`). The wait figures (root attributes rank_units_done, rank_seconds_waiting,
-rank_seconds_computing, unit_queue; issue 27.2) of the multi-host runs: one entry per rank,
+`*.creating*`). The wait figures (/schedule/unit_* per unit, the root's schedule_* sums and unit_queue;
+issue 27.2) of the multi-host runs: one entry per rank,
 units summing to the units the run did, every rank did some, and the ranks' time waiting for a
 unit is at most 5% of their waiting + computing time.
 
@@ -65,11 +65,20 @@ DIFFERS = {
     "/@command_line": "the --out path and --resume differ",
     "/@final_checksum": "covers the attributes above; each file's is checked by `saegap verify`",
     "/@ranks": "the rank count of the run that finished the file",
-    "/@rank_units_done": "per rank of the run that finished the file",
-    "/@rank_seconds_waiting": "per rank: timing",
-    "/@rank_seconds_computing": "per rank: timing",
+    # how the units were shared out (docs/output-schema.md): who, when, how long
+    "/schedule/unit_rank": "which rank computed each unit",
+    "/schedule/unit_run": "which run computed each unit (the resumed file's differ)",
+    "/schedule/unit_seconds": "timing",
+    "/schedule/unit_wait_seconds": "timing",
+    "/@schedule_ranks": "the rank count of the run that finished the file",
+    "/@schedule_runs": "runs on the file (2 after a resume)",
+    "/@schedule_seconds_computing": "timing",
+    "/@schedule_seconds_waiting": "timing",
+    "/@schedule_longest_wait_seconds": "timing",
+    "/@schedule_seconds_after_units": "timing",
 }
-WAIT_ATTRS = ("rank_units_done", "rank_seconds_waiting", "rank_seconds_computing")
+WAIT_ATTRS = ("schedule_ranks", "schedule_runs", "schedule_seconds_computing", "schedule_seconds_waiting",
+              "schedule_longest_wait_seconds", "schedule_seconds_after_units")
 
 
 # ================================================================ the hosts
@@ -343,31 +352,44 @@ def test_two_hosts_same_as_one_host(runs):
 
 
 def _wait_figures(path):
+    """Per rank of the run that finished the file: units done, seconds waiting for them, seconds
+    computing them (from /schedule/unit_*, the units of that run), the unit queue's kind, and
+    the file's own sums."""
     with h5py.File(path, "r") as f:
         missing = [k for k in WAIT_ATTRS + ("unit_queue", "ranks") if k not in f.attrs]
         assert not missing, "%s: root attributes %s missing (issue 27.2's wait figures)" % (path, missing)
-        ranks = int(f.attrs["ranks"])
-        units = np.asarray(f.attrs["rank_units_done"])
-        wait = np.asarray(f.attrs["rank_seconds_waiting"])
-        comp = np.asarray(f.attrs["rank_seconds_computing"])
+        ranks, last = int(f.attrs["schedule_ranks"]), int(f.attrs["schedule_runs"]) - 1
+        mine = f["schedule/unit_run"][...] == last
+        rank_of = f["schedule/unit_rank"][...][mine]
+        secs, wait = f["schedule/unit_seconds"][...][mine], f["schedule/unit_wait_seconds"][...][mine]
+        sums = {k: float(f.attrs[k]) for k in WAIT_ATTRS[2:]}
         queue = f.attrs["unit_queue"]
         queue = queue.decode() if isinstance(queue, bytes) else str(queue)
-    return ranks, units, wait, comp, queue
+    units = np.bincount(rank_of, minlength=ranks)
+    per_wait = np.bincount(rank_of, weights=wait, minlength=ranks)
+    per_comp = np.bincount(rank_of, weights=secs, minlength=ranks)
+    return ranks, units, per_wait, per_comp, queue, sums, secs, wait
 
 
 def check_wait_figures(path, what, n_units):
-    ranks, units, wait, comp, queue = _wait_figures(path)
-    figures = "%s: queue %r, per rank units %s, waiting %s s, computing %s s" % (
-        what, queue, units.tolist(), np.round(wait, 3).tolist(), np.round(comp, 3).tolist())
-    assert units.dtype == np.int64 and wait.dtype == np.float64 and comp.dtype == np.float64, \
-        "%s: dtypes %s %s %s, want int64, float64, float64" % (figures, units.dtype, wait.dtype, comp.dtype)
-    assert units.shape == wait.shape == comp.shape == (ranks,), "%s: want one entry per rank (%d)" % (figures, ranks)
-    assert int(units.sum()) == n_units, "%s: %d units in all, want %d" % (figures, units.sum(), n_units)
+    ranks, units, wait, comp, queue, sums, secs, unit_wait = _wait_figures(path)
+    figures = "%s: queue %r, per rank units %s, waiting %s s, computing %s s, longest wait %.3f s, after the units %.2f s" % (
+        what, queue, units.tolist(), np.round(wait, 3).tolist(), np.round(comp, 3).tolist(),
+        sums["schedule_longest_wait_seconds"], sums["schedule_seconds_after_units"])
+    assert "two-sided" in queue, figures
+    assert units.shape == (ranks,) and int(units.sum()) == n_units, "%s: %d units in all, want %d" % (
+        figures, units.sum(), n_units)
     assert (units >= 1).all(), "%s: a rank did no unit" % figures
     assert (wait >= 0).all() and (comp > 0).all(), figures
+    # the file's sums are the per-unit figures summed
+    assert abs(sums["schedule_seconds_waiting"] - wait.sum()) <= 1e-6 + 1e-6 * wait.sum(), figures
+    assert abs(sums["schedule_seconds_computing"] - comp.sum()) <= 1e-6 * comp.sum(), figures
     frac = wait.sum() / (wait.sum() + comp.sum())
     assert frac <= WAIT_BOUND, "%s: the ranks waited %.1f%% of their time for a unit, bound %.0f%%" % (
         figures, 100 * frac, 100 * WAIT_BOUND)
+    # no rank waits for work longer than one unit's compute time
+    assert unit_wait.max() <= np.median(secs), "%s: a wait of %.3f s, a unit takes %.3f s" % (
+        figures, unit_wait.max(), np.median(secs))
     return figures + ", waiting %.2f%%" % (100 * frac)
 
 
