@@ -21,6 +21,9 @@ PACKAGES=(
   librandom123-dev
   # tests and analysis/ (Debian's /usr/bin/python3 only)
   python3 python3-numpy python3-h5py python3-matplotlib python3-pytest python3-regex
+  # the several-hosts test (tests/multihost/hosts.sh): an sshd per fake host, started by the test
+  # on its own port and config; iproute2 (ip netns, bridge, veth) and util-linux (unshare)
+  openssh-server iproute2 util-linux
   # fuzzing (tests/fuzz/run.sh): clang 14 with libFuzzer and the sanitizer runtimes, LLVM's OpenMP
   clang-14 libclang-rt-14-dev libomp-14-dev
 )
@@ -42,4 +45,16 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "env/setup-debian.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# Installing a daemon's package (openssh-server) starts it on the machine (sshd on port 22)
+# unless /usr/sbin/policy-rc.d forbids it (exit 101): put one in place for the install when
+# there is none (Docker images have their own, which stays), and remove only ours.
+own_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# env/setup-debian.sh: no service starts while it installs packages\nexit 101\n' |
+    $SUDO tee /usr/sbin/policy-rc.d > /dev/null
+  $SUDO chmod 755 /usr/sbin/policy-rc.d
+  own_policy=1
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ "$own_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi

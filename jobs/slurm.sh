@@ -2,15 +2,21 @@
 # saegap on Slurm: runs a job file, survives the time limit by checkpointing and requeueing
 # itself, and continues with --resume until the result is complete.
 #
-#   sbatch jobs/slurm.sh JOB_FILE OUT.h5 [more saegap run options]
+#   sbatch jobs/slurm.sh JOB_FILE OUT.h5 [more saegap run options]                  1 node x 2 ranks
+#   sbatch --nodes=16 --ntasks-per-node=32 --cpus-per-task=4 jobs/slurm.sh JOB OUT.h5   16 nodes
 #
-# Adjust the #SBATCH lines to your cluster (ranks = --ntasks, BLIS threads = --cpus-per-task;
-# keep ntasks-per-node x cpus-per-task <= cores per node). Environment:
+# The allocation's shape is nodes x ranks per node (--nodes, --ntasks-per-node), BLIS threads per
+# rank = --cpus-per-task; keep ntasks-per-node x cpus-per-task <= cores per node. Give --nodes and
+# --ntasks-per-node together on the command line (they replace the defaults below); a bare
+# --ntasks=64 is refused by sbatch against the default of one node with at most 2 ranks rather
+# than spread in silence. OUT.h5, the job's inputs and the binary must be on a filesystem every
+# node sees (the ranks write OUT.h5 through MPI-IO from every node). Environment:
 #   SAEGAP         the saegap binary      (default: $SLURM_SUBMIT_DIR/build/saegap)
 #   SAEGAP_LAUNCH  how to start the ranks (default: mpirun; or "srun --mpi=pmix")
 #
 #SBATCH --job-name=saegap
-#SBATCH --ntasks=2
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
 #SBATCH --cpus-per-task=1
 #SBATCH --time=12:00:00
 #SBATCH --signal=B:TERM@300
@@ -30,8 +36,11 @@ SAEGAP=${SAEGAP:-$SUBMIT_DIR/build/saegap}
 LAUNCH=${SAEGAP_LAUNCH:-mpirun}
 NTASKS=${SLURM_NTASKS:-1}
 THREADS=${SLURM_CPUS_PER_TASK:-1}
+NODES=${SLURM_JOB_NUM_NODES:-1}
+# Slurm 22.05+: srun no longer takes --cpus-per-task from the batch allocation; this does
+export SRUN_CPUS_PER_TASK=$THREADS
 cd "$SUBMIT_DIR"
-echo "saegap slurm: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}, $NTASKS rank(s) x $THREADS thread(s), $(date -u +%FT%TZ)"
+echo "saegap slurm: job ${SLURM_JOB_ID:-?} restart ${SLURM_RESTART_COUNT:-0}, $NODES node(s) (${SLURM_JOB_NODELIST:-?}), $NTASKS rank(s) x $THREADS thread(s), $(date -u +%FT%TZ)"
 
 # --resume: starts the run when OUT does not exist yet, continues it otherwise. saegap refuses
 # an option given twice, so --resume and --threads-per-rank are added only when the user's
@@ -47,6 +56,9 @@ done
 own=()
 [ "$has_resume" = 1 ] || own+=(--resume)
 [ "$has_threads" = 1 ] || own+=(--threads-per-rank "$THREADS")
+# mpirun inside an allocation starts its daemons on every node through Slurm and places the
+# ranks by the allocation's slots (ranks per node); saegap needs only two-sided messages and
+# MPI-IO between nodes (docs/cluster.md, "Several nodes"), no MCA setting.
 if [ "$LAUNCH" = mpirun ]; then
   mpirun -np "$NTASKS" --bind-to none "$SAEGAP" run "$JOB" --out "$OUT" "${own[@]}" "$@" &
 else

@@ -18,8 +18,9 @@ for variant in release asan; do
   cmake --build "$dir" -j "$JOBS"
   # release only: the disk-full test checks I/O behaviour, the same in both builds; the libhdf5
   # findings are memory errors inside libhdf5 that ASan reports (and the fuzz run judges)
+  # (py_multihost, saegap across fake hosts, is not even registered in the ASan build: tests/CMakeLists.txt)
   skip=()
-  [ "$variant" = asan ] && skip=(-E 'py_disk_full|py_libhdf5_findings')
+  [ "$variant" = asan ] && skip=(-E 'py_disk_full|py_libhdf5_findings|py_multihost')
   ctest --test-dir "$dir" --output-on-failure "${skip[@]}"
 done
 # The bad-input tests again as an unprivileged user (permissions, unreadable files and folders

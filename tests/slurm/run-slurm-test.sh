@@ -226,6 +226,18 @@ say "making the short fixture ($N_SHORT contexts x 32 tokens, 3 layers, 2 SAEs) 
 REF_S=$(make_world "$W" "$N_SHORT") || exit 1
 say "reference: ${REF_S} s on 2 ranks x 1 thread"
 
+# ---------------------------------------------------------------- 2b. the script's allocation shape
+# The script's defaults (1 node x 2 ranks) are a valid request, and so is the nodes x ranks per
+# node form that N-node jobs use (sbatch --test-only asks slurmctld without running anything).
+# A one-node cluster cannot show more: the N-node behaviour (a command line's --nodes and
+# --ntasks-per-node replacing the defaults) is Slurm's documented precedence, not tested here.
+shape=$(sbatch --test-only --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 "$SCRIPT" "$W/job.job" "$W/none.h5" 2>&1) \
+  || fail "sbatch --test-only --nodes=1 --ntasks-per-node=2 $SCRIPT refused: $shape"
+echo "$shape" | grep -q "using 2 processors" || fail "sbatch --test-only --nodes=1 --ntasks-per-node=2: want 2 processors, got: $shape"
+shape=$(sbatch --test-only "$SCRIPT" "$W/job.job" "$W/none.h5" 2>&1) || fail "sbatch --test-only $SCRIPT (its defaults) refused: $shape"
+echo "$shape" | grep -q "using 2 processors" || fail "sbatch --test-only $SCRIPT: its defaults should ask 2 processors, got: $shape"
+say "allocation shape: the script's defaults and --nodes=1 --ntasks-per-node=2 each ask 2 processors"
+
 # ---------------------------------------------------------------- 3. short form: TERM via scancel
 OUT=$W/out.h5
 # --signal/--time override the script's #SBATCH lines: the script's B:TERM@300 with a
@@ -319,6 +331,7 @@ say "  +${DONE_AT}s COMPLETED, $(job_field "$JOBID" ExitCode | sed 's/^/ExitCode
 [ "$restarts" = 1 ] || fail "job $JOBID Restarts=$restarts, want 1 (one requeue)"
 [ $between_ok = 1 ] || fail "never saw job $JOBID PENDING after the requeue, so the file between the two starts was not checked"
 expect_log "$LOG" "saegap slurm: job $JOBID restart 0," "the first start (restart 0)"
+expect_log "$LOG" "restart 0, 1 node(s) (.*), 2 rank(s) x 1 thread(s)" "the allocation's shape (nodes, ranks, threads)"
 expect_log "$LOG" "saegap slurm: TERM received" "the TERM being received by the batch script"
 expect_log "$LOG" "saegap slurm: resumable; requeueing job $JOBID" "verify 3 and the requeue"
 expect_log "$LOG" "saegap slurm: job $JOBID restart 1," "a second start with SLURM_RESTART_COUNT=1"
