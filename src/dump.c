@@ -102,12 +102,18 @@ int dump_command(const Options *o, MPI_Comm comm) {
     if (rc == 0 && rank == 0) {
         lock_fd = out_partial_claim(o->out, partial);
         rc = lock_fd < 0 ? -1 : 0;
+        if (rc == 0) out_remove_stale_mpiio_locks(o->out); /* of a killed multi-node dump */
     }
     H5Out *h = NULL;
     if (sg_agree(comm, rc) == 0) {
         sg_fatal_removes(partial);
         h = h5out_create_claimed(partial, comm);
         if (sg_agree(comm, h ? 0 : -1)) h = NULL;
+        if (h && rank == 0) { /* MPI-IO's lock file, if ranks span nodes: with the partial file */
+            char lock[OUT_MPIIO_LOCK_MAX];
+            out_mpiio_lock_of_this_run(partial, lock);
+            sg_fatal_removes_lock(lock);
+        }
     }
     if (!h) {
         if (rank == 0 && lock_fd >= 0) unlink(partial);
@@ -190,6 +196,7 @@ int dump_command(const Options *o, MPI_Comm comm) {
     rc = out_publish(partial, o->out, comm);
     if (rc != 0 && rank == 0) unlink(partial); /* OUT appeared meanwhile: left alone */
     sg_fatal_removes(NULL);
+    sg_fatal_removes_lock(NULL);
     out_lock_release(lock_fd);
     if (rc == 0 && rank == 0 && !sg_quiet())
         fprintf(stderr, "saegap dump: wrote %zu sites%s for %zu contexts x %zu tokens to %s (%s basis)\n", sl.n,

@@ -442,3 +442,19 @@ def test_dump_threads_bitwise(tmp_path, run_saegap, small_model):
             assert np.array_equal(outs[th][s], outs[1][s]), \
                 "--threads-per-rank %d: dataset %s not bit-identical to 1 thread (max abs %.3g)" % (
                     th, s, np.abs(outs[th][s].astype(np.float64) - outs[1][s]).max())
+
+
+def test_dump_removes_stale_mpiio_locks(tmp_path, run_saegap, small_model):
+    """Issue 27.1: the lock files Open MPI's file-I/O layer leaves beside a file of a killed
+    multi-node run ("<name>-<job id>-<pid>.lock", of OUT and OUT.creating) are removed by the
+    next dump of OUT; look-alikes stay."""
+    out = tmp_path / "out.h5"
+    stale = [tmp_path / "out.h5.creating-4012900353-77.lock", tmp_path / "out.h5-1-2.lock"]
+    kept = [tmp_path / "out.h5.creating-1.lock", tmp_path / "out.h5-a-2.lock"]
+    for p in stale + kept:
+        p.write_text("")
+    run_saegap(["dump", "--model", small_model["m"]["dir"], "--tokens", small_model["h5"], "--sites",
+                "blocks.0.hook_resid_pre", "--out", str(out)])
+    assert out.exists()
+    assert [p.name for p in stale if p.exists()] == []
+    assert [p.name for p in kept if not p.exists()] == []
