@@ -1,5 +1,6 @@
 """The family-independent checks of the float64 references' own tests (test_neox_reference.py,
-test_gemma_reference.py; the next family's reference test uses them too): float64 closeness, the
+test_gemma_reference.py; the next family's reference test uses them too) and of the family tests
+(test_neox.py, test_gemma.py: rel_err, log_softmax of saegap's logits): float64 closeness, the
 safetensors header of a written file, a sharded folder's index against its shards, and the loader
 strictness every reference's load_model must show. Written from the published formats, apart
 from saegap's C code."""
@@ -13,8 +14,8 @@ import pytest
 
 from saegap_fixtures import INDEX_NAME, SHARD_NAMES, write_safetensors
 
-__all__ = ["close", "safetensors_header", "stored_dtypes", "check_sharded_index",
-           "strictness_cases", "check_loader_strict"]
+__all__ = ["close", "rel_err", "log_softmax", "safetensors_header", "stored_dtypes",
+           "check_sharded_index", "strictness_cases", "check_loader_strict"]
 
 
 def close(a, b, tol=1e-10):
@@ -26,6 +27,20 @@ def close(a, b, tol=1e-10):
     scale = max(1.0, float(np.abs(b).max()) if b.size else 1.0)
     err = float(np.abs(a - b).max()) if a.size else 0.0
     assert err <= tol * scale, "max abs err %g (scale %g)" % (err, scale)
+
+
+def rel_err(got, ref):
+    """max |got - ref| / max |ref| (saegap's values against a reference, test_neox/test_gemma)."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def log_softmax(x):
+    """log-softmax over the last axis, in float64 whatever x's dtype (saegap's logits)."""
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def safetensors_header(path):
