@@ -1,6 +1,6 @@
 /* sg_expf and sg_tanhf (fastexp.h) against double exp and tanh: error in ulp over their whole
  * ranges, their edges, and the same bits from a scalar loop and from loops vectorised for SSE2, AVX2 and AVX-512 (a run's
- * values must not depend on which vector width the machine picked). Exits non-zero on failure. */
+ * values must not depend on which vector width the machine picked). Named cases (check.h); exits non-zero on failure. */
 #include "fastexp.h"
 
 #include "check.h"
@@ -64,7 +64,7 @@ static void check_same_bits(const char *what, const Loop loops[4], const float *
 
 /* sg_tanhf over [-12, 12] (every float from 1e-6 up is covered on a log grid too), its oddness,
  * and the same bits scalar and vectorised. */
-static void check_tanh(void) {
+static void case_tanhf(void) {
     const size_t n = (size_t)1 << 22;
     float *x = malloc(2 * n * sizeof *x), *y = malloc(2 * n * sizeof *y), *z = malloc(2 * n * sizeof *z);
     if (!x || !y || !z) exit(2);
@@ -86,14 +86,13 @@ static void check_tanh(void) {
     free(x), free(y), free(z);
 }
 
-int main(void) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    __builtin_cpu_init();
-#endif
+/* sg_expf over [-87.3, 88] (2^24 points and a few exact and edge points): within 2 ulp of double
+ * exp, and the same bits scalar and vectorised. */
+static void case_expf_range(void) {
     const size_t n = (size_t)1 << 24;
     const float lo = -87.3f, hi = 88.0f;
     float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *z = malloc(n * sizeof *z);
-    if (!x || !y || !z) return 2;
+    if (!x || !y || !z) exit(2);
     for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)((double)i / (double)(n - 1));
     /* a few exact and edge points */
     x[0] = lo, x[1] = 0.0f, x[2] = -0.0f, x[3] = 1.0f, x[4] = -1.0f, x[5] = 0.34657359f, x[6] = -0.34657359f;
@@ -107,12 +106,21 @@ int main(void) {
     }
     printf("sg_expf: worst error %.2f ulp at x = %.9g over %zu points in [%g, %g]; same bits scalar and vectorised\n", worst, at, n, lo, hi);
     CHECK(worst <= 2.0, "sg_expf is %.2f ulp off at x = %.9g (limit 2)", worst, at);
+    check_same_bits("sg_expf", exp_loops, y, x, z, n);
+    free(x), free(y), free(z);
+}
+
+/* sg_expf's edges: exp(0) = 1, 0 below the range, exp(88) above it */
+static void case_expf_edges(void) {
     CHECK(sg_expf(0.0f) == 1.0f, "sg_expf(0) = %.9g", sg_expf(0.0f));
     CHECK(sg_expf(-100.0f) == 0.0f && sg_expf(-1e30f) == 0.0f, "below the range: not 0");
     CHECK(sg_expf(1e30f) == sg_expf(88.0f) && isfinite(sg_expf(1e30f)), "above the range: not exp(88)");
-    check_same_bits("sg_expf", exp_loops, y, x, z, n);
-    free(x), free(y), free(z);
-    check_tanh();
-    if (failures) fprintf(stderr, "%d failure(s)\n", failures);
-    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    __builtin_cpu_init();
+#endif
+    static const CheckCase CASES[] = {CASE(expf_range), CASE(expf_edges), CASE(tanhf)};
+    return check_run_cases("test_fastexp", CASES, CHECK_COUNT(CASES), argc, argv);
 }

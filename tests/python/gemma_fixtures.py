@@ -17,12 +17,10 @@ import os
 
 import numpy as np
 
-from saegap_fixtures import INDEX_NAME, SHARD_NAMES, round_to_dtype, write_checkpoint
+from saegap_fixtures import INDEX_NAME, SHARD_NAMES, TORCH_DTYPE, checkpoint_files, round_to_dtype, write_checkpoint
 
 __all__ = ["make_gemma2_model", "write_gemma2_folder", "gemma2_config",
            "param_names", "SHARD_NAMES", "INDEX_NAME"]
-
-_TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
 def param_names(n_layer, lm_head=False):
@@ -73,7 +71,7 @@ def gemma2_config(n_layer=2, n_head=4, n_kv_heads=2, head_dim=16, hidden_size=48
         "rope_theta": float(rope_theta),
         "sliding_window": None if sliding_window is None else int(sliding_window),
         "tie_word_embeddings": bool(tie_word_embeddings),
-        "torch_dtype": _TORCH_DTYPE.get(dtype, "float32"),
+        "torch_dtype": TORCH_DTYPE.get(dtype, "float32"),
         "transformers_version": "4.44.2",
         "use_cache": True,
         "vocab_size": int(vocab_size),
@@ -154,11 +152,6 @@ def make_gemma2_model(dir, n_layer=2, n_head=4, n_kv_heads=2, head_dim=16, hidde
     t["model.norm.weight"] = nrm((D,), 0.3)
 
     params = write_gemma2_folder(dir, config, t, dtype=dtype, sharded=sharded)
-    if sharded:
-        files = [os.path.join(dir, s) for s in SHARD_NAMES]
-        model_path = os.path.join(dir, INDEX_NAME)
-    else:
-        files = [os.path.join(dir, "model.safetensors")]
-        model_path = files[0]
+    files, model_path = checkpoint_files(dir, sharded)
     return {"config": config, "params": params, "dir": str(dir), "model_path": model_path,
             "files": files, "dtype": dtype}

@@ -66,8 +66,9 @@ import math
 
 import numpy as np
 
-# the GPT-2 reference's own safetensors reader (F64/F32/F16/BF16 and the integer dtypes)
-from gpt2_reference import load_checkpoint, load_safetensors  # noqa: F401  (load_safetensors: part of this module's API)
+# the family-independent parts: the safetensors reader, the loader's strictness, the hooks, small ops
+from reference_common import (batch_tokens, check_tensors, gelu_erf, gelu_tanh, hooked, load_checkpoint,
+                              load_safetensors, log_softmax)  # noqa: F401  (load_safetensors: part of this module's API)
 
 __all__ = ["load_safetensors", "load_model", "model_dims", "embed_normalizer",
            "sliding_layers", "attention_mask", "apply_rotary", "rms_norm",
@@ -220,23 +221,9 @@ def load_model(dir):
     unexpected tensor, a missing one or a wrong shape is an error.
     """
     config, t = load_checkpoint(dir)
-    shapes = expected_shapes(config)
     d = model_dims(config)
-    optional = {"lm_head.weight": (d["V"], d["D"])}
-    params = {}
-    for k, v in t.items():
-        if _is_buffer(k):
-            continue
-        want = shapes.get(k, optional.get(k))
-        if want is None:
-            raise ValueError("unexpected tensor %s" % k)
-        if tuple(v.shape) != want:
-            raise ValueError("%s has shape %s, expected %s" % (k, v.shape, want))
-        params[k] = v
-    missing = [k for k in shapes if k not in params]
-    if missing:
-        raise ValueError("missing tensors: %s" % missing)
-    return config, params
+    return config, check_tensors(t, expected_shapes(config), _is_buffer,
+                                 optional={"lm_head.weight": (d["V"], d["D"])})
 
 
 # ---------------------------------------------------------------- ops
@@ -250,19 +237,11 @@ def _rms_scale(x, eps):
     return np.sqrt((x * x).mean(-1, keepdims=True) + eps)
 
 
-def gelu_tanh(x):
-    """gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
-_verf = np.vectorize(math.erf, otypes=[np.float64])
-
-
 def _activation(name):
     if name in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_tanh"):
         return gelu_tanh
     if name == "gelu":                       # Gemma2 uses ACT2FN[hidden_activation] as is
-        return lambda x: 0.5 * x * (1.0 + _verf(x / math.sqrt(2.0)))
+        return gelu_erf
     raise ValueError("hidden_activation %r" % (name,))
 
 
@@ -271,12 +250,6 @@ def softcap(x, cap):
     if cap is None or cap == 0:
         return x
     return cap * np.tanh(x / cap)
-
-
-def log_softmax(x, axis=-1):
-    m = x.max(axis, keepdims=True)
-    y = x - m
-    return y - np.log(np.exp(y).sum(axis, keepdims=True))
 
 
 def apply_rotary(x, positions, base=10000.0):
@@ -355,23 +328,6 @@ def extra_site_names(config):
     return names + ["ln_final.hook_normalized", "logits_uncapped", "logits"]
 
 
-def _tokens(tokens):
-    t = np.asarray(tokens, dtype=np.int64)
-    if t.ndim == 1:
-        t = t[None]
-    assert t.ndim == 2
-    return t
-
-
-def _hooked(acts, patch, name, value):
-    """Records the hook's value; a patch {hook name: fn(value) -> value} replaces it
-    downstream, as a TransformerLens forward hook returning a new value does."""
-    acts[name] = value.copy()
-    if patch and name in patch:
-        return np.asarray(patch[name](value.copy()), dtype=np.float64)
-    return value
-
-
 def _unembed(config, params):
     d = model_dims(config)
     if not d["tied"] and "lm_head.weight" in params:
@@ -387,36 +343,36 @@ def hf_forward(config, params, tokens, extra_hooks=False, patch=None):
     L, H, KV, dh, eps = d["L"], d["H"], d["KV"], d["dh"], d["eps"]
     act = _activation(d["act"])
     P = params
-    tokens = _tokens(tokens)
+    tokens = batch_tokens(tokens)
     B, T = tokens.shape
     if tokens.min() < 0 or tokens.max() >= d["V"]:
         raise ValueError("token id out of range")
     pos = np.arange(T)
     acts = {}
     x = P["model.embed_tokens.weight"][tokens] * embed_normalizer(config)
-    x = _hooked(acts, patch, "hook_embed", x)
+    x = hooked(acts, patch, "hook_embed", x)
     for l in range(L):
         p, b = "model.layers.%d." % l, "blocks.%d." % l
-        x = _hooked(acts, patch, b + "hook_resid_pre", x)
+        x = hooked(acts, patch, b + "hook_resid_pre", x)
         a = rms_norm(x, P[p + "input_layernorm.weight"], eps)
         q = (a @ P[p + "self_attn.q_proj.weight"].T).reshape(B, T, H, dh)
         k = (a @ P[p + "self_attn.k_proj.weight"].T).reshape(B, T, KV, dh)
         v = (a @ P[p + "self_attn.v_proj.weight"].T).reshape(B, T, KV, dh)
         rq, rk = apply_rotary(q, pos, d["base"]), apply_rotary(k, pos, d["base"])
         z, scores, pattern = _attention(rq, rk, v, d, d["sliding"][l])
-        z = _hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh))
+        z = hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh))
         attn_out = rms_norm(z @ P[p + "self_attn.o_proj.weight"].T,
                             P[p + "post_attention_layernorm.weight"], eps)
-        attn_out = _hooked(acts, patch, b + "hook_attn_out", attn_out)
-        mid = _hooked(acts, patch, b + "hook_resid_mid", x + attn_out)
+        attn_out = hooked(acts, patch, b + "hook_attn_out", attn_out)
+        mid = hooked(acts, patch, b + "hook_resid_mid", x + attn_out)
         m = rms_norm(mid, P[p + "pre_feedforward_layernorm.weight"], eps)
         gate = m @ P[p + "mlp.gate_proj.weight"].T
         up = m @ P[p + "mlp.up_proj.weight"].T
-        post = _hooked(acts, patch, b + "mlp.hook_post", act(gate) * up)
+        post = hooked(acts, patch, b + "mlp.hook_post", act(gate) * up)
         mlp_out = rms_norm(post @ P[p + "mlp.down_proj.weight"].T,
                            P[p + "post_feedforward_layernorm.weight"], eps)
-        mlp_out = _hooked(acts, patch, b + "hook_mlp_out", mlp_out)
-        x = _hooked(acts, patch, b + "hook_resid_post", mid + mlp_out)
+        mlp_out = hooked(acts, patch, b + "hook_mlp_out", mlp_out)
+        x = hooked(acts, patch, b + "hook_resid_post", mid + mlp_out)
         if extra_hooks:
             acts[b + "attn.hook_q"], acts[b + "attn.hook_k"], acts[b + "attn.hook_v"] = q, k, v
             acts[b + "attn.hook_rot_q"], acts[b + "attn.hook_rot_k"] = rq, rk
@@ -491,7 +447,7 @@ def tl_forward(config, sd, tokens, normalization_type="RMS", extra_hooks=False, 
     d = model_dims(config)
     L, H, dh, eps = d["L"], d["H"], d["dh"], d["eps"]
     act = _activation(d["act"])
-    tokens = _tokens(tokens)
+    tokens = batch_tokens(tokens)
     B, T = tokens.shape
     pos = np.arange(T)
     acts = {}
@@ -502,26 +458,26 @@ def tl_forward(config, sd, tokens, normalization_type="RMS", extra_hooks=False, 
             y = y * sd[prefix + ".w"]
         return y
 
-    resid = _hooked(acts, patch, "hook_embed", sd["embed.W_E"][tokens])
+    resid = hooked(acts, patch, "hook_embed", sd["embed.W_E"][tokens])
     for l in range(L):
         b = "blocks.%d." % l
-        resid = _hooked(acts, patch, b + "hook_resid_pre", resid)
+        resid = hooked(acts, patch, b + "hook_resid_pre", resid)
         x = ln(resid, b + "ln1")
         q = np.einsum("btd,hde->bthe", x, sd[b + "attn.W_Q"])
         k = np.einsum("btd,hde->bthe", x, sd[b + "attn._W_K"])
         v = np.einsum("btd,hde->bthe", x, sd[b + "attn._W_V"])
         z, scores, pattern = _attention(apply_rotary(q, pos, d["base"]),
                                         apply_rotary(k, pos, d["base"]), v, d, d["sliding"][l])
-        z = _hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh)).reshape(B, T, H, dh)
+        z = hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh)).reshape(B, T, H, dh)
         attn_out = ln(np.einsum("bthe,hed->btd", z, sd[b + "attn.W_O"]), b + "ln1_post", False)
-        attn_out = _hooked(acts, patch, b + "hook_attn_out", attn_out)
-        resid = _hooked(acts, patch, b + "hook_resid_mid", resid + attn_out)
+        attn_out = hooked(acts, patch, b + "hook_attn_out", attn_out)
+        resid = hooked(acts, patch, b + "hook_resid_mid", resid + attn_out)
         x2 = ln(resid, b + "ln2")
-        post = _hooked(acts, patch, b + "mlp.hook_post",
+        post = hooked(acts, patch, b + "mlp.hook_post",
                        act(x2 @ sd[b + "mlp.W_gate"]) * (x2 @ sd[b + "mlp.W_in"]))
         mlp_out = ln(post @ sd[b + "mlp.W_out"], b + "ln2_post", False)
-        mlp_out = _hooked(acts, patch, b + "hook_mlp_out", mlp_out)
-        resid = _hooked(acts, patch, b + "hook_resid_post", resid + mlp_out)
+        mlp_out = hooked(acts, patch, b + "hook_mlp_out", mlp_out)
+        resid = hooked(acts, patch, b + "hook_resid_post", resid + mlp_out)
         if extra_hooks:
             acts[b + "attn.hook_attn_scores"], acts[b + "attn.hook_pattern"] = scores, pattern
     logits = softcap(ln(resid, "ln_final") @ sd["unembed.W_U"], d["final_cap"])

@@ -28,74 +28,15 @@ import os
 
 import numpy as np
 
+# the family-independent parts (reference_common.py): the safetensors reader, small ops
+from reference_common import gelu_erf, gelu_tanh, load_safetensors, log_softmax
+
 __all__ = ["load_safetensors", "load_model", "forward", "site_names",
            "RESID_SITES", "layer_norm", "gelu_new", "log_softmax"]
-
-_DT = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "u1",
-}
 
 RESID_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post",
                "hook_attn_out", "hook_mlp_out")
 LAYER_SITES = RESID_SITES + ("attn.hook_z", "mlp.hook_post")
-
-
-def load_safetensors(path, names=None):
-    """Own safetensors reader -> {name: float64 ndarray} (all tensors, or `names` only).
-    neox_reference.py reads its files with it too."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int(np.frombuffer(raw[:8], dtype="<u8")[0])
-    header = json.loads(raw[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__" or (names is not None and name not in names):
-            continue
-        dt = info["dtype"]
-        shape = tuple(info["shape"])
-        b, e = info["data_offsets"]
-        npdt = np.dtype(_DT[dt])
-        count = int(np.prod(shape, dtype=np.int64))
-        assert e - b == count * npdt.itemsize, name
-        assert base + e <= len(raw), name
-        a = np.frombuffer(raw, dtype=npdt, count=count, offset=base + b)
-        if dt == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        out[name] = a.astype(np.float64).reshape(shape)
-    return out
-
-
-def load_checkpoint(dir):
-    """A Hugging Face folder -> (config dict, {name: float64 ndarray}): model.safetensors, or the
-    shards a model.safetensors.index.json maps (each tensor in exactly the shard it names, every
-    mapped tensor present). neox_reference.py and gemma_reference.py read their folders with it."""
-    with open(os.path.join(dir, "config.json")) as f:
-        config = json.load(f)
-    single = os.path.join(dir, "model.safetensors")
-    index = os.path.join(dir, "model.safetensors.index.json")
-    t = {}
-    if os.path.exists(single):
-        t = load_safetensors(single)
-    elif os.path.exists(index):
-        with open(index) as f:
-            wm = json.load(f)["weight_map"]
-        for shard in sorted(set(wm.values())):
-            part = load_safetensors(os.path.join(dir, shard))
-            for k, v in part.items():
-                if k in t:
-                    raise ValueError("tensor %s in two shards" % k)
-                if wm.get(k) != shard:
-                    raise ValueError("tensor %s not mapped to %s" % (k, shard))
-                t[k] = v
-        absent = [k for k in wm if k not in t]
-        if absent:
-            raise ValueError("index names tensors not in the shards: %s" % absent)
-    else:
-        raise FileNotFoundError("no model.safetensors or index in %s" % dir)
-    return config, t
 
 
 def load_model(dir):
@@ -123,20 +64,8 @@ def layer_norm(x, w, b, eps):
     return xc / np.sqrt(var + eps) * w + b
 
 
-def gelu_new(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
-
-
-def gelu_exact(x):
-    from math import erf
-    verf = np.vectorize(erf)
-    return 0.5 * x * (1.0 + verf(x / np.sqrt(2.0)))
-
-
-def log_softmax(x, axis=-1):
-    m = x.max(axis, keepdims=True)
-    y = x - m
-    return y - np.log(np.exp(y).sum(axis, keepdims=True))
+gelu_new = gelu_tanh      # GPT-2's activation_function names
+gelu_exact = gelu_erf
 
 
 def site_names(n_layer):

@@ -20,13 +20,11 @@ import os
 
 import numpy as np
 
-from saegap_fixtures import INDEX_NAME, SHARD_NAMES, round_to_dtype, write_checkpoint
+from saegap_fixtures import INDEX_NAME, SHARD_NAMES, TORCH_DTYPE, checkpoint_files, round_to_dtype, write_checkpoint
 
 __all__ = ["make_pythia_model", "write_pythia_folder", "pythia_config",
            "param_names", "buffer_names", "qkv_row", "SHARD_NAMES",
            "INDEX_NAME"]
-
-_TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
 def qkv_row(h, s, j, d_head):
@@ -76,7 +74,7 @@ def pythia_config(n_layer=2, n_head=4, hidden_size=64, intermediate_size=256,
         "rotary_emb_base": rotary_emb_base,
         "rotary_pct": float(rotary_pct),
         "tie_word_embeddings": False,
-        "torch_dtype": _TORCH_DTYPE.get(dtype, "float32"),
+        "torch_dtype": TORCH_DTYPE.get(dtype, "float32"),
         "transformers_version": "4.24.0",
         "use_cache": True,
         "use_parallel_residual": bool(use_parallel_residual),
@@ -203,12 +201,7 @@ def make_pythia_model(dir, n_layer=2, n_head=4, hidden_size=64, intermediate_siz
 
     params = write_pythia_folder(dir, config, t, dtype=dtype, sharded=sharded,
                                  with_buffers=with_buffers)
-    if sharded:
-        files = [os.path.join(dir, s) for s in SHARD_NAMES]
-        model_path = os.path.join(dir, INDEX_NAME)
-    else:
-        files = [os.path.join(dir, "model.safetensors")]
-        model_path = files[0]
+    files, model_path = checkpoint_files(dir, sharded)
     return {"config": config, "params": params, "dir": str(dir), "model_path": model_path,
             "files": files, "dtype": dtype,
             "tokenizer_vocab": V if tokenizer_vocab is None else int(tokenizer_vocab)}

@@ -44,8 +44,10 @@ import math
 
 import numpy as np
 
-# the GPT-2 reference's own safetensors reader (F64/F32/F16/BF16 and the integer dtypes)
-from gpt2_reference import layer_norm, load_checkpoint, load_safetensors  # noqa: F401  (load_safetensors: part of this module's API)
+from gpt2_reference import layer_norm
+# the family-independent parts: the safetensors reader, the loader's strictness, the hooks, small ops
+from reference_common import (batch_tokens, check_tensors, gelu_erf, gelu_tanh, hooked, load_checkpoint,
+                              load_safetensors, log_softmax)  # noqa: F401  (load_safetensors: part of this module's API)
 
 __all__ = ["load_safetensors", "load_model", "model_dims", "rotary_ndims",
            "apply_rotary", "forward", "site_names", "extra_site_names",
@@ -125,20 +127,7 @@ def load_model(dir):
     any other unexpected tensor, a missing one or a wrong shape is an error.
     """
     config, t = load_checkpoint(dir)
-    shapes = _expected_shapes(config)
-    params = {}
-    for k, v in t.items():
-        if _is_buffer(k):
-            continue
-        if k not in shapes:
-            raise ValueError("unexpected tensor %s" % k)
-        if tuple(v.shape) != shapes[k]:
-            raise ValueError("%s has shape %s, expected %s" % (k, v.shape, shapes[k]))
-        params[k] = v
-    missing = [k for k in shapes if k not in params]
-    if missing:
-        raise ValueError("missing tensors: %s" % missing)
-    return config, params
+    return config, check_tensors(t, _expected_shapes(config), _is_buffer)
 
 
 # ---------------------------------------------------------------- ops
@@ -148,33 +137,14 @@ def _ln_scale(x, eps):
     return np.sqrt((xc * xc).mean(-1, keepdims=True) + eps)
 
 
-_verf = np.vectorize(math.erf, otypes=[np.float64])
-
-
-def gelu_erf(x):
-    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (ACT2FN["gelu"], TL "gelu")."""
-    x = np.asarray(x, dtype=np.float64)
-    return 0.5 * x * (1.0 + _verf(x / math.sqrt(2.0)))
-
-
-def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
 def _activation(name):
     if name == "gelu":
         return gelu_erf
     if name in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
-        return _gelu_tanh
+        return gelu_tanh
     if name == "relu":
         return lambda x: np.maximum(x, 0.0)
     raise ValueError("hidden_act %r" % name)
-
-
-def log_softmax(x, axis=-1):
-    m = x.max(axis, keepdims=True)
-    y = x - m
-    return y - np.log(np.exp(y).sum(axis, keepdims=True))
 
 
 def apply_rotary(x, positions, r, base=10000.0):
@@ -242,24 +212,7 @@ def extra_site_names(config):
     return names + ["ln_final.hook_scale", "ln_final.hook_normalized", "logits"]
 
 
-def _tokens(tokens):
-    t = np.asarray(tokens, dtype=np.int64)
-    if t.ndim == 1:
-        t = t[None]
-    assert t.ndim == 2
-    return t
-
-
 # ---------------------------------------------------------------- HF forward (raw)
-
-def _hooked(acts, patch, name, value):
-    """Records the hook's value; a patch {hook name: fn(value) -> value} replaces it
-    downstream, as a TransformerLens forward hook returning a new value does."""
-    acts[name] = value.copy()
-    if patch and name in patch:
-        return np.asarray(patch[name](value.copy()), dtype=np.float64)
-    return value
-
 
 def hf_forward(config, params, tokens, extra_hooks=False, patch=None):
     """GPTNeoXForCausalLM's forward on the HF tensors -> (acts, logprobs)."""
@@ -267,7 +220,7 @@ def hf_forward(config, params, tokens, extra_hooks=False, patch=None):
     L, H, D, dh, r, eps = d["L"], d["H"], d["D"], d["dh"], d["r"], d["eps"]
     act = _activation(d["act"])
     P = params
-    tokens = _tokens(tokens)
+    tokens = batch_tokens(tokens)
     B, T = tokens.shape
     if tokens.min() < 0 or tokens.max() >= d["V"]:
         raise ValueError("token id out of range")
@@ -277,7 +230,7 @@ def hf_forward(config, params, tokens, extra_hooks=False, patch=None):
     acts["hook_embed"] = x.copy()
     for l in range(L):
         p, b = "gpt_neox.layers.%d." % l, "blocks.%d." % l
-        x = _hooked(acts, patch, b + "hook_resid_pre", x)
+        x = hooked(acts, patch, b + "hook_resid_pre", x)
         a = layer_norm(x, P[p + "input_layernorm.weight"], P[p + "input_layernorm.bias"], eps)
         acts[b + "ln1.hook_normalized"] = a
         qkv = a @ P[p + "attention.query_key_value.weight"].T + P[p + "attention.query_key_value.bias"]
@@ -286,22 +239,22 @@ def hf_forward(config, params, tokens, extra_hooks=False, patch=None):
         rq = apply_rotary(q, pos, r, d["base"])
         rk = apply_rotary(k, pos, r, d["base"])
         z, scores, pattern = _attention(rq, rk, v, dh)
-        z = _hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, D))   # head-major
+        z = hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, D))   # head-major
         attn_out = z @ P[p + "attention.dense.weight"].T + P[p + "attention.dense.bias"]
-        attn_out = _hooked(acts, patch, b + "hook_attn_out", attn_out)
+        attn_out = hooked(acts, patch, b + "hook_attn_out", attn_out)
         if d["parallel"]:
             mlp_in = x
         else:
-            mlp_in = _hooked(acts, patch, b + "hook_resid_mid", x + attn_out)
+            mlp_in = hooked(acts, patch, b + "hook_resid_mid", x + attn_out)
         m = layer_norm(mlp_in, P[p + "post_attention_layernorm.weight"],
                        P[p + "post_attention_layernorm.bias"], eps)
         acts[b + "ln2.hook_normalized"] = m
         pre = m @ P[p + "mlp.dense_h_to_4h.weight"].T + P[p + "mlp.dense_h_to_4h.bias"]
-        post = _hooked(acts, patch, b + "mlp.hook_post", act(pre))
+        post = hooked(acts, patch, b + "mlp.hook_post", act(pre))
         mlp_out = post @ P[p + "mlp.dense_4h_to_h.weight"].T + P[p + "mlp.dense_4h_to_h.bias"]
-        mlp_out = _hooked(acts, patch, b + "hook_mlp_out", mlp_out)
+        mlp_out = hooked(acts, patch, b + "hook_mlp_out", mlp_out)
         x = (x + attn_out + mlp_out) if d["parallel"] else (mlp_in + mlp_out)
-        x = _hooked(acts, patch, b + "hook_resid_post", x)
+        x = hooked(acts, patch, b + "hook_resid_post", x)
         if extra_hooks:
             acts[b + "attn.hook_q"], acts[b + "attn.hook_k"], acts[b + "attn.hook_v"] = q, k, v
             acts[b + "attn.hook_rot_q"], acts[b + "attn.hook_rot_k"] = rq, rk
@@ -431,7 +384,7 @@ def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False, p
     d = model_dims(config)
     L, H, dh, r, eps = d["L"], d["H"], d["dh"], d["r"], d["eps"]
     act = _activation(d["act"])
-    tokens = _tokens(tokens)
+    tokens = batch_tokens(tokens)
     B, T = tokens.shape
     pos = np.arange(T)
     acts = {}
@@ -451,7 +404,7 @@ def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False, p
     acts["hook_embed"] = resid.copy()
     for l in range(L):
         b = "blocks.%d." % l
-        resid = _hooked(acts, patch, b + "hook_resid_pre", resid)
+        resid = hooked(acts, patch, b + "hook_resid_pre", resid)
         x = ln(resid, b + "ln1")
         q = np.einsum("btd,hde->bthe", x, sd[b + "attn.W_Q"]) + sd[b + "attn.b_Q"]
         k = np.einsum("btd,hde->bthe", x, sd[b + "attn.W_K"]) + sd[b + "attn.b_K"]
@@ -459,20 +412,20 @@ def tl_forward(config, sd, tokens, normalization_type="LN", extra_hooks=False, p
         rq = apply_rotary(q, pos, r, d["base"])
         rk = apply_rotary(k, pos, r, d["base"])
         z, scores, pattern = _attention(rq, rk, v, dh)
-        z = _hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh)).reshape(B, T, H, dh)
+        z = hooked(acts, patch, b + "attn.hook_z", z.reshape(B, T, H * dh)).reshape(B, T, H, dh)
         attn_out = np.einsum("bthe,hed->btd", z, sd[b + "attn.W_O"]) + sd[b + "attn.b_O"]
-        attn_out = _hooked(acts, patch, b + "hook_attn_out", attn_out)
+        attn_out = hooked(acts, patch, b + "hook_attn_out", attn_out)
         if d["parallel"]:
             x2 = ln(resid, b + "ln2")
         else:
-            resid = _hooked(acts, patch, b + "hook_resid_mid", resid + attn_out)
+            resid = hooked(acts, patch, b + "hook_resid_mid", resid + attn_out)
             x2 = ln(resid, b + "ln2")
         pre = x2 @ sd[b + "mlp.W_in"] + sd[b + "mlp.b_in"]
-        post = _hooked(acts, patch, b + "mlp.hook_post", act(pre))
+        post = hooked(acts, patch, b + "mlp.hook_post", act(pre))
         mlp_out = post @ sd[b + "mlp.W_out"] + sd[b + "mlp.b_out"]
-        mlp_out = _hooked(acts, patch, b + "hook_mlp_out", mlp_out)
+        mlp_out = hooked(acts, patch, b + "hook_mlp_out", mlp_out)
         resid = (resid + attn_out + mlp_out) if d["parallel"] else (resid + mlp_out)
-        resid = _hooked(acts, patch, b + "hook_resid_post", resid)
+        resid = hooked(acts, patch, b + "hook_resid_post", resid)
         if extra_hooks:
             acts[b + "attn.hook_q"], acts[b + "attn.hook_k"], acts[b + "attn.hook_v"] = q, k, v
             acts[b + "attn.hook_rot_q"], acts[b + "attn.hook_rot_k"] = rq, rk

@@ -436,6 +436,20 @@ def forward_with_patch(config, params, tokens, site=None, basis="processed", pat
     return log_softmax(xf @ P["wte.weight"].T)
 
 
+def forward_with_patch_of(ref):
+    """run_reference.forward_with_patch's contract on a family's reference module (its
+    forward(config, params, tokens, basis, patch=...)): the site's value in `basis` goes through
+    patch_fn, its return value replaces it (test_neox.py and test_gemma.py put it in place of
+    forward_with_patch for Pythia and Gemma-2)."""
+    def forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None, capture=None):
+        patch = {site: patch_fn} if site is not None and patch_fn is not None else None
+        acts, lp = ref.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
+        if capture is not None and site is not None:
+            capture[site] = acts[site]
+        return lp
+    return forward_with_patch
+
+
 def clean_forward(config, params, tokens, sites_bases):
     """-> (logprobs, {site: activation in its basis}) for [(site, basis), ...]."""
     acts = {}

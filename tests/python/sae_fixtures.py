@@ -14,6 +14,9 @@ Pass `x_sample` (typical activations of the site in the SAE's basis, e.g. the
 reference forward pass) for a good fit; otherwise an isotropic Gaussian
 sample of norm ~`x_scale` is used.
 
+`write_gemma_scope(root, kind, layer, params)` writes a Gemma Scope folder (params.npz in
+Google's layout), for the Pythia and Gemma-2 tests.
+
 Written from the formats, independently of saegap's C code.
 """
 
@@ -250,3 +253,13 @@ def make_sae(dir, d_in, d_sae, hook_name, architecture="standard", generation="v
     write_safetensors(os.path.join(dir, "sae_weights.safetensors"), P, dtype=dtype)
     return {"cfg": cfg, "params": stored, "dir": str(dir), "k": k,
             "norm_scaling_factor_fit": norm_scaling_factor}
+
+
+def write_gemma_scope(root, kind, layer, params, save=np.savez):
+    """A Gemma Scope folder (FAMILIES-FACTS 4(a)): .../gemma-scope-2b-pt-KIND/layer_L/width_1k/
+    average_l0_5/params.npz with W_enc, W_dec, b_enc, b_dec, threshold (float32)."""
+    d = os.path.join(root, "gemma-scope-2b-pt-" + kind, layer, "width_1k", "average_l0_5")
+    os.makedirs(d, exist_ok=True)
+    save(os.path.join(d, "params.npz"), **{k: np.asarray(params[k], np.float32)
+                                          for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")})
+    return d

@@ -17,6 +17,11 @@ __all__ = [
     "bf16_bits_to_f32",
     "round_to_dtype",
     "write_safetensors",
+    "write_checkpoint",
+    "checkpoint_files",
+    "SHARD_NAMES",
+    "INDEX_NAME",
+    "TORCH_DTYPE",
     "make_gpt2_model",
     "write_tokens_h5",
     "write_tokens_npy",
@@ -137,6 +142,18 @@ def write_safetensors(path, tensors, dtype="F32", metadata=None, dtypes=None):
 
 SHARD_NAMES = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 INDEX_NAME = "model.safetensors.index.json"
+
+# safetensors dtype -> config.json's torch_dtype (the Pythia and Gemma-2 folders; others: float32)
+TORCH_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def checkpoint_files(dir, sharded):
+    """(files, model_path) of a folder write_checkpoint wrote: the safetensors files, and the
+    path a user names (model.safetensors, or the index when sharded)."""
+    if sharded:
+        return [os.path.join(dir, s) for s in SHARD_NAMES], os.path.join(dir, INDEX_NAME)
+    files = [os.path.join(dir, "model.safetensors")]
+    return files, files[0]
 
 
 def write_checkpoint(dir, config, tensors, dtypes, sharded, embed_prefix, layers_prefix, n_layer):

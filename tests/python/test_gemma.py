@@ -20,9 +20,11 @@ import pytest
 import gemma_reference as gr
 import run_reference as rr
 from gemma_fixtures import make_gemma2_model
+from reference_checks import log_softmax, rel_err
+from run_reference import forward_with_patch_of
 from sae_fixtures import make_sae
 from saegap_fixtures import write_safetensors, write_tokens_npy
-from test_neox import forward_with_patch_of, log_softmax, rel_err, write_gemma_scope
+from sae_fixtures import write_gemma_scope
 from test_run import MARGIN, check_against_reference, read_result
 
 TOL = 1e-4

@@ -12,38 +12,22 @@ causality; (f) F32/F16/BF16/sharded files, strict loader, untied lm_head;
 """
 
 import cmath
-import json
 import math
 import os
-import struct
 
 import numpy as np
 import pytest
 
 import gemma_fixtures as gf
 import gemma_reference as gr
-from saegap_fixtures import round_to_dtype, write_safetensors
+from reference_checks import (check_loader_strict, check_sharded_index, close, safetensors_header, stored_dtypes,
+                              strictness_cases)
+from saegap_fixtures import round_to_dtype
 
 TOKENS = np.array([[2, 5, 17, 3, 199, 42, 8, 8, 120, 1, 64, 150, 205, 7],
                    [2, 3, 208, 77, 0, 9, 31, 200, 12, 5, 99, 2, 30, 44]])
 B, T = TOKENS.shape
 D, H, KV, DH, F, V, W = 48, 4, 2, 16, 96, 211, 6
-
-
-def _close(a, b, tol=1e-10):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if b.ndim == 0:
-        b = np.broadcast_to(b, a.shape)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(1.0, float(np.abs(b).max()) if b.size else 1.0)
-    err = float(np.abs(a - b).max()) if a.size else 0.0
-    assert err <= tol * scale, "max abs err %g (scale %g)" % (err, scale)
-
-
-def _header(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n))
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +81,13 @@ def test_site_names_and_shapes(model, run):
         assert v.dtype == np.float64
         assert v.shape == (B, T, widths.get(k.split(".", 2)[-1], D)), (k, v.shape)
     assert lp.shape == (B, T, V) and lp.dtype == np.float64
-    _close(np.exp(lp).sum(-1), np.ones((B, T)), 1e-12)
+    close(np.exp(lp).sum(-1), np.ones((B, T)), 1e-12)
     acts_x, lp_x = run
     assert set(acts_x) == set(names) | set(gr.extra_site_names(config))
     assert np.array_equal(lp_x, lp)
     for k in names:
         assert np.array_equal(acts_x[k], acts[k]), k
-    _close(lp, gr.log_softmax(acts_x["logits"]), 1e-13)
+    close(lp, gr.log_softmax(acts_x["logits"]), 1e-13)
     # O(1) activations
     for l in range(2):
         for s in ("attn.hook_z", "hook_attn_out", "mlp.hook_post", "hook_mlp_out"):
@@ -136,17 +120,17 @@ def test_hook_placement_post_norms(model, run):
         wa = params[p + "post_attention_layernorm.weight"]
         wm = params[p + "post_feedforward_layernorm.weight"]
         # dividing by (1 + w) leaves unit RMS (up to eps)
-        _close(np.sqrt(((acts[b + "hook_attn_out"] / (1 + wa)) ** 2).mean(-1)), 1.0, 1e-6)
-        _close(np.sqrt(((acts[b + "hook_mlp_out"] / (1 + wm)) ** 2).mean(-1)), 1.0, 1e-6)
+        close(np.sqrt(((acts[b + "hook_attn_out"] / (1 + wa)) ** 2).mean(-1)), 1.0, 1e-6)
+        close(np.sqrt(((acts[b + "hook_mlp_out"] / (1 + wm)) ** 2).mean(-1)), 1.0, 1e-6)
         o = acts[b + "attn.hook_z"] @ params[p + "self_attn.o_proj.weight"].T
-        _close(acts[b + "hook_attn_out"], o / np.sqrt((o * o).mean(-1, keepdims=True) + eps) * (1 + wa), 1e-13)
+        close(acts[b + "hook_attn_out"], o / np.sqrt((o * o).mean(-1, keepdims=True) + eps) * (1 + wa), 1e-13)
         x = acts[b + "hook_resid_mid"]
         m = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * (1 + params[p + "pre_feedforward_layernorm.weight"])
         g, u = m @ params[p + "mlp.gate_proj.weight"].T, m @ params[p + "mlp.up_proj.weight"].T
-        _close(acts[b + "mlp.hook_pre"], g, 1e-13)
-        _close(acts[b + "mlp.hook_post"], gr.gelu_tanh(g) * u, 1e-13)
+        close(acts[b + "mlp.hook_pre"], g, 1e-13)
+        close(acts[b + "mlp.hook_post"], gr.gelu_tanh(g) * u, 1e-13)
         dn = acts[b + "mlp.hook_post"] @ params[p + "mlp.down_proj.weight"].T
-        _close(acts[b + "hook_mlp_out"], gr.rms_norm(dn, wm, eps), 1e-13)
+        close(acts[b + "hook_mlp_out"], gr.rms_norm(dn, wm, eps), 1e-13)
         # the norm weights are not trivial
         assert np.abs(wa).max() > 0.3 and np.abs(wm).max() > 0.3
 
@@ -181,8 +165,8 @@ def test_tl_model_agrees_with_raw(model, processed):
     tl, lp_t = gr.tl_forward(config, sd, TOKENS, norm)
     assert list(tl) == list(raw)
     for k in raw:
-        _close(tl[k], raw[k], 1e-12)
-    _close(lp_t, lp, 1e-12)
+        close(tl[k], raw[k], 1e-12)
+    close(lp_t, lp, 1e-12)
 
 
 # ---------------------------------------------------------------- (c) closed forms
@@ -217,20 +201,20 @@ def test_rms_norm_closed_form():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 5, 48)) * 7 + 2
     y = gr.rms_norm(x, np.zeros(48), 0.0)
-    _close(np.sqrt((y * y).mean(-1)), 1.0, 1e-14)
-    _close(gr.rms_norm(x, np.full(48, 1.0), 0.0), 2 * y, 1e-14)          # (1 + w) with w = 1
-    _close(gr.rms_norm(x, np.full(48, -1.0), 0.0), 0.0, 0)               # w = -1 kills it
-    _close(gr.rms_norm(np.array([3.0, 4.0]), np.zeros(2), 0.0),
+    close(np.sqrt((y * y).mean(-1)), 1.0, 1e-14)
+    close(gr.rms_norm(x, np.full(48, 1.0), 0.0), 2 * y, 1e-14)          # (1 + w) with w = 1
+    close(gr.rms_norm(x, np.full(48, -1.0), 0.0), 0.0, 0)               # w = -1 kills it
+    close(gr.rms_norm(np.array([3.0, 4.0]), np.zeros(2), 0.0),
            np.array([3.0, 4.0]) / math.sqrt(12.5), 1e-15)
     # eps inside the square root, no mean subtraction
-    _close(gr.rms_norm(np.array([1.0, 1.0]), np.array([0.5, 0.0]), 3.0), [0.75, 0.5], 1e-15)
+    close(gr.rms_norm(np.array([1.0, 1.0]), np.array([0.5, 0.0]), 3.0), [0.75, 0.5], 1e-15)
     assert np.array_equal(gr.rms_norm(np.zeros(4), np.zeros(4), 1e-6), np.zeros(4))
 
 
 def test_gelu_tanh():
     x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0])
     want = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3))) for v in x]
-    _close(gr.gelu_tanh(x), want, 1e-15)
+    close(gr.gelu_tanh(x), want, 1e-15)
     erf1 = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
     assert abs(gr.gelu_tanh(np.array([1.0]))[0] - erf1) > 1e-5
 
@@ -262,7 +246,7 @@ def test_zeroed_blocks_residual_is_scaled_embedding(tmp_path, model):
             xn = [x[i] / math.sqrt(sum(v * v for v in x) / 48 + 1e-6) * (1 + w[i]) for i in range(48)]
             logits = [30.0 * math.tanh(sum(xn[i] * E[v, i] for i in range(48)) / 30.0) for v in range(V)]
             lse = math.log(sum(math.exp(z) for z in logits))
-            _close(lp[b, t_], [z - lse for z in logits], 1e-12)
+            close(lp[b, t_], [z - lse for z in logits], 1e-12)
 
 
 def _rotary_complex(x, base):
@@ -286,7 +270,7 @@ def test_rotary_full_width(run):
         assert np.array_equal(rx[:, 0], x[:, 0])
         moved = np.abs(rx - x)[:, 1:].max(axis=(0, 1, 2))
         assert np.all(moved > 1e-6)                   # every one of the 16 dims rotates
-        _close(rx, _rotary_complex(x, 10000.0), 1e-12)
+        close(rx, _rotary_complex(x, 10000.0), 1e-12)
 
 
 def test_rope_theta_matters(model):
@@ -307,10 +291,10 @@ def test_final_softcap(model, run):
     raw, capped = acts["logits_uncapped"], acts["logits"]
     assert np.abs(capped).max() <= 30.0
     assert np.abs(raw).max() > 40.0                   # the cap bites (outlier vocab rows)
-    _close(capped, 30.0 * np.tanh(raw / 30.0), 1e-15)
+    close(capped, 30.0 * np.tanh(raw / 30.0), 1e-15)
     for off in (None, 0.0):
         acts2, lp2 = gr.forward(dict(config, final_logit_softcapping=off), params, TOKENS, extra_hooks=True)
-        _close(acts2["logits"], raw, 1e-13)
+        close(acts2["logits"], raw, 1e-13)
         assert np.abs(lp2 - lp).max() > 1.0
         for k in gr.site_names(config):               # only the logits change
             assert np.array_equal(acts2[k], acts[k]), k
@@ -326,7 +310,7 @@ def test_attention_softcap(model, run):
         rq, rk = acts[b + "attn.hook_rot_q"], acts[b + "attn.hook_rot_k"]
         raw = np.einsum("bqhe,bkhe->bhqk", rq, rk[:, :, np.arange(H) // 2]) / 4.0   # 16^-0.5
         fin = np.isfinite(s)
-        _close(s[fin], 50.0 * np.tanh(raw[fin] / 50.0), 1e-13)
+        close(s[fin], 50.0 * np.tanh(raw[fin] / 50.0), 1e-13)
         assert np.abs(s[fin]).max() < 50.0
         n_big += int((np.abs(raw[fin]) > 10.0).sum())
     assert n_big > 10
@@ -395,8 +379,8 @@ def test_gqa_equals_duplicated_kv(model):
     cfg = dict(config, num_key_value_heads=H)
     acts2, lp2 = gr.forward(cfg, P, TOKENS)
     for k in acts:
-        _close(acts2[k], acts[k], 1e-13)
-    _close(lp2, lp, 1e-13)
+        close(acts2[k], acts[k], 1e-13)
+    close(lp2, lp, 1e-13)
     # the other grouping (h % KV) is a different model
     bad = np.arange(H) % KV
     for l in range(2):
@@ -421,7 +405,7 @@ def test_attention_entry_by_scalar_loops(model, run):
         ex = [math.exp(s - mx) for s in sc]
         pj = [e / sum(ex) for e in ex]
         z = [sum(pj[n] * v[b_, j, g, e] for n, j in enumerate(js)) for e in range(DH)]
-        _close(acts["blocks.%d.attn.hook_z" % l][b_, i, h * DH:(h + 1) * DH], z, 1e-13)
+        close(acts["blocks.%d.attn.hook_z" % l][b_, i, h * DH:(h + 1) * DH], z, 1e-13)
 
 
 # ---------------------------------------------------------------- (e) patching, causality
@@ -443,7 +427,7 @@ def test_patch_identity_and_zero(model):
     # a patch at attn.hook_z flows through o_proj and the post norm
     acts_h, _ = gr.forward(config, params, TOKENS, patch={"blocks.1.attn.hook_z": lambda x: 2 * x})
     assert np.array_equal(acts_h["blocks.1.attn.hook_z"], acts["blocks.1.attn.hook_z"])
-    _close(acts_h["blocks.1.hook_attn_out"], acts["blocks.1.hook_attn_out"], 1e-6)   # RMSNorm: scale-free up to eps
+    close(acts_h["blocks.1.hook_attn_out"], acts["blocks.1.hook_attn_out"], 1e-6)   # RMSNorm: scale-free up to eps
     assert not np.array_equal(acts_h["blocks.1.hook_attn_out"], acts["blocks.1.hook_attn_out"])
     # hook_embed is patchable (embedding SAEs)
     acts_e, lp_e = gr.forward(config, params, TOKENS, patch={"hook_embed": lambda x: x + 1.0})
@@ -478,8 +462,7 @@ def test_token_range(model):
 def test_half_dtypes_round_trip(tmp_path, model, dtype):
     config32, params32, fx32 = model
     fx = gf.make_gemma2_model(str(tmp_path), dtype=dtype)
-    h = _header(fx["model_path"])
-    assert {v["dtype"] for k, v in h.items() if k != "__metadata__"} == {dtype}
+    assert stored_dtypes(fx["model_path"]) == {dtype}
     config, params = gr.load_model(str(tmp_path))
     assert config["torch_dtype"] == {"F16": "float16", "BF16": "bfloat16"}[dtype]
     assert set(params) == set(fx["params"]) == set(gf.param_names(2))
@@ -505,18 +488,8 @@ def test_sharded_equals_single(tmp_path, model):
     d = str(tmp_path)
     fx = gf.make_gemma2_model(d, sharded=True)
     assert not os.path.exists(os.path.join(d, "model.safetensors"))
-    with open(os.path.join(d, gf.INDEX_NAME)) as f:
-        index = json.load(f)
-    names, total = set(), 0
-    for s in gf.SHARD_NAMES:
-        part = {k: v for k, v in _header(os.path.join(d, s)).items() if k != "__metadata__"}
-        assert part, s
-        for k, v in part.items():
-            assert index["weight_map"][k] == s
-            total += v["data_offsets"][1] - v["data_offsets"][0]
-        names |= set(part)
-    assert names == set(index["weight_map"]) == set(gf.param_names(2))
-    assert index["metadata"]["total_size"] == total
+    index, names = check_sharded_index(d)
+    assert names == set(gf.param_names(2))
     assert index["weight_map"]["model.embed_tokens.weight"] == gf.SHARD_NAMES[0]
     assert index["weight_map"]["model.norm.weight"] == gf.SHARD_NAMES[1]
     config, params = gr.load_model(d)
@@ -536,7 +509,7 @@ def test_config_json(model):
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (2, 1, 0)
     assert config["rope_theta"] == 10000 and config["torch_dtype"] == "float32"
     assert config["hidden_size"] != config["num_attention_heads"] * config["head_dim"]
-    h = _header(fx["model_path"])
+    h = safetensors_header(fx["model_path"])
     assert "lm_head.weight" not in h
     assert h["model.layers.0.self_attn.q_proj.weight"]["shape"] == [64, 48]
     assert h["model.layers.0.self_attn.k_proj.weight"]["shape"] == [32, 48]
@@ -547,24 +520,12 @@ def test_config_json(model):
 def test_loader_strict(tmp_path, model):
     config, params, _ = model
     d = str(tmp_path)
-    t = dict(params)
-    t["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64)
-    gf.write_gemma2_folder(d, config, t)
-    with pytest.raises(ValueError, match="unexpected"):
-        gr.load_model(d)
-    t = {k: v for k, v in params.items() if k != "model.norm.weight"}
-    write_safetensors(os.path.join(d, "model.safetensors"), t)
-    with pytest.raises(ValueError, match="missing"):
-        gr.load_model(d)
-    t = dict(params)
-    t["model.layers.1.self_attn.k_proj.weight"] = np.zeros((64, 48))          # H*dh, not KV*dh
-    write_safetensors(os.path.join(d, "model.safetensors"), t)
-    with pytest.raises(ValueError, match="shape"):
-        gr.load_model(d)
-    t = dict(params)
-    t["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(8)            # buffer: ignored
-    write_safetensors(os.path.join(d, "model.safetensors"), t)
-    assert set(gr.load_model(d)[1]) == set(params)
+    gf.write_gemma2_folder(d, config, params)
+    check_loader_strict(gr.load_model, d, params, strictness_cases(
+        unexpected=("model.layers.0.self_attn.q_proj.bias", np.zeros(64)),
+        missing="model.norm.weight",
+        wrong_shape=("model.layers.1.self_attn.k_proj.weight", np.zeros((64, 48))),   # H*dh, not KV*dh
+        buffer=("model.layers.0.self_attn.rotary_emb.inv_freq", np.ones(8))))         # ignored
 
 
 def test_untied_lm_head(tmp_path, model):
@@ -576,7 +537,7 @@ def test_untied_lm_head(tmp_path, model):
     gf.write_gemma2_folder(d, dict(config, tie_word_embeddings=False), t)
     cfg, P = gr.load_model(d)
     acts, lp = gr.forward(cfg, P, TOKENS, extra_hooks=True)
-    _close(acts["logits_uncapped"], acts["ln_final.hook_normalized"] @ P["lm_head.weight"].T, 1e-13)
+    close(acts["logits_uncapped"], acts["ln_final.hook_normalized"] @ P["lm_head.weight"].T, 1e-13)
     _, lp_tied = gr.forward(config, params, TOKENS)
     assert np.abs(lp - lp_tied).max() > 1e-3
     # tied config: a stray lm_head is ignored
@@ -660,5 +621,5 @@ def test_against_torch(model):
     acts, lp = gr.forward(config, params, TOKENS)
     assert set(want) == set(acts)
     for k in acts:
-        _close(acts[k], want[k], 1e-11)
-    _close(lp, lp_t, 1e-11)
+        close(acts[k], want[k], 1e-11)
+    close(lp, lp_t, 1e-11)

@@ -21,7 +21,9 @@ import pytest
 import neox_reference as nr
 import run_reference as rr
 from neox_fixtures import make_pythia_model
-from sae_fixtures import make_sae
+from reference_checks import log_softmax, rel_err
+from run_reference import forward_with_patch_of
+from sae_fixtures import make_sae, write_gemma_scope
 from saegap_fixtures import write_safetensors, write_tokens_npy
 from test_run import MARGIN, check_against_reference, read_result
 
@@ -30,31 +32,6 @@ N_LAYER, N_HEAD, D_MODEL, D_MLP, VOCAB, N_POS = 3, 4, 64, 192, 211, 64  # D_MLP 
 N_CTX, CTX = 4, 20
 NAME = "tiny-pythia"
 DET = ",".join(rr.DETERMINISTIC)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
-
-
-def log_softmax(x):
-    x = np.asarray(x, np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def forward_with_patch_of(ref):
-    """run_reference.forward_with_patch's contract on a family's reference module (its
-    forward(config, params, tokens, basis, patch=...)): the site's value in `basis` goes through
-    patch_fn, its return value replaces it. test_gemma.py uses it too."""
-    def forward_with_patch(config, params, tokens, site=None, basis="processed", patch_fn=None, capture=None):
-        patch = {site: patch_fn} if site is not None and patch_fn is not None else None
-        acts, lp = ref.forward(config, params, np.asarray(tokens), basis=basis, patch=patch)
-        if capture is not None and site is not None:
-            capture[site] = acts[site]
-        return lp
-    return forward_with_patch
 
 
 @pytest.fixture
@@ -518,16 +495,6 @@ def test_sharded_model_runs_like_the_single_file(world, tmp_path, run_saegap):
 GS_CASES = [("res", "layer_1", "blocks.1.hook_resid_post", np.savez),
             ("mlp", "layer_0", "blocks.0.hook_mlp_out", np.savez_compressed),
             ("att", "layer_2", "blocks.2.attn.hook_z", np.savez)]
-
-
-def write_gemma_scope(root, kind, layer, params, save=np.savez):
-    """A Gemma Scope folder (FAMILIES-FACTS 4(a)): .../gemma-scope-2b-pt-KIND/layer_L/width_1k/
-    average_l0_5/params.npz with W_enc, W_dec, b_enc, b_dec, threshold (float32)."""
-    d = os.path.join(root, "gemma-scope-2b-pt-" + kind, layer, "width_1k", "average_l0_5")
-    os.makedirs(d, exist_ok=True)
-    save(os.path.join(d, "params.npz"), **{k: np.asarray(params[k], np.float32)
-                                          for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")})
-    return d
 
 
 @pytest.mark.parametrize("kind,layer,site,save", GS_CASES, ids=[c[0] for c in GS_CASES])

@@ -13,31 +13,21 @@ model pinning the per-head interleaved QKV rows and the dense columns;
 """
 
 import cmath
-import json
 import math
 import os
-import struct
 
 import numpy as np
 import pytest
 
 import neox_fixtures as nf
 import neox_reference as nr
-from saegap_fixtures import round_to_dtype, write_safetensors
+from reference_checks import (check_loader_strict, check_sharded_index, close, safetensors_header, stored_dtypes,
+                              strictness_cases)
+from saegap_fixtures import round_to_dtype
 
 TOKENS = np.array([[0, 5, 17, 3, 199, 42, 8, 8, 120, 1, 64, 150],
                    [3, 3, 208, 77, 0, 9, 31, 200, 12, 5, 99, 2]])
 RESID = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
-
-
-def _close(a, b, tol=1e-10):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if b.ndim == 0:
-        b = np.broadcast_to(b, a.shape)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(1.0, float(np.abs(b).max()) if b.size else 1.0)
-    err = float(np.abs(a - b).max()) if a.size else 0.0
-    assert err <= tol * scale, "max abs err %g (scale %g)" % (err, scale)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +68,7 @@ def test_site_names_and_shapes(model, runs):
         assert v.shape == (B, T, width), (k, v.shape)
     # all vocab_size rows of embed_out (padded past the 200-token "tokenizer")
     assert lp.shape == (B, T, 211)
-    _close(np.exp(lp).sum(-1), np.ones((B, T)), 1e-12)
+    close(np.exp(lp).sum(-1), np.ones((B, T)), 1e-12)
     logits = runs["raw"][0]["logits"]
     assert not np.allclose(lp[..., :200], nr.log_softmax(logits[..., :200]), atol=1e-6)
     acts_p, _ = nr.forward(config, params, TOKENS, basis="processed")
@@ -89,12 +79,12 @@ def test_site_names_and_shapes(model, runs):
 def test_parallel_residual_invariants(model, runs, basis):
     config, params, _ = model
     acts = runs[basis][0]
-    _close(acts["blocks.0.hook_resid_pre"], acts["hook_embed"], 0)
+    close(acts["blocks.0.hook_resid_pre"], acts["hook_embed"], 0)
     if basis == "raw":
         assert np.array_equal(acts["hook_embed"], params["gpt_neox.embed_in.weight"][TOKENS])
     for l in range(2):
         b = "blocks.%d." % l
-        _close(acts[b + "hook_resid_post"],
+        close(acts[b + "hook_resid_post"],
                acts[b + "hook_resid_pre"] + acts[b + "hook_attn_out"] + acts[b + "hook_mlp_out"], 1e-13)
         if l + 1 < 2:
             assert np.array_equal(acts["blocks.%d.hook_resid_pre" % (l + 1)], acts[b + "hook_resid_post"])
@@ -104,7 +94,7 @@ def test_parallel_residual_invariants(model, runs, basis):
         for l in range(2):
             b, p = "blocks.%d." % l, "gpt_neox.layers.%d.post_attention_layernorm." % l
             x = acts[b + "hook_resid_pre"]
-            _close(acts[b + "ln2.hook_normalized"],
+            close(acts[b + "ln2.hook_normalized"],
                    nr.layer_norm(x, params[p + "weight"], params[p + "bias"], eps), 1e-13)
 
 
@@ -117,10 +107,10 @@ def test_sequential_residual(seq_model, basis):
     for l in range(2):
         b, p = "blocks.%d." % l, "gpt_neox.layers.%d.post_attention_layernorm." % l
         mid = acts[b + "hook_resid_mid"]
-        _close(mid, acts[b + "hook_resid_pre"] + acts[b + "hook_attn_out"], 1e-13)
-        _close(acts[b + "hook_resid_post"], mid + acts[b + "hook_mlp_out"], 1e-13)
+        close(mid, acts[b + "hook_resid_pre"] + acts[b + "hook_attn_out"], 1e-13)
+        close(acts[b + "hook_resid_post"], mid + acts[b + "hook_mlp_out"], 1e-13)
         if basis == "raw":
-            _close(acts[b + "ln2.hook_normalized"],
+            close(acts[b + "ln2.hook_normalized"],
                    nr.layer_norm(mid, params[p + "weight"], params[p + "bias"], eps), 1e-13)
     # the flag matters
     par = dict(config, use_parallel_residual=True)
@@ -159,10 +149,10 @@ def test_rotary_complex_and_partial(model, runs, basis):
             assert np.array_equal(rx[:, 0], x[:, 0])                # position 0: no rotation
             moved = np.abs(rx - x)[:, 1:].max(axis=(0, 1, 2))       # per d_head dim
             assert np.all(moved[:r] > 1e-3) and np.all(moved[r:] == 0)
-            _close(rx, _rotary_complex(x, r, 10000.0), 1e-12)
+            close(rx, _rotary_complex(x, r, 10000.0), 1e-12)
             # norm of each rotated pair preserved
             h = r // 2
-            _close(rx[..., :h] ** 2 + rx[..., h:r] ** 2, x[..., :h] ** 2 + x[..., h:r] ** 2, 1e-12)
+            close(rx[..., :h] ** 2 + rx[..., h:r] ** 2, x[..., :h] ** 2 + x[..., h:r] ** 2, 1e-12)
 
 
 def test_rotary_relative_position():
@@ -172,7 +162,7 @@ def test_rotary_relative_position():
     pos = np.arange(5)
     a = np.einsum("bqhe,bkhe->bhqk", nr.apply_rotary(q, pos, 8), nr.apply_rotary(k, pos, 8))
     b = np.einsum("bqhe,bkhe->bhqk", nr.apply_rotary(q, pos + 37, 8), nr.apply_rotary(k, pos + 37, 8))
-    _close(a, b, 1e-12)
+    close(a, b, 1e-12)
     c = np.einsum("bqhe,bkhe->bhqk", nr.apply_rotary(q, pos, 8, 100.0), nr.apply_rotary(k, pos, 8, 100.0))
     assert np.abs(a - c).max() > 1e-3
     assert np.array_equal(nr.apply_rotary(q, pos, 0), q)
@@ -192,7 +182,7 @@ def test_rotary_base_and_v5_config(model):
 def test_gelu_is_exact_erf():
     x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0])
     want = [0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x]
-    _close(nr.gelu_erf(x), want, 1e-15)
+    close(nr.gelu_erf(x), want, 1e-15)
     assert abs(nr.gelu_erf(np.array([1.0]))[0] - 0.8413447460685429) < 1e-15
     tanh_form = 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (1 + 0.044715)))
     assert abs(nr.gelu_erf(np.array([1.0]))[0] - tanh_form) > 1e-5
@@ -210,12 +200,12 @@ def test_processed_basis_against_raw(model, runs):
     def centred(x):
         return x - x.mean(-1, keepdims=True)
 
-    _close(proc["hook_embed"], centred(raw["hook_embed"]))
+    close(proc["hook_embed"], centred(raw["hook_embed"]))
     assert np.abs(raw["hook_embed"].mean(-1)).max() > 0.3          # the test is not vacuous
     for l in range(2):
         b, p = "blocks.%d." % l, "gpt_neox.layers.%d." % l
         for s in RESID:
-            _close(proc[b + s], centred(raw[b + s]))
+            close(proc[b + s], centred(raw[b + s]))
             assert np.abs(raw[b + s].mean(-1)).max() > 1e-3, s
         # hook_z: minus the folded value bias b_V + ln1.b @ W_V, read from the
         # interleaved rows h*3*dh + 2*dh + j
@@ -227,19 +217,19 @@ def test_processed_basis_against_raw(model, runs):
             for j in range(dh):
                 row = nf.qkv_row(h, 2, j, dh)
                 bv[h * dh + j] = bias[row] + ln_b @ W[row]
-        _close(proc[b + "attn.hook_z"], raw[b + "attn.hook_z"] - bv)
+        close(proc[b + "attn.hook_z"], raw[b + "attn.hook_z"] - bv)
         assert np.abs(bv).min() > 1e-3
         for s in ("mlp.hook_post", "mlp.hook_pre", "attn.hook_rot_q", "attn.hook_rot_k",
                   "attn.hook_pattern", "ln1.hook_scale", "ln2.hook_scale"):
-            _close(proc[b + s], raw[b + s])
+            close(proc[b + s], raw[b + s])
         # LayerNormPre: normalized before weight and bias
         for ln, hf in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
             w_, b_ = params[p + hf + ".weight"], params[p + hf + ".bias"]
-            _close(proc[b + ln + ".hook_normalized"], (raw[b + ln + ".hook_normalized"] - b_) / w_)
-    _close(lp_proc, lp_raw, 1e-10)
+            close(proc[b + ln + ".hook_normalized"], (raw[b + ln + ".hook_normalized"] - b_) / w_)
+    close(lp_proc, lp_raw, 1e-10)
     # center_unembed shifts each position's logits by a constant
     dl = proc["logits"] - raw["logits"]
-    _close(dl, np.broadcast_to(dl[..., :1], dl.shape), 1e-10)
+    close(dl, np.broadcast_to(dl[..., :1], dl.shape), 1e-10)
     assert np.abs(dl).max() > 1e-3
 
 
@@ -248,18 +238,18 @@ def test_processed_weights(model):
     sd, norm = nr.process_weights(nr.convert_neox_weights(config, params), config)
     assert norm == "LNPre"
     assert not any(".ln" in k or k.startswith("ln_final") for k in sd)
-    _close(sd["embed.W_E"].mean(-1), 0, 1e-14)
+    close(sd["embed.W_E"].mean(-1), 0, 1e-14)
     for l in range(2):
         b = "blocks.%d." % l
         for k in ("attn.W_O", "attn.b_O", "mlp.W_out", "mlp.b_out"):
-            _close(sd[b + k].mean(-1), 0, 1e-14)
+            close(sd[b + k].mean(-1), 0, 1e-14)
         for c in "QKV":
-            _close(sd[b + "attn.W_" + c].mean(1), 0, 1e-14)        # reading weights centred
-        _close(sd[b + "mlp.W_in"].mean(0), 0, 1e-14)
+            close(sd[b + "attn.W_" + c].mean(1), 0, 1e-14)        # reading weights centred
+        close(sd[b + "mlp.W_in"].mean(0), 0, 1e-14)
         assert np.array_equal(sd[b + "attn.b_V"], np.zeros((4, 16)))
-    _close(sd["unembed.W_U"].mean(0), 0, 1e-14)
-    _close(sd["unembed.W_U"].mean(1), 0, 1e-14)
-    _close(sd["unembed.b_U"].mean(), 0, 1e-14)
+    close(sd["unembed.W_U"].mean(0), 0, 1e-14)
+    close(sd["unembed.W_U"].mean(1), 0, 1e-14)
+    close(sd["unembed.b_U"].mean(), 0, 1e-14)
 
 
 def test_tl_unprocessed_equals_hf(model, seq_model):
@@ -270,8 +260,8 @@ def test_tl_unprocessed_equals_hf(model, seq_model):
                                 extra_hooks=True)
         assert set(hf) == set(tl)
         for k in hf:                       # attn_scores hold -inf above the diagonal
-            _close(np.nan_to_num(tl[k], neginf=0), np.nan_to_num(hf[k], neginf=0), 1e-11)
-        _close(lp2, lp, 1e-11)
+            close(np.nan_to_num(tl[k], neginf=0), np.nan_to_num(hf[k], neginf=0), 1e-11)
+        close(lp2, lp, 1e-11)
 
 
 def test_processed_basis_sequential(seq_model):
@@ -281,8 +271,8 @@ def test_processed_basis_sequential(seq_model):
     for l in range(2):
         for s in RESID_SEQ:
             k = "blocks.%d.%s" % (l, s)
-            _close(proc[k], raw[k] - raw[k].mean(-1, keepdims=True))
-    _close(lp_proc, lp_raw, 1e-10)
+            close(proc[k], raw[k] - raw[k].mean(-1, keepdims=True))
+    close(lp_proc, lp_raw, 1e-10)
 
 
 RESID_SEQ = RESID + ("hook_resid_mid",)
@@ -290,18 +280,11 @@ RESID_SEQ = RESID + ("hook_resid_mid",)
 
 # ---------------------------------------------------------------- (d) files
 
-def _header(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n))
-
-
 @pytest.mark.parametrize("dtype", ["F16", "BF16"])
 def test_half_dtypes_load_as_written(tmp_path, model, dtype):
     _, _, fx32 = model
     fx = nf.make_pythia_model(str(tmp_path), dtype=dtype, tokenizer_vocab=200)
-    h = _header(fx["model_path"])
-    assert {v["dtype"] for k, v in h.items() if k != "__metadata__"} == {dtype}
+    assert stored_dtypes(fx["model_path"]) == {dtype}
     config, params = nr.load_model(str(tmp_path))
     assert config["torch_dtype"] == {"F16": "float16", "BF16": "bfloat16"}[dtype]
     assert set(params) == set(fx["params"]) == set(nf.param_names(2))
@@ -319,20 +302,7 @@ def test_sharded_with_buffers(tmp_path, model):
     d = str(tmp_path)
     fx = nf.make_pythia_model(d, sharded=True, with_buffers=True, tokenizer_vocab=200)
     assert not os.path.exists(os.path.join(d, "model.safetensors"))
-    with open(os.path.join(d, nf.INDEX_NAME)) as f:
-        index = json.load(f)
-    names = set()
-    total = 0
-    for s in nf.SHARD_NAMES:
-        h = _header(os.path.join(d, s))
-        part = {k: v for k, v in h.items() if k != "__metadata__"}
-        assert part, s
-        for k, v in part.items():
-            assert index["weight_map"][k] == s
-            total += v["data_offsets"][1] - v["data_offsets"][0]
-        names |= set(part)
-    assert names == set(index["weight_map"])
-    assert index["metadata"]["total_size"] == total
+    _, names = check_sharded_index(d)
     assert "gpt_neox.layers.1.attention.rotary_emb.inv_freq" in names
     config, params = nr.load_model(d)
     assert set(params) == set(params0)
@@ -344,7 +314,7 @@ def test_sharded_with_buffers(tmp_path, model):
 def test_buffers_single_file(tmp_path, model):
     _, params0, _ = model
     fx = nf.make_pythia_model(str(tmp_path), with_buffers=True, dtype="F16")
-    h = _header(fx["model_path"])
+    h = safetensors_header(fx["model_path"])
     mb = h["gpt_neox.layers.0.attention.bias"]
     assert mb["dtype"] == "U8" and mb["shape"] == [1, 1, 64, 64]
     m = h["gpt_neox.layers.0.attention.masked_bias"]
@@ -353,7 +323,7 @@ def test_buffers_single_file(tmp_path, model):
     assert f["shape"] == [2]
     raw = nr.load_safetensors(fx["model_path"])
     assert np.array_equal(raw["gpt_neox.layers.1.attention.bias"][0, 0], np.tril(np.ones((64, 64))))
-    _close(raw["gpt_neox.layers.1.attention.rotary_emb.inv_freq"], [1.0, 0.01], 1e-3)
+    close(raw["gpt_neox.layers.1.attention.rotary_emb.inv_freq"], [1.0, 0.01], 1e-3)
     config, params = nr.load_model(str(tmp_path))
     assert set(params) == set(params0)
     for k in params:
@@ -363,15 +333,9 @@ def test_buffers_single_file(tmp_path, model):
 def test_loader_strict(tmp_path, model):
     config, params, _ = model
     d = str(tmp_path)
-    t = dict(params)
-    t["gpt_neox.layers.0.attention.extra"] = np.zeros(3)
-    nf.write_pythia_folder(d, config, t)
-    with pytest.raises(ValueError, match="unexpected"):
-        nr.load_model(d)
-    t = {k: v for k, v in params.items() if k != "embed_out.weight"}
-    write_safetensors(os.path.join(d, "model.safetensors"), t)
-    with pytest.raises(ValueError, match="missing"):
-        nr.load_model(d)
+    nf.write_pythia_folder(d, config, params)
+    check_loader_strict(nr.load_model, d, params, strictness_cases(
+        unexpected=("gpt_neox.layers.0.attention.extra", np.zeros(3)), missing="embed_out.weight"))
 
 
 # ---------------------------------------------------------------- (e) causality
@@ -488,18 +452,18 @@ def test_closed_form_one_layer(tmp_path, parallel):
     tokens = [0, 1, 2, 1]
     want = _hand_expected(tokens, parallel)
     acts, lp = nr.forward(config, params, tokens)
-    _close(acts["hook_embed"][0], want["x"], 0)
-    _close(acts["blocks.0.ln1.hook_normalized"][0], want["ln1"], 1e-15)
+    close(acts["hook_embed"][0], want["x"], 0)
+    close(acts["blocks.0.ln1.hook_normalized"][0], want["ln1"], 1e-15)
     # literal values: ln1 of (1, 0) is (2.25, -1); position 0 attends to itself: z = v0
     assert acts["blocks.0.ln1.hook_normalized"][0, 0].tolist() == [2.25, -1.0]
     assert acts["blocks.0.attn.hook_z"][0, 0].tolist() == [5.0, -1.0]
-    _close(acts["blocks.0.attn.hook_z"][0], want["z"], 1e-13)
-    _close(acts["blocks.0.hook_attn_out"][0], want["attn"], 1e-13)
-    _close(acts["blocks.0.ln2.hook_normalized"][0], want["ln2"], 1e-15)
-    _close(acts["blocks.0.mlp.hook_post"][0], want["post"], 1e-13)
-    _close(acts["blocks.0.hook_mlp_out"][0], want["mlp"], 1e-13)
-    _close(acts["blocks.0.hook_resid_post"][0], want["resid_post"], 1e-13)
-    _close(lp[0], want["logprobs"], 1e-13)
+    close(acts["blocks.0.attn.hook_z"][0], want["z"], 1e-13)
+    close(acts["blocks.0.hook_attn_out"][0], want["attn"], 1e-13)
+    close(acts["blocks.0.ln2.hook_normalized"][0], want["ln2"], 1e-15)
+    close(acts["blocks.0.mlp.hook_post"][0], want["post"], 1e-13)
+    close(acts["blocks.0.hook_mlp_out"][0], want["mlp"], 1e-13)
+    close(acts["blocks.0.hook_resid_post"][0], want["resid_post"], 1e-13)
+    close(lp[0], want["logprobs"], 1e-13)
     if parallel:
         # position 1: two-way softmax, closed form.  ln1 rows (2.25, -1) and
         # (-1.75, 0); q1 = (-1.75, 0) turned by 1 rad; k0 = (2.25, 1) (position
@@ -512,13 +476,13 @@ def test_closed_form_one_layer(tmp_path, parallel):
         p1 = 1.0 / (1.0 + math.exp(s0 - s1))
         v0, v1 = (5.0, -1.0), (-3.0, 0.0)
         zz = ((1 - p1) * v0[0] + p1 * v1[0], (1 - p1) * v0[1] + p1 * v1[1])
-        _close(acts["blocks.0.attn.hook_z"][0, 1], zz, 1e-13)
+        close(acts["blocks.0.attn.hook_z"][0, 1], zz, 1e-13)
         # wrong rotation direction would give a different z
         s0w = (q1[0] * k0[0] - q1[1] * k0[1]) / math.sqrt(2)
         assert abs(s0w - s0) > 0.5
     # and the processed basis gives the same log-probs
     _, lp_p = nr.forward(config, params, tokens, basis="processed")
-    _close(lp_p, lp, 1e-12)
+    close(lp_p, lp, 1e-12)
 
 
 def test_qkv_rows_interleaved_and_dense_columns(model):
@@ -545,13 +509,13 @@ def test_qkv_rows_interleaved_and_dense_columns(model):
     acts, _ = nr.forward(config, P, TOKENS, extra_hooks=True)
     z = acts["blocks.0.attn.hook_z"]
     want = np.broadcast_to((10.0 * np.arange(H)[:, None] + np.arange(dh)[None]).reshape(D), z.shape)
-    _close(z, want, 1e-12)
+    close(z, want, 1e-12)
     T = TOKENS.shape[1]
     pat = acts["blocks.0.attn.hook_pattern"]
-    _close(pat[:, 0], np.broadcast_to(np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None], pat[:, 0].shape), 1e-14)
+    close(pat[:, 0], np.broadcast_to(np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None], pat[:, 0].shape), 1e-14)
     assert np.abs(pat[:, 1] - pat[:, 0]).max() > 0.05
     ao = acts["blocks.0.hook_attn_out"]
-    _close(ao[..., 5], np.full(ao.shape[:2], 13.0), 1e-12)        # z[h=1, j=3] = 10 + 3
+    close(ao[..., 5], np.full(ao.shape[:2], 13.0), 1e-12)        # z[h=1, j=3] = 10 + 3
     assert np.array_equal(np.delete(ao, 5, -1), np.zeros_like(np.delete(ao, 5, -1)))
 
 
@@ -619,5 +583,5 @@ def test_against_torch(model):
     acts, lp = nr.forward(config, params, TOKENS)
     assert set(want) == set(acts)
     for k in acts:
-        _close(acts[k], want[k], 1e-11)
-    _close(lp, lp_t, 1e-11)
+        close(acts[k], want[k], 1e-11)
+    close(lp, lp_t, 1e-11)
