@@ -104,8 +104,9 @@ typedef struct {
 } SaeWeightsFile;
 
 /* One format. Every member is set (test_sae_formats checks each row); sae.c calls them in this
- * order: claims (detection), site, read, [the site checked against the model], settle,
- * open_weights (runs only), then floats and place once per node, weights_file any time after. */
+ * order: claims (detection), site, read, [the site checked against the model], settle, [the
+ * model name], basis, [--basis], open_weights (runs only), then floats and place once per node,
+ * weights_file any time after. */
 typedef struct {
     SaeFormat id;
     const char *marker;            /* the file that makes a folder this format's candidate (cfg.json, params.npz); a .json marker is parsed and given to claims */
@@ -114,10 +115,12 @@ typedef struct {
     int (*claims)(const struct cJSON *cfg);
     /* the site rule: the hook name the format records (out->hook NULL when it records none) */
     int (*site)(const SaeFormatIn *in, SaeFormatSite *out);
-    /* the rest of the description: sizes, architecture, normalisation, contexts, basis */
+    /* the rest of the description: sizes, architecture, normalisation, contexts */
     int (*read)(Sae *s, const SaeFormatIn *in);
-    /* what needs the checked site (s->site): SAELens's hook_z reshape, its basis from the cfg */
+    /* what needs the checked site (s->site): SAELens's reshape_activations hook_z */
     int (*settle)(Sae *s, const SaeFormatIn *in);
+    /* the activation basis the format implies (s->basis, basis_source, basis_note) */
+    int (*basis)(Sae *s, const SaeFormatIn *in);
     /* the weights, every tensor checked (shape, dtype, NaN/Inf); F32 tensors ready as views */
     int (*open_weights)(Sae *s);
     size_t (*floats)(const Sae *s);                     /* the node block's floats */

@@ -77,8 +77,8 @@ static void apply_basis_override(Sae *s, const SaeLoadOptions *opt) {
 }
 
 /* The SAE as its folder describes it, every format through the same steps: detection, the
- * site rule and --sae-hook, the format's reading, the site against the model (m NULL: any), the
- * model name, what needs the site, then --basis. 0 or -1 with a pending error. */
+ * site rule and --sae-hook, the format's reading, the site against the model (m NULL: any), what
+ * needs the site, the model name, the format's basis, then --basis. 0 or -1 with a pending error. */
 static int describe(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name, const SaeLoadOptions *opt) {
     char cfg_path[4096];
     cJSON *cfg = NULL;
@@ -89,7 +89,8 @@ static int describe(Sae *s, const char *dir, const Gpt2Model *m, const char *mod
     SaeFormatSite site = {0};
     s->format = format;
     int rc = f->site(&in, &site) || take_hook(s, dir, &site, opt->hook) || f->read(s, &in) ||
-             check_site(s, dir, m) || check_model_name(s, dir, model_name, opt) || f->settle(s, &in);
+             check_site(s, dir, m) || f->settle(s, &in) || check_model_name(s, dir, model_name, opt) ||
+             f->basis(s, &in);
     if (!rc) apply_basis_override(s, opt);
     cJSON_Delete(cfg);
     return rc ? -1 : 0;

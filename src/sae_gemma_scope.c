@@ -125,11 +125,7 @@ static int gemma_scope_read(Sae *s, const SaeFormatIn *in) {
                 return sg_errorf(path, "array %s has %zu in dimension %d, expected %zu (W_enc is %zu x %zu)", ARRAYS[i].name,
                                  h[i].shape[d], d, want, s->d_in, s->d_sae);
         }
-    if (refuse_other_arrays(s, path)) return -1;
-    s->basis = SG_BASIS_RAW;
-    snprintf(s->basis_source, sizeof s->basis_source,
-             "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");
-    return 0;
+    return refuse_other_arrays(s, path);
 }
 
 static size_t count_of(const Sae *s, size_t i) {
@@ -170,10 +166,19 @@ static void gemma_scope_place(Sae *s, float *block, int fill) {
 
 static int gemma_scope_settle(Sae *s, const SaeFormatIn *in) { (void)s, (void)in; return 0; }
 
+static int gemma_scope_basis(Sae *s, const SaeFormatIn *in) {
+    (void)in;
+    s->basis = SG_BASIS_RAW;
+    snprintf(s->basis_source, sizeof s->basis_source,
+             "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");
+    return 0;
+}
+
 static SaeWeightsFile gemma_scope_file(const Sae *s) { return (SaeWeightsFile){s->npz.path, s->npz.map, s->npz.size}; }
 
 const SaeFormatOps SAE_FORMAT_GEMMA_SCOPE_ROW = {
     SAE_FORMAT_GEMMA_SCOPE, "params.npz", "Gemma Scope SAE (params.npz; site from the path or --sae-hook)",
-    gemma_scope_claims, gemma_scope_site, gemma_scope_read, gemma_scope_settle, gemma_scope_check_values,
+    gemma_scope_claims, gemma_scope_site, gemma_scope_read, gemma_scope_settle, gemma_scope_basis,
+    gemma_scope_check_values,
     gemma_scope_floats, gemma_scope_place, gemma_scope_file,
 };

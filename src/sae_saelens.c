@@ -281,7 +281,7 @@ static void default_basis(Sae *s, const SaeFormatIn *in) {
 }
 
 /* --basis aside: the cfg's kwargs as SAELens reads them, else TransformerLens's defaults. */
-static int read_basis(Sae *s, const SaeFormatIn *in) {
+static int saelens_basis(Sae *s, const SaeFormatIn *in) {
     const cJSON *kw = get(meta_of(in->cfg), "model_from_pretrained_kwargs");
     const char *kw_path = "metadata.model_from_pretrained_kwargs";
     if (!kw) kw = get(in->cfg, "model_from_pretrained_kwargs"), kw_path = "model_from_pretrained_kwargs";
@@ -301,12 +301,12 @@ static int read_basis(Sae *s, const SaeFormatIn *in) {
     return 0;
 }
 
-/* What needs the checked site: reshape_activations hook_z only on attn.hook_z, then the basis. */
+/* What needs the checked site: reshape_activations hook_z only on attn.hook_z. */
 static int saelens_settle(Sae *s, const SaeFormatIn *in) {
     const cJSON *reshape = get(in->cfg, "reshape_activations");
     if (cJSON_IsString(reshape) && !strcmp(reshape->valuestring, "hook_z") && s->site.kind != SG_SITE_ATTN_Z)
         return sg_errorf(in->cfg_path, "reshape_activations is hook_z but the hook is %s", s->hook_name);
-    return read_basis(s, in);
+    return 0;
 }
 
 /* ---- weights ------------------------------------------------------------------------------- */
@@ -318,7 +318,7 @@ static int saelens_open_weights(Sae *s) {
 
 #define SAELENS_ROW(ID, CLAIMS, GEN)                                                                        \
     {ID, "cfg.json", "SAELens SAE, cfg generation " GEN, CLAIMS, saelens_site, saelens_read, saelens_settle, \
-     saelens_open_weights, sae_tensors_floats, sae_tensors_place, sae_tensors_file}
+     saelens_basis, saelens_open_weights, sae_tensors_floats, sae_tensors_place, sae_tensors_file}
 
 const SaeFormatOps SAE_FORMAT_LEGACY_ROW = SAELENS_ROW(SAE_FORMAT_LEGACY, claims_legacy, "legacy");
 const SaeFormatOps SAE_FORMAT_FLAT_ROW = SAELENS_ROW(SAE_FORMAT_FLAT, claims_flat, "flat");

@@ -95,15 +95,6 @@ static void warn_unknown_keys(const cJSON *root, const char *path) {
                  "encoder or decoder", path, unknown);
 }
 
-/* The site from the folder's name. */
-static int sparsify_site(const SaeFormatIn *in, SaeFormatSite *out) {
-    out->hook = hook_from_folder(in->dir, out->buf, sizeof out->buf) == 0 ? out->buf : NULL;
-    snprintf(out->where, sizeof out->where, "its folder name");
-    out->missing = "a sparsify SAE's folder name says its hook (layers.N, layers.N.mlp or layers.N.attention, as "
-                   "sparsify saves them); this one's does not: rename it, or give its site with --sae-hook";
-    return 0;
-}
-
 /* variants whose forward differs: refused by name until implemented */
 static int refuse_variants(const cJSON *root, const char *path) {
     static const char *const refused[][2] = {
@@ -120,10 +111,20 @@ static int refuse_variants(const cJSON *root, const char *path) {
     return 0;
 }
 
+/* The site from the folder's name; a variant saegap cannot run is refused before anything else
+ * of it is read, its site included. */
+static int sparsify_site(const SaeFormatIn *in, SaeFormatSite *out) {
+    if (refuse_variants(in->cfg, in->cfg_path)) return -1;
+    out->hook = hook_from_folder(in->dir, out->buf, sizeof out->buf) == 0 ? out->buf : NULL;
+    snprintf(out->where, sizeof out->where, "its folder name");
+    out->missing = "a sparsify SAE's folder name says its hook (layers.N, layers.N.mlp or layers.N.attention, as "
+                   "sparsify saves them); this one's does not: rename it, or give its site with --sae-hook";
+    return 0;
+}
+
 static int sparsify_read(Sae *s, const SaeFormatIn *in) {
     const cJSON *root = in->cfg;
     const char *path = in->cfg_path;
-    if (refuse_variants(root, path)) return -1;
     s->model_name = sg_xstrdup(""); /* sparsify cfgs do not name the model */
     if (activation_key(s, root, path)) return -1;
     s->norm = SAE_NORM_NONE;
@@ -147,13 +148,18 @@ static int sparsify_read(Sae *s, const SaeFormatIn *in) {
                                "but %zu is not a multiple of %zu (sparsify cannot run this SAE either)",
                          s->d_sae, s->k, s->d_sae, s->k);
     warn_unknown_keys(root, path);
+    return 0;
+}
+
+static int sparsify_settle(Sae *s, const SaeFormatIn *in) { (void)s, (void)in; return 0; }
+
+static int sparsify_basis(Sae *s, const SaeFormatIn *in) {
+    (void)in;
     s->basis = SG_BASIS_RAW;
     snprintf(s->basis_source, sizeof s->basis_source,
              "sparsify SAE: trained on the model's module outputs without TransformerLens processing");
     return 0;
 }
-
-static int sparsify_settle(Sae *s, const SaeFormatIn *in) { (void)s, (void)in; return 0; }
 
 /* sparsify names the encoder as the Linear layer it is: [d_sae, d_in], read transposed */
 static int sparsify_open_weights(Sae *s) {
@@ -163,6 +169,6 @@ static int sparsify_open_weights(Sae *s) {
 
 const SaeFormatOps SAE_FORMAT_SPARSIFY_ROW = {
     SAE_FORMAT_SPARSIFY, "cfg.json", "EleutherAI sparsify SAE (hook from the folder's name)", sparsify_claims,
-    sparsify_site, sparsify_read, sparsify_settle, sparsify_open_weights, sae_tensors_floats, sae_tensors_place,
+    sparsify_site, sparsify_read, sparsify_settle, sparsify_basis, sparsify_open_weights, sae_tensors_floats, sae_tensors_place,
     sae_tensors_file,
 };
