@@ -9,20 +9,20 @@
 
 /* Formats whose cfg.json records no convention: what their trainers did (FAMILIES-FACTS 4a, 4b). */
 static const struct {
-    SaeCfgGeneration generation;
+    SaeFormat format;
     int prepend_bos;
     size_t context_size;
     const char *source;
 } FORMAT_CONVENTION[] = {
-    {SAE_CFG_SPARSIFY, 1, 0,
+    {SAE_FORMAT_SPARSIFY, 1, 0,
      "sparsify (chunk_and_tokenize starts each chunk with EOS, taken as the model's BOS; the trainer's ctx_len is "
      "not in cfg.json)"},
-    {SAE_CFG_GEMMA_SCOPE, 1, 1024, "Gemma Scope (SAELens's cfg for it: prepend_bos true, context_size 1024)"},
+    {SAE_FORMAT_GEMMA_SCOPE, 1, 1024, "Gemma Scope (SAELens's cfg for it: prepend_bos true, context_size 1024)"},
 };
 
 SaeContexts contexts_of_sae(const Sae *s) {
     for (size_t i = 0; i < sizeof FORMAT_CONVENTION / sizeof FORMAT_CONVENTION[0]; i++)
-        if (FORMAT_CONVENTION[i].generation == s->generation)
+        if (FORMAT_CONVENTION[i].format == s->format)
             return (SaeContexts){FORMAT_CONVENTION[i].prepend_bos, FORMAT_CONVENTION[i].context_size,
                                  FORMAT_CONVENTION[i].source};
     if (s->has_prepend_bos) return (SaeContexts){s->prepend_bos, s->context_size, "cfg.json"};

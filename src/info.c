@@ -61,9 +61,7 @@ static int info_model(const char *dir) {
 static int info_sae(const char *dir, const char *hook) {
     Sae s;
     if (sae_read_cfg(&s, dir, hook)) return -1;
-    if (s.generation == SAE_CFG_SPARSIFY) printf("%s: EleutherAI sparsify SAE (hook from the folder's name)\n", dir);
-    else if (s.generation == SAE_CFG_GEMMA_SCOPE) printf("%s: Gemma Scope SAE (params.npz; site from the path or --sae-hook)\n", dir);
-    else printf("%s: SAELens SAE, cfg generation %s\n", dir, sae_generation_name(s.generation));
+    printf("%s: %s\n", dir, sae_description(&s));
     printf("  hook %s, architecture %s", s.hook_name, sae_arch_name(s.arch));
     if (s.arch == SAE_TOPK || s.arch == SAE_GROUPMAX) printf(" (k %zu)", s.k);
     printf(", d_in %zu, d_sae %zu\n", s.d_in, s.d_sae);

@@ -148,7 +148,7 @@ static void site_attributes(H5Out *h, const char *g, const Sae *a) {
     h5out_attr_i64(h, g, "d_in", (int64_t)a->d_in);
     h5out_attr_i64(h, g, "d_sae", (int64_t)a->d_sae);
     if (a->arch == SAE_TOPK || a->arch == SAE_GROUPMAX) h5out_attr_i64(h, g, "k", (int64_t)a->k);
-    h5out_attr_str(h, g, "cfg_generation", sae_generation_name(a->generation));
+    h5out_attr_str(h, g, "cfg_generation", sae_format_name(a->format));
     h5out_attr_str(h, g, "normalize_activations", sae_norm_name(a->norm));
     h5out_attr_i64(h, g, "apply_b_dec_to_input", a->apply_b_dec_to_input);
     h5out_attr_str(h, g, "basis", basis_name(a->basis));

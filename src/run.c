@@ -223,8 +223,8 @@ static void job_identity(Run *r, JobHashKind kind) {
     job_hash_init(&h, kind);
     for (size_t i = 0; i < r->n_sites; i++) {
         const Sae *a = &r->sites[i].sae;
-        if (a->npz.map) job_hash_update(&h, a->npz.map, a->npz.size); /* Gemma Scope's params.npz */
-        else job_hash_update(&h, a->st.map, a->st.map_size);
+        const SaeWeightsFile w = sae_weights_file(a); /* the weights file its format names */
+        job_hash_update(&h, w.bytes, w.size);
         job_hash_update(&h, basis_name(a->basis), strlen(basis_name(a->basis)));
         job_hash_update(&h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
     }

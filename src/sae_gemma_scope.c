@@ -3,8 +3,9 @@
  * f = pre where pre > threshold, x_hat = f W_dec + b_dec; trained on the model's raw activations.
  * The archive names no site: Google's folders do (gemma-scope-2b-pt-res/layer_L/width_16k/
  * average_l0_K: res = blocks.L.hook_resid_post, mlp = blocks.L.hook_mlp_out (after the
- * post-feedforward norm), att = blocks.L.attn.hook_z flattened head-major), or --sae-hook. */
-#include "sae.h"
+ * post-feedforward norm), att = blocks.L.attn.hook_z flattened head-major), or --sae-hook. The
+ * format table's row SAE_FORMAT_GEMMA_SCOPE_ROW (sae_format.h). */
+#include "sae_format.h"
 
 #include "error.h"
 #include "nodeblock.h"
@@ -51,43 +52,22 @@ static int hook_from_path(const char *dir, char *out, size_t cap) {
     return 0;
 }
 
-int sae_gemma_scope_open(Sae *s, const char *dir, const char *explicit_hook) {
-    char path[4096], hook[128];
-    snprintf(path, sizeof path, "%s/params.npz", dir);
-    const int named = hook_from_path(dir, hook, sizeof hook) == 0;
-    int rc = sae_take_hook(s, dir, named ? hook : NULL, "its path", explicit_hook);
-    if (rc > 0)
-        return sg_errorf(dir, "a Gemma Scope SAE's path says its site (.../gemma-scope-2b-pt-{res,mlp,att}/layer_L/...: "
-                              "res = hook_resid_post, mlp = hook_mlp_out, att = attn.hook_z); this one's does not: "
-                              "give it with --sae-hook");
-    if (rc) return -1;
-    s->model_name = sg_xstrdup(""); /* params.npz names no model */
-    s->generation = SAE_CFG_GEMMA_SCOPE;
-    s->arch = SAE_JUMPRELU;
-    s->norm = SAE_NORM_NONE;
-    s->apply_b_dec_to_input = 0; /* Gemma Scope encodes x, not x - b_dec */
-    if (npz_open(&s->npz, path)) return -1;
-    NpyHeader h[N_ARRAYS];
-    for (size_t i = 0; i < N_ARRAYS; i++) {
-        const NpzMember *mem = npz_find(&s->npz, ARRAYS[i].name);
-        if (!mem) return sg_errorf(path, "has no array %s (Gemma Scope's: W_enc, W_dec, b_enc, b_dec, threshold)", ARRAYS[i].name);
-        if (npz_header(&s->npz, mem, &h[i])) return -1;
-        if (h[i].ndim != (size_t)ARRAYS[i].ndim)
-            return sg_errorf(path, "array %s has %zu dimension(s), expected %d", ARRAYS[i].name, h[i].ndim, ARRAYS[i].ndim);
-    }
-    s->d_in = h[0].shape[0], s->d_sae = h[0].shape[1];
-    if (s->d_in == 0 || s->d_sae == 0 || s->d_in > 2147483647u || s->d_sae > 2147483647u)
-        return sg_errorf(path, "W_enc has shape (%zu, %zu): not an SAE's (d_in, d_sae)", s->d_in, s->d_sae);
-    for (size_t i = 1; i < N_ARRAYS; i++)
-        for (int d = 0; d < ARRAYS[i].ndim; d++) {
-            const size_t want = ARRAYS[i].dims[d] ? s->d_sae : s->d_in;
-            if (h[i].shape[d] != want)
-                return sg_errorf(path, "array %s has %zu in dimension %d, expected %zu (W_enc is %zu x %zu)", ARRAYS[i].name,
-                                 h[i].shape[d], d, want, s->d_in, s->d_sae);
-        }
-    /* SAELens's loader (gemma_2_sae_huggingface_loader) drops an all-ones scaling_factor and
-     * refuses any other (finetuning_scaling_factor is false for Gemma Scope); its strict
-     * load_state_dict refuses arrays no JumpReLU SAE has. saegap does the same, by name. */
+/* A folder holding params.npz (and no cfg.json: sae_formats.c tries the cfg rows first). */
+static int gemma_scope_claims(const struct cJSON *cfg) { (void)cfg; return 1; }
+
+static int gemma_scope_site(const SaeFormatIn *in, SaeFormatSite *out) {
+    out->hook = hook_from_path(in->dir, out->buf, sizeof out->buf) == 0 ? out->buf : NULL;
+    snprintf(out->where, sizeof out->where, "its path");
+    out->missing = "a Gemma Scope SAE's path says its site (.../gemma-scope-2b-pt-{res,mlp,att}/layer_L/...: "
+                   "res = hook_resid_post, mlp = hook_mlp_out, att = attn.hook_z); this one's does not: "
+                   "give it with --sae-hook";
+    return 0;
+}
+
+/* SAELens's loader (gemma_2_sae_huggingface_loader) drops an all-ones scaling_factor and refuses
+ * any other (finetuning_scaling_factor is false for Gemma Scope); its strict load_state_dict
+ * refuses arrays no JumpReLU SAE has. saegap does the same, by name. */
+static int refuse_other_arrays(Sae *s, const char *path) {
     for (size_t m = 0; m < s->npz.n; m++) {
         const char *name = s->npz.members[m].name;
         size_t len = strlen(name);
@@ -116,17 +96,44 @@ int sae_gemma_scope_open(Sae *s, const char *dir, const char *explicit_hook) {
         return sg_errorf(path, "holds array '%.*s', which Gemma Scope's JumpReLU SAE does not have (W_enc, W_dec, b_enc, "
                                "b_dec, threshold; SAELens refuses it too): not supported", (int)(len > 4 ? len - 4 : len), name);
     }
-    s->basis = SG_BASIS_RAW;
-    snprintf(s->basis_source, sizeof s->basis_source,
-             "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");
     return 0;
+}
+
+/* The SAE from the archive's directory and headers; every value is read by open_weights. */
+static int gemma_scope_read(Sae *s, const SaeFormatIn *in) {
+    const char *path = in->cfg_path;
+    s->model_name = sg_xstrdup(""); /* params.npz names no model */
+    s->arch = SAE_JUMPRELU;
+    s->norm = SAE_NORM_NONE;
+    s->apply_b_dec_to_input = 0; /* Gemma Scope encodes x, not x - b_dec */
+    if (npz_open(&s->npz, path)) return -1;
+    NpyHeader h[N_ARRAYS];
+    for (size_t i = 0; i < N_ARRAYS; i++) {
+        const NpzMember *mem = npz_find(&s->npz, ARRAYS[i].name);
+        if (!mem) return sg_errorf(path, "has no array %s (Gemma Scope's: W_enc, W_dec, b_enc, b_dec, threshold)", ARRAYS[i].name);
+        if (npz_header(&s->npz, mem, &h[i])) return -1;
+        if (h[i].ndim != (size_t)ARRAYS[i].ndim)
+            return sg_errorf(path, "array %s has %zu dimension(s), expected %d", ARRAYS[i].name, h[i].ndim, ARRAYS[i].ndim);
+    }
+    s->d_in = h[0].shape[0], s->d_sae = h[0].shape[1];
+    if (s->d_in == 0 || s->d_sae == 0 || s->d_in > 2147483647u || s->d_sae > 2147483647u)
+        return sg_errorf(path, "W_enc has shape (%zu, %zu): not an SAE's (d_in, d_sae)", s->d_in, s->d_sae);
+    for (size_t i = 1; i < N_ARRAYS; i++)
+        for (int d = 0; d < ARRAYS[i].ndim; d++) {
+            const size_t want = ARRAYS[i].dims[d] ? s->d_sae : s->d_in;
+            if (h[i].shape[d] != want)
+                return sg_errorf(path, "array %s has %zu in dimension %d, expected %zu (W_enc is %zu x %zu)", ARRAYS[i].name,
+                                 h[i].shape[d], d, want, s->d_in, s->d_sae);
+        }
+    return refuse_other_arrays(s, path);
 }
 
 static size_t count_of(const Sae *s, size_t i) {
     return ARRAYS[i].ndim == 2 ? s->d_in * s->d_sae : ARRAYS[i].dims[0] ? s->d_sae : s->d_in;
 }
 
-int sae_gemma_scope_check_values(Sae *s) {
+/* Every value read once: a damaged archive ends before any collective. */
+static int gemma_scope_check_values(Sae *s) {
     for (size_t i = 0; i < N_ARRAYS; i++) {
         const size_t n = count_of(s, i);
         const char *prev = sg_alloc_for(s->npz.path);
@@ -141,13 +148,13 @@ int sae_gemma_scope_check_values(Sae *s) {
 
 static size_t aligned(size_t n) { return (n + 15) / 16 * 16; }
 
-size_t sae_gemma_scope_floats(const Sae *s) {
+static size_t gemma_scope_floats(const Sae *s) {
     size_t f = 0;
     for (size_t i = 0; i < N_ARRAYS; i++) f += aligned(count_of(s, i));
     return f;
 }
 
-void sae_gemma_scope_place(Sae *s, float *block, int fill) {
+static void gemma_scope_place(Sae *s, float *block, int fill) {
     size_t at = 0;
     for (size_t i = 0; i < N_ARRAYS; i++) {
         if (fill && npz_read_f32(&s->npz, npz_find(&s->npz, ARRAYS[i].name), block + at, count_of(s, i)))
@@ -156,3 +163,22 @@ void sae_gemma_scope_place(Sae *s, float *block, int fill) {
         at += aligned(count_of(s, i));
     }
 }
+
+static int gemma_scope_settle(Sae *s, const SaeFormatIn *in) { (void)s, (void)in; return 0; }
+
+static int gemma_scope_basis(Sae *s, const SaeFormatIn *in) {
+    (void)in;
+    s->basis = SG_BASIS_RAW;
+    snprintf(s->basis_source, sizeof s->basis_source,
+             "Gemma Scope SAE: trained on the model's raw activations (SAELens loads it with from_pretrained_no_processing)");
+    return 0;
+}
+
+static SaeWeightsFile gemma_scope_file(const Sae *s) { return (SaeWeightsFile){s->npz.path, s->npz.map, s->npz.size}; }
+
+const SaeFormatOps SAE_FORMAT_GEMMA_SCOPE_ROW = {
+    SAE_FORMAT_GEMMA_SCOPE, "params.npz", "Gemma Scope SAE (params.npz; site from the path or --sae-hook)",
+    gemma_scope_claims, gemma_scope_site, gemma_scope_read, gemma_scope_settle, gemma_scope_basis,
+    gemma_scope_check_values,
+    gemma_scope_floats, gemma_scope_place, gemma_scope_file,
+};

@@ -4,10 +4,12 @@
  * the largest of each of k contiguous groups of d_sae / k latents; x_hat = f @ W_dec + b_dec.
  * The folder's name says the hook: sparsify saves `layers.N` (the output of layer N, i.e.
  * blocks.N.hook_resid_post), `layers.N.mlp` (hook_mlp_out) and `layers.N.attention`
- * (hook_attn_out), all taken from the model without TransformerLens's processing. */
-#include "sae.h"
+ * (hook_attn_out), all taken from the model without TransformerLens's processing. The format
+ * table's row SAE_FORMAT_SPARSIFY_ROW (sae_format.h). */
+#include "sae_format.h"
 
 #include "error.h"
+#include "sae_tensors.h"
 #include "textfile.h"
 
 #include <cjson/cJSON.h>
@@ -16,9 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-int sae_is_sparsify_cfg(const cJSON *root) {
-    /* SAELens cfgs name their hook (hook_point, hook_name or metadata.hook_name); sparsify's
-     * name the dictionary's size instead */
+/* SAELens cfgs name their hook (hook_point, hook_name or metadata.hook_name); sparsify's name the
+ * dictionary's size instead. Tried before SAELens's rows (sae_formats.c): SAELens's rule by
+ * sae_lens_version alone would take a sparsify cfg that records one. */
+static int sparsify_claims(const cJSON *root) {
+    if (!root) return 0;
     if (cJSON_GetObjectItemCaseSensitive(root, "hook_point") || cJSON_GetObjectItemCaseSensitive(root, "hook_name") ||
         cJSON_GetObjectItemCaseSensitive(root, "metadata"))
         return 0;
@@ -45,18 +49,13 @@ static int hook_from_folder(const char *dir, char *out, size_t cap) {
     return 0;
 }
 
-/* A non-negative integer key (1e20 or 2.5 refused as written). */
+/* A non-negative integer key (1e20 or 2.5 refused as written); 1 when absent and not required. */
 static int count_key(const cJSON *root, const char *path, const char *key, int required, double lo, size_t *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!j) return required ? sg_errorf(path, "missing key \"%s\"", key) : 1;
-    if (!cJSON_IsNumber(j) || !(j->valuedouble >= lo && j->valuedouble <= 2147483647.0) ||
-        j->valuedouble != floor(j->valuedouble)) {
-        char v[80];
-        return sg_errorf(path, "key \"%s\" must be an integer from %.0f to 2147483647, not %s", key, lo,
-                         json_text(j, v, sizeof v));
-    }
-    *out = (size_t)j->valuedouble;
-    return 0;
+    char what[64];
+    snprintf(what, sizeof what, "an integer from %.0f to 2147483647", lo);
+    return sae_cfg_int(j, path, key, lo, SAE_SIZE_MAX, what, out);
 }
 
 /* Every key sparsify's SparseCoderConfig has had on its main branch (config.py, 2024-06 to
@@ -96,8 +95,8 @@ static void warn_unknown_keys(const cJSON *root, const char *path) {
                  "encoder or decoder", path, unknown);
 }
 
-int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *path, const char *explicit_hook) {
-    /* variants whose forward differs: refused by name until implemented */
+/* variants whose forward differs: refused by name until implemented */
+static int refuse_variants(const cJSON *root, const char *path) {
     static const char *const refused[][2] = {
         {"signed", "top-k by |pre-activation| without ReLU (sparsify, June-August 2024)"},
         {"multi_topk", "the multi-top-k decoder"},
@@ -109,16 +108,24 @@ int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *pat
         if (j && !cJSON_IsNull(j) && !cJSON_IsFalse(j))
             return sg_errorf(path, "sparsify cfg sets \"%s\" (%s): not supported", refused[i][0], refused[i][1]);
     }
-    char hook[128];
-    const int named = hook_from_folder(dir, hook, sizeof hook) == 0;
-    int rc = sae_take_hook(s, dir, named ? hook : NULL, "its folder name", explicit_hook);
-    if (rc > 0)
-        return sg_errorf(dir, "a sparsify SAE's folder name says its hook (layers.N, layers.N.mlp or "
-                              "layers.N.attention, as sparsify saves them); this one's does not: rename it, "
-                              "or give its site with --sae-hook");
-    if (rc) return -1;
+    return 0;
+}
+
+/* The site from the folder's name; a variant saegap cannot run is refused before anything else
+ * of it is read, its site included. */
+static int sparsify_site(const SaeFormatIn *in, SaeFormatSite *out) {
+    if (refuse_variants(in->cfg, in->cfg_path)) return -1;
+    out->hook = hook_from_folder(in->dir, out->buf, sizeof out->buf) == 0 ? out->buf : NULL;
+    snprintf(out->where, sizeof out->where, "its folder name");
+    out->missing = "a sparsify SAE's folder name says its hook (layers.N, layers.N.mlp or layers.N.attention, as "
+                   "sparsify saves them); this one's does not: rename it, or give its site with --sae-hook";
+    return 0;
+}
+
+static int sparsify_read(Sae *s, const SaeFormatIn *in) {
+    const cJSON *root = in->cfg;
+    const char *path = in->cfg_path;
     s->model_name = sg_xstrdup(""); /* sparsify cfgs do not name the model */
-    s->generation = SAE_CFG_SPARSIFY;
     if (activation_key(s, root, path)) return -1;
     s->norm = SAE_NORM_NONE;
     s->apply_b_dec_to_input = 1;
@@ -141,8 +148,27 @@ int sae_sparsify_cfg(Sae *s, const char *dir, const cJSON *root, const char *pat
                                "but %zu is not a multiple of %zu (sparsify cannot run this SAE either)",
                          s->d_sae, s->k, s->d_sae, s->k);
     warn_unknown_keys(root, path);
+    return 0;
+}
+
+static int sparsify_settle(Sae *s, const SaeFormatIn *in) { (void)s, (void)in; return 0; }
+
+static int sparsify_basis(Sae *s, const SaeFormatIn *in) {
+    (void)in;
     s->basis = SG_BASIS_RAW;
     snprintf(s->basis_source, sizeof s->basis_source,
              "sparsify SAE: trained on the model's module outputs without TransformerLens processing");
     return 0;
 }
+
+/* sparsify names the encoder as the Linear layer it is: [d_sae, d_in], read transposed */
+static int sparsify_open_weights(Sae *s) {
+    static const SaeTensorNames NAMES = {"sae.safetensors", "encoder.weight", "encoder.bias", 1, "sparsify"};
+    return sae_tensors_open(s, &NAMES);
+}
+
+const SaeFormatOps SAE_FORMAT_SPARSIFY_ROW = {
+    SAE_FORMAT_SPARSIFY, "cfg.json", "EleutherAI sparsify SAE (hook from the folder's name)", sparsify_claims,
+    sparsify_site, sparsify_read, sparsify_settle, sparsify_basis, sparsify_open_weights, sae_tensors_floats, sae_tensors_place,
+    sae_tensors_file,
+};

@@ -1,4 +1,4 @@
-/* fuzz_sae_cfg: an SAE cfg.json, SAELens's of any generation (legacy, flat, v6; src/sae.c) or
+/* fuzz_sae_cfg: an SAE cfg.json, SAELens's of any generation (legacy, flat, v6; src/sae_saelens.c) or
  * EleutherAI sparsify's (src/sae_sparsify.c: the folder is named layers.1, so a sparsify cfg
  * gets a hook, and sae.safetensors holds the fixture's sparsify weights):
  * sae_read_cfg (what `saegap info` reads), then sae_load against the fixture model with the
