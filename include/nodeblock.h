@@ -12,6 +12,10 @@
  *   nodeblock_ready(&b);                                   collective: writes visible to all
  *   ... read w (never write it) ...
  *   nodeblock_free(&b);                                    collective
+ *
+ * The block comes zeroed. Large fills may be split over the node's ranks: nodeblock_share
+ * gives this rank's part of the work (its node rank, and the node's size); every rank writes
+ * only its part before nodeblock_ready.
  */
 #ifndef SAEGAP_NODEBLOCK_H
 #define SAEGAP_NODEBLOCK_H
@@ -22,6 +26,7 @@
 typedef struct {
     void *base;  /* NULL: nothing allocated (a zeroed block) */
     int shared;  /* 1: a window on a node communicator; 0: private memory */
+    int part, parts; /* this rank's node rank and the node's size (0 and 1 when private) */
     MPI_Win win;
 } NodeBlock;
 
@@ -29,6 +34,7 @@ typedef struct {
 MPI_Comm nodeblock_node_comm(MPI_Comm comm);
 
 void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill);
+void nodeblock_share(const NodeBlock *b, int *part, int *parts);
 void nodeblock_ready(NodeBlock *b);
 void nodeblock_free(NodeBlock *b); /* accepts a zeroed or freed block */
 

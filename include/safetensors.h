@@ -86,14 +86,18 @@ int safetensors_check_f32(const Safetensors *st, const SafetensorsTensor *t);
 
 /* Tensors a loader checked (safetensors_check_f32) and converts later into one block: each at
  * a 64-byte aligned offset. safetensors_pending_floats is the block's size; safetensors_place
- * points every *dst into block, converting when convert is set (the one rank that fills a
- * node block, nodeblock.h). Values were checked, so a failure here means the file changed. */
+ * points every *dst into block and converts part `part` of `parts` of every tensor's elements
+ * (the ranks of a node each convert their part of a node block, nodeblock.h; part < 0: point
+ * only), on the rank's threads. Values were checked, so a failure here means the file changed.
+ * Both release the file pages of what they read (madvise): a converted tensor is counted once,
+ * as float32, not also as its mapped file. */
 typedef struct {
     const SafetensorsTensor *t;
     const float **dst;
 } SafetensorsPending;
 size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n);
-void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int convert);
+void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int part,
+                       int parts);
 
 /* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,

@@ -19,12 +19,15 @@ void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill) {
     memset(b, 0, sizeof *b);
     if (node == MPI_COMM_NULL) {
         *fill = 1;
+        b->parts = 1;
         b->base = sg_xcalloc(bytes ? bytes : 1, 1);
         return b->base;
     }
-    int rank;
+    int rank, size;
     SG_MPI(MPI_Comm_rank(node, &rank), "rank on the node");
+    SG_MPI(MPI_Comm_size(node, &size), "ranks on the node");
     *fill = rank == 0;
+    b->part = rank, b->parts = size;
     b->shared = 1;
     if (bytes > (size_t)(MPI_Aint)(((size_t)-1) >> 1)) sg_fatal("node memory", "a block of %zu bytes", bytes);
     void *mine = NULL;
@@ -32,12 +35,19 @@ void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill) {
     SG_MPI(MPI_Win_allocate_shared(rank == 0 ? (MPI_Aint)(bytes ? bytes : 1) : 0, 1, MPI_INFO_NULL, node, &mine,
                                    &b->win),
            "allocating %zu bytes of node-shared memory for the weights", bytes);
-    MPI_Aint size;
+    MPI_Aint got;
     int disp;
-    SG_MPI(MPI_Win_shared_query(b->win, 0, &size, &disp, &b->base), "attaching to the node's weights");
-    SG_MPI(MPI_Win_fence(0, b->win), "opening the node's weights"); /* an epoch for the filler */
-    if (rank == 0) memset(b->base, 0, bytes);
+    SG_MPI(MPI_Win_shared_query(b->win, 0, &got, &disp, &b->base), "attaching to the node's weights");
+    SG_MPI(MPI_Win_fence(0, b->win), "opening the node's weights");
+    /* zeroed by every rank of the node, a slice each (the first touch of gigabytes of pages) */
+    const size_t lo = bytes / (size_t)size * (size_t)rank, hi = rank == size - 1 ? bytes : lo + bytes / (size_t)size;
+    memset((char *)b->base + lo, 0, hi - lo);
+    SG_MPI(MPI_Win_fence(0, b->win), "zeroing the node's weights"); /* then an epoch for the fillers */
     return b->base;
+}
+
+void nodeblock_share(const NodeBlock *b, int *part, int *parts) {
+    *part = b->part, *parts = b->parts;
 }
 
 void nodeblock_ready(NodeBlock *b) {

@@ -491,6 +491,7 @@ int sae_open(Sae *s, const char *dir, const Gpt2Model *m, const char *model_name
         if (sae_gemma_scope_open(s, dir, opt->hook) || sae_check_site(s, dir, m)) goto fail;
         sae_apply_basis_override(s, opt);
         if (sae_gemma_scope_check_values(s)) goto fail;
+        npz_drop_pages(&s->npz); /* read again once per node, by sae_place */
         return 0;
     }
     if (parse_cfg(s, dir, m, model_name, opt)) goto fail;
@@ -561,10 +562,15 @@ void sae_place(Sae *s, MPI_Comm node) {
     const int npz = s->generation == SAE_CFG_GEMMA_SCOPE;
     const size_t floats = npz ? sae_gemma_scope_floats(s) : safetensors_pending_floats(s->pending, s->n_pending);
     const char *prev_alloc = sg_alloc_for(npz ? s->npz.path : s->st.path);
-    int fill;
+    int fill, part, parts;
     float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), &fill);
-    if (npz) sae_gemma_scope_place(s, block, fill);
-    else safetensors_place(block, &s->st, s->pending, s->n_pending, fill);
+    nodeblock_share(&s->block, &part, &parts);
+    if (npz) {
+        sae_gemma_scope_place(s, block, fill);
+        npz_drop_pages(&s->npz);
+    } else {
+        safetensors_place(block, &s->st, s->pending, s->n_pending, part, parts);
+    }
     nodeblock_ready(&s->block);
     free(s->pending);
     s->pending = NULL, s->n_pending = 0;
