@@ -111,4 +111,9 @@ ForwardStage site_restart_from_clean(Activations *work, const Activations *clean
 /* Canonical index of a site in the model (stable: used to key random draws). */
 size_t site_index(Site s);
 
+/* The layers whose buffers a clean cache must keep for these sites (keep: L entries, set here):
+ * the site's own layer (its buffer, the restart's resid_mid and attn_out) and the layer its
+ * intervened passes restart at (blocks.l.hook_resid_post restarts at l + 1). */
+void site_keep_layers(unsigned char *keep, const Site *sites, size_t n, const Gpt2Config *c);
+
 #endif
