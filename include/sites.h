@@ -116,4 +116,8 @@ size_t site_index(Site s);
  * intervened passes restart at (blocks.l.hook_resid_post restarts at l + 1). */
 void site_keep_layers(unsigned char *keep, const Site *sites, size_t n, const Gpt2Config *c);
 
+/* How many layers a pass must compute for every one of these sites' buffers to hold its value:
+ * the deepest site's layer + 1 (blocks.l.hook_resid_pre: l, the layers before it). */
+size_t site_layers_needed(const Site *sites, size_t n);
+
 #endif

@@ -143,6 +143,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
                                               iv_any(mask, iv_needs_cov));
         }
         site_keep_layers(keep, sites, K, &c);
+        const double stats_layers = (double)site_layers_needed(sites, K); /* the statistics pass stops there */
         free(sites);
         int fits = 1;
         const size_t B = sweep_pick_batch(&z, budget, &fits);
@@ -180,7 +181,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
             kl_rows += passes * n * Wk;
         }
         if (iv_any(mask, iv_needs_mean))
-            f_stats = n * T * L * layer + (iv_any(mask, iv_needs_cov) ? K * n * T * D * D * 2 : 0);
+            f_stats = n * T * stats_layers * layer + (iv_any(mask, iv_needs_cov) ? K * n * T * D * D * 2 : 0);
         double f_total = f_clean + f_iv + f_unembed_iv + f_sae + f_stats;
         /* clean + intervened rows; the reduction runs on the rank's threads, like the GEMMs */
         double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9 / threads;

@@ -168,13 +168,10 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
     Activations a;
     acts_alloc_kept(&a, &r->model.cfg, B, T, r->keep);
     /* the layers up to the deepest site: a site reads nothing computed after it */
-    size_t end = 0;
-    for (size_t i = 0; i < r->n_sites; i++) {
-        const Site s = r->sites[i].sae.site;
-        const size_t past = s.kind == SG_SITE_EMBED || s.kind == SG_SITE_POS_EMBED ? 0
-                            : s.kind == SG_SITE_RESID_POST ? s.layer + 1 : s.layer + (s.kind != SG_SITE_RESID_PRE);
-        end = past > end ? past : end;
-    }
+    Site *sites = sg_xcalloc(r->n_sites, sizeof *sites);
+    for (size_t i = 0; i < r->n_sites; i++) sites[i] = r->sites[i].sae.site;
+    const size_t end = site_layers_needed(sites, r->n_sites);
+    free(sites);
     float *x = sg_xcalloc(B * T * maxd, sizeof(float));
     unsigned char *mask = sg_xcalloc(B * T, 1);
     size_t lo, hi;
