@@ -7,13 +7,13 @@
  * without MPI collectives).
  *
  *   int fill;
- *   float *w = nodeblock_alloc(&b, node, bytes, &fill);   collective over node
+ *   float *w = nodeblock_alloc(&b, node, bytes, zero_from, &fill);   collective over node
  *   if (fill) { ... write w ... }
  *   nodeblock_ready(&b);                                   collective: writes visible to all
  *   ... read w (never write it) ...
  *   nodeblock_free(&b);                                    collective
  *
- * The block comes zeroed. Large fills may be split over the node's ranks: nodeblock_share
+ * Bytes [zero_from, bytes) come zeroed; the fillers write every byte before zero_from. Large fills may be split over the node's ranks: nodeblock_share
  * gives this rank's part of the work (its node rank, and the node's size); every rank writes
  * only its part before nodeblock_ready.
  */
@@ -33,7 +33,7 @@ typedef struct {
 /* The node's ranks: a communicator of the ranks of comm that share memory with this one. */
 MPI_Comm nodeblock_node_comm(MPI_Comm comm);
 
-void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill);
+void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, size_t zero_from, int *fill);
 void nodeblock_share(const NodeBlock *b, int *part, int *parts);
 void nodeblock_ready(NodeBlock *b);
 void nodeblock_free(NodeBlock *b); /* accepts a zeroed or freed block */

@@ -99,6 +99,12 @@ size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n);
 void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int part,
                        int parts);
 
+/* update(state, bytes, n) over [map, map + n) of a read-only file mapping (a Safetensors' or an
+ * Npz's), in slices whose pages are released once hashed (as safetensors_place releases what it
+ * converted): hashing a checkpoint does not leave it counted in the rank's memory. A tensor used
+ * in place faults its pages back from the page cache when it is read. */
+void safetensors_hash_release(void (*update)(void *, const void *, size_t), void *state, const void *map, size_t n);
+
 /* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,
                        const int64_t *shape);

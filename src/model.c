@@ -533,7 +533,8 @@ void model_place(Gpt2Model *m, MPI_Comm node) {
                  at_vbf = at_vb + section(ld), floats = at_vbf + section(ld);
     const char *prev_alloc = sg_alloc_for(m->st.path);
     int fill, part, parts;
-    float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), &fill);
+    /* the converted tensors are written whole (safetensors_place); the derived sections start zeroed */
+    float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), at_wte * sizeof(float), &fill);
     sg_alloc_for(prev_alloc);
     /* the conversion, split over the node's ranks and their threads */
     nodeblock_share(&m->block, &part, &parts);

@@ -15,7 +15,7 @@ MPI_Comm nodeblock_node_comm(MPI_Comm comm) {
     return node;
 }
 
-void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill) {
+void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, size_t zero_from, int *fill) {
     memset(b, 0, sizeof *b);
     if (node == MPI_COMM_NULL) {
         *fill = 1;
@@ -39,8 +39,11 @@ void *nodeblock_alloc(NodeBlock *b, MPI_Comm node, size_t bytes, int *fill) {
     int disp;
     SG_MPI(MPI_Win_shared_query(b->win, 0, &got, &disp, &b->base), "attaching to the node's weights");
     SG_MPI(MPI_Win_fence(0, b->win), "opening the node's weights");
-    /* zeroed by every rank of the node, a slice each (the first touch of gigabytes of pages) */
-    const size_t lo = bytes / (size_t)size * (size_t)rank, hi = rank == size - 1 ? bytes : lo + bytes / (size_t)size;
+    /* [zero_from, bytes) zeroed by every rank of the node, a slice each; the fillers write all of
+     * the rest (zeroing gigabytes of weights first would touch every page twice) */
+    if (zero_from > bytes) zero_from = bytes;
+    const size_t z = bytes - zero_from, lo = zero_from + z / (size_t)size * (size_t)rank,
+                 hi = rank == size - 1 ? bytes : lo + z / (size_t)size;
     memset((char *)b->base + lo, 0, hi - lo);
     SG_MPI(MPI_Win_fence(0, b->win), "zeroing the node's weights"); /* then an epoch for the fillers */
     return b->base;

@@ -22,6 +22,7 @@
 #include "reprosum.h"
 #include "resultfile.h"
 #include "sae.h"
+#include "safetensors.h"
 #include "schedule.h"
 #include "sitemetrics.h"
 #include "sites.h"
@@ -216,14 +217,18 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
 /* What --resume compares: the model's, tokens' and SAEs' bytes (with each SAE's basis and
  * normalisation factor), hashed with `kind` (checksum.h: XXH3 for new files, FNV-1a to resume
  * files written before), and the options. */
+static void hash_update(void *h, const void *data, size_t n) { job_hash_update(h, data, n); }
+
 static void job_identity(Run *r, JobHashKind kind) {
     JobHash h;
     job_hash_init(&h, kind);
+    /* the files' pages released as hashed: converted weights live in the node block, and F32
+     * ones used in place fault back from the page cache (safetensors.h) */
     if (r->model.st.n_shards) /* a sharded checkpoint: its files' bytes in the index's order */
         for (size_t i = 0; i < r->model.st.n_shards; i++)
-            job_hash_update(&h, r->model.st.shards[i].map, r->model.st.shards[i].map_size);
+            safetensors_hash_release(hash_update, &h, r->model.st.shards[i].map, r->model.st.shards[i].map_size);
     else
-        job_hash_update(&h, r->model.st.map, r->model.st.map_size);
+        safetensors_hash_release(hash_update, &h, r->model.st.map, r->model.st.map_size);
     job_hash_final(&h, r->model_checksum);
     job_hash_init(&h, kind);
     job_hash_update(&h, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t));
@@ -231,8 +236,8 @@ static void job_identity(Run *r, JobHashKind kind) {
     job_hash_init(&h, kind);
     for (size_t i = 0; i < r->n_sites; i++) {
         const Sae *a = &r->sites[i].sae;
-        if (a->npz.map) job_hash_update(&h, a->npz.map, a->npz.size); /* Gemma Scope's params.npz */
-        else job_hash_update(&h, a->st.map, a->st.map_size);
+        if (a->npz.map) safetensors_hash_release(hash_update, &h, a->npz.map, a->npz.size); /* Gemma Scope's */
+        else safetensors_hash_release(hash_update, &h, a->st.map, a->st.map_size);
         job_hash_update(&h, basis_name(a->basis), strlen(basis_name(a->basis)));
         job_hash_update(&h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
     }

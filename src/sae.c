@@ -563,7 +563,8 @@ void sae_place(Sae *s, MPI_Comm node) {
     const size_t floats = npz ? sae_gemma_scope_floats(s) : safetensors_pending_floats(s->pending, s->n_pending);
     const char *prev_alloc = sg_alloc_for(npz ? s->npz.path : s->st.path);
     int fill, part, parts;
-    float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), &fill);
+    /* safetensors_place writes every byte of its block; Gemma Scope's arrays leave gaps: zeroed */
+    float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), npz ? 0 : floats * sizeof(float), &fill);
     nodeblock_share(&s->block, &part, &parts);
     if (npz) {
         sae_gemma_scope_place(s, block, fill);

@@ -630,6 +630,15 @@ static void drop_pages(const void *p, size_t n) {
     if (b > a) (void)madvise((void *)a, (size_t)(b - a), MADV_DONTNEED); /* advice: failure changes nothing */
 }
 
+void safetensors_hash_release(void (*update)(void *, const void *, size_t), void *state, const void *map, size_t n) {
+    enum { SLICE = 64 << 20 };
+    for (size_t at = 0; at < n; at += SLICE) {
+        const size_t m = n - at < SLICE ? n - at : SLICE;
+        update(state, (const unsigned char *)map + at, m);
+        drop_pages((const unsigned char *)map + at, m);
+    }
+}
+
 static int check_finite(const float *v, size_t n, size_t i0, const Safetensors *st, const SafetensorsTensor *t) {
     if (!any_nonfinite((const unsigned char *)v, ST_F32, 0, n)) return 0;
     for (size_t i = 0; i < n; i++)
@@ -712,6 +721,7 @@ void safetensors_place(float *block, const Safetensors *st, const SafetensorsPen
         *p[i].dst = out;
         at += aligned_floats(t->numel);
         if (part < 0 || parts < 1) continue;
+        if (part == 0) memset(out + t->numel, 0, (aligned_floats(t->numel) - t->numel) * sizeof(float)); /* the gap */
         /* this part's elements, in chunks on the rank's threads; each chunk's file pages are
          * released once converted (the float32 copy is what the run reads) */
         const size_t lo = t->numel * (size_t)part / (size_t)parts, hi = t->numel * ((size_t)part + 1) / (size_t)parts;
