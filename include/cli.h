@@ -21,6 +21,7 @@ typedef struct {
     long long seed;
     double latent_noise;        /* --latent-noise (default 0.1) */
     const char *norm_scaling_factor; /* --norm-scaling-factor "S" or "SITE=S,..." (NULL = not given) */
+    const char *rank_memory;    /* --rank-memory SIZE (NULL = not given: CLI_RANK_MEMORY_DEFAULT) */
     int logits, resume, allow_model_mismatch, quiet, help;
     char *command_line;         /* argv joined, recorded in result files */
     const char *job_file;       /* run/plan JOB_FILE, merged under the command line */
@@ -56,5 +57,9 @@ int cli_sweep_choices(const Options *o, SweepChoices *c);
 /* --basis alone (dump): processed when not given. */
 int cli_basis(const Options *o, Basis *basis);
 void cli_print_help(FILE *f, const char *command);
+/* --rank-memory in bytes (CLI_RANK_MEMORY_DEFAULT when not given): 0, or -1 with a pending error
+ * naming the option (not a number, an unknown unit, under 1 MB). */
+#define CLI_RANK_MEMORY_DEFAULT 1073741824.0 /* 1 GiB: a rank per core on 2 GB per core, beside the weights */
+int cli_rank_memory(const Options *o, double *bytes);
 
 #endif

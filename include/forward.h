@@ -32,6 +32,9 @@ typedef struct Activations {
     int all_layers;       /* 1: every layer's buffers are kept (the clean cache, dump); 0: a pass's
                              working set, each layer overwriting the last (resid alternates two
                              slots): 1/L of the memory, for passes read only at the end (lnf) */
+    size_t *slot;         /* all_layers: layer l's place in the per-layer buffers (but qkv and
+                             resid, always every layer's): its own for a kept layer, one shared by
+                             the others (acts_alloc_kept) */
     float *embed;         /* (B,T,D) wte[token]                         hook_embed (HF) */
     float *pos_embed;     /* (B,T,D) wpe[position]                      hook_pos_embed (HF) */
     float *resid;         /* (L+1,B,T,D) resid[l] = blocks.l.hook_resid_pre; resid[L] = last resid_post */
@@ -62,11 +65,22 @@ typedef enum {
 } ForwardStage;
 
 void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers);
-
+/* A clean cache that keeps every layer's residual stream and QKV rows (a suffix pass reads any
+ * layer's keys and values) but the other per-layer buffers only of the layers with keep[l] set
+ * (L entries): the rest share one slot, overwritten layer after layer. What a job's sites read
+ * (site_keep_layers, sites.h) at a fraction of the memory; the values computed are the same. */
+void acts_alloc_kept(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, const unsigned char *keep);
+/* Bytes acts_alloc_kept takes (keep NULL: every layer), and a work pass (all_layers 0) for
+ * `threads` threads: what plan.c and the batch's budget count (sweep_rank_bytes). */
+double acts_bytes(const Gpt2Config *c, size_t B_max, size_t T_max, const unsigned char *keep, int all_layers,
+                  int threads);
 /* Layer l of a per-layer buffer with `width` floats per row (D, 3D, 4D; NH*T for att), for the
  * batch last run, and resid[l] (l <= L). Every access to a layer's buffers goes through these. */
 static inline float *acts_layer(const Activations *a, float *base, size_t l, size_t width) {
-    return base + (a->all_layers ? l : 0) * a->B * a->T * width;
+    return base + (a->all_layers ? a->slot[l] : 0) * a->B * a->T * width;
+}
+static inline float *acts_qkv(const Activations *a, size_t l) {
+    return a->qkv + (a->all_layers ? l : 0) * a->B * a->T * a->W;
 }
 static inline float *acts_resid(const Activations *a, size_t l) {
     return a->resid + (a->all_layers ? l : l % 2) * a->B * a->T * a->D;
@@ -75,6 +89,10 @@ void acts_free(Activations *a);
 
 /* Full pass: tokens (B,T) -> every buffer up to lnf. T <= n_positions, ids < V (checked by the caller). */
 void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T);
+/* The same pass through layers [0, end) only (end >= L: gpt2_forward): the buffers of those
+ * layers hold the full pass's values (a layer never reads a later one); lnf is not computed.
+ * For passes that read sites only (the statistics pass). */
+void gpt2_forward_until(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T, size_t end);
 
 /* Continues a pass from `stage` of layer `layer` (buffers before that point are left as they are)
  * on the batch of B x T rows set in a->B, a->T. */

@@ -30,6 +30,11 @@ typedef struct {
 int npz_open(Npz *z, const char *path);
 void npz_close(Npz *z); /* accepts a zeroed struct */
 
+/* Lets the kernel drop this process's mapping of the archive's pages (madvise; the page cache
+ * keeps them, a later read faults them back in): once its arrays are read into float32 copies
+ * the archive no longer counts in the process's memory. */
+void npz_drop_pages(const Npz *z);
+
 /* The member "NAME.npy", or NULL. */
 const NpzMember *npz_find(const Npz *z, const char *array);
 

@@ -124,7 +124,11 @@ typedef struct {
     /* the weights, every tensor checked (shape, dtype, NaN/Inf); F32 tensors ready as views */
     int (*open_weights)(Sae *s);
     size_t (*floats)(const Sae *s);                     /* the node block's floats */
-    void (*place)(Sae *s, float *block, int fill);      /* the weights into the node block */
+    /* bytes of the node block from which it must start zeroed (place writes everything before) */
+    size_t (*zeroed_from)(const Sae *s);
+    /* the weights into the node block: fill on the rank that fills it alone, or part `part` of
+     * `parts` converted by each rank of the node (nodeblock.h) */
+    void (*place)(Sae *s, float *block, int fill, int part, int parts);
     SaeWeightsFile (*weights_file)(const Sae *s);
 } SaeFormatOps;
 

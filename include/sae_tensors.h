@@ -22,7 +22,8 @@ int sae_tensors_open(Sae *s, const SaeTensorNames *names);
 
 /* The format rows' floats, place and weights_file of a safetensors SAE. */
 size_t sae_tensors_floats(const Sae *s);
-void sae_tensors_place(Sae *s, float *block, int fill);
+size_t sae_tensors_zeroed_from(const Sae *s);
+void sae_tensors_place(Sae *s, float *block, int fill, int part, int parts);
 SaeWeightsFile sae_tensors_file(const Sae *s);
 
 #endif

@@ -86,14 +86,24 @@ int safetensors_check_f32(const Safetensors *st, const SafetensorsTensor *t);
 
 /* Tensors a loader checked (safetensors_check_f32) and converts later into one block: each at
  * a 64-byte aligned offset. safetensors_pending_floats is the block's size; safetensors_place
- * points every *dst into block, converting when convert is set (the one rank that fills a
- * node block, nodeblock.h). Values were checked, so a failure here means the file changed. */
+ * points every *dst into block and converts part `part` of `parts` of every tensor's elements
+ * (the ranks of a node each convert their part of a node block, nodeblock.h; part < 0: point
+ * only), on the rank's threads. Values were checked, so a failure here means the file changed.
+ * Both release the file pages of what they read (madvise): a converted tensor is counted once,
+ * as float32, not also as its mapped file. */
 typedef struct {
     const SafetensorsTensor *t;
     const float **dst;
 } SafetensorsPending;
 size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n);
-void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int convert);
+void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int part,
+                       int parts);
+
+/* update(state, bytes, n) over [map, map + n) of a read-only file mapping (a Safetensors' or an
+ * Npz's), in slices whose pages are released once hashed (as safetensors_place releases what it
+ * converted): hashing a checkpoint does not leave it counted in the rank's memory. A tensor used
+ * in place faults its pages back from the page cache when it is read. */
+void safetensors_hash_release(void (*update)(void *, const void *, size_t), void *state, const void *map, size_t n);
 
 /* Checks a tensor's presence, float dtype and shape; ndim entries of shape. */
 int safetensors_expect(const Safetensors *st, const char *name, const SafetensorsTensor **out, int ndim,

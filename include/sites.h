@@ -111,4 +111,13 @@ ForwardStage site_restart_from_clean(Activations *work, const Activations *clean
 /* Canonical index of a site in the model (stable: used to key random draws). */
 size_t site_index(Site s);
 
+/* The layers whose buffers a clean cache must keep for these sites (keep: L entries, set here):
+ * the site's own layer (its buffer, the restart's resid_mid and attn_out) and the layer its
+ * intervened passes restart at (blocks.l.hook_resid_post restarts at l + 1). */
+void site_keep_layers(unsigned char *keep, const Site *sites, size_t n, const Gpt2Config *c);
+
+/* How many layers a pass must compute for every one of these sites' buffers to hold its value:
+ * the deepest site's layer + 1 (blocks.l.hook_resid_pre: l, the layers before it). */
+size_t site_layers_needed(const Site *sites, size_t n);
+
 #endif

@@ -42,12 +42,37 @@ typedef struct {
     size_t n_sites;
     const RfShape *shape;         /* interventions, samples, scope, window, examples */
     size_t B;                     /* contexts per forward batch */
+    const unsigned char *keep;    /* (L) the clean cache's kept layers (site_keep_layers) */
     int bos_include;
     int scores;                   /* sae and zero_ablation run: SAELens's scores are computed */
     double latent_noise;
     uint64_t seed;
     volatile sig_atomic_t *stop;  /* set by a signal: abandon the batch */
 } SweepJob;
+
+/* What a rank's buffers are sized by (work_alloc): plan.c fills it from the cfgs, run.c from
+ * the loaded job, so both count the same bytes and pick the same batch. */
+typedef struct {
+    const Gpt2Config *cfg;
+    size_t vocab_padded, T, Wk, window, samples;
+    size_t max_d, max_F;          /* the largest site width and SAE width */
+    const unsigned char *keep;    /* (L) layers the clean cache keeps (site_keep_layers) */
+    double fixed;                 /* bytes that do not grow with the batch: each site's statistics
+                                     (mean, covariance factor) and record */
+} SweepSize;
+/* A rank's private bytes for its buffers at a batch of B contexts (clean cache, work pass,
+ * clean logits and probabilities, the stack's rows, the SAE workspace, per-batch results), plus
+ * z->fixed; `threads`: BLIS threads per rank (the suffix pass's per-thread buffers). */
+double sweep_rank_bytes(const SweepSize *z, size_t B, int threads);
+/* SweepSize.fixed's share of one site of width d and SAE width F: its mean and covariance factor
+ * (when the interventions need them) and its record. */
+double sweep_site_fixed_bytes(size_t d, size_t F, int need_mean, int need_cov);
+/* The batch (contexts per forward batch) for a per-rank memory budget in bytes: the largest B
+ * up to schedule_batch_contexts(T) whose sweep_rank_bytes at one thread fit, at least 1. A job
+ * and a budget give one batch, on any number of ranks and threads (the values depend on the
+ * batch: it is stored in the file, unit_batch_contexts, and --resume keeps the file's). *fits:
+ * 0 when even one context exceeds the budget. */
+size_t sweep_pick_batch(const SweepSize *z, double budget, int *fits);
 
 /* Whether a token is measured (BOS only with --bos include). */
 int sweep_is_measured(const SweepJob *j, int32_t tok);

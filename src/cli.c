@@ -50,6 +50,7 @@ static const OptionSpec OPTIONS[] = {
     {"resume", OPT_FLAG, OFF(resume), 0, NULL, "continue an interrupted run in --out", "run"},
     {"threads-per-rank", OPT_COUNT, OFF(threads_per_rank), 1, "N", "BLIS threads in each rank", "run dump plan"},
     {"ranks", OPT_COUNT, OFF(ranks), 1, "N", "ranks to plan for", "plan"},
+    {"rank-memory", OPT_STR, OFF(rank_memory), 0, "SIZE", "memory budget of each rank's buffers, e.g. 1GiB or 800MB (default 1GiB; plan prints it): picks the contexts per forward batch", "run plan"},
     {"allow-model-mismatch", OPT_FLAG, OFF(allow_model_mismatch), 0, NULL, "accept an SAE whose cfg names another model", "run plan"},
     {"quiet", OPT_FLAG, OFF(quiet), 0, NULL, "no progress output", "run dump plan"},
     {"help", OPT_FLAG, OFF(help), 0, NULL, "this help", "run dump plan info verify"},
@@ -334,4 +335,25 @@ int cli_sweep_choices(const Options *o, SweepChoices *c) {
     else if (o->bos && strcmp(o->bos, "exclude")) return sg_errorf("--bos", "'%s' is not include or exclude", o->bos);
     c->has_basis = o->basis != NULL;
     return cli_basis(o, &c->basis);
+}
+
+int cli_rank_memory(const Options *o, double *bytes) {
+    *bytes = CLI_RANK_MEMORY_DEFAULT;
+    if (!o->rank_memory) return 0;
+    static const struct { const char *unit; double scale; } UNITS[] = {
+        {"", 1},        {"B", 1},       {"KB", 1e3},           {"MB", 1e6},           {"GB", 1e9},
+        {"TB", 1e12},   {"KiB", 1024.0}, {"MiB", 1048576.0},   {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+    };
+    char buf[SHOWN_MAX];
+    errno = 0;
+    char *end = NULL;
+    const double v = strtod(o->rank_memory, &end);
+    if (end != o->rank_memory && errno == 0 && v > 0 && v < 1e15)
+        for (size_t i = 0; i < sizeof UNITS / sizeof UNITS[0]; i++)
+            if (!strcmp(end, UNITS[i].unit) && v * UNITS[i].scale >= 1e6 && v * UNITS[i].scale < 1e18) {
+                *bytes = v * UNITS[i].scale;
+                return 0;
+            }
+    return sg_errorf("--rank-memory", "'%s' is not a size of at least 1 MB (bytes, or a number with KB, MB, GB, TB, "
+                                      "KiB, MiB, GiB or TiB, e.g. 1GiB)", shown(o->rank_memory, buf));
 }

@@ -243,39 +243,82 @@ static void activation_forward(float *out, const float *inp, const float *up, si
 
 /* ---- buffers ---------------------------------------------------------------------------- */
 
-void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers) {
+/* The buffers' sizes in floats, in the order of acts_ptrs; `slots` per-layer slots (all_layers:
+ * the kept layers + 1 shared, or L) */
+enum { ACTS_BUFFERS = 16 };
+static void acts_sizes(size_t *sizes, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers, size_t slots,
+                       int kv_threads) {
+    const size_t N = B_max * T_max, L = all_layers ? slots : 1, LQ = all_layers ? c->n_layer : 1,
+                 R = all_layers ? c->n_layer + 1 : 2, D = c->n_embd, NH = c->n_head, F = c->n_inner,
+                 W = qkv_width(c), Z = z_width(c);
+    const size_t s[ACTS_BUFFERS] = {
+        N * D, N * D, R * N * D, L * N * D, LQ * N * W, L * B_max * NH * T_max * T_max, L * N * Z,
+        L * N * D, L * N * D, L * N * D, L * N * F, L * N * F, L * N * D, N * D,
+        all_layers ? 0 : 2 * T_max * c->head_dim * (size_t)kv_threads, /* kv: suffix passes (work buffers) */
+        c->gated_mlp ? L * N * F : 0,                                 /* fc_up: the GeGLU's up projection */
+    };
+    memcpy(sizes, s, sizeof s);
+}
+
+static size_t kept_slots(const Gpt2Config *c, const unsigned char *keep) {
+    size_t k = 0;
+    for (size_t l = 0; keep && l < c->n_layer; l++) k += keep[l] != 0;
+    return keep ? (k < c->n_layer ? k + 1 : k) : c->n_layer;
+}
+
+double acts_bytes(const Gpt2Config *c, size_t B_max, size_t T_max, const unsigned char *keep, int all_layers,
+                  int threads) {
+    size_t sizes[ACTS_BUFFERS];
+    acts_sizes(sizes, c, B_max, T_max, all_layers, kept_slots(c, keep), threads);
+    double total = 0;
+    for (size_t i = 0; i < ACTS_BUFFERS; i++) total += (double)((sizes[i] + 15) / 16 * 16);
+    return 4 * total;
+}
+
+static void acts_make(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers,
+                      const unsigned char *keep) {
     memset(a, 0, sizeof *a);
     a->B_max = B_max, a->T_max = T_max, a->L = c->n_layer, a->D = c->n_embd, a->NH = c->n_head, a->V = c->vocab_size;
     a->F = c->n_inner, a->Dh = c->head_dim, a->Z = z_width(c), a->W = qkv_width(c);
     a->all_layers = all_layers;
     /* the suffix pass's key/value gather: one (2, T, Dh) buffer per thread of the rank's team */
     a->kv_threads = gemm_get_threads() > omp_get_max_threads() ? gemm_get_threads() : omp_get_max_threads();
-    size_t N = B_max * T_max, L = all_layers ? a->L : 1, R = all_layers ? a->L + 1 : 2, D = a->D, NH = a->NH, F = a->F;
-    size_t sizes[] = {
-        N * D, N * D, R * N * D, L * N * D, L * N * a->W, L * B_max * NH * T_max * T_max, L * N * a->Z,
-        L * N * D, L * N * D, L * N * D, L * N * F, L * N * F, L * N * D, N * D,
-        all_layers ? 0 : 2 * T_max * a->Dh * (size_t)a->kv_threads, /* kv: suffix passes (work buffers) */
-        c->gated_mlp ? L * N * F : 0,                                /* fc_up: the GeGLU's up projection */
-    };
+    const size_t slots = kept_slots(c, keep);
+    if (all_layers) {
+        a->slot = sg_xcalloc(a->L ? a->L : 1, sizeof *a->slot);
+        for (size_t l = 0, k = 0; l < a->L; l++) a->slot[l] = !keep ? l : keep[l] ? k++ : slots - 1;
+    }
+    size_t sizes[ACTS_BUFFERS];
+    acts_sizes(sizes, c, B_max, T_max, all_layers, slots, a->kv_threads);
     float **ptrs[] = {&a->embed, &a->pos_embed, &a->resid, &a->ln1, &a->qkv, &a->att, &a->z,
                       &a->attn_out, &a->resid_mid, &a->ln2, &a->fc, &a->fc_act, &a->mlp_out, &a->lnf, &a->kv,
                       &a->fc_up};
-    _Static_assert(sizeof sizes / sizeof sizes[0] == sizeof ptrs / sizeof ptrs[0], "size table out of sync");
+    _Static_assert(ACTS_BUFFERS == sizeof ptrs / sizeof ptrs[0], "size table out of sync");
     size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) / 16 * 16;
+    for (size_t i = 0; i < ACTS_BUFFERS; i++) total += (sizes[i] + 15) / 16 * 16;
     a->block = sg_xcalloc(total, sizeof(float));
     float *p = a->block;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) { *ptrs[i] = p; p += (sizes[i] + 15) / 16 * 16; }
+    for (size_t i = 0; i < ACTS_BUFFERS; i++) { *ptrs[i] = p; p += (sizes[i] + 15) / 16 * 16; }
+}
+
+void acts_alloc(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, int all_layers) {
+    acts_make(a, c, B_max, T_max, all_layers, NULL);
+}
+
+void acts_alloc_kept(Activations *a, const Gpt2Config *c, size_t B_max, size_t T_max, const unsigned char *keep) {
+    acts_make(a, c, B_max, T_max, 1, keep);
 }
 
 void acts_free(Activations *a) {
     free(a->block);
+    free(a->slot);
     memset(a, 0, sizeof *a);
 }
 
 /* ---- the pass ----------------------------------------------------------------------------- */
 
-void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage) {
+/* Layers [layer, end) from `stage` of the first; the final norm when end is the last layer. */
+static void forward_layers(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage, size_t end) {
     const Gpt2Config *c = &m->cfg;
     if (a->prefix && gemm_get_threads() > a->kv_threads)
         sg_fatal("forward", "%d threads, but the suffix pass's buffers were planned for %d", gemm_get_threads(),
@@ -283,10 +326,10 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
     size_t B = a->B, T = a->T, N = B * T, D = a->D, NH = a->NH, L = a->L, F = a->F, Z = a->Z, W = a->W;
     const int wt = c->weights_out_in, parallel = c->parallel_residual;
     const QkvLayout lay = qkv_layout(c);
-    for (size_t l = layer; l < L; l++) {
+    for (size_t l = layer; l < end; l++) {
         const Gpt2LayerWeights *w = &m->layers[l];
         float *resid = acts_resid(a, l), *resid_next = acts_resid(a, l + 1);
-        float *ln1 = acts_layer(a, a->ln1, l, D), *qkv = acts_layer(a, a->qkv, l, W);
+        float *ln1 = acts_layer(a, a->ln1, l, D), *qkv = acts_qkv(a, l);
         float *att = acts_layer(a, a->att, l, NH * (a->P + T));
         float *z = acts_layer(a, a->z, l, Z), *attn_out = acts_layer(a, a->attn_out, l, D);
         float *resid_mid = acts_layer(a, a->resid_mid, l, D);
@@ -313,7 +356,7 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
             }
             if (c->rotary_dims)
                 rotary_forward(qkv, B, T, a->P, W, NH, c->n_kv_head, lay, c->rotary_dims, c->rotary_base);
-            attention_forward(z, att, qkv, a->prefix ? acts_layer(a->prefix, a->prefix->qkv, l, W) : NULL,
+            attention_forward(z, att, qkv, a->prefix ? acts_qkv(a->prefix, l) : NULL,
                               a->prefix ? a->prefix->B : 1, a->prefix ? a->prefix->T : 0, a->kv, B, T, a->P, W, NH,
                               a->Dh, lay, scale, (float)c->attn_softcap, window);
             /* fall through */
@@ -348,15 +391,23 @@ void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, Forward
             else residual_forward(resid_next, resid_mid, mlp_out, NULL, N * D);
         }
     }
-    norm_forward(a->lnf, acts_resid(a, L), m->lnf_w, m->lnf_b, N, D, c);
+    if (end == L) norm_forward(a->lnf, acts_resid(a, L), m->lnf_w, m->lnf_b, N, D, c);
 }
 
-void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T) {
+void gpt2_forward_from(Activations *a, const Gpt2Model *m, size_t layer, ForwardStage stage) {
+    forward_layers(a, m, layer, stage, a->L);
+}
+
+void gpt2_forward_until(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T, size_t end) {
     if (B > a->B_max || T > a->T_max)
         sg_fatal("forward", "batch (B=%zu, T=%zu) exceeds the planned buffers (B=%zu, T=%zu)", B, T, a->B_max, a->T_max);
     a->B = B, a->T = T, a->prefix = NULL, a->P = 0;
     encoder_forward(a->embed, a->pos_embed, a->resid, tokens, m->wte, m->wpe, B, T, a->D, m->cfg.embed_scale);
-    gpt2_forward_from(a, m, 0, SG_STAGE_ATTN);
+    forward_layers(a, m, 0, SG_STAGE_ATTN, end < a->L ? end : a->L);
+}
+
+void gpt2_forward(Activations *a, const Gpt2Model *m, const int32_t *tokens, size_t B, size_t T) {
+    gpt2_forward_until(a, m, tokens, B, T, a->L);
 }
 
 SG_VECTOR_CLONES void sg_softcap(float *x, size_t n, float cap) {

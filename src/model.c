@@ -524,21 +524,28 @@ void model_place(Gpt2Model *m, MPI_Comm node) {
     const Gpt2Config *c = &m->cfg;
     const size_t D = c->n_embd, Q = z_width(c), vd = c->vocab_size * D, vpd = m->vocab_padded * D,
                  ld = c->n_layer * Q;
+    /* a vocabulary that is a multiple of 64 already (Gemma-2's 256000, Pythia's 50304) is its
+     * own padded unembedding: no copy (Gemma-2's would be 2.4 GB) */
+    const int pad = m->vocab_padded != c->vocab_size;
     /* layout: converted tensors, padded unembedding, value bias, folded value bias (sizes
      * checked by model_open) */
-    const size_t at_wte = safetensors_pending_floats(m->pending, m->n_pending), at_vb = at_wte + section(vpd),
+    const size_t at_wte = safetensors_pending_floats(m->pending, m->n_pending), at_vb = at_wte + (pad ? section(vpd) : 0),
                  at_vbf = at_vb + section(ld), floats = at_vbf + section(ld);
     const char *prev_alloc = sg_alloc_for(m->st.path);
-    int fill;
-    float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), &fill);
+    int fill, part, parts;
+    /* the converted tensors are written whole (safetensors_place); the derived sections start zeroed */
+    float *block = nodeblock_alloc(&m->block, node, floats * sizeof(float), at_wte * sizeof(float), &fill);
     sg_alloc_for(prev_alloc);
-    safetensors_place(block, &m->st, m->pending, m->n_pending, fill);
+    /* the conversion, split over the node's ranks and their threads */
+    nodeblock_share(&m->block, &part, &parts);
+    safetensors_place(block, &m->st, m->pending, m->n_pending, part, parts);
     if (c->tied_unembed) m->unembed = m->wte;
-    m->wte_padded = block + at_wte;
+    m->wte_padded = pad ? block + at_wte : m->unembed;
     m->value_bias = block + at_vb;
     m->value_bias_folded = block + at_vbf;
+    nodeblock_ready(&m->block); /* every part converted: the derived weights read them */
     if (fill) {
-        memcpy(block + at_wte, m->unembed, vd * sizeof(float));
+        if (pad) memcpy(block + at_wte, m->unembed, vd * sizeof(float));
         /* b_V (head-major, attn.hook_z's layout) and b_V' = b_V + ln_1.bias @ W_V, accumulated
          * in double (FIELD-FACTS section 2), with W_V's columns where the family puts them; a
          * model without biases (Gemma-2) has zeros, as its bases need */

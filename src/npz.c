@@ -2,6 +2,7 @@
  * record (zip64's when its fields are saturated) locates the central directory, whose entries give
  * each member's method, sizes, CRC and local header; the local header only tells how far its name
  * and extra field reach (np.savez writes zip64 local headers whose size fields are 0xffffffff). */
+#define _DEFAULT_SOURCE /* madvise(MADV_DONTNEED): glibc's posix_madvise ignores POSIX_MADV_DONTNEED */
 #include "npz.h"
 
 #include "error.h"
@@ -204,6 +205,10 @@ static int member_bytes(const Npz *z, const NpzMember *m, unsigned char *out, si
         *got = n;
     }
     return 0;
+}
+
+void npz_drop_pages(const Npz *z) {
+    if (z->map && z->size) (void)madvise((void *)(uintptr_t)z->map, z->size, MADV_DONTNEED); /* advice only */
 }
 
 int npz_header(const Npz *z, const NpzMember *m, NpyHeader *h) {

@@ -111,6 +111,8 @@ int plan_command(const Options *o, MPI_Comm comm) {
     if (rc == 0) rc = iv_parse_list(&mask, o->interventions ? o->interventions : "all");
     SweepChoices ch;
     if (rc == 0) rc = cli_sweep_choices(o, &ch);
+    double budget = CLI_RANK_MEMORY_DEFAULT;
+    if (rc == 0) rc = cli_rank_memory(o, &budget);
     if (sg_agree(comm, rc)) goto out;
     if (rank == 0) {
         const double L = (double)c.n_layer, D = (double)c.n_embd, V = (double)c.vocab_size, Fm = (double)c.n_inner;
@@ -128,7 +130,23 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double layer = 2 * D * Wq + 2 * Zw * D + 2 * mlp_mats * D * Fm + 4 * T * Zw;
         double f_clean = n * T * (L * layer + 2 * D * Vp), f_iv = 0, f_unembed_iv = 0, f_sae = 0, f_stats = 0;
         double kl_rows = 0, n_passes = 0;
-        const size_t B = schedule_batch_contexts(ts.ctx); /* contexts per batch, as run.c */
+        /* contexts per batch, as run.c picks it: the largest that fits the rank memory budget */
+        unsigned char *keep = sg_xcalloc(c.n_layer ? c.n_layer : 1, 1);
+        Site *sites = sg_xcalloc(K ? K : 1, sizeof *sites);
+        SweepSize z = {.cfg = &c, .vocab_padded = (c.vocab_size + 63) / 64 * 64, .T = ts.ctx, .Wk = (size_t)Wk,
+                       .window = position ? ch.window : 0, .samples = S, .keep = keep};
+        for (size_t i = 0; i < K; i++) {
+            site_parse(&sites[i], saes[i].hook_name, &c, "plan");
+            z.max_d = saes[i].d_in > z.max_d ? saes[i].d_in : z.max_d;
+            z.max_F = saes[i].d_sae > z.max_F ? saes[i].d_sae : z.max_F;
+            z.fixed += sweep_site_fixed_bytes(saes[i].d_in, saes[i].d_sae, iv_any(mask, iv_needs_mean),
+                                              iv_any(mask, iv_needs_cov));
+        }
+        site_keep_layers(keep, sites, K, &c);
+        const double stats_layers = (double)site_layers_needed(sites, K); /* the statistics pass stops there */
+        free(sites);
+        int fits = 1;
+        const size_t B = sweep_pick_batch(&z, budget, &fits);
         for (size_t i = 0; i < K; i++) {
             Site st;
             site_parse(&st, saes[i].hook_name, &c, "plan");
@@ -163,7 +181,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
             kl_rows += passes * n * Wk;
         }
         if (iv_any(mask, iv_needs_mean))
-            f_stats = n * T * L * layer + (iv_any(mask, iv_needs_cov) ? K * n * T * D * D * 2 : 0);
+            f_stats = n * T * stats_layers * layer + (iv_any(mask, iv_needs_cov) ? K * n * T * D * D * 2 : 0);
         double f_total = f_clean + f_iv + f_unembed_iv + f_sae + f_stats;
         /* clean + intervened rows; the reduction runs on the rank's threads, like the GEMMs */
         double t_gemm = f_total / (rate * 1e9), t_kl = kl_rows * V * 2 * kl_ns * 1e-9 / threads;
@@ -179,28 +197,19 @@ int plan_command(const Options *o, MPI_Comm comm) {
          * checksumming the weights (about 0.5 GB/s here). A small job is mostly this. */
         /* embedding + the padded unembedding (GPT-2: wte twice; NeoX: embed_in and embed_out),
          * the layers, GPT-2's wpe */
-        const double weight_bytes = 4 * (V * D * 2 + L * (D * Wq + Zw * D + mlp_mats * D * Fm) +
+        const double weight_bytes = 4 * (V * D * (c.tied_unembed ? 1 : 2) + L * (D * Wq + Zw * D + mlp_mats * D * Fm) +
                                          (c.learned_positions ? T * D : 0));
         const double t_start = 1.0 + weight_bytes / 0.5e9;
         t_wall += t_start;
-        /* memory. Per node, shared by its ranks: the weights, F32 (the page cache holds a file's
-         * F32 tensors once; F16/BF16 ones are converted once into a node block, nodeblock.h),
-         * with the padded wte. Per rank, private: activations, logits, one SAE workspace. */
-        double N = (double)B * T, mem = 0, node_mem = weight_bytes, maxF = 0, maxd = 0;
-        /* activations (forward.c, acts_alloc): the clean cache keeps every layer; the work pass one
-         * layer, for SWEEP_STACK copies of the batch */
-        const double per_layer = 5 * D + Wq + Zw + (mlp_mats + 1) * Fm + (double)c.n_head * T; /* GPT-2: 17 D */
-        mem += 4 * N * (3 * D + (L + 1) * D + L * per_layer) + 4 * SWEEP_STACK * N * (3 * D + 2 * D + per_layer);
-        mem += 4 * N * Vp + 4 * N * V; /* clean logits (planned at Vp) + probabilities */
-        /* the fused unembedding (unembed.c): one vocabulary block of logits for a stack's rows,
-         * and per row its results and running state */
-        mem += (double)SWEEP_STACK * N * (4.0 * METRICS_VOCAB_BLOCK + 4 * RF_EXAMPLE_TOPK + 64);
-        for (size_t i = 0; i < K; i++) {
-            node_mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae;
-            mem += 8.0 * (double)saes[i].d_in * (double)saes[i].d_in; /* the site's covariance factor */
-            maxF = fmax(maxF, (double)saes[i].d_sae), maxd = fmax(maxd, (double)saes[i].d_in);
-        }
-        mem += 4 * N * (5 * maxd + 4 * maxF); /* the sweep's rows and the one SAE workspace */
+        /* memory. Per node, shared by its ranks: the weights in float32 (the page cache holds a
+         * file's F32 tensors once; F16/BF16 ones are converted once into a node block, nodeblock.h,
+         * and their file pages released), the padded unembedding when the vocabulary is not a
+         * multiple of 64 (model_place), the SAEs. Per rank, private: the buffers sweep_rank_bytes
+         * counts, at the batch the budget picked. */
+        double node_mem = weight_bytes + (Vp != V ? 4 * Vp * D : 0);
+        for (size_t i = 0; i < K; i++) node_mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae;
+        const double mem = sweep_rank_bytes(&z, B, threads);
+        free(keep);
         /* output */
         double out = 8 * n * T; /* tokens + clean ce */
         for (size_t i = 0; i < K; i++) {
@@ -217,6 +226,13 @@ int plan_command(const Options *o, MPI_Comm comm) {
                ts.flat ? "" : " (a 2-D file)", rule.prepend_bos ? "true" : "false", rule.prepend_bos_source);
         printf("  FLOPs: clean passes %.3g, intervened passes %.3g, unembedding (intervened) %.3g, SAEs %.3g, "
                "statistics %.3g; total %.3g\n", f_clean, f_iv, f_unembed_iv, f_sae, f_stats, f_total);
+        /* the rule, checkable: the batch's buffers fit the budget, one more context's would not */
+        char more[96] = "";
+        if (B < schedule_batch_contexts(ts.ctx))
+            snprintf(more, sizeof more, ", %zu would need %.0f bytes", B + 1, sweep_rank_bytes(&z, B + 1, 1));
+        printf("  batch: %zu context(s) per forward batch for a rank memory budget of %.0f MB (--rank-memory; rank memory "
+               "budget %.0f bytes): %.0f bytes of buffers per rank at one thread%s%s\n", B, budget / 1e6, budget,
+               sweep_rank_bytes(&z, B, 1), more, fits ? "" : " (over the budget: one context needs more; run warns)");
         printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank (BLIS kernels '%s'), KL/CE %.2f ns per "
                "vocabulary entry\n", rate, threads, gemm_kernels(), kl_ns);
         const char *kernels_warning = gemm_kernels_warning();

@@ -22,6 +22,7 @@
 #include "reprosum.h"
 #include "resultfile.h"
 #include "sae.h"
+#include "safetensors.h"
 #include "schedule.h"
 #include "sitemetrics.h"
 #include "sites.h"
@@ -67,6 +68,10 @@ typedef struct {
     uint64_t file_bytes;          /* a new result's size (datasets + metadata reserve): check_space */
     MPI_Comm comm;
     double seconds_computing;     /* this rank's, in run_unit */
+    double rank_budget;           /* --rank-memory, bytes: picks the batch (sweep_pick_batch) */
+    size_t file_batch;            /* --resume: the existing file's unit_batch_contexts (0: none) */
+    unsigned char *keep;          /* (L) the layers the clean cache keeps (site_keep_layers) */
+    int rank;
 } Run;
 
 
@@ -86,6 +91,7 @@ static int check_options(Run *r) {
     r->scope_position = ch.scope_position, r->P = ch.position, r->W = ch.window, r->S = ch.samples;
     r->bos_include = ch.bos_include, r->has_basis = ch.has_basis, r->basis = ch.basis;
     if (o->norm_scaling_factor && sae_norm_factors_check(o->norm_scaling_factor)) return -1;
+    if (cli_rank_memory(o, &r->rank_budget)) return -1;
     struct stat sb;
     if (stat(o->out, &sb) == 0) {
         if (S_ISDIR(sb.st_mode)) return sg_errorf(o->out, "--out is a directory; give a file name");
@@ -155,7 +161,7 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
     for (size_t i = 0; i < r->n_sites; i++)
         any |= r->sites[i].sae.norm == SAE_NORM_EXPECTED_AVERAGE && r->sites[i].sae.norm_scaling_factor == 0;
     if (!any) return 0;
-    const size_t n = r->ts.n, T = r->ts.ctx, B = schedule_batch_contexts(T);
+    const size_t n = r->ts.n, T = r->ts.ctx, B = r->job.B; /* the units' batch: the same clean passes */
     SiteStats *st = sg_xcalloc(r->n_sites, sizeof *st);
     size_t maxd = 0;
     for (size_t i = 0; i < r->n_sites; i++) {
@@ -163,7 +169,12 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
         maxd = r->sites[i].d > maxd ? r->sites[i].d : maxd;
     }
     Activations a;
-    acts_alloc(&a, &r->model.cfg, B, T, 1);
+    acts_alloc_kept(&a, &r->model.cfg, B, T, r->keep);
+    /* the layers up to the deepest site: a site reads nothing computed after it */
+    Site *sites = sg_xcalloc(r->n_sites, sizeof *sites);
+    for (size_t i = 0; i < r->n_sites; i++) sites[i] = r->sites[i].sae.site;
+    const size_t end = site_layers_needed(sites, r->n_sites);
+    free(sites);
     float *x = sg_xcalloc(B * T * maxd, sizeof(float));
     unsigned char *mask = sg_xcalloc(B * T, 1);
     size_t lo, hi;
@@ -172,7 +183,7 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
                                           need_cov ? ", covariance" : "", n);
     for (size_t c0 = lo; c0 < hi; c0 += B) {
         size_t nb = hi - c0 < B ? hi - c0 : B, N = nb * T;
-        gpt2_forward(&a, &r->model, r->ts.ids + c0 * T, nb, T);
+        gpt2_forward_until(&a, &r->model, r->ts.ids + c0 * T, nb, T, end);
         for (size_t j = 0; j < N; j++) mask[j] = (unsigned char)sweep_is_measured(&r->job, r->ts.ids[c0 * T + j]);
         for (size_t i = 0; i < r->n_sites; i++) {
             site_read(x, &a, &r->model, r->sites[i].sae.site, r->sites[i].sae.basis, 0, N);
@@ -208,14 +219,18 @@ static int statistics_pass(Run *r, MPI_Comm comm, int rank, int size) {
 /* What --resume compares: the model's, tokens' and SAEs' bytes (with each SAE's basis and
  * normalisation factor), hashed with `kind` (checksum.h: XXH3 for new files, FNV-1a to resume
  * files written before), and the options. */
+static void hash_update(void *h, const void *data, size_t n) { job_hash_update(h, data, n); }
+
 static void job_identity(Run *r, JobHashKind kind) {
     JobHash h;
     job_hash_init(&h, kind);
+    /* the files' pages released as hashed: converted weights live in the node block, and F32
+     * ones used in place fault back from the page cache (safetensors.h) */
     if (r->model.st.n_shards) /* a sharded checkpoint: its files' bytes in the index's order */
         for (size_t i = 0; i < r->model.st.n_shards; i++)
-            job_hash_update(&h, r->model.st.shards[i].map, r->model.st.shards[i].map_size);
+            safetensors_hash_release(hash_update, &h, r->model.st.shards[i].map, r->model.st.shards[i].map_size);
     else
-        job_hash_update(&h, r->model.st.map, r->model.st.map_size);
+        safetensors_hash_release(hash_update, &h, r->model.st.map, r->model.st.map_size);
     job_hash_final(&h, r->model_checksum);
     job_hash_init(&h, kind);
     job_hash_update(&h, r->ts.ids, r->ts.n * r->ts.ctx * sizeof(int32_t));
@@ -224,7 +239,7 @@ static void job_identity(Run *r, JobHashKind kind) {
     for (size_t i = 0; i < r->n_sites; i++) {
         const Sae *a = &r->sites[i].sae;
         const SaeWeightsFile w = sae_weights_file(a); /* the weights file its format names */
-        job_hash_update(&h, w.bytes, w.size);
+        safetensors_hash_release(hash_update, &h, w.bytes, w.size); /* pages released as read */
         job_hash_update(&h, basis_name(a->basis), strlen(basis_name(a->basis)));
         job_hash_update(&h, &a->norm_scaling_factor, sizeof a->norm_scaling_factor);
     }
@@ -250,6 +265,23 @@ static void job_identity(Run *r, JobHashKind kind) {
                           .flat_tokens = r->ts.flat};
 }
 
+/* --resume of an existing file: its batch (unit_batch_contexts), which the statistics pass and
+ * the units must use whatever --rank-memory says now; 0 when there is no file or no such
+ * attribute (open_output then refuses the file by name). Collective. */
+static size_t resumed_batch(const Options *o, MPI_Comm comm, int rank) {
+    long long B = 0;
+    struct stat sb;
+    if (rank == 0 && o->resume && stat(o->out, &sb) == 0) {
+        H5Out *h = h5out_open_readonly(o->out);
+        int64_t v = 0;
+        if (h && h5out_get_attr_i64(h, "/", "unit_batch_contexts", &v) == 0 && v > 0) B = v;
+        if (h) h5out_close(h);
+        sg_error_clear(); /* open_output says what is wrong with the file */
+    }
+    SG_MPI(MPI_Bcast(&B, 1, MPI_LONG_LONG, 0, comm), "broadcasting the resumed file's batch");
+    return (size_t)B;
+}
+
 /* Everything the result file and the compute path follow from, once the inputs are loaded. */
 static void describe_job(Run *r) {
     const Options *o = r->o;
@@ -262,7 +294,35 @@ static void describe_job(Run *r) {
     s->n_examples = o->examples > 0 ? (size_t)o->examples : 0;
     if (s->n_examples > r->ts.n) s->n_examples = r->ts.n;
     s->example_pos = r->scope_position ? r->P : r->ts.ctx / 2;
-    s->layout.B = schedule_batch_contexts(r->ts.ctx);
+    /* the batch: the largest that fits the rank memory budget, on any number of ranks; a
+     * resumed file's own (its units were computed with it) */
+    const Gpt2Config *c = &r->model.cfg;
+    r->keep = sg_xcalloc(c->n_layer ? c->n_layer : 1, 1);
+    Site *sites = sg_xcalloc(r->n_sites, sizeof *sites);
+    SweepSize z = {.cfg = c, .vocab_padded = r->model.vocab_padded, .T = r->ts.ctx, .Wk = s->Wk, .window = s->window,
+                   .samples = s->samples, .keep = r->keep};
+    const int need_mean = iv_any(r->iv_mask, iv_needs_mean), need_cov = iv_any(r->iv_mask, iv_needs_cov);
+    for (size_t i = 0; i < r->n_sites; i++) {
+        sites[i] = r->sites[i].sae.site;
+        z.max_d = r->sites[i].d > z.max_d ? r->sites[i].d : z.max_d;
+        z.max_F = r->sites[i].F > z.max_F ? r->sites[i].F : z.max_F;
+        z.fixed += sweep_site_fixed_bytes(r->sites[i].d, r->sites[i].F, need_mean, need_cov);
+    }
+    site_keep_layers(r->keep, sites, r->n_sites, c);
+    free(sites);
+    int fits = 1;
+    s->layout.B = sweep_pick_batch(&z, r->rank_budget, &fits);
+    if (r->file_batch && r->file_batch != s->layout.B)
+        sg_warnf("%s: --resume keeps the file's batch of %zu context(s) (--rank-memory %.0f MB would pick %zu): the units "
+                 "computed now match the file's", o->out, r->file_batch, r->rank_budget / 1e6, s->layout.B);
+    if (r->file_batch) s->layout.B = r->file_batch;
+    else if (!fits)
+        sg_warnf("--rank-memory %.0f MB: one context of %zu tokens needs about %.0f MB per rank; running with 1 context "
+                 "per batch, over the budget", r->rank_budget / 1e6, r->ts.ctx, sweep_rank_bytes(&z, 1, 1) / 1e6);
+    if (!sg_quiet() && r->rank == 0)
+        fprintf(stderr, "saegap run: %zu context(s) per forward batch%s, about %.0f MB of buffers per rank (rank memory "
+                        "budget %.0f MB)\n", s->layout.B, r->file_batch ? " (the resumed file's)" : "",
+                sweep_rank_bytes(&z, s->layout.B, gemm_get_threads()) / 1e6, r->rank_budget / 1e6);
     r->rf_sites = sg_xcalloc(r->n_sites, sizeof *r->rf_sites);
     r->site_names = sg_xcalloc(r->n_sites, sizeof *r->site_names);
     for (size_t i = 0; i < r->n_sites; i++) {
@@ -273,7 +333,7 @@ static void describe_job(Run *r) {
     }
     job_identity(r, JOB_HASH_XXH3);
     r->job = (SweepJob){.model = &r->model, .ts = &r->ts, .sites = r->sites, .n_sites = r->n_sites, .shape = &r->shape,
-                        .B = s->layout.B, .bos_include = r->bos_include,
+                        .B = s->layout.B, .keep = r->keep, .bos_include = r->bos_include,
                         .scores = rf_has_scores(&r->shape), .latent_noise = o->latent_noise,
                         .seed = (uint64_t)o->seed, .stop = &g_stop_signal};
     if (r->job.scores && r->model.cfg.special_from_config)
@@ -505,6 +565,7 @@ static void run_free(Run *r) {
     free(r->sites);
     free(r->rf_sites);
     free(r->site_names);
+    free(r->keep);
     rf_free(&r->rf);
     tokens_free(&r->ts);
     model_free(&r->model);
@@ -638,6 +699,8 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
         for (size_t i = 0; i < r.n_sites; i++) sae_place(&r.sites[i].sae, node);
     SG_MPI(MPI_Comm_free(&node), "freeing the node communicator"); /* the weights' windows keep theirs */
     if (rc) { run_free(&r); return 1; }
+    r.file_batch = resumed_batch(o, comm, rank);
+    r.rank = rank;
     describe_job(&r);
     if (check_space(&r, comm, size)) { run_free(&r); return 1; }
 

@@ -202,9 +202,10 @@ void sae_place(Sae *s, MPI_Comm node) {
     const SaeFormatOps *f = sae_format_row(s->format);
     const size_t floats = f->floats(s);
     const char *prev_alloc = sg_alloc_for(f->weights_file(s).path);
-    int fill;
-    float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), &fill);
-    f->place(s, block, fill);
+    int fill, part, parts;
+    float *block = nodeblock_alloc(&s->block, node, floats * sizeof(float), f->zeroed_from(s), &fill);
+    nodeblock_share(&s->block, &part, &parts);
+    f->place(s, block, fill, part, parts);
     nodeblock_ready(&s->block);
     free(s->pending);
     s->pending = NULL, s->n_pending = 0;

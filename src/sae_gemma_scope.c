@@ -143,6 +143,7 @@ static int gemma_scope_check_values(Sae *s) {
         free(tmp);
         if (rc) return -1;
     }
+    npz_drop_pages(&s->npz); /* read again once per node, by place */
     return 0;
 }
 
@@ -154,7 +155,11 @@ static size_t gemma_scope_floats(const Sae *s) {
     return f;
 }
 
-static void gemma_scope_place(Sae *s, float *block, int fill) {
+/* the arrays leave alignment gaps: the whole block starts zeroed */
+static size_t gemma_scope_zeroed_from(const Sae *s) { return (void)s, 0; }
+
+static void gemma_scope_place(Sae *s, float *block, int fill, int part, int parts) {
+    (void)part, (void)parts; /* read by the node's filler alone */
     size_t at = 0;
     for (size_t i = 0; i < N_ARRAYS; i++) {
         if (fill && npz_read_f32(&s->npz, npz_find(&s->npz, ARRAYS[i].name), block + at, count_of(s, i)))
@@ -162,6 +167,7 @@ static void gemma_scope_place(Sae *s, float *block, int fill) {
         *slot(s, i) = block + at;
         at += aligned(count_of(s, i));
     }
+    npz_drop_pages(&s->npz); /* its pages no longer counted in the rank's memory */
 }
 
 static int gemma_scope_settle(Sae *s, const SaeFormatIn *in) { (void)s, (void)in; return 0; }
@@ -180,5 +186,5 @@ const SaeFormatOps SAE_FORMAT_GEMMA_SCOPE_ROW = {
     SAE_FORMAT_GEMMA_SCOPE, "params.npz", "Gemma Scope SAE (params.npz; site from the path or --sae-hook)",
     gemma_scope_claims, gemma_scope_site, gemma_scope_read, gemma_scope_settle, gemma_scope_basis,
     gemma_scope_check_values,
-    gemma_scope_floats, gemma_scope_place, gemma_scope_file,
+    gemma_scope_floats, gemma_scope_zeroed_from, gemma_scope_place, gemma_scope_file,
 };

@@ -318,7 +318,7 @@ static int saelens_open_weights(Sae *s) {
 
 #define SAELENS_ROW(ID, CLAIMS, GEN)                                                                        \
     {ID, "cfg.json", "SAELens SAE, cfg generation " GEN, CLAIMS, saelens_site, saelens_read, saelens_settle, \
-     saelens_basis, saelens_open_weights, sae_tensors_floats, sae_tensors_place, sae_tensors_file}
+     saelens_basis, saelens_open_weights, sae_tensors_floats, sae_tensors_zeroed_from, sae_tensors_place, sae_tensors_file}
 
 const SaeFormatOps SAE_FORMAT_LEGACY_ROW = SAELENS_ROW(SAE_FORMAT_LEGACY, claims_legacy, "legacy");
 const SaeFormatOps SAE_FORMAT_FLAT_ROW = SAELENS_ROW(SAE_FORMAT_FLAT, claims_flat, "flat");

@@ -169,6 +169,6 @@ static int sparsify_open_weights(Sae *s) {
 
 const SaeFormatOps SAE_FORMAT_SPARSIFY_ROW = {
     SAE_FORMAT_SPARSIFY, "cfg.json", "EleutherAI sparsify SAE (hook from the folder's name)", sparsify_claims,
-    sparsify_site, sparsify_read, sparsify_settle, sparsify_basis, sparsify_open_weights, sae_tensors_floats, sae_tensors_place,
+    sparsify_site, sparsify_read, sparsify_settle, sparsify_basis, sparsify_open_weights, sae_tensors_floats, sae_tensors_zeroed_from, sae_tensors_place,
     sae_tensors_file,
 };

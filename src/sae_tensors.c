@@ -78,8 +78,12 @@ int sae_tensors_open(Sae *s, const SaeTensorNames *names) {
 
 size_t sae_tensors_floats(const Sae *s) { return safetensors_pending_floats(s->pending, s->n_pending); }
 
-void sae_tensors_place(Sae *s, float *block, int fill) {
-    safetensors_place(block, &s->st, s->pending, s->n_pending, fill);
+/* safetensors_place writes every byte of its block */
+size_t sae_tensors_zeroed_from(const Sae *s) { return sae_tensors_floats(s) * sizeof(float); }
+
+void sae_tensors_place(Sae *s, float *block, int fill, int part, int parts) {
+    (void)fill; /* every rank of the node converts its part */
+    safetensors_place(block, &s->st, s->pending, s->n_pending, part, parts);
 }
 
 SaeWeightsFile sae_tensors_file(const Sae *s) { return (SaeWeightsFile){s->st.path, s->st.map, s->st.map_size}; }

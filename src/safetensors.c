@@ -1,7 +1,9 @@
 /* safetensors.c: mmap a .safetensors file and validate its header (see safetensors.h). */
+#define _DEFAULT_SOURCE /* madvise(MADV_DONTNEED): glibc's posix_madvise ignores POSIX_MADV_DONTNEED */
 #include "safetensors.h"
 
 #include "error.h"
+#include "gemm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -574,23 +576,6 @@ float safetensors_f16_to_f32(uint16_t h) {
     return f;
 }
 
-static int check_finite(const float *v, size_t n, size_t i0, const Safetensors *st, const SafetensorsTensor *t) {
-    /* every weight of every rank passes here at start-up: a branch-free scan of the exponent
-     * bits (all ones: NaN or Inf) that the compiler vectorises, then the first bad index */
-    uint32_t any = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b;
-        memcpy(&b, v + i, sizeof b);
-        any |= (uint32_t)((b & 0x7f800000u) == 0x7f800000u);
-    }
-    if (!any) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
-            return sg_errorf(tensor_file(st, t), "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
-                             isnan(v[i]) ? "NaN" : "Inf", i0 + i);
-    return 0;
-}
-
 /* Elements [i0, i0 + n) of t as float32 into out; -1 (pending error) for a dtype saegap does
  * not read. */
 static int convert_range(float *out, const Safetensors *st, const SafetensorsTensor *t, size_t i0, size_t n) {
@@ -600,7 +585,8 @@ static int convert_range(float *out, const Safetensors *st, const SafetensorsTen
     case ST_F16:
         for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * (i0 + i), 2); out[i] = safetensors_f16_to_f32(h); }
         break;
-    case ST_BF16:
+    case ST_BF16: /* the widening is a shift: vectorised (gigabytes at start-up) */
+#pragma omp simd
         for (size_t i = 0; i < n; i++) {
             uint16_t h; memcpy(&h, p + 2 * (i0 + i), 2);
             uint32_t bits = (uint32_t)h << 16; memcpy(&out[i], &bits, 4);
@@ -613,19 +599,96 @@ static int convert_range(float *out, const Safetensors *st, const SafetensorsTen
     return 0;
 }
 
+/* 1 when one of elements [i0, i0 + n) has its exponent bits all ones (NaN or Inf): float32, or
+ * 16-bit floats whose exponent bits are mask16 (F16 0x7c00, BF16 0x7f80). Branch-free, so the
+ * compiler vectorises it; the 16-bit formats are checked as stored, without converting. */
+static int any_nonfinite(const unsigned char *p, SafetensorsDtype dt, size_t i0, size_t n) {
+    uint32_t any = 0;
+    if (dt == ST_F32) {
+        for (size_t i = i0; i < i0 + n; i++) {
+            uint32_t b;
+            memcpy(&b, p + 4 * i, sizeof b);
+            any |= (uint32_t)((b & 0x7f800000u) == 0x7f800000u);
+        }
+    } else {
+        const uint16_t mask = dt == ST_F16 ? 0x7c00 : 0x7f80;
+        for (size_t i = i0; i < i0 + n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, sizeof h);
+            any |= (uint32_t)((h & mask) == mask);
+        }
+    }
+    return any != 0;
+}
+
+/* Lets the kernel drop this process's mapping of the file pages inside [p, p + n) (whole pages
+ * only): the page cache keeps them, so a later read faults them back in, but a checked or
+ * converted tensor no longer counts in the rank's memory (its Pss) beside its float32 copy.
+ * Only for the read-only file mappings of this module, never written. */
+static void drop_pages(const void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + page - 1) / page * page,
+                    b = ((uintptr_t)p + n) / page * page;
+    if (b > a) (void)madvise((void *)a, (size_t)(b - a), MADV_DONTNEED); /* advice: failure changes nothing */
+}
+
+void safetensors_hash_release(void (*update)(void *, const void *, size_t), void *state, const void *map, size_t n) {
+    enum { SLICE = 64 << 20 };
+    for (size_t at = 0; at < n; at += SLICE) {
+        const size_t m = n - at < SLICE ? n - at : SLICE;
+        update(state, (const unsigned char *)map + at, m);
+        drop_pages((const unsigned char *)map + at, m);
+    }
+}
+
+static int check_finite(const float *v, size_t n, size_t i0, const Safetensors *st, const SafetensorsTensor *t) {
+    if (!any_nonfinite((const unsigned char *)v, ST_F32, 0, n)) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return sg_errorf(tensor_file(st, t), "tensor '%s' holds a non-finite value (%s at flat index %zu)", t->name,
+                             isnan(v[i]) ? "NaN" : "Inf", i0 + i);
+    return 0;
+}
+
+/* Every weight of every rank passes here at start-up: chunks on the rank's threads (the OpenMP
+ * team BLIS uses), then the first bad element, in order. drop: release each chunk's file pages
+ * once checked (a tensor that will be converted into a node block, not used in place). */
+enum { CHECK_CHUNK = 1 << 22 }; /* elements: 8-16 MB */
+static int check_tensor(const Safetensors *st, const SafetensorsTensor *t, int drop) {
+    const size_t size = DTYPES[t->dtype].size, n_chunks = (t->numel + CHECK_CHUNK - 1) / CHECK_CHUNK;
+    const unsigned char *p = t->data;
+    int bad_any = 0;
+    size_t first_bad = n_chunks;
+#pragma omp parallel for num_threads(gemm_get_threads()) schedule(dynamic) reduction(| : bad_any) reduction(min : first_bad)
+    for (size_t k = 0; k < n_chunks; k++) {
+        const size_t i0 = k * CHECK_CHUNK, n = t->numel - i0 < CHECK_CHUNK ? t->numel - i0 : CHECK_CHUNK;
+        if (any_nonfinite(p, t->dtype, i0, n)) {
+            bad_any |= 1;
+            first_bad = k < first_bad ? k : first_bad;
+        } else if (drop) {
+            drop_pages(p + i0 * size, n * size);
+        }
+    }
+    if (!bad_any) return 0;
+    float chunk[4096];
+    for (size_t i0 = first_bad * CHECK_CHUNK; i0 < t->numel; i0 += 4096) {
+        size_t n = t->numel - i0 < 4096 ? t->numel - i0 : 4096;
+        if (convert_range(chunk, st, t, i0, n) || check_finite(chunk, n, i0, st, t)) return -1;
+    }
+    return 0;
+}
+
 int safetensors_to_f32(float *out, const Safetensors *st, const SafetensorsTensor *t) {
     if (convert_range(out, st, t, 0, t->numel)) return -1;
     return check_finite(out, t->numel, 0, st, t);
 }
 
 int safetensors_check_f32(const Safetensors *st, const SafetensorsTensor *t) {
-    if (safetensors_is_f32_view(t)) return check_finite(t->data, t->numel, 0, st, t);
-    float chunk[4096];
-    for (size_t i0 = 0; i0 < t->numel; i0 += 4096) {
-        size_t n = t->numel - i0 < 4096 ? t->numel - i0 : 4096;
-        if (convert_range(chunk, st, t, i0, n) || check_finite(chunk, n, i0, st, t)) return -1;
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
+        float one;
+        return convert_range(&one, st, t, 0, 1); /* the dtype's refusal */
     }
-    return 0;
+    /* a tensor used in place keeps its pages; one converted later into a node block lets them go */
+    return check_tensor(st, t, !safetensors_is_f32_view(t));
 }
 
 int safetensors_is_f32_view(const SafetensorsTensor *t) {
@@ -638,7 +701,7 @@ int safetensors_f32(const float **dst, float *owned, const Safetensors *st, cons
         *dst = owned;
         return 0;
     }
-    if (check_finite(t->data, t->numel, 0, st, t)) return -1;
+    if (check_tensor(st, t, 0)) return -1;
     *dst = t->data;
     return 0;
 }
@@ -651,12 +714,30 @@ size_t safetensors_pending_floats(const SafetensorsPending *p, size_t n) {
     return floats;
 }
 
-void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int convert) {
+void safetensors_place(float *block, const Safetensors *st, const SafetensorsPending *p, size_t n, int part,
+                       int parts) {
     for (size_t i = 0, at = 0; i < n; i++) {
-        if (convert && safetensors_to_f32(block + at, st, p[i].t))
-            sg_fatal(tensor_file(st, p[i].t), "tensor '%s' changed while loading: %s", p[i].t->name, sg_error_message());
-        *p[i].dst = block + at;
-        at += aligned_floats(p[i].t->numel);
+        const SafetensorsTensor *t = p[i].t;
+        float *out = block + at;
+        *p[i].dst = out;
+        at += aligned_floats(t->numel);
+        if (part < 0 || parts < 1) continue;
+        if (part == 0) memset(out + t->numel, 0, (aligned_floats(t->numel) - t->numel) * sizeof(float)); /* the gap */
+        /* this part's elements, in chunks on the rank's threads; each chunk's file pages are
+         * released once converted (the float32 copy is what the run reads) */
+        const size_t lo = t->numel * (size_t)part / (size_t)parts, hi = t->numel * ((size_t)part + 1) / (size_t)parts;
+        const size_t n_chunks = (hi - lo + CHECK_CHUNK - 1) / CHECK_CHUNK, size = DTYPES[t->dtype].size;
+        int bad = 0;
+#pragma omp parallel for num_threads(gemm_get_threads()) schedule(dynamic) reduction(| : bad)
+        for (size_t k = 0; k < n_chunks; k++) {
+            const size_t i0 = lo + k * CHECK_CHUNK, m = hi - i0 < CHECK_CHUNK ? hi - i0 : CHECK_CHUNK;
+            if (convert_range(out + i0, st, t, i0, m) || any_nonfinite((const unsigned char *)(out + i0), ST_F32, 0, m))
+                bad |= 1;
+            drop_pages((const unsigned char *)t->data + i0 * size, m * size);
+        }
+        if (bad) /* checked by every rank before: the file changed since */
+            sg_fatal(tensor_file(st, t), "tensor '%s' changed while loading (a dtype or value it did not hold before)",
+                     t->name);
     }
 }
 

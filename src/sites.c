@@ -249,3 +249,26 @@ size_t site_index(Site s) {
         if (i > 7 * (s.layer + 2)) sg_fatal("sites", "site not in canonical order");
     }
 }
+
+void site_keep_layers(unsigned char *keep, const Site *sites, size_t n, const Gpt2Config *c) {
+    memset(keep, 0, c->n_layer);
+    for (size_t i = 0; i < n; i++) {
+        if (is_global(sites[i].kind)) continue;
+        size_t restart;
+        site_restart(sites[i], &restart);
+        keep[sites[i].layer] = 1;
+        if (restart < c->n_layer) keep[restart] = 1;
+    }
+}
+
+size_t site_layers_needed(const Site *sites, size_t n) {
+    size_t end = 0;
+    for (size_t i = 0; i < n; i++) {
+        const Site t = sites[i];
+        const size_t past = is_global(t.kind)                ? 0
+                            : t.kind == SG_SITE_RESID_PRE    ? t.layer /* resid[l]: layer l - 1's output */
+                                                             : t.layer + 1;
+        end = past > end ? past : end;
+    }
+    return end;
+}

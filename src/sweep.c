@@ -4,6 +4,7 @@
 #include "error.h"
 #include "gemm.h"
 #include "metrics.h"
+#include "schedule.h"
 #include "sites.h"
 
 #include <math.h>
@@ -36,6 +37,35 @@ int sweep_score_is_pass(const Gpt2Config *c, int bos_include, int scope_position
     return 1;
 }
 
+double sweep_rank_bytes(const SweepSize *z, size_t B, int threads) {
+    const Gpt2Config *c = z->cfg;
+    const double N = (double)(B * z->T), R = SWEEP_STACK * N, V = (double)c->vocab_size, Vp = (double)z->vocab_padded;
+    const double d = (double)z->max_d, F = (double)z->max_F, Bd = (double)B;
+    double bytes = z->fixed;
+    bytes += acts_bytes(c, B, z->T, z->keep, 1, threads);                  /* the clean cache */
+    bytes += acts_bytes(c, SWEEP_STACK * B, z->T, NULL, 0, threads);       /* the work pass */
+    bytes += 4 * N * Vp + 4 * N * V + 16 * N;                              /* clean logits, p, lse, p_sum */
+    bytes += R * (24 + 8 + 4.0 * RF_EXAMPLE_TOPK) + R * (4.0 * METRICS_VOCAB_BLOCK + sizeof(MetricsRowAcc));
+    bytes += 15 * N + 4 * 4 * N * d + 2 * 4 * N * F + 8 * (d > F ? d : F) + 8 * d; /* rows, x.., f.., g, g2 */
+    bytes += IV_COUNT * (2 * 4 * Bd * (double)(z->Wk * z->samples) + 4 * Bd * RF_EXAMPLE_TOPK + 5 * Bd);
+    bytes += 4 * Bd * (double)z->window + 4 * RC_COUNT * N + 4 * N + 8 * Bd * RF_EXAMPLE_TOPK;
+    bytes += 4 * N * d + 2 * 4 * N * F + 16 * N;                           /* the SAE workspace */
+    return bytes;
+}
+
+double sweep_site_fixed_bytes(size_t d, size_t F, int need_mean, int need_cov) {
+    return (need_mean ? 8.0 * (double)d : 0) + (need_cov ? 8.0 * (double)d * (double)d : 0) +
+           (double)sizeof(ReproSum) * (double)record_sums(d) + 4.0 * (double)F;
+}
+
+size_t sweep_pick_batch(const SweepSize *z, double budget, int *fits) {
+    size_t B = schedule_batch_contexts(z->T);
+    /* one thread: the threads' small buffers must not change the batch */
+    while (B > 1 && sweep_rank_bytes(z, B, 1) > budget) B--;
+    *fits = sweep_rank_bytes(z, B, 1) <= budget;
+    return B;
+}
+
 void work_alloc(Work *w, const SweepJob *j) {
     const Gpt2Config *c = &j->model->cfg;
     const RfShape *sh = j->shape;
@@ -46,7 +76,7 @@ void work_alloc(Work *w, const SweepJob *j) {
         maxF = j->sites[i].F > maxF ? j->sites[i].F : maxF;
     }
     memset(w, 0, sizeof *w);
-    acts_alloc(&w->clean, c, B, T, 1);
+    acts_alloc_kept(&w->clean, c, B, T, j->keep); /* the layers the sites read */
     acts_alloc(&w->work, c, SWEEP_STACK * B, T, 0); /* read only at its end: one layer's buffers */
     w->logits_clean = sg_xcalloc(N * Vp, sizeof(float));
     w->p_clean = sg_xcalloc(N * V, sizeof(float));

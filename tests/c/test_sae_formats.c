@@ -28,7 +28,7 @@ static void rows_complete(void) {
         CHECK(r->id == (SaeFormat)i, "row %d has id %d", i, (int)r->id);
         CHECK(r->marker && r->marker[0], "row %s: no marker", sae_format_name((SaeFormat)i));
         CHECK(r->description && r->description[0], "row %s: no description", sae_format_name((SaeFormat)i));
-        CHECK(r->claims && r->site && r->read && r->settle && r->basis && r->open_weights && r->floats && r->place &&
+        CHECK(r->claims && r->site && r->read && r->settle && r->basis && r->open_weights && r->floats && r->zeroed_from && r->place &&
                   r->weights_file,
               "row %s: a member is not set", sae_format_name((SaeFormat)i));
     }

@@ -8,7 +8,8 @@ static void body(void *arg) {
     char *path = arg;
     Options o;
     char *run[] = {"saegap", "run", path};
-    cli_parse(&o, 3, run);
+    double budget;
+    if (cli_parse(&o, 3, run) == 0) cli_rank_memory(&o, &budget); /* the size parser too */
     cli_free(&o);
     char *plan[] = {"saegap", "plan", path, "--ranks", "4", "--seed", "7", "--sae", "cmdline-sae", "--quiet"};
     cli_parse(&o, 10, plan);

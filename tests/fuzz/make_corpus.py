@@ -271,11 +271,16 @@ basis = center_writing_weights+fold_value_biases
 out = r.h5
 threads-per-rank = 2
 ranks = 4
+rank-memory = 1.5GiB
 allow-model-mismatch = true
 quiet = yes
 logits = false
 sites = all
 """)
+    write_bytes(tgt, "rank-memory-sizes", b"""rank-memory = 0x1p40KB
+model = /m
+""")
+
     write_bytes(tgt, "comments-spacing", b"# comment\r\n\r\n   model=/m   ; inline\n\ttokens =t.npy # x\nseed=0\n"
                                           b"sae=a\nsae=b\nsae=c\n")
     write_bytes(tgt, "refused-section", b"[job]\nmodel = x\n")
