@@ -51,10 +51,12 @@ def batch_of(path):
 
 
 def datasets(path):
+    """Every dataset's bytes, but /schedule (who computed each unit and how long it took:
+    timings, which a resume changes for the units it runs)."""
     out = {}
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, obj: out.__setitem__(name, obj[...].tobytes())
-                     if isinstance(obj, h5py.Dataset) else None)
+                     if isinstance(obj, h5py.Dataset) and not name.startswith("schedule/") else None)
     return out
 
 
