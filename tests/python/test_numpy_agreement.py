@@ -271,7 +271,8 @@ def numeric_datasets(path):
     got = {}
     with h5py.File(path, "r") as f:
         def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iufb":
+            # results; /schedule holds who computed each unit and its timings
+            if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "iufb" and not name.startswith("schedule/"):
                 got[name] = obj[()]
         f.visititems(visit)
     return got
