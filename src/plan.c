@@ -209,7 +209,6 @@ int plan_command(const Options *o, MPI_Comm comm) {
         double node_mem = weight_bytes + (Vp != V ? 4 * Vp * D : 0);
         for (size_t i = 0; i < K; i++) node_mem += 4.0 * 2 * (double)saes[i].d_in * (double)saes[i].d_sae;
         const double mem = sweep_rank_bytes(&z, B, threads);
-        free(keep);
         /* output */
         double out = 8 * n * T; /* tokens + clean ce */
         for (size_t i = 0; i < K; i++) {
@@ -233,6 +232,7 @@ int plan_command(const Options *o, MPI_Comm comm) {
         printf("  batch: %zu context(s) per forward batch for a rank memory budget of %.0f MB (--rank-memory; rank memory "
                "budget %.0f bytes): %.0f bytes of buffers per rank at one thread%s%s\n", B, budget / 1e6, budget,
                sweep_rank_bytes(&z, B, 1), more, fits ? "" : " (over the budget: one context needs more; run warns)");
+        free(keep); /* z.keep: the last sweep_rank_bytes above */
         printf("  measured here: sgemm %.1f GFLOP/s with %d thread(s) per rank (BLIS kernels '%s'), KL/CE %.2f ns per "
                "vocabulary entry\n", rate, threads, gemm_kernels(), kl_ns);
         const char *kernels_warning = gemm_kernels_warning();
