@@ -768,11 +768,9 @@ static int run_command_body(const Options *o, MPI_Comm comm) {
     queue_start(&q, n_pending);
     gemm_set_poll(poll_queue, &q); /* rank 0 answers requests for units while it computes */
     double t_start = MPI_Wtime(), last = t_start, t_last_unit = t_start;
-    size_t my_units = 0;
     int stopped = 0;
     for (long k; !stopped && (k = queue_next(&q)) >= 0;) {
         if (run_unit(&r, &w, pending[k], q.last_wait) != 0) stopped = 1;
-        else my_units++;
         t_last_unit = MPI_Wtime();
         if (g_stop_signal) stopped = 1;
         if (stopped) queue_request_stop(&q);

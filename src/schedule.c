@@ -73,37 +73,36 @@ static long take(UnitQueue *q) {
     return (long)q->next++;
 }
 
-/* Rank 0: one message from a rank. */
-static void serve(UnitQueue *q, int from, int msg) {
-    if (msg == MSG_LEAVE) { /* it takes no more units and waits for no answer */
-        q->stop = 1;
-        q->ranks_out++;
-        return;
-    }
-    int64_t k = take(q);
-    if (k < 0) q->ranks_out++;
-    /* the asking rank waits in MPI_Recv for this answer: an 8-byte send completes at once */
-    SG_MPI(MPI_Send(&k, 1, MPI_INT64_T, from, TAG_ANSWER, q->comm), "answering rank %d's request for a unit", from);
-}
-
 static void post_receive(UnitQueue *q) {
     SG_MPI(MPI_Irecv(&q->msg, 1, MPI_INT, MPI_ANY_SOURCE, TAG_REQUEST, q->comm, &q->request),
            "waiting for requests for units");
 }
 
+/* Rank 0: the message the posted receive got, answered; then the next receive posted, or none
+ * once every other rank is done with the queue. */
+static void serve(UnitQueue *q, const MPI_Status *st) {
+    if (q->msg == MSG_LEAVE) { /* it takes no more units and waits for no answer */
+        q->stop = 1;
+        q->ranks_out++;
+    } else {
+        int64_t k = take(q);
+        if (k < 0) q->ranks_out++;
+        /* the asking rank waits in MPI_Recv for this answer: an 8-byte send completes at once */
+        SG_MPI(MPI_Send(&k, 1, MPI_INT64_T, st->MPI_SOURCE, TAG_ANSWER, q->comm),
+               "answering rank %d's request for a unit", st->MPI_SOURCE);
+    }
+    if (q->ranks_out == q->size - 1) q->request = MPI_REQUEST_NULL;
+    else post_receive(q);
+}
+
 void queue_poll(UnitQueue *q) {
     if (q->rank != 0 || q->size == 1 || q->request == MPI_REQUEST_NULL) return;
-    for (;;) {
+    while (q->request != MPI_REQUEST_NULL) {
         int arrived = 0;
         MPI_Status st;
         SG_MPI(MPI_Test(&q->request, &arrived, &st), "checking for requests for units");
         if (!arrived) return;
-        serve(q, st.MPI_SOURCE, q->msg);
-        if (q->ranks_out == q->size - 1) {
-            q->request = MPI_REQUEST_NULL; /* every other rank is done with the queue */
-            return;
-        }
-        post_receive(q);
+        serve(q, &st);
     }
 }
 
@@ -164,9 +163,7 @@ void queue_close(UnitQueue *q) {
     while (q->rank == 0 && q->request != MPI_REQUEST_NULL) {
         MPI_Status st;
         SG_MPI(MPI_Wait(&q->request, &st), "waiting for the other ranks to finish their units");
-        serve(q, st.MPI_SOURCE, q->msg);
-        if (q->ranks_out == q->size - 1) q->request = MPI_REQUEST_NULL;
-        else post_receive(q);
+        serve(q, &st);
     }
     SG_MPI(MPI_Comm_free(&q->comm), "freeing the unit queue's communicator");
     q->comm = MPI_COMM_NULL;
